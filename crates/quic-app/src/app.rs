@@ -1,0 +1,78 @@
+use std::future::Future;
+
+use crate::{AppError, CloseReason, HandshakeInfo};
+
+/// The QUIC connection an application drives: quiche's state machine.
+pub type QuicConnection = quiche::Connection;
+
+/// A protocol that runs over one QUIC connection.
+///
+/// The I/O loop that owns the connection (one task per connection) calls these methods,
+/// always from that one task, in this order:
+///
+/// 1. [`on_conn_established`](Self::on_conn_established): once, as soon as the
+///    handshake has completed, or earlier on a server that accepted 0-RTT data (then
+///    [`HandshakeInfo::early_data`] is `true`). Before it, none of the other methods
+///    below is called except [`on_conn_close`](Self::on_conn_close).
+/// 2. On every turn of the loop:
+///    - [`should_act`](Self::should_act) decides whether
+///      [`wait_for_data`](Self::wait_for_data) takes part in this turn's wait;
+///    - the loop waits for the first of: the connection's timer, incoming datagrams,
+///      [`wait_for_data`](Self::wait_for_data) (if it takes part);
+///    - incoming datagrams (all that are queued, up to a bound) are fed to the
+///      connection;
+///    - [`process_reads`](Self::process_reads), then
+///      [`process_writes`](Self::process_writes);
+///    - the connection's outgoing packets are sent.
+/// 3. [`on_conn_close`](Self::on_conn_close): once, when the connection has closed, for
+///    whatever reason. The connection is still readable (stats, errors) but can no
+///    longer send.
+///
+/// An `Err` from any method closes the connection: [`AppError::Close`] with the
+/// application's code and reason, [`AppError::Quic`] with the matching transport error.
+pub trait ApplicationOverQuic: Send + 'static {
+    /// The handshake completed (or 0-RTT was accepted); the application may now open
+    /// streams and send.
+    fn on_conn_established(
+        &mut self,
+        conn: &mut QuicConnection,
+        info: &HandshakeInfo,
+    ) -> Result<(), AppError>;
+
+    /// Whether [`wait_for_data`](Self::wait_for_data) should be polled this turn.
+    ///
+    /// Return `false` when the application has nothing to wait for besides the peer
+    /// (a purely reactive protocol), so the loop does not poll a future that can
+    /// never resolve.
+    fn should_act(&self) -> bool;
+
+    /// Resolves when the application has work to do that did not come from the peer,
+    /// for example a request handed in through a channel by a user task.
+    ///
+    /// The future is polled inside the loop's `select!` together with the timer and the
+    /// packet queue; when one of those fires first, this future is dropped, and a new
+    /// one is created on the next turn.
+    ///
+    /// # Cancel safety
+    ///
+    /// Implementations must be cancel safe: dropping the future before it resolves must
+    /// lose nothing. Waiting on `tokio::sync::mpsc::Receiver::recv` and storing what it
+    /// returns in `self` before returning is; reading half a message and holding the
+    /// rest in the future is not.
+    fn wait_for_data(
+        &mut self,
+        conn: &mut QuicConnection,
+    ) -> impl Future<Output = Result<(), AppError>> + Send;
+
+    /// Called each turn after incoming datagrams were fed to the connection: read what
+    /// the peer sent (streams, datagrams).
+    fn process_reads(&mut self, conn: &mut QuicConnection) -> Result<(), AppError>;
+
+    /// Called each turn after [`process_reads`](Self::process_reads): write what is
+    /// ready to send. The loop then turns the connection's output into packets.
+    fn process_writes(&mut self, conn: &mut QuicConnection) -> Result<(), AppError>;
+
+    /// The connection closed; `reason` says who closed it and why. Called exactly once,
+    /// also when the handshake never completed.
+    fn on_conn_close(&mut self, conn: &mut QuicConnection, reason: &CloseReason);
+}

@@ -1,0 +1,117 @@
+use crate::{ApplicationOverQuic, CloseReason, HandshakeInfo, QuicConnection};
+
+/// Calls an [`ApplicationOverQuic`]'s methods in the order the trait documents.
+///
+/// Every I/O loop that drives an application (quic-io's per-connection worker, the
+/// in-memory harness) goes through this one type, so the order and the handling of
+/// application errors are the same everywhere. An application error closes the
+/// connection as [`AppError::close_connection`](crate::AppError::close_connection)
+/// describes.
+#[derive(Debug)]
+pub struct AppDriver<A> {
+    app: A,
+    established: bool,
+    closed: bool,
+}
+
+impl<A: ApplicationOverQuic> AppDriver<A> {
+    /// Wraps `app`; nothing is called yet.
+    pub fn new(app: A) -> Self {
+        Self {
+            app,
+            established: false,
+            closed: false,
+        }
+    }
+
+    /// Runs the part of a loop turn that follows the input: tells the application that
+    /// the connection is established (once, when it is, or when a server is in 0-RTT),
+    /// then [`process_reads`](ApplicationOverQuic::process_reads) and
+    /// [`process_writes`](ApplicationOverQuic::process_writes).
+    ///
+    /// `info` builds the handshake info; it is called at most once.
+    pub fn after_input(
+        &mut self,
+        conn: &mut QuicConnection,
+        info: impl FnOnce(&QuicConnection) -> HandshakeInfo,
+    ) {
+        if self.closed || conn.is_closed() || conn.is_draining() {
+            return;
+        }
+        if !self.established {
+            let ready = conn.is_established() || (conn.is_server() && conn.is_in_early_data());
+            if !ready {
+                return;
+            }
+            self.established = true;
+            let info = info(conn);
+            if let Err(e) = self.app.on_conn_established(conn, &info) {
+                e.close_connection(conn);
+                return;
+            }
+        }
+        let result = self
+            .app
+            .process_reads(conn)
+            .and_then(|()| self.app.process_writes(conn));
+        if let Err(e) = result {
+            e.close_connection(conn);
+        }
+    }
+
+    /// Whether [`wait_for_data`](Self::wait_for_data) should take part in this turn's
+    /// wait: the connection is established and open, and the application wants it.
+    pub fn wants_to_wait(&self, conn: &QuicConnection) -> bool {
+        self.established && !self.closed && !conn.is_closed() && self.app.should_act()
+    }
+
+    /// Waits for the application's own work
+    /// ([`wait_for_data`](ApplicationOverQuic::wait_for_data)); an error closes the
+    /// connection.
+    ///
+    /// # Cancel safety
+    ///
+    /// As cancel safe as the application's `wait_for_data`, which the trait requires to
+    /// be cancel safe.
+    pub async fn wait_for_data(&mut self, conn: &mut QuicConnection) {
+        if let Err(e) = self.app.wait_for_data(conn).await {
+            e.close_connection(conn);
+        }
+    }
+
+    /// Tells the application the connection closed; only the first call reaches it.
+    pub fn on_close(&mut self, conn: &mut QuicConnection, reason: &CloseReason) {
+        if !self.closed {
+            self.closed = true;
+            self.app.on_conn_close(conn, reason);
+        }
+    }
+
+}
+
+impl<A> AppDriver<A> {
+    /// Whether the application was told the connection is established.
+    pub fn is_established(&self) -> bool {
+        self.established
+    }
+
+    /// Whether the application was told the connection closed.
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    /// The application.
+    pub fn app(&self) -> &A {
+        &self.app
+    }
+
+    /// The application, mutably.
+    pub fn app_mut(&mut self) -> &mut A {
+        &mut self.app
+    }
+
+    /// Unwraps the application.
+    pub fn into_app(self) -> A {
+        self.app
+    }
+}

@@ -1,0 +1,83 @@
+//! Connection IDs and the stateless reset tokens derived from them.
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+/// The length of the connection IDs quay issues unless told otherwise: 16 bytes, enough
+/// randomness that IDs cannot be guessed, well under the 20-byte maximum.
+pub const DEFAULT_CID_LEN: usize = 16;
+
+/// Fills `out` with random bytes from BoringSSL's CSPRNG.
+pub(crate) fn random_bytes(out: &mut [u8]) {
+    // BoringSSL's RAND_bytes cannot fail; the Result exists for OpenSSL compatibility.
+    boring::rand::rand_bytes(out).expect("BoringSSL RAND_bytes does not fail");
+}
+
+/// A new random connection ID of `len` bytes (1..=20).
+pub(crate) fn random_cid(len: usize) -> quiche::ConnectionId<'static> {
+    let mut buf = [0u8; quiche::MAX_CONN_ID_LEN];
+    let len = len.clamp(1, quiche::MAX_CONN_ID_LEN);
+    random_bytes(&mut buf[..len]);
+    quiche::ConnectionId::from_vec(buf[..len].to_vec())
+}
+
+/// The secret from which stateless reset tokens are derived, one token per connection
+/// ID (RFC 9000 §10.3.2): HMAC-SHA256(key, cid), first 16 bytes.
+///
+/// Endpoints that share a key (for example the processes behind one load balancer, or
+/// a restarted server) can reset each other's connections; keep it secret.
+#[derive(Clone)]
+pub struct ResetKey([u8; 32]);
+
+impl std::fmt::Debug for ResetKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ResetKey(..)")
+    }
+}
+
+impl ResetKey {
+    /// A fresh random key.
+    pub fn random() -> Self {
+        let mut key = [0u8; 32];
+        random_bytes(&mut key);
+        Self(key)
+    }
+
+    /// A key from 32 secret bytes.
+    pub fn from_bytes(key: [u8; 32]) -> Self {
+        Self(key)
+    }
+
+    /// The stateless reset token for `cid`.
+    pub fn token(&self, cid: &[u8]) -> [u8; 16] {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes keys of any length");
+        mac.update(b"quay stateless reset");
+        mac.update(cid);
+        let full = mac.finalize().into_bytes();
+        let mut token = [0u8; 16];
+        token.copy_from_slice(&full[..16]);
+        token
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_differ_per_cid_and_per_key() {
+        let a = ResetKey::from_bytes([1; 32]);
+        let b = ResetKey::from_bytes([2; 32]);
+        assert_eq!(a.token(b"abcd"), a.token(b"abcd"));
+        assert_ne!(a.token(b"abcd"), a.token(b"abce"));
+        assert_ne!(a.token(b"abcd"), b.token(b"abcd"));
+    }
+
+    #[test]
+    fn random_cids_have_the_asked_length() {
+        for len in [1, 8, 16, 20] {
+            assert_eq!(random_cid(len).len(), len);
+        }
+        assert_ne!(random_cid(16), random_cid(16));
+    }
+}

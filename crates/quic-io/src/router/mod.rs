@@ -1,0 +1,493 @@
+//! The inbound packet router: one task per UDP socket, its only reader.
+//!
+//! The router reads datagrams in batches and routes each by destination connection ID
+//! to its connection's worker through a bounded queue. Datagrams for no known
+//! connection take the accept path on a listener: version negotiation, Retry, limits,
+//! then a new connection offered to the application; or get a stateless reset.
+
+pub(crate) mod header;
+mod reset;
+pub(crate) mod retry;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::cid::{ResetKey, random_cid};
+use crate::listen::{IncomingConnection, RetryPolicy, ServerParams};
+use crate::metrics::{DropReason, Metrics, RejectReason};
+use crate::socket::{Datagram, Receiver, Socket};
+use crate::worker::{WorkerCommand, WorkerSetup, WorkerShared};
+use header::Routing;
+use reset::RateLimiter;
+use retry::{MAX_TOKEN_LEN, RetryTokens};
+
+/// Datagrams queued for one connection's worker. A full queue drops the datagram and
+/// counts it ([`Metrics::queue_full_drop`]); QUIC recovers it as a loss. 1024 covers a
+/// full receive batch many times over for a worker that is briefly busy.
+pub(crate) const WORKER_QUEUE: usize = 1024;
+
+/// Commands to a worker (close, stats). Few are ever in flight.
+pub(crate) const WORKER_COMMAND_QUEUE: usize = 16;
+
+/// Commands to the router from workers and handles. Workers wait for room rather
+/// than lose a registration change.
+pub(crate) const ROUTER_COMMAND_QUEUE: usize = 1024;
+
+/// Receive batches the router reads before it checks its commands again.
+const RECV_BATCHES_PER_TURN: usize = 16;
+
+/// RFC 9000 §14.1: a server must discard an Initial carried in a datagram shorter
+/// than 1200 bytes; §6.1/§5.2.2: nor answer such a datagram with Version Negotiation.
+const MIN_INITIAL_DATAGRAM: usize = 1200;
+
+/// Source ports of UDP services that reflection and amplification attacks abuse:
+/// tcpmux/echo/chargen, DNS, portmap, NTP, NetBIOS, SNMP, LDAP, IKE. Port 0 is never a
+/// real source. Nothing is sent in answer to them.
+const REFLECTION_PORTS: [u16; 12] = [0, 7, 17, 19, 53, 111, 123, 137, 138, 161, 389, 500];
+
+/// Messages into the router task.
+#[derive(Debug)]
+pub(crate) enum RouterCommand {
+    /// The connection completed its handshake: it no longer counts as in flight.
+    Established { id: u64 },
+    /// The connection's worker ended: forget its connection IDs.
+    Unregister { id: u64 },
+    /// Start minting Retry tokens under a new key.
+    RotateRetryKey,
+    /// Stop accepting, close every connection; answer when none is left.
+    Shutdown {
+        code: u64,
+        reason: Vec<u8>,
+        done: oneshot::Sender<()>,
+    },
+}
+
+/// One connection as the router sees it.
+#[derive(Debug)]
+struct ConnEntry {
+    cids: Vec<Vec<u8>>,
+    handshaking: bool,
+    ctrl_tx: mpsc::Sender<WorkerCommand>,
+}
+
+/// What a listener's router has that a client's does not.
+pub(crate) struct Accept {
+    pub(crate) config: quiche::Config,
+    pub(crate) params: ServerParams,
+    pub(crate) retry: RetryTokens,
+    pub(crate) reset_limiter: RateLimiter,
+    pub(crate) accept_tx: mpsc::Sender<IncomingConnection>,
+    pub(crate) shared: Arc<WorkerShared>,
+    pub(crate) shutdown: Option<oneshot::Sender<()>>,
+    pub(crate) shutting_down: bool,
+}
+
+/// The router task's state.
+pub(crate) struct Router {
+    socket: Arc<Socket>,
+    receiver: Receiver,
+    /// The datagrams of one receive batch; keeps its capacity between batches.
+    batch: Vec<Datagram>,
+    routes: HashMap<Vec<u8>, (u64, mpsc::Sender<Datagram>)>,
+    conns: HashMap<u64, ConnEntry>,
+    next_id: u64,
+    cid_len: usize,
+    cmd_rx: mpsc::Receiver<RouterCommand>,
+    cmd_tx: mpsc::Sender<RouterCommand>,
+    metrics: Arc<dyn Metrics>,
+    reset_key: ResetKey,
+    accept: Option<Accept>,
+    abort: CancellationToken,
+    out: Box<[u8]>,
+}
+
+impl Router {
+    pub(crate) fn new(
+        socket: Arc<Socket>,
+        cid_len: usize,
+        metrics: Arc<dyn Metrics>,
+        reset_key: ResetKey,
+        accept: Option<Accept>,
+        abort: CancellationToken,
+    ) -> Self {
+        let (cmd_tx, cmd_rx) = mpsc::channel(ROUTER_COMMAND_QUEUE);
+        Self {
+            receiver: Receiver::new(&socket),
+            batch: Vec::with_capacity(quinn_udp::BATCH_SIZE * 64),
+            socket,
+            routes: HashMap::new(),
+            conns: HashMap::new(),
+            next_id: 0,
+            cid_len,
+            cmd_rx,
+            cmd_tx,
+            metrics,
+            reset_key,
+            accept,
+            abort,
+            out: vec![0; crate::socket::MAX_UDP_PAYLOAD].into_boxed_slice(),
+        }
+    }
+
+    pub(crate) fn command_sender(&self) -> mpsc::Sender<RouterCommand> {
+        self.cmd_tx.clone()
+    }
+
+    /// Registers a connection created outside the router (a client's); returns its id
+    /// and queue.
+    pub(crate) fn register(
+        &mut self,
+        cids: Vec<Vec<u8>>,
+        ctrl_tx: mpsc::Sender<WorkerCommand>,
+    ) -> (u64, mpsc::Receiver<Datagram>) {
+        let id = self.next_id;
+        self.next_id += 1;
+        let (tx, rx) = mpsc::channel(WORKER_QUEUE);
+        for cid in &cids {
+            self.routes.insert(cid.clone(), (id, tx.clone()));
+        }
+        self.conns.insert(
+            id,
+            ConnEntry {
+                cids,
+                handshaking: true,
+                ctrl_tx,
+            },
+        );
+        (id, rx)
+    }
+
+    /// Runs until aborted, or (a client's router, or a listener's whose application
+    /// stopped accepting) until no connection is left.
+    pub(crate) async fn run(mut self) {
+        loop {
+            tokio::select! {
+                // Commands first: registration changes must apply before datagrams for
+                // those connections are routed.
+                biased;
+                () = self.abort.cancelled() => return,
+                cmd = self.cmd_rx.recv() => {
+                    // The router holds a sender itself, so `None` never comes.
+                    if let Some(cmd) = cmd {
+                        self.handle(cmd);
+                    }
+                }
+                r = self.socket.readable() => {
+                    if let Err(e) = r {
+                        tracing::error!(error = %e, "UDP socket failed; router stops");
+                        return;
+                    }
+                    self.read_batches();
+                }
+            }
+            if self.conns.is_empty() && !self.accepting() {
+                return;
+            }
+        }
+    }
+
+    fn accepting(&self) -> bool {
+        self.accept
+            .as_ref()
+            .is_some_and(|a| !a.shutting_down && !a.accept_tx.is_closed())
+    }
+
+    fn handle(&mut self, cmd: RouterCommand) {
+        match cmd {
+            RouterCommand::Established { id } => {
+                if let Some(c) = self.conns.get_mut(&id) {
+                    c.handshaking = false;
+                }
+            }
+            RouterCommand::Unregister { id } => {
+                if let Some(entry) = self.conns.remove(&id) {
+                    for cid in entry.cids {
+                        if self.routes.get(&cid).is_some_and(|(owner, _)| *owner == id) {
+                            self.routes.remove(&cid);
+                        }
+                    }
+                }
+                if self.conns.is_empty() {
+                    if let Some(done) = self.accept.as_mut().and_then(|a| a.shutdown.take()) {
+                        let _ = done.send(());
+                    }
+                }
+            }
+            RouterCommand::RotateRetryKey => {
+                if let Some(a) = &mut self.accept {
+                    a.retry.rotate();
+                }
+            }
+            RouterCommand::Shutdown { code, reason, done } => {
+                if let Some(a) = &mut self.accept {
+                    a.shutting_down = true;
+                    if self.conns.is_empty() {
+                        let _ = done.send(());
+                    } else {
+                        a.shutdown = Some(done);
+                    }
+                }
+                for c in self.conns.values() {
+                    let cmd = WorkerCommand::Close {
+                        app: true,
+                        code,
+                        reason: reason.clone(),
+                    };
+                    // A full command queue means the worker is already closing or
+                    // busy; the deadline in `Listener::shutdown` covers it.
+                    let _ = c.ctrl_tx.try_send(cmd);
+                }
+            }
+        }
+    }
+
+    fn read_batches(&mut self) {
+        for _ in 0..RECV_BATCHES_PER_TURN {
+            let mut batch = std::mem::take(&mut self.batch);
+            let r = self.receiver.recv_batch(&self.socket, &mut batch);
+            for d in batch.drain(..) {
+                self.route(d);
+            }
+            self.batch = batch;
+            match r {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    // ICMP errors surface here on some systems; they concern one peer.
+                    tracing::debug!(error = %e, "UDP receive error");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Routes one datagram: to its connection, or down the accept or reset path.
+    fn route(&mut self, dgram: Datagram) {
+        let Some(routing) = header::parse(&dgram.buf, self.cid_len) else {
+            self.metrics.datagram_dropped(DropReason::Malformed);
+            return;
+        };
+        let dcid = match routing {
+            Routing::Short { dcid } | Routing::Long { dcid, .. } => dcid,
+        };
+        if let Some((_, tx)) = self.routes.get(dcid) {
+            match tx.try_send(dgram) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => self.metrics.queue_full_drop(),
+                // The worker ended and its Unregister is on the way.
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            }
+            return;
+        }
+        match routing {
+            Routing::Short { .. } => self.stateless_reset(&dgram),
+            Routing::Long { version: 0, .. } => {
+                // A Version Negotiation packet for no connection: never answered.
+                self.metrics
+                    .datagram_dropped(DropReason::VersionNegotiationSuppressed);
+            }
+            Routing::Long { version, .. } if !quiche::version_is_supported(version) => {
+                self.version_negotiation(&dgram);
+            }
+            Routing::Long { ty, .. } if ty == header::TYPE_INITIAL && self.accept.is_some() => {
+                self.accept_initial(dgram);
+            }
+            Routing::Long { .. } => self.metrics.datagram_dropped(DropReason::UnknownConnection),
+        }
+    }
+
+    fn stateless_reset(&mut self, dgram: &Datagram) {
+        let Some(accept) = &mut self.accept else {
+            self.metrics.datagram_dropped(DropReason::UnknownConnection);
+            return;
+        };
+        if REFLECTION_PORTS.contains(&dgram.from.port())
+            || !accept.reset_limiter.try_take(Instant::now())
+        {
+            self.metrics.datagram_dropped(DropReason::ResetSuppressed);
+            return;
+        }
+        let dcid = &dgram.buf[1..1 + self.cid_len];
+        let token = self.reset_key.token(dcid);
+        let Some(len) = reset::write_reset(&token, dgram.buf.len(), &mut self.out) else {
+            self.metrics.datagram_dropped(DropReason::ResetSuppressed);
+            return;
+        };
+        if self.socket.try_send_one(dgram.from, &self.out[..len]).is_ok() {
+            self.metrics.stateless_reset_sent();
+        }
+    }
+
+    fn version_negotiation(&mut self, dgram: &Datagram) {
+        if dgram.buf.len() < MIN_INITIAL_DATAGRAM
+            || REFLECTION_PORTS.contains(&dgram.from.port())
+            || self.accept.is_none()
+        {
+            self.metrics
+                .datagram_dropped(DropReason::VersionNegotiationSuppressed);
+            return;
+        }
+        let Some(Routing::Long { dcid, scid, .. }) = header::parse(&dgram.buf, self.cid_len) else {
+            return;
+        };
+        // RFC 9000 §17.2.1: the VN packet's DCID is the client's SCID and vice versa;
+        // quiche swaps them itself.
+        let (scid, dcid) = (
+            quiche::ConnectionId::from_ref(scid),
+            quiche::ConnectionId::from_ref(dcid),
+        );
+        match quiche::negotiate_version(&scid, &dcid, &mut self.out) {
+            Ok(len) => {
+                if self.socket.try_send_one(dgram.from, &self.out[..len]).is_ok() {
+                    self.metrics.version_negotiation_sent();
+                }
+            }
+            Err(_) => self
+                .metrics
+                .datagram_dropped(DropReason::VersionNegotiationSuppressed),
+        }
+    }
+
+    fn reject(&self, reason: RejectReason) {
+        tracing::trace!(?reason, "Initial rejected");
+        self.metrics.initial_rejected(reason);
+    }
+
+    fn accept_initial(&mut self, mut dgram: Datagram) {
+        let accept = self.accept.as_mut().expect("checked by the caller");
+        if accept.shutting_down || accept.accept_tx.is_closed() {
+            return self.reject(RejectReason::ShuttingDown);
+        }
+        if dgram.buf.len() < MIN_INITIAL_DATAGRAM {
+            return self.reject(RejectReason::TooShort);
+        }
+        if REFLECTION_PORTS.contains(&dgram.from.port()) {
+            return self.reject(RejectReason::ReflectionPort);
+        }
+        let limits = &accept.params.limits;
+        if self.conns.len() >= limits.max_connections {
+            return self.reject(RejectReason::ConnectionLimit);
+        }
+        if accept.accept_tx.capacity() == 0 {
+            return self.reject(RejectReason::BacklogFull);
+        }
+        let handshaking = self.conns.values().filter(|c| c.handshaking).count();
+
+        // The full parse (with the token) happens only here, once per new connection.
+        let Ok(hdr) = quiche::Header::from_slice(&mut dgram.buf, self.cid_len) else {
+            self.metrics.datagram_dropped(DropReason::Malformed);
+            return;
+        };
+        let now_secs = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or(Duration::ZERO)
+            .as_secs();
+        let token = hdr.token.as_deref().unwrap_or(&[]);
+        let odcid = if token.is_empty() {
+            None
+        } else {
+            match accept.retry.validate(token, dgram.from, now_secs) {
+                Ok(odcid) => Some(quiche::ConnectionId::from_vec(odcid.to_vec())),
+                Err(e) => {
+                    tracing::debug!(?e, peer = %dgram.from, "invalid Retry token");
+                    return self.reject(RejectReason::InvalidToken);
+                }
+            }
+        };
+        let want_retry = match accept.params.retry {
+            RetryPolicy::Never => false,
+            RetryPolicy::Always => true,
+            RetryPolicy::UnderLoad { handshakes } => handshaking >= handshakes,
+        };
+        if odcid.is_none() && want_retry {
+            let new_scid = random_cid(self.cid_len);
+            let mut token = [0u8; MAX_TOKEN_LEN];
+            let token_len = accept.retry.mint(dgram.from, &hdr.dcid, now_secs, &mut token);
+            match quiche::retry(
+                &hdr.scid,
+                &hdr.dcid,
+                &new_scid,
+                &token[..token_len],
+                hdr.version,
+                &mut self.out,
+            ) {
+                Ok(len) => {
+                    if self.socket.try_send_one(dgram.from, &self.out[..len]).is_ok() {
+                        self.metrics.retry_sent();
+                    }
+                }
+                Err(_) => self.metrics.datagram_dropped(DropReason::Malformed),
+            }
+            return;
+        }
+        if handshaking >= limits.max_handshakes {
+            return self.reject(RejectReason::HandshakeLimit);
+        }
+
+        // After a Retry, the client addresses us by the SCID the Retry carried
+        // (RFC 9000 §7.3: it becomes retry_source_connection_id).
+        let scid = match &odcid {
+            Some(_) => quiche::ConnectionId::from_vec(hdr.dcid.to_vec()),
+            None => random_cid(self.cid_len),
+        };
+        let client_dcid = hdr.dcid.to_vec();
+        drop(hdr);
+        let token = self.reset_key.token(&scid);
+        accept
+            .config
+            .set_stateless_reset_token(Some(u128::from_be_bytes(token)));
+        let conn = match quiche::accept(&scid, odcid.as_ref(), dgram.to, dgram.from, &mut accept.config)
+        {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(error = %e, "quiche refused a new connection");
+                return self.reject(RejectReason::AcceptFailed);
+            }
+        };
+        let (local, peer) = (dgram.to, dgram.from);
+        let (ctrl_tx, ctrl_rx) = mpsc::channel(WORKER_COMMAND_QUEUE);
+        let mut cids = vec![scid.to_vec()];
+        if client_dcid != cids[0] {
+            cids.push(client_dcid);
+        }
+        let shared = Arc::clone(&accept.shared);
+        let (id, pkt_rx) = self.register(cids, ctrl_tx.clone());
+        // The Initial that created the connection is its first datagram.
+        if let Some((_, tx)) = self.routes.get(&scid.to_vec()) {
+            let _ = tx.try_send(dgram);
+        }
+        let setup = WorkerSetup {
+            conn,
+            id,
+            socket: Arc::clone(&self.socket),
+            pkt_rx,
+            ctrl_rx,
+            ctrl_tx,
+            router_tx: self.cmd_tx.clone(),
+            shared,
+            abort: self.abort.child_token(),
+            local,
+            peer,
+            started: Instant::now(),
+        };
+        let accept = self.accept.as_mut().expect("checked by the caller");
+        match accept.accept_tx.try_send(IncomingConnection::new(setup)) {
+            Ok(()) => self.metrics.initial_accepted(),
+            Err(e) => {
+                // Capacity was checked above, so the listener was dropped meanwhile:
+                // refusing closes the connection and unregisters it.
+                let incoming = match e {
+                    mpsc::error::TrySendError::Full(i) | mpsc::error::TrySendError::Closed(i) => i,
+                };
+                incoming.refuse();
+                self.reject(RejectReason::ShuttingDown);
+            }
+        }
+    }
+}

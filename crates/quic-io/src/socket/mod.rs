@@ -1,0 +1,215 @@
+//! UDP sockets with the kernel's batching offloads.
+//!
+//! Sending uses UDP generic segmentation offload (GSO, `UDP_SEGMENT`) where the kernel
+//! has it: one `sendmsg` carries many equal-sized datagrams. Receiving uses `recvmmsg`
+//! and UDP generic receive offload (GRO) where available: one call returns many
+//! datagrams. Both come from `quinn-udp`, which detects what the kernel supports and
+//! falls back to one datagram per call where it must.
+
+use std::io;
+use std::io::IoSliceMut;
+use std::net::SocketAddr;
+
+use bytes::BytesMut;
+use tokio::io::Interest;
+
+/// The largest UDP payload quay accepts (advertised as `max_udp_payload_size`,
+/// RFC 9000 §18.2). Larger datagrams are truncated by the receive buffers and fail
+/// authentication.
+pub(crate) const MAX_UDP_PAYLOAD: usize = 1500;
+
+/// Receive slot size without GRO: one datagram of up to [`MAX_UDP_PAYLOAD`] bytes,
+/// rounded up.
+const SLOT_PLAIN: usize = 2048;
+
+/// Receive slot size with GRO: the kernel coalesces up to 64 KiB per slot.
+const SLOT_GRO: usize = 64 * 1024;
+
+/// Receive slots per batch with GRO: 8 × 64 KiB = 512 KiB per receive call, so a
+/// datagram still queued for a connection pins at most that much memory.
+const SLOTS_GRO: usize = 8;
+
+/// A UDP socket shared by a router (the only reader) and workers (writers).
+#[derive(Debug)]
+pub(crate) struct Socket {
+    io: tokio::net::UdpSocket,
+    state: quinn_udp::UdpSocketState,
+    local_addr: SocketAddr,
+    gso: bool,
+}
+
+impl Socket {
+    /// Wraps a bound std socket; must be called inside a tokio runtime.
+    pub(crate) fn new(socket: std::net::UdpSocket, enable_gso: bool) -> io::Result<Self> {
+        socket.set_nonblocking(true)?;
+        let state = quinn_udp::UdpSocketState::new((&socket).into())?;
+        // Bigger kernel buffers absorb bursts at high rates; failure is not fatal.
+        let _ = state.set_recv_buffer_size((&socket).into(), 4 * 1024 * 1024);
+        let _ = state.set_send_buffer_size((&socket).into(), 4 * 1024 * 1024);
+        let local_addr = socket.local_addr()?;
+        let io = tokio::net::UdpSocket::from_std(socket)?;
+        Ok(Self {
+            io,
+            state,
+            local_addr,
+            gso: enable_gso,
+        })
+    }
+
+    pub(crate) fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// How many datagrams one [`send`](Self::send) may carry.
+    pub(crate) fn max_segments(&self) -> usize {
+        if self.gso {
+            self.state.max_gso_segments().max(1)
+        } else {
+            1
+        }
+    }
+
+    /// Sends `contents` to `dst`: one datagram, or with `segment_size` several of that
+    /// size (the last may be shorter) in one call.
+    pub(crate) async fn send(
+        &self,
+        dst: SocketAddr,
+        contents: &[u8],
+        segment_size: Option<usize>,
+    ) -> io::Result<()> {
+        let transmit = quinn_udp::Transmit {
+            destination: dst,
+            ecn: None,
+            contents,
+            segment_size: segment_size.filter(|s| *s < contents.len()),
+            src_ip: None,
+        };
+        loop {
+            let r = self.io.try_io(Interest::WRITABLE, || {
+                self.state.try_send((&self.io).into(), &transmit)
+            });
+            match r {
+                Ok(()) => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.io.writable().await?,
+                // EMSGSIZE: a datagram larger than the path allows (an MTU probe); it is
+                // lost like any other datagram and QUIC recovers.
+                Err(e) if quinn_udp::is_msg_size_err(&e) => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Sends one datagram without waiting: for the router's stateless answers (Retry,
+    /// Version Negotiation, reset), which are dropped when the socket is full.
+    pub(crate) fn try_send_one(&self, dst: SocketAddr, contents: &[u8]) -> io::Result<()> {
+        let transmit = quinn_udp::Transmit {
+            destination: dst,
+            ecn: None,
+            contents,
+            segment_size: None,
+            src_ip: None,
+        };
+        self.io.try_io(Interest::WRITABLE, || {
+            self.state.try_send((&self.io).into(), &transmit)
+        })
+    }
+
+    /// Waits until the socket may have datagrams to read.
+    pub(crate) async fn readable(&self) -> io::Result<()> {
+        self.io.readable().await
+    }
+}
+
+/// A received datagram: its own slice of a shared receive buffer, so handing it to a
+/// worker costs no allocation and no copy.
+#[derive(Debug)]
+pub(crate) struct Datagram {
+    pub(crate) buf: BytesMut,
+    pub(crate) from: SocketAddr,
+    pub(crate) to: SocketAddr,
+}
+
+/// The receive side: a buffer carved into slots for one `recvmmsg`.
+#[derive(Debug)]
+pub(crate) struct Receiver {
+    arena: BytesMut,
+    slot: usize,
+    slots: usize,
+    meta: Vec<quinn_udp::RecvMeta>,
+}
+
+impl Receiver {
+    pub(crate) fn new(socket: &Socket) -> Self {
+        let gro = socket.state.gro_segments() > 1;
+        let (slot, slots) = if gro {
+            (SLOT_GRO, SLOTS_GRO.min(quinn_udp::BATCH_SIZE))
+        } else {
+            (SLOT_PLAIN, quinn_udp::BATCH_SIZE)
+        };
+        Self {
+            arena: BytesMut::zeroed(slot * slots),
+            slot,
+            slots,
+            meta: vec![quinn_udp::RecvMeta::default(); slots],
+        }
+    }
+
+    /// Reads one batch without waiting and appends every datagram to `out`. Returns the
+    /// number of datagrams, or `WouldBlock` when there was nothing to read.
+    pub(crate) fn recv_batch(
+        &mut self,
+        socket: &Socket,
+        out: &mut Vec<Datagram>,
+    ) -> io::Result<usize> {
+        let want = self.slot * self.slots;
+        if self.arena.len() < want {
+            // Reuses the allocation when every datagram cut from it is gone; otherwise
+            // allocates a fresh one: once per batch, never per datagram.
+            self.arena.resize(want, 0);
+        }
+        let msgs = {
+            let mut slices: [IoSliceMut<'_>; quinn_udp::BATCH_SIZE] =
+                std::array::from_fn(|_| IoSliceMut::new(&mut []));
+            for (i, chunk) in self.arena[..want].chunks_mut(self.slot).enumerate() {
+                slices[i] = IoSliceMut::new(chunk);
+            }
+            let meta = &mut self.meta;
+            let state = &socket.state;
+            socket.io.try_io(Interest::READABLE, || {
+                state.recv((&socket.io).into(), &mut slices[..self.slots], meta)
+            })?
+        };
+        let local = socket.local_addr;
+        let mut count = 0;
+        let mut region = self.arena.split_to(msgs * self.slot);
+        for meta in &self.meta[..msgs] {
+            let mut slot = region.split_to(self.slot);
+            slot.truncate(meta.len);
+            let to = meta.dst_ip.map_or(local, |ip| SocketAddr::new(ip, local.port()));
+            let stride = meta.stride.max(1);
+            while !slot.is_empty() {
+                let seg = slot.split_to(stride.min(slot.len()));
+                count += 1;
+                out.push(Datagram {
+                    buf: seg,
+                    from: meta.addr,
+                    to,
+                });
+            }
+        }
+        Ok(count)
+    }
+}
+
+/// Binds a UDP socket, with the address in the error when it fails.
+pub(crate) fn bind(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
+    let domain = socket2::Domain::for_address(addr);
+    let socket = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
+    if addr.is_ipv6() {
+        // Dual-stack when bound to [::], as most servers want.
+        let _ = socket.set_only_v6(false);
+    }
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
