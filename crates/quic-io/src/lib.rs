@@ -1,1 +1,82 @@
-//! placeholder
+//! quay's socket and router core: QUIC connections over UDP, driven by tokio.
+//!
+//! `quic-io` owns the sockets, the timers and the event loops, so a protocol written
+//! against [`quic_app::ApplicationOverQuic`] runs over the network unchanged:
+//!
+//! - one **router** task per UDP socket reads datagrams in batches (`recvmmsg`, GRO)
+//!   and routes each by destination connection ID; for unknown IDs it runs the accept
+//!   path (version negotiation, Retry with expiring tokens, limits) or answers with a
+//!   rate-limited stateless reset;
+//! - one **worker** task per connection owns its `quiche::Connection`, feeds it the
+//!   routed datagrams, calls the application, and sends in GSO batches.
+//!
+//! Entry points: [`listen_on`] / [`listen`] for servers, [`connect`] for clients.
+//!
+//! # Example
+//!
+//! An echo server and a client that checks every echoed byte, over loopback:
+//!
+//! ```
+//! use quic_app::echo::{ALPN, EchoClient, EchoServer};
+//! use quic_io::{ClientParams, ClientTlsConfig, ServerParams, TlsConfig};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let identity = TlsConfig::self_signed(&["localhost"])?;
+//! let server = ServerParams::new(identity.config, &[ALPN]);
+//! let mut listener = quic_io::listen_on("127.0.0.1:0".parse()?, server)?;
+//! let addr = listener.local_addr();
+//! tokio::spawn(async move {
+//!     while let Some(incoming) = listener.accept().await {
+//!         incoming.start(EchoServer::new());
+//!     }
+//! });
+//!
+//! let mut client = ClientParams::new(&[ALPN]);
+//! client.tls = ClientTlsConfig::new().add_root_pem(identity.cert_pem.as_bytes())?;
+//! client.server_name = Some("localhost".into());
+//! let (app, report) = EchoClient::new(2, 10_000);
+//! let conn = quic_io::connect(addr, client, app).await?;
+//! assert!(report.await?.is_ok());
+//! conn.closed().await;
+//! # Ok(())
+//! # }
+//! ```
+#![warn(missing_docs)]
+
+mod cid;
+pub use cid::{DEFAULT_CID_LEN, ResetKey};
+
+mod connect;
+pub use connect::{ClientParams, ConnectError, connect};
+
+mod handle;
+pub use handle::{ConnectionClosed, ConnectionHandle};
+
+mod listen;
+pub use listen::{
+    EndpointLimits, IncomingConnection, ListenError, Listener, RetryPolicy, ServerParams, listen,
+    listen_on,
+};
+
+mod metrics;
+pub use metrics::{
+    CountingMetrics, DropReason, Metrics, MetricsSnapshot, NoopMetrics, RejectReason,
+};
+
+mod settings;
+pub use settings::{CongestionControl, QuicSettings};
+
+mod tls;
+pub use tls::{ClientTlsConfig, SelfSigned, TlsConfig, TlsError};
+
+mod router;
+mod socket;
+mod spawn;
+mod worker;
+
+#[doc(hidden)]
+pub mod __private {
+    //! Internals exposed for the project's own tests and fuzz targets; not a stable API.
+    pub use crate::router::header::{Routing, parse as parse_routing_header};
+}

@@ -249,12 +249,12 @@ impl ClientTlsConfig {
                 .map_err(TlsError::Context)?;
         }
         if let Some(ip) = ip {
-            ctx.verify_param_mut().set_ip(ip).map_err(TlsError::Context)?;
+            ctx.cert_store_mut().verify_param_mut().set_ip(ip).map_err(TlsError::Context)?;
         }
         ctx.set_verify_callback(SslVerifyMode::PEER, |ok, store| {
-            if !ok {
-                let reason = store.error().error_string().to_owned();
-                LAST_VERIFY_ERROR.with(|e| *e.borrow_mut() = Some(reason));
+            if let Err(e) = store.verify_result() {
+                let reason = e.error_string().to_owned();
+                LAST_VERIFY_ERROR.with(|slot| *slot.borrow_mut() = Some(reason));
             }
             ok
         });

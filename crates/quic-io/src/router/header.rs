@@ -6,16 +6,22 @@
 
 /// What routing needs of a packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Routing<'a> {
+pub enum Routing<'a> {
     /// A short-header packet (RFC 9000 §17.3): the DCID has the length we issue.
-    Short { dcid: &'a [u8] },
+    Short {
+        /// Destination connection ID.
+        dcid: &'a [u8],
+    },
     /// A long-header packet (RFC 8999 §5.1).
     Long {
+        /// The QUIC version.
         version: u32,
         /// The two type bits of QUIC v1 (RFC 9000 §17.2): 0 Initial, 1 0-RTT,
         /// 2 Handshake, 3 Retry. Meaningless for other versions.
         ty: u8,
+        /// Destination connection ID.
         dcid: &'a [u8],
+        /// Source connection ID.
         scid: &'a [u8],
     },
 }
@@ -23,9 +29,11 @@ pub(crate) enum Routing<'a> {
 /// The v1 long header type of an Initial packet.
 pub(crate) const TYPE_INITIAL: u8 = 0;
 
+/// Parses the routing part of a datagram's first packet; `None` if malformed.
+///
 /// RFC 8999 §5.1: connection IDs of a long header are at most 255 bytes in general; for
 /// versions quiche supports, at most 20 (RFC 9000 §17.2).
-pub(crate) fn parse(buf: &[u8], short_dcid_len: usize) -> Option<Routing<'_>> {
+pub fn parse(buf: &[u8], short_dcid_len: usize) -> Option<Routing<'_>> {
     let first = *buf.first()?;
     if first & 0x80 == 0 {
         let dcid = buf.get(1..1 + short_dcid_len)?;

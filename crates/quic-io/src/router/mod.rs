@@ -10,7 +10,6 @@ mod reset;
 pub(crate) mod retry;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -490,4 +489,10 @@ impl Router {
             }
         }
     }
+}
+
+/// The stateless reset rate limiter for a listener: `rate` per second, bursts of the
+/// same size.
+pub(crate) fn reset_limiter(rate: u32) -> RateLimiter {
+    RateLimiter::new(rate, rate)
 }

@@ -1,0 +1,154 @@
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use quic_app::{CloseReason, ConnectionStats, HandshakeInfo};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::worker::WorkerCommand;
+
+/// Where a connection is in its life, as its worker publishes it.
+#[derive(Debug, Clone)]
+pub(crate) enum ConnState {
+    Handshaking,
+    Established(HandshakeInfo),
+    Closed(Arc<ConnectionClosed>),
+}
+
+/// How a connection ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConnectionClosed {
+    /// Who closed it, and why.
+    pub reason: CloseReason,
+    /// Its counters when it closed.
+    pub stats: ConnectionStats,
+    /// Why the server's certificate was not trusted, when that ended the handshake.
+    pub tls_verify_error: Option<String>,
+}
+
+/// A handle to a running connection: its addresses, live stats, close.
+///
+/// Handles are cheap to clone; all of them talk to the connection's worker task.
+///
+/// # Drop behavior
+///
+/// Dropping handles does not close the connection: the application drives it, and it
+/// ends when the application or the peer closes it, or on a timeout. Use
+/// [`close`](Self::close) to end it from outside.
+#[derive(Debug, Clone)]
+pub struct ConnectionHandle {
+    ctrl_tx: mpsc::Sender<WorkerCommand>,
+    state_rx: watch::Receiver<ConnState>,
+    local_addr: SocketAddr,
+    peer_addr: SocketAddr,
+    scid: Arc<str>,
+}
+
+impl ConnectionHandle {
+    pub(crate) fn new(
+        ctrl_tx: mpsc::Sender<WorkerCommand>,
+        state_rx: watch::Receiver<ConnState>,
+        local_addr: SocketAddr,
+        peer_addr: SocketAddr,
+        scid: String,
+    ) -> Self {
+        Self {
+            ctrl_tx,
+            state_rx,
+            local_addr,
+            peer_addr,
+            scid: scid.into(),
+        }
+    }
+
+    /// Asks the connection to close with an application error code and reason
+    /// (CONNECTION_CLOSE 0x1d). Returns at once; [`closed`](Self::closed) tells when
+    /// it has. Does nothing if the connection already closed.
+    pub async fn close(&self, code: u64, reason: impl Into<Vec<u8>>) {
+        let cmd = WorkerCommand::Close {
+            app: true,
+            code,
+            reason: reason.into(),
+        };
+        let _ = self.ctrl_tx.send(cmd).await;
+    }
+
+    /// The connection's counters now; after it closed, its final counters.
+    pub async fn stats(&self) -> ConnectionStats {
+        let (tx, rx) = oneshot::channel();
+        if self.ctrl_tx.send(WorkerCommand::Stats(tx)).await.is_ok() {
+            if let Ok(stats) = rx.await {
+                return stats;
+            }
+        }
+        match &*self.closed().await {
+            ConnectionClosed { stats, .. } => stats.clone(),
+        }
+    }
+
+    /// Waits for the handshake; returns what it established, or how the connection
+    /// ended before it completed.
+    pub async fn established(&self) -> Result<HandshakeInfo, Arc<ConnectionClosed>> {
+        let mut rx = self.state_rx.clone();
+        loop {
+            match &*rx.borrow_and_update() {
+                ConnState::Handshaking => {}
+                ConnState::Established(info) => return Ok(info.clone()),
+                ConnState::Closed(c) => return Err(Arc::clone(c)),
+            }
+            if rx.changed().await.is_err() {
+                return Err(Arc::new(ConnectionClosed {
+                    reason: CloseReason::Aborted,
+                    stats: ConnectionStats::default(),
+                    tls_verify_error: None,
+                }));
+            }
+        }
+    }
+
+    /// Waits until the connection has closed.
+    pub async fn closed(&self) -> Arc<ConnectionClosed> {
+        let mut rx = self.state_rx.clone();
+        loop {
+            if let ConnState::Closed(c) = &*rx.borrow_and_update() {
+                return Arc::clone(c);
+            }
+            if rx.changed().await.is_err() {
+                return Arc::new(ConnectionClosed {
+                    reason: CloseReason::Aborted,
+                    stats: ConnectionStats::default(),
+                    tls_verify_error: None,
+                });
+            }
+        }
+    }
+
+    /// Whether the connection has closed.
+    pub fn is_closed(&self) -> bool {
+        matches!(&*self.state_rx.borrow(), ConnState::Closed(_))
+    }
+
+    /// The handshake's results, once it completed.
+    pub fn handshake_info(&self) -> Option<HandshakeInfo> {
+        match &*self.state_rx.borrow() {
+            ConnState::Established(info) => Some(info.clone()),
+            _ => None,
+        }
+    }
+
+    /// The local address of the connection's socket.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The peer's address when the connection started.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.peer_addr
+    }
+
+    /// This side's first source connection ID, hex: the `scid` of the connection's
+    /// tracing span.
+    pub fn scid(&self) -> &str {
+        &self.scid
+    }
+}

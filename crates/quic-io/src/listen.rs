@@ -1,0 +1,377 @@
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use quic_app::{AppError, ApplicationOverQuic, CloseReason, HandshakeInfo, QuicConnection};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::cid::{DEFAULT_CID_LEN, ResetKey};
+use crate::handle::ConnectionHandle;
+use crate::metrics::{Metrics, NoopMetrics};
+use crate::router::reset_limiter;
+use crate::router::retry::RetryTokens;
+use crate::router::{Accept, Router, RouterCommand};
+use crate::settings::QuicSettings;
+use crate::socket::Socket;
+use crate::tls::{TlsConfig, TlsError};
+use crate::worker::{self, WorkerSetup, WorkerShared};
+
+/// RFC 9000 §20.1: CONNECTION_REFUSED, "the server refused to accept a new connection".
+const CONNECTION_REFUSED: u64 = 0x2;
+
+/// When a listener answers a new client with Retry (RFC 9000 §8.1.2) to prove the
+/// client's address before it spends any state on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RetryPolicy {
+    /// Never send Retry.
+    Never,
+    /// Always send Retry: one more round trip per connection, no state before the
+    /// client's address is proven.
+    Always,
+    /// Send Retry while this many handshakes are in flight: the usual defence against
+    /// spoofed Initial floods.
+    UnderLoad {
+        /// Handshakes in flight from which Retry starts.
+        handshakes: usize,
+    },
+}
+
+/// Limits that keep a listener's memory and work bounded under load and attack.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct EndpointLimits {
+    /// Connections at once; new Initials beyond it are dropped and counted.
+    pub max_connections: usize,
+    /// Handshakes in flight at once.
+    pub max_handshakes: usize,
+    /// New connections waiting for the application to accept them.
+    pub accept_backlog: usize,
+    /// Stateless resets per second, and the burst allowed above that rate.
+    pub resets_per_second: u32,
+}
+
+impl Default for EndpointLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 10_000,
+            max_handshakes: 1_000,
+            accept_backlog: 1_024,
+            resets_per_second: 100,
+        }
+    }
+}
+
+/// Everything a listener needs: identity, protocols, settings, limits.
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct ServerParams {
+    /// The server's certificate chain and key.
+    pub tls: TlsConfig,
+    /// The ALPN protocols offered, most preferred first.
+    pub alpn: Vec<Vec<u8>>,
+    /// Transport settings.
+    pub settings: QuicSettings,
+    /// Resource limits.
+    pub limits: EndpointLimits,
+    /// When to answer with Retry.
+    pub retry: RetryPolicy,
+    /// How long a Retry token stays valid.
+    pub retry_token_lifetime: Duration,
+    /// The secret stateless reset tokens are derived from. Give restarted or sibling
+    /// servers the same key so they can reset connections they do not know.
+    pub reset_key: ResetKey,
+    /// Length of the connection IDs this listener issues (1..=20).
+    pub cid_len: usize,
+    /// Where events are counted.
+    pub metrics: Arc<dyn Metrics>,
+}
+
+impl std::fmt::Debug for ServerParams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerParams")
+            .field("alpn", &self.alpn)
+            .field("settings", &self.settings)
+            .field("limits", &self.limits)
+            .field("retry", &self.retry)
+            .field("cid_len", &self.cid_len)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServerParams {
+    /// Parameters with default settings and limits, Retry under load (from 200
+    /// handshakes in flight), a random reset key and no metrics.
+    pub fn new(tls: TlsConfig, alpn: &[&[u8]]) -> Self {
+        Self {
+            tls,
+            alpn: alpn.iter().map(|a| a.to_vec()).collect(),
+            settings: QuicSettings::default(),
+            limits: EndpointLimits::default(),
+            retry: RetryPolicy::UnderLoad { handshakes: 200 },
+            retry_token_lifetime: Duration::from_secs(10),
+            reset_key: ResetKey::random(),
+            cid_len: DEFAULT_CID_LEN,
+            metrics: Arc::new(NoopMetrics),
+        }
+    }
+
+    fn quiche_config(&self) -> Result<quiche::Config, TlsError> {
+        let ctx = self.tls.server_context()?;
+        let mut cfg = quiche::Config::with_boring_ssl_ctx_builder(quiche::PROTOCOL_VERSION, ctx)
+            .map_err(TlsError::Quic)?;
+        let alpn: Vec<&[u8]> = self.alpn.iter().map(Vec::as_slice).collect();
+        cfg.set_application_protos(&alpn).map_err(TlsError::Quic)?;
+        self.settings.apply(&mut cfg);
+        Ok(cfg)
+    }
+}
+
+/// Why a listener could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ListenError {
+    /// The address could not be bound (in use, not local, no permission).
+    #[error("failed to bind UDP {addr}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The socket could not be set up for QUIC.
+    #[error("failed to set up the UDP socket")]
+    Socket(#[source] std::io::Error),
+    /// The TLS identity or QUIC settings were refused.
+    #[error("invalid server configuration")]
+    Config(#[source] TlsError),
+    /// A parameter is out of range.
+    #[error("invalid parameter: {0}")]
+    Invalid(&'static str),
+}
+
+/// Binds `addr` and listens on it. Must be called within a tokio runtime.
+pub fn listen_on(addr: SocketAddr, params: ServerParams) -> Result<Listener, ListenError> {
+    let socket = crate::socket::bind(addr).map_err(|source| ListenError::Bind { addr, source })?;
+    listen(socket, params)
+}
+
+/// Listens on a bound UDP socket. Must be called within a tokio runtime.
+pub fn listen(socket: std::net::UdpSocket, params: ServerParams) -> Result<Listener, ListenError> {
+    if !(1..=quiche::MAX_CONN_ID_LEN).contains(&params.cid_len) {
+        return Err(ListenError::Invalid("cid_len must be 1..=20"));
+    }
+    if params.alpn.is_empty() {
+        return Err(ListenError::Invalid("at least one ALPN protocol is required"));
+    }
+    let config = params.quiche_config().map_err(ListenError::Config)?;
+    let socket = Arc::new(Socket::new(socket, params.settings.enable_gso).map_err(ListenError::Socket)?);
+    let local_addr = socket.local_addr();
+    let (accept_tx, accept_rx) = mpsc::channel(params.limits.accept_backlog.max(1));
+    let shared = Arc::new(WorkerShared {
+        handshake_timeout: params.settings.handshake_timeout,
+        qlog_dir: params.settings.qlog_dir.clone(),
+        keylog_file: params.settings.keylog_file.clone(),
+        metrics: Arc::clone(&params.metrics),
+        max_payload: params.settings.max_send_udp_payload,
+        pacing: params.settings.pacing,
+    });
+    let abort = CancellationToken::new();
+    let accept = Accept {
+        config,
+        retry: RetryTokens::new(params.retry_token_lifetime),
+        reset_limiter: reset_limiter(params.limits.resets_per_second),
+        accept_tx,
+        shared,
+        shutdown: None,
+        shutting_down: false,
+        params: params.clone(),
+    };
+    let router = Router::new(
+        socket,
+        params.cid_len,
+        Arc::clone(&params.metrics),
+        params.reset_key.clone(),
+        Some(accept),
+        abort.clone(),
+    );
+    let cmd_tx = router.command_sender();
+    let span = tracing::info_span!("quic_listener", local = %local_addr);
+    crate::spawn::task(router.run().instrument(span));
+    Ok(Listener {
+        accept_rx,
+        cmd_tx,
+        local_addr,
+        abort,
+    })
+}
+
+/// A listening endpoint: yields the connections clients start.
+///
+/// Also a [`Stream`](futures_core::Stream) of [`IncomingConnection`]s.
+///
+/// # Drop behavior
+///
+/// Dropping the listener stops accepting: new clients are turned away, connections
+/// that were started keep running until they close, and the socket is released after
+/// the last one. [`shutdown`](Self::shutdown) closes them all; [`abort`](Self::abort)
+/// drops them without a word to the peers.
+#[derive(Debug)]
+pub struct Listener {
+    accept_rx: mpsc::Receiver<IncomingConnection>,
+    cmd_tx: mpsc::Sender<RouterCommand>,
+    local_addr: SocketAddr,
+    abort: CancellationToken,
+}
+
+impl Listener {
+    /// The next connection a client started; `None` once the listener has stopped.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: a connection is only taken from the queue when this resolves.
+    pub async fn accept(&mut self) -> Option<IncomingConnection> {
+        self.accept_rx.recv().await
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Starts minting Retry tokens under a new key. Tokens minted under the previous
+    /// key stay valid until they expire; those of older keys no longer are.
+    pub async fn rotate_retry_key(&self) {
+        let _ = self.cmd_tx.send(RouterCommand::RotateRetryKey).await;
+    }
+
+    /// Stops accepting, closes every connection with application code `code`, and
+    /// waits up to `deadline` for them to close; connections still open then are
+    /// dropped. Returns whether every connection closed in time.
+    pub async fn shutdown(mut self, code: u64, reason: &[u8], deadline: Duration) -> bool {
+        self.accept_rx.close();
+        while let Ok(incoming) = self.accept_rx.try_recv() {
+            incoming.refuse();
+        }
+        let (done_tx, done_rx) = oneshot::channel();
+        let cmd = RouterCommand::Shutdown {
+            code,
+            reason: reason.to_vec(),
+            done: done_tx,
+        };
+        let graceful = if self.cmd_tx.send(cmd).await.is_ok() {
+            matches!(tokio::time::timeout(deadline, done_rx).await, Ok(Ok(())))
+        } else {
+            true
+        };
+        if !graceful {
+            self.abort.cancel();
+        }
+        graceful
+    }
+
+    /// Stops the listener and every connection at once, sending nothing: peers find
+    /// out from their idle timeout, or from a stateless reset if a new listener with
+    /// the same reset key takes over the address.
+    pub fn abort(self) {
+        self.abort.cancel();
+    }
+}
+
+impl futures_core::Stream for Listener {
+    type Item = IncomingConnection;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.accept_rx.poll_recv(cx)
+    }
+}
+
+/// A connection a client started, waiting to be started with an application or
+/// refused.
+///
+/// # Drop behavior
+///
+/// Dropping it refuses the connection (CONNECTION_REFUSED).
+#[must_use = "an incoming connection is refused when dropped"]
+pub struct IncomingConnection {
+    setup: Option<WorkerSetup>,
+}
+
+impl std::fmt::Debug for IncomingConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IncomingConnection")
+            .field("peer", &self.peer_addr())
+            .finish_non_exhaustive()
+    }
+}
+
+impl IncomingConnection {
+    pub(crate) fn new(setup: WorkerSetup) -> Self {
+        Self { setup: Some(setup) }
+    }
+
+    /// The client's address.
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        self.setup.as_ref().map(|s| s.peer)
+    }
+
+    /// Starts the connection's worker with `app`; the handshake proceeds and the app
+    /// is told when it completes.
+    pub fn start<A: ApplicationOverQuic>(mut self, app: A) -> ConnectionHandle {
+        let setup = self.setup.take().expect("set until started, refused or dropped");
+        worker::spawn(setup, app, None)
+    }
+
+    /// Refuses the connection: the client gets CONNECTION_REFUSED.
+    pub fn refuse(mut self) {
+        if let Some(setup) = self.setup.take() {
+            worker::spawn(setup, Refused, Some(CONNECTION_REFUSED));
+        }
+    }
+}
+
+impl Drop for IncomingConnection {
+    fn drop(&mut self) {
+        if let Some(setup) = self.setup.take() {
+            // A runtime is present: incoming connections are only made by a router
+            // task. Without one (runtime shutting down) the connection just ends.
+            if tokio::runtime::Handle::try_current().is_ok() {
+                worker::spawn(setup, Refused, Some(CONNECTION_REFUSED));
+            }
+        }
+    }
+}
+
+/// The application of a refused connection: never called but to be told it closed.
+struct Refused;
+
+impl ApplicationOverQuic for Refused {
+    fn on_conn_established(
+        &mut self,
+        _conn: &mut QuicConnection,
+        _info: &HandshakeInfo,
+    ) -> Result<(), AppError> {
+        Err(AppError::close(CONNECTION_REFUSED, "refused"))
+    }
+    fn should_act(&self) -> bool {
+        false
+    }
+    fn wait_for_data(
+        &mut self,
+        _conn: &mut QuicConnection,
+    ) -> impl Future<Output = Result<(), AppError>> + Send {
+        std::future::pending()
+    }
+    fn process_reads(&mut self, _conn: &mut QuicConnection) -> Result<(), AppError> {
+        Ok(())
+    }
+    fn process_writes(&mut self, _conn: &mut QuicConnection) -> Result<(), AppError> {
+        Ok(())
+    }
+    fn on_conn_close(&mut self, _conn: &mut QuicConnection, _reason: &CloseReason) {}
+}

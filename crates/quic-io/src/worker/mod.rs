@@ -1,0 +1,360 @@
+//! The per-connection I/O worker: one task per connection, the only owner of its
+//! `quiche::Connection`.
+//!
+//! Each turn of the loop waits for the first of: the connection's timer, datagrams from
+//! the router, a command from a handle, or the application's own work; then feeds every
+//! queued datagram to the connection, runs the application's callbacks, and sends the
+//! connection's output in GSO batches.
+
+mod batch;
+
+use std::fs::OpenOptions;
+use std::io::BufWriter;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use quic_app::{AppDriver, ApplicationOverQuic, CloseReason, ConnectionStats, HandshakeInfo};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::handle::{ConnState, ConnectionClosed, ConnectionHandle};
+use crate::metrics::Metrics;
+use crate::router::RouterCommand;
+use crate::socket::{Datagram, Socket};
+use batch::{Next, SendBatcher};
+
+/// Datagrams fed to the connection per turn before the worker sends and checks its
+/// timer again: bounds the time between two sends under a flood of input.
+const MAX_DATAGRAMS_PER_TURN: usize = 256;
+
+/// Send batches per flush before the worker yields to other tasks.
+const BATCHES_BEFORE_YIELD: usize = 16;
+
+/// Messages into a worker from its handles and its router.
+#[derive(Debug)]
+pub(crate) enum WorkerCommand {
+    /// Close the connection with this error.
+    Close {
+        app: bool,
+        code: u64,
+        reason: Vec<u8>,
+    },
+    /// Report the connection's counters now.
+    Stats(oneshot::Sender<ConnectionStats>),
+}
+
+/// What every worker of one endpoint shares.
+pub(crate) struct WorkerShared {
+    pub(crate) handshake_timeout: Duration,
+    pub(crate) qlog_dir: Option<PathBuf>,
+    pub(crate) keylog_file: Option<PathBuf>,
+    pub(crate) metrics: Arc<dyn Metrics>,
+    pub(crate) max_payload: usize,
+    pub(crate) pacing: bool,
+}
+
+/// Everything a worker needs besides its application.
+pub(crate) struct WorkerSetup {
+    pub(crate) conn: quiche::Connection,
+    pub(crate) id: u64,
+    pub(crate) socket: Arc<Socket>,
+    pub(crate) pkt_rx: mpsc::Receiver<Datagram>,
+    pub(crate) ctrl_rx: mpsc::Receiver<WorkerCommand>,
+    pub(crate) ctrl_tx: mpsc::Sender<WorkerCommand>,
+    pub(crate) router_tx: mpsc::Sender<RouterCommand>,
+    pub(crate) shared: Arc<WorkerShared>,
+    pub(crate) abort: CancellationToken,
+    pub(crate) local: SocketAddr,
+    pub(crate) peer: SocketAddr,
+    pub(crate) started: Instant,
+}
+
+/// Starts the worker task for `setup` driving `app`. With `refuse`, the connection is
+/// closed with that transport error as soon as it can be (after the client's Initial).
+pub(crate) fn spawn<A: ApplicationOverQuic>(
+    mut setup: WorkerSetup,
+    app: A,
+    refuse: Option<u64>,
+) -> ConnectionHandle {
+    let scid = hex(&setup.conn.source_id());
+    let side = if setup.conn.is_server() { "server" } else { "client" };
+    let span = tracing::info_span!("quic_conn", %scid, peer = %setup.peer, side);
+    let _entered = span.enter();
+    setup_logging(&mut setup, &scid);
+    drop(_entered);
+    let (state_tx, state_rx) = watch::channel(ConnState::Handshaking);
+    let handle = ConnectionHandle::new(
+        setup.ctrl_tx.clone(),
+        state_rx,
+        setup.local,
+        setup.peer,
+        scid,
+    );
+    let batcher = SendBatcher::new(
+        setup.shared.max_payload,
+        setup.socket.max_segments(),
+        setup.shared.pacing,
+    );
+    let worker = Worker {
+        handshake_deadline: setup.started + setup.shared.handshake_timeout,
+        setup,
+        driver: AppDriver::new(app),
+        batcher,
+        state_tx,
+        refuse,
+        reset_seen: false,
+        handshake_timed_out: false,
+        verify_error: None,
+        established_at: None,
+    };
+    crate::spawn::task(worker.run().instrument(span));
+    handle
+}
+
+struct Worker<A> {
+    setup: WorkerSetup,
+    driver: AppDriver<A>,
+    batcher: SendBatcher,
+    state_tx: watch::Sender<ConnState>,
+    handshake_deadline: Instant,
+    refuse: Option<u64>,
+    reset_seen: bool,
+    handshake_timed_out: bool,
+    verify_error: Option<String>,
+    established_at: Option<Instant>,
+}
+
+impl<A: ApplicationOverQuic> Worker<A> {
+    async fn run(mut self) {
+        // A client's first flight is ready before anything arrives.
+        self.flush().await;
+        let reason = loop {
+            let established = self.setup.conn.is_established();
+            let timer = [
+                self.setup.conn.timeout_instant(),
+                (!established).then_some(self.handshake_deadline),
+                self.batcher.holding(),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
+            let wait_app = self.driver.wants_to_wait(&self.setup.conn);
+            let s = &mut self.setup;
+            let driver = &mut self.driver;
+            tokio::select! {
+                // The timer goes first: loss detection and the idle timeout must fire on
+                // time even when datagrams keep arriving.
+                biased;
+                () = sleep_until(timer), if timer.is_some() => {}
+                () = s.abort.cancelled() => break CloseReason::Aborted,
+                dgram = s.pkt_rx.recv() => {
+                    if let Some(d) = dgram {
+                        self.recv(d);
+                        self.drain_queue();
+                    }
+                }
+                cmd = s.ctrl_rx.recv() => {
+                    if let Some(cmd) = cmd {
+                        self.command(cmd);
+                    }
+                }
+                () = driver.wait_for_data(&mut s.conn), if wait_app => {}
+            }
+            let now = Instant::now();
+            if self.setup.conn.timeout_instant().is_some_and(|t| t <= now) {
+                self.setup.conn.on_timeout();
+            }
+            if let Some(code) = self.refuse.take_if(|_| self.setup.conn.is_established() || self.setup.conn.is_in_early_data() || self.setup.conn.stats().recv > 0) {
+                let _ = self.setup.conn.close(false, code, b"connection refused");
+            }
+            if !self.setup.conn.is_established()
+                && now >= self.handshake_deadline
+                && !self.setup.conn.is_closed()
+            {
+                self.handshake_timed_out = true;
+                let _ = self.setup.conn.close(false, 0x0, b"handshake timeout");
+                self.flush().await;
+                break CloseReason::HandshakeTimeout;
+            }
+            if self.refuse.is_none() {
+                let (local, peer, started) = (self.setup.local, self.setup.peer, self.setup.started);
+                self.driver.after_input(&mut self.setup.conn, |c| {
+                    HandshakeInfo::from_connection(c, local, peer, started.elapsed())
+                });
+            }
+            self.note_established();
+            self.flush().await;
+            if self.setup.conn.is_closed() {
+                break self.close_reason();
+            }
+        };
+        self.finish(reason).await;
+    }
+
+    /// Feeds one datagram to the connection.
+    fn recv(&mut self, mut d: Datagram) {
+        let was_closed = self.setup.conn.is_closed();
+        let info = quiche::RecvInfo {
+            from: d.from,
+            to: d.to,
+        };
+        if let Err(e) = self.setup.conn.recv(&mut d.buf, info) {
+            tracing::trace!(error = %e, "datagram rejected");
+        }
+        if !self.setup.conn.is_server() && self.verify_error.is_none() {
+            self.verify_error = crate::tls::take_verify_error();
+        }
+        // quiche marks the connection closed, with no error recorded, when a datagram
+        // it cannot decrypt ends with the peer's stateless reset token.
+        if !was_closed
+            && self.setup.conn.is_closed()
+            && self.setup.conn.peer_error().is_none()
+            && self.setup.conn.local_error().is_none()
+            && !self.setup.conn.is_timed_out()
+        {
+            self.reset_seen = true;
+        }
+    }
+
+    /// Feeds every queued datagram, up to a bound.
+    fn drain_queue(&mut self) {
+        for _ in 1..MAX_DATAGRAMS_PER_TURN {
+            match self.setup.pkt_rx.try_recv() {
+                Ok(d) => self.recv(d),
+                Err(_) => return,
+            }
+        }
+    }
+
+    fn command(&mut self, cmd: WorkerCommand) {
+        match cmd {
+            WorkerCommand::Close { app, code, reason } => {
+                // RFC 9000 §10.2.3: before the handshake is confirmed an application
+                // close travels as a transport APPLICATION_ERROR; quiche does this.
+                let _ = self.setup.conn.close(app, code, &reason);
+            }
+            WorkerCommand::Stats(reply) => {
+                let _ = reply.send(ConnectionStats::from_connection(&self.setup.conn));
+            }
+        }
+    }
+
+    fn note_established(&mut self) {
+        if self.established_at.is_some() || !self.setup.conn.is_established() {
+            return;
+        }
+        let now = Instant::now();
+        self.established_at = Some(now);
+        let duration = now - self.setup.started;
+        self.setup.shared.metrics.handshake_completed(duration);
+        let info =
+            HandshakeInfo::from_connection(&self.setup.conn, self.setup.local, self.setup.peer, duration);
+        tracing::debug!(?duration, alpn = %String::from_utf8_lossy(&info.alpn), "handshake complete");
+        self.state_tx.send_replace(ConnState::Established(info));
+        // Best effort: a full router queue only delays the in-flight count.
+        let _ = self
+            .setup
+            .router_tx
+            .try_send(RouterCommand::Established { id: self.setup.id });
+    }
+
+    /// Sends everything the connection has to send now.
+    async fn flush(&mut self) {
+        let mut batches = 0;
+        loop {
+            let (batch, next) = self.batcher.fill(&mut self.setup.conn);
+            if let Some(b) = batch {
+                let r = self
+                    .setup
+                    .socket
+                    .send(b.dst, self.batcher.bytes(&b), Some(b.segment))
+                    .await;
+                self.batcher.sent();
+                if let Err(e) = r {
+                    // UDP is lossy anyway; QUIC recovers what this loses.
+                    tracing::debug!(error = %e, dst = %b.dst, "UDP send failed");
+                }
+                batches += 1;
+                if batches % BATCHES_BEFORE_YIELD == 0 {
+                    tokio::task::yield_now().await;
+                }
+            }
+            if next != Next::More {
+                return;
+            }
+        }
+    }
+
+    fn close_reason(&self) -> CloseReason {
+        if self.reset_seen {
+            CloseReason::StatelessReset
+        } else if self.handshake_timed_out {
+            CloseReason::HandshakeTimeout
+        } else {
+            CloseReason::from_connection(&self.setup.conn)
+        }
+    }
+
+    async fn finish(mut self, reason: CloseReason) {
+        let stats = ConnectionStats::from_connection(&self.setup.conn);
+        let metrics = &self.setup.shared.metrics;
+        if self.established_at.is_none() {
+            metrics.handshake_failed();
+        }
+        metrics.connection_closed();
+        tracing::debug!(%reason, "connection closed");
+        self.driver.on_close(&mut self.setup.conn, &reason);
+        self.state_tx.send_replace(ConnState::Closed(Arc::new(ConnectionClosed {
+            reason,
+            stats,
+            tls_verify_error: self.verify_error.take(),
+        })));
+        // Waiting for room: losing this would leave the connection's IDs routed.
+        let _ = self
+            .setup
+            .router_tx
+            .send(RouterCommand::Unregister { id: self.setup.id })
+            .await;
+    }
+}
+
+async fn sleep_until(t: Option<Instant>) {
+    if let Some(t) = t {
+        tokio::time::sleep_until(tokio::time::Instant::from_std(t)).await;
+    }
+}
+
+/// Opens the connection's qlog and key log files where the settings ask for them. A
+/// file that cannot be opened is logged and skipped: diagnostics never stop a
+/// connection.
+fn setup_logging(setup: &mut WorkerSetup, scid: &str) {
+    if let Some(dir) = &setup.shared.qlog_dir {
+        let role = if setup.conn.is_server() { "server" } else { "client" };
+        let path = dir.join(format!("{scid}-{role}.sqlog"));
+        match std::fs::create_dir_all(dir).and_then(|()| std::fs::File::create(&path)) {
+            Ok(f) => setup.conn.set_qlog(
+                Box::new(BufWriter::new(f)),
+                "quay".to_owned(),
+                format!("{role} connection {scid}"),
+            ),
+            Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot write qlog"),
+        }
+    }
+    if let Some(path) = &setup.shared.keylog_file {
+        match OpenOptions::new().create(true).append(true).open(path) {
+            Ok(f) => setup.conn.set_keylog(Box::new(f)),
+            Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot write key log"),
+        }
+    }
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}

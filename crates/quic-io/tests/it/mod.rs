@@ -1,0 +1,2 @@
+mod echo;
+mod util;

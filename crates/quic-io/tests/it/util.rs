@@ -1,0 +1,62 @@
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use quic_app::echo::{ALPN, EchoServer};
+use quic_io::{ClientParams, ClientTlsConfig, CountingMetrics, Listener, ServerParams, TlsConfig};
+
+/// Logs to the test output when `RUST_LOG` is set.
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
+/// An echo listener on 127.0.0.1 with a fresh self-signed certificate.
+pub struct EchoListener {
+    pub addr: SocketAddr,
+    pub cert_pem: String,
+    pub metrics: Arc<CountingMetrics>,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+pub fn server_params() -> (ServerParams, String, Arc<CountingMetrics>) {
+    init_tracing();
+    let identity = TlsConfig::self_signed(&["localhost", "127.0.0.1"]).unwrap();
+    let mut params = ServerParams::new(identity.config, &[ALPN]);
+    let metrics = Arc::new(CountingMetrics::default());
+    params.metrics = metrics.clone();
+    (params, identity.cert_pem, metrics)
+}
+
+/// Serves echo on `listener` until it stops.
+pub fn serve_echo(mut listener: Listener) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        while let Some(incoming) = listener.accept().await {
+            incoming.start(EchoServer::new());
+        }
+    })
+}
+
+pub fn echo_listener(configure: impl FnOnce(&mut ServerParams)) -> EchoListener {
+    let (mut params, cert_pem, metrics) = server_params();
+    configure(&mut params);
+    let listener = quic_io::listen_on("127.0.0.1:0".parse().unwrap(), params).unwrap();
+    let addr = listener.local_addr();
+    EchoListener {
+        addr,
+        cert_pem,
+        metrics,
+        task: serve_echo(listener),
+    }
+}
+
+/// Client parameters that trust `cert_pem` for `localhost`.
+pub fn client_params(cert_pem: &str) -> ClientParams {
+    let mut params = ClientParams::new(&[ALPN]);
+    params.tls = ClientTlsConfig::new()
+        .add_root_pem(cert_pem.as_bytes())
+        .unwrap();
+    params.server_name = Some("localhost".into());
+    params
+}
