@@ -28,6 +28,8 @@ pub enum RejectReason {
     ShuttingDown,
     /// quiche refused to create the connection.
     AcceptFailed,
+    /// The Initial did not decrypt or carried nothing acceptable.
+    InvalidInitial,
 }
 
 /// Why the router dropped a datagram that was not an acceptable Initial.
@@ -83,7 +85,7 @@ impl Metrics for NoopMetrics {}
 #[derive(Debug, Default)]
 pub struct CountingMetrics {
     accepted: AtomicU64,
-    rejected: [AtomicU64; 8],
+    rejected: [AtomicU64; 9],
     dropped: [AtomicU64; 4],
     retries: AtomicU64,
     version_negotiations: AtomicU64,
@@ -141,7 +143,7 @@ impl MetricsSnapshot {
     }
 }
 
-const REJECT_REASONS: [RejectReason; 8] = [
+const REJECT_REASONS: [RejectReason; 9] = [
     RejectReason::TooShort,
     RejectReason::ReflectionPort,
     RejectReason::InvalidToken,
@@ -150,6 +152,7 @@ const REJECT_REASONS: [RejectReason; 8] = [
     RejectReason::BacklogFull,
     RejectReason::ShuttingDown,
     RejectReason::AcceptFailed,
+    RejectReason::InvalidInitial,
 ];
 
 const DROP_REASONS: [DropReason; 4] = [

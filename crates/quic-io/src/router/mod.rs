@@ -285,6 +285,7 @@ impl Router {
             return;
         }
         match routing {
+            Routing::Short { .. } if self.accept.is_none() => self.to_only_connection(dgram),
             Routing::Short { .. } => self.stateless_reset(&dgram),
             Routing::Long { version: 0, .. } => {
                 // A Version Negotiation packet for no connection: never answered.
@@ -301,9 +302,26 @@ impl Router {
         }
     }
 
+    /// A client's socket serves one connection; a short-header packet whose DCID is
+    /// not ours can only be a stateless reset from the server (RFC 9000 §10.3: its
+    /// DCID is random), which the connection recognises by its token.
+    fn to_only_connection(&mut self, dgram: Datagram) {
+        let mut conns = self.conns.keys();
+        let (Some(id), None) = (conns.next(), conns.next()) else {
+            self.metrics.datagram_dropped(DropReason::UnknownConnection);
+            return;
+        };
+        let id = *id;
+        let route = self.routes.values().find(|(owner, _)| *owner == id);
+        match route.map(|(_, tx)| tx.try_send(dgram)) {
+            Some(Ok(())) => {}
+            Some(Err(mpsc::error::TrySendError::Full(_))) => self.metrics.queue_full_drop(),
+            _ => self.metrics.datagram_dropped(DropReason::UnknownConnection),
+        }
+    }
+
     fn stateless_reset(&mut self, dgram: &Datagram) {
         let Some(accept) = &mut self.accept else {
-            self.metrics.datagram_dropped(DropReason::UnknownConnection);
             return;
         };
         if REFLECTION_PORTS.contains(&dgram.from.port())
@@ -441,14 +459,23 @@ impl Router {
         accept
             .config
             .set_stateless_reset_token(Some(u128::from_be_bytes(token)));
-        let conn = match quiche::accept(&scid, odcid.as_ref(), dgram.to, dgram.from, &mut accept.config)
-        {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::debug!(error = %e, "quiche refused a new connection");
-                return self.reject(RejectReason::AcceptFailed);
-            }
+        let mut conn =
+            match quiche::accept(&scid, odcid.as_ref(), dgram.to, dgram.from, &mut accept.config) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::debug!(error = %e, "quiche refused a new connection");
+                    return self.reject(RejectReason::AcceptFailed);
+                }
+            };
+        // Feed the Initial here: one that does not decrypt (forged, corrupted) costs no
+        // worker, no queue and no slot in the accept backlog.
+        let info = quiche::RecvInfo {
+            from: dgram.from,
+            to: dgram.to,
         };
+        if conn.recv(&mut dgram.buf, info).is_err() || conn.stats().recv == 0 {
+            return self.reject(RejectReason::InvalidInitial);
+        }
         let (local, peer) = (dgram.to, dgram.from);
         let (ctrl_tx, ctrl_rx) = mpsc::channel(WORKER_COMMAND_QUEUE);
         let mut cids = vec![scid.to_vec()];
@@ -457,10 +484,6 @@ impl Router {
         }
         let shared = Arc::clone(&accept.shared);
         let (id, pkt_rx) = self.register(cids, ctrl_tx.clone());
-        // The Initial that created the connection is its first datagram.
-        if let Some((_, tx)) = self.routes.get(&scid.to_vec()) {
-            let _ = tx.try_send(dgram);
-        }
         let setup = WorkerSetup {
             conn,
             id,

@@ -73,7 +73,8 @@ pub(crate) struct WorkerSetup {
 }
 
 /// Starts the worker task for `setup` driving `app`. With `refuse`, the connection is
-/// closed with that transport error as soon as it can be (after the client's Initial).
+/// closed with that transport error once the handshake completes, and `app` is never
+/// told it was established.
 pub(crate) fn spawn<A: ApplicationOverQuic>(
     mut setup: WorkerSetup,
     app: A,
@@ -167,7 +168,10 @@ impl<A: ApplicationOverQuic> Worker<A> {
             if self.setup.conn.timeout_instant().is_some_and(|t| t <= now) {
                 self.setup.conn.on_timeout();
             }
-            if let Some(code) = self.refuse.take_if(|_| self.setup.conn.is_established() || self.setup.conn.is_in_early_data() || self.setup.conn.stats().recv > 0) {
+            // A refusal waits for the handshake: before it, the client may not yet have
+            // the keys to read a CONNECTION_CLOSE (its first flight can span two
+            // Initials, and quiche sends the close at the highest level it has).
+            if let Some(code) = self.refuse.take_if(|_| self.setup.conn.is_established()) {
                 let _ = self.setup.conn.close(false, code, b"connection refused");
             }
             if !self.setup.conn.is_established()

@@ -1,2 +1,5 @@
 mod echo;
+mod errors;
+mod hostile;
+mod lifecycle;
 mod util;

@@ -60,3 +60,59 @@ pub fn client_params(cert_pem: &str) -> ClientParams {
     params.server_name = Some("localhost".into());
     params
 }
+
+/// An app that opens nothing and answers nothing: the connection stays idle.
+pub struct Idle;
+
+impl quic_app::ApplicationOverQuic for Idle {
+    fn on_conn_established(
+        &mut self,
+        _conn: &mut quic_app::QuicConnection,
+        _info: &quic_app::HandshakeInfo,
+    ) -> Result<(), quic_app::AppError> {
+        Ok(())
+    }
+    fn should_act(&self) -> bool {
+        false
+    }
+    async fn wait_for_data(
+        &mut self,
+        _conn: &mut quic_app::QuicConnection,
+    ) -> Result<(), quic_app::AppError> {
+        std::future::pending().await
+    }
+    fn process_reads(&mut self, _conn: &mut quic_app::QuicConnection) -> Result<(), quic_app::AppError> {
+        Ok(())
+    }
+    fn process_writes(&mut self, _conn: &mut quic_app::QuicConnection) -> Result<(), quic_app::AppError> {
+        Ok(())
+    }
+    fn on_conn_close(&mut self, _conn: &mut quic_app::QuicConnection, _reason: &quic_app::CloseReason) {}
+}
+
+/// A real client Initial (the first datagram of a quiche client), padded to 1200+ bytes.
+pub fn real_initial() -> Vec<u8> {
+    let mut cfg = quiche::Config::new(quiche::PROTOCOL_VERSION).unwrap();
+    cfg.set_application_protos(&[ALPN]).unwrap();
+    cfg.verify_peer(false);
+    let scid = quiche::ConnectionId::from_ref(&[7; 16]);
+    let mut conn = quiche::connect(
+        Some("localhost"),
+        &scid,
+        "127.0.0.1:1".parse().unwrap(),
+        "127.0.0.1:2".parse().unwrap(),
+        &mut cfg,
+    )
+    .unwrap();
+    let mut buf = vec![0u8; 1500];
+    let (len, _) = conn.send(&mut buf).unwrap();
+    buf.truncate(len);
+    buf
+}
+
+/// A UDP socket on loopback that answers nothing, with a receive timeout.
+pub fn raw_socket() -> std::net::UdpSocket {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+    s
+}
