@@ -1,1 +1,52 @@
-//! placeholder
+//! quay: async QUIC and HTTP/3 for Rust, on Cloudflare's `quiche` state machine and
+//! `tokio`.
+//!
+//! quay is layered; this crate re-exports the layers most users need:
+//!
+//! - [`app`] (`quic-app`): the [`ApplicationOverQuic`](app::ApplicationOverQuic)
+//!   trait any protocol over QUIC implements, and (feature `testing`) an in-memory
+//!   harness to test such protocols without sockets;
+//! - [`io`] (`quic-io`): UDP sockets with batching offloads, one router task per
+//!   socket and one worker task per connection; [`io::listen_on`] and [`io::connect`];
+//! - [`h3`] (`quic-h3`): the HTTP/3 driver family;
+//! - [`quiche`]: the QUIC state machine, for the types applications touch.
+//!
+//! # Example
+//!
+//! Any protocol over QUIC: here the reference echo protocol, server and client.
+//!
+//! ```
+//! use quay::app::echo::{ALPN, EchoClient, EchoServer};
+//! use quay::io::{ClientParams, ClientTlsConfig, ServerParams, TlsConfig};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let identity = TlsConfig::self_signed(&["localhost"])?;
+//! let mut listener =
+//!     quay::io::listen_on("127.0.0.1:0".parse()?, ServerParams::new(identity.config, &[ALPN]))?;
+//! let addr = listener.local_addr();
+//! tokio::spawn(async move {
+//!     while let Some(incoming) = listener.accept().await {
+//!         incoming.start(EchoServer::new());
+//!     }
+//! });
+//!
+//! let mut params = ClientParams::new(&[ALPN]);
+//! params.tls = ClientTlsConfig::new().add_root_pem(identity.cert_pem.as_bytes())?;
+//! params.server_name = Some("localhost".into());
+//! let (app, report) = EchoClient::new(1, 64 * 1024);
+//! quay::io::connect(addr, params, app).await?;
+//! assert!(report.await?.is_ok());
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Feature flags
+//!
+//! - `testing`: enables `quay::app::testing`, the in-memory harness.
+#![warn(missing_docs)]
+
+pub use quic_app as app;
+pub use quic_h3 as h3;
+pub use quic_io as io;
+pub use quiche;

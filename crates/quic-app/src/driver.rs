@@ -39,8 +39,7 @@ impl<A: ApplicationOverQuic> AppDriver<A> {
             return;
         }
         if !self.established {
-            let ready = conn.is_established() || (conn.is_server() && conn.is_in_early_data());
-            if !ready {
+            if !self.will_establish(conn) {
                 return;
             }
             self.established = true;
@@ -57,6 +56,21 @@ impl<A: ApplicationOverQuic> AppDriver<A> {
         if let Err(e) = result {
             e.close_connection(conn);
         }
+    }
+
+    /// Whether the next [`after_input`](Self::after_input) will tell the application
+    /// that the connection is established.
+    ///
+    /// The loop should send what the connection has queued before that call: an
+    /// application that closes the connection at once would otherwise keep the last
+    /// handshake message (the client's Finished) from ever leaving, since quiche sends
+    /// nothing but the close once one is pending.
+    pub fn will_establish(&self, conn: &QuicConnection) -> bool {
+        !self.established
+            && !self.closed
+            && !conn.is_closed()
+            && !conn.is_draining()
+            && (conn.is_established() || (conn.is_server() && conn.is_in_early_data()))
     }
 
     /// Whether [`wait_for_data`](Self::wait_for_data) should take part in this turn's

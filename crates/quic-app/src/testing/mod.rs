@@ -379,6 +379,13 @@ impl<C: ApplicationOverQuic, S: ApplicationOverQuic> Pair<C, S> {
         let now = Instant::now();
         let mut moved = self.client.fire_timer(now) | self.server.fire_timer(now);
         moved |= self.deliver();
+        // Handshake messages leave before the apps hear of the handshake (see
+        // `AppDriver::will_establish`).
+        if self.client.driver.will_establish(&self.client.conn)
+            || self.server.driver.will_establish(&self.server.conn)
+        {
+            moved |= self.flush();
+        }
         self.client.service();
         self.server.service();
         moved |= self.flush();

@@ -183,6 +183,10 @@ impl<A: ApplicationOverQuic> Worker<A> {
                 self.flush().await;
                 break CloseReason::HandshakeTimeout;
             }
+            if self.driver.will_establish(&self.setup.conn) {
+                // See `AppDriver::will_establish`: the Finished must leave first.
+                self.flush().await;
+            }
             if self.refuse.is_none() {
                 let (local, peer, started) = (self.setup.local, self.setup.peer, self.setup.started);
                 self.driver.after_input(&mut self.setup.conn, |c| {
