@@ -46,6 +46,11 @@
 //! - `testing`: enables `quay::app::testing`, the in-memory harness.
 #![warn(missing_docs)]
 
+/// The README's code example, compiled and run as a doc test.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct ReadmeDoctests;
+
 pub use quic_app as app;
 pub use quic_h3 as h3;
 pub use quic_io as io;

@@ -100,7 +100,6 @@ impl<A: ApplicationOverQuic> AppDriver<A> {
             self.app.on_conn_close(conn, reason);
         }
     }
-
 }
 
 impl<A> AppDriver<A> {

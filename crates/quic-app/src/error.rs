@@ -92,9 +92,12 @@ impl CloseReason {
     /// The application error code, if this was an application close by either side.
     pub fn app_code(&self) -> Option<u64> {
         match self {
-            Self::Local { app: true, code, .. } | Self::Peer { app: true, code, .. } => {
-                Some(*code)
+            Self::Local {
+                app: true, code, ..
             }
+            | Self::Peer {
+                app: true, code, ..
+            } => Some(*code),
             _ => None,
         }
     }

@@ -50,7 +50,8 @@ impl ResetKey {
 
     /// The stateless reset token for `cid`.
     pub fn token(&self, cid: &[u8]) -> [u8; 16] {
-        let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes keys of any length");
+        let mut mac =
+            Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes keys of any length");
         mac.update(b"quay stateless reset");
         mac.update(cid);
         let full = mac.finalize().into_bytes();

@@ -127,7 +127,9 @@ pub async fn connect<A: ApplicationOverQuic>(
         return Err(ConnectError::Invalid("cid_len must be 1..=20"));
     }
     if params.alpn.is_empty() {
-        return Err(ConnectError::Invalid("at least one ALPN protocol is required"));
+        return Err(ConnectError::Invalid(
+            "at least one ALPN protocol is required",
+        ));
     }
     let bind = params.bind.unwrap_or_else(|| match addr {
         SocketAddr::V4(_) => SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
@@ -137,11 +139,16 @@ pub async fn connect<A: ApplicationOverQuic>(
     // Connecting the socket fixes the local IP, so every datagram arrives on the path
     // the connection was created with.
     std_socket.connect(addr).map_err(ConnectError::Socket)?;
-    let socket = Arc::new(Socket::new(std_socket, params.settings.enable_gso).map_err(ConnectError::Socket)?);
+    let socket = Arc::new(
+        Socket::new(std_socket, params.settings.enable_gso).map_err(ConnectError::Socket)?,
+    );
     let local = socket.local_addr();
 
     let verify_ip = params.server_name.is_none().then(|| addr.ip());
-    let ctx = params.tls.client_context(verify_ip).map_err(ConnectError::Config)?;
+    let ctx = params
+        .tls
+        .client_context(verify_ip)
+        .map_err(ConnectError::Config)?;
     let mut cfg = quiche::Config::with_boring_ssl_ctx_builder(quiche::PROTOCOL_VERSION, ctx)
         .map_err(|e| ConnectError::Config(TlsError::Quic(e)))?;
     let alpn: Vec<&[u8]> = params.alpn.iter().map(Vec::as_slice).collect();
@@ -192,7 +199,11 @@ pub async fn connect<A: ApplicationOverQuic>(
     let handle = worker::spawn(setup, app, None);
     match handle.established().await {
         Ok(_) => Ok(handle),
-        Err(closed) => Err(connect_error(addr, params.settings.handshake_timeout, &closed)),
+        Err(closed) => Err(connect_error(
+            addr,
+            params.settings.handshake_timeout,
+            &closed,
+        )),
     }
 }
 
@@ -214,19 +225,23 @@ fn connect_error(addr: SocketAddr, timeout: Duration, closed: &ConnectionClosed)
     };
     match &closed.reason {
         CloseReason::HandshakeTimeout => ConnectError::HandshakeTimeout { addr, timeout },
-        CloseReason::Local { app: false, code, .. } => {
-            tls(*code, false).unwrap_or_else(|| ConnectError::Closed {
-                addr,
-                reason: closed.reason.clone(),
-            })
-        }
-        CloseReason::Peer { app: false, code: 0x2, .. } => ConnectError::Refused { addr },
-        CloseReason::Peer { app: false, code, .. } => {
-            tls(*code, true).unwrap_or_else(|| ConnectError::Closed {
-                addr,
-                reason: closed.reason.clone(),
-            })
-        }
+        CloseReason::Local {
+            app: false, code, ..
+        } => tls(*code, false).unwrap_or_else(|| ConnectError::Closed {
+            addr,
+            reason: closed.reason.clone(),
+        }),
+        CloseReason::Peer {
+            app: false,
+            code: 0x2,
+            ..
+        } => ConnectError::Refused { addr },
+        CloseReason::Peer {
+            app: false, code, ..
+        } => tls(*code, true).unwrap_or_else(|| ConnectError::Closed {
+            addr,
+            reason: closed.reason.clone(),
+        }),
         reason => ConnectError::Closed {
             addr,
             reason: reason.clone(),

@@ -76,14 +76,12 @@ impl ConnectionHandle {
     /// The connection's counters now; after it closed, its final counters.
     pub async fn stats(&self) -> ConnectionStats {
         let (tx, rx) = oneshot::channel();
-        if self.ctrl_tx.send(WorkerCommand::Stats(tx)).await.is_ok() {
-            if let Ok(stats) = rx.await {
-                return stats;
-            }
+        if self.ctrl_tx.send(WorkerCommand::Stats(tx)).await.is_ok()
+            && let Ok(stats) = rx.await
+        {
+            return stats;
         }
-        match &*self.closed().await {
-            ConnectionClosed { stats, .. } => stats.clone(),
-        }
+        self.closed().await.stats.clone()
     }
 
     /// Waits for the handshake; returns what it established, or how the connection

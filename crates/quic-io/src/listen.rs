@@ -167,10 +167,13 @@ pub fn listen(socket: std::net::UdpSocket, params: ServerParams) -> Result<Liste
         return Err(ListenError::Invalid("cid_len must be 1..=20"));
     }
     if params.alpn.is_empty() {
-        return Err(ListenError::Invalid("at least one ALPN protocol is required"));
+        return Err(ListenError::Invalid(
+            "at least one ALPN protocol is required",
+        ));
     }
     let config = params.quiche_config().map_err(ListenError::Config)?;
-    let socket = Arc::new(Socket::new(socket, params.settings.enable_gso).map_err(ListenError::Socket)?);
+    let socket =
+        Arc::new(Socket::new(socket, params.settings.enable_gso).map_err(ListenError::Socket)?);
     let local_addr = socket.local_addr();
     let (accept_tx, accept_rx) = mpsc::channel(params.limits.accept_backlog.max(1));
     let shared = Arc::new(WorkerShared {
@@ -323,7 +326,10 @@ impl IncomingConnection {
     /// Starts the connection's worker with `app`; the handshake proceeds and the app
     /// is told when it completes.
     pub fn start<A: ApplicationOverQuic>(mut self, app: A) -> ConnectionHandle {
-        let setup = self.setup.take().expect("set until started, refused or dropped");
+        let setup = self
+            .setup
+            .take()
+            .expect("set until started, refused or dropped");
         worker::spawn(setup, app, None)
     }
 

@@ -199,7 +199,10 @@ impl Metrics for CountingMetrics {
         bump(&self.accepted);
     }
     fn initial_rejected(&self, reason: RejectReason) {
-        let i = REJECT_REASONS.iter().position(|r| *r == reason).unwrap_or(0);
+        let i = REJECT_REASONS
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or(0);
         bump(&self.rejected[i]);
     }
     fn datagram_dropped(&self, reason: DropReason) {

@@ -119,7 +119,9 @@ impl TlsConfig {
     }
 
     fn new(chain: Vec<X509>, key: PKey<Private>) -> Result<Self, TlsError> {
-        let leaf = chain.first().ok_or(TlsError::NoCertificate("certificate chain"))?;
+        let leaf = chain
+            .first()
+            .ok_or(TlsError::NoCertificate("certificate chain"))?;
         let leaf_key = leaf.public_key().map_err(TlsError::KeyMismatch)?;
         if !leaf_key.public_eq(&key) {
             return Err(TlsError::KeyMismatch(boring::error::ErrorStack::get()));
@@ -130,7 +132,8 @@ impl TlsConfig {
     /// A server context holding this identity.
     pub(crate) fn server_context(&self) -> Result<SslContextBuilder, TlsError> {
         let mut ctx = SslContextBuilder::new(SslMethod::tls()).map_err(TlsError::Context)?;
-        ctx.set_certificate(&self.chain[0]).map_err(TlsError::Context)?;
+        ctx.set_certificate(&self.chain[0])
+            .map_err(TlsError::Context)?;
         for extra in &self.chain[1..] {
             ctx.add_extra_chain_cert(extra.clone())
                 .map_err(TlsError::Context)?;
@@ -249,7 +252,10 @@ impl ClientTlsConfig {
                 .map_err(TlsError::Context)?;
         }
         if let Some(ip) = ip {
-            ctx.cert_store_mut().verify_param_mut().set_ip(ip).map_err(TlsError::Context)?;
+            ctx.cert_store_mut()
+                .verify_param_mut()
+                .set_ip(ip)
+                .map_err(TlsError::Context)?;
         }
         ctx.set_verify_callback(SslVerifyMode::PEER, |ok, store| {
             if let Err(e) = store.verify_result() {

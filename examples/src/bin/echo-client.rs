@@ -89,7 +89,11 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         if report.streams.len() != args.streams {
-            bail!("only {} of {} streams were opened", report.streams.len(), args.streams);
+            bail!(
+                "only {} of {} streams were opened",
+                report.streams.len(),
+                args.streams
+            );
         }
         bytes += report.bytes_received();
         conn.closed().await;

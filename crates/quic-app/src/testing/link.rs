@@ -73,11 +73,11 @@ impl Link {
     pub(super) fn release_held(&mut self) -> bool {
         let mut any = false;
         for dir in [Direction::ToServer, Direction::ToClient] {
-            if self.queue.iter().all(|(d, _)| *d != dir) {
-                if let Some(held) = self.held[dir as usize].take() {
-                    self.queue.push_back((dir, held));
-                    any = true;
-                }
+            if self.queue.iter().all(|(d, _)| *d != dir)
+                && let Some(held) = self.held[dir as usize].take()
+            {
+                self.queue.push_back((dir, held));
+                any = true;
             }
         }
         any

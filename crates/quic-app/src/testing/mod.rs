@@ -14,7 +14,7 @@
 //! early losses takes milliseconds, not seconds.
 //!
 //! The apps are driven exactly as `quic-io`'s workers drive them, through
-//! [`AppDriver`](crate::AppDriver).
+//! [`AppDriver`].
 //!
 //! ```
 //! # async fn run() -> Result<(), quic_app::testing::HarnessError> {
@@ -37,8 +37,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::{AppDriver, ApplicationOverQuic, CloseReason, HandshakeInfo, QuicConnection};
-use link::{Direction, Link};
 pub use link::LinkStats;
+use link::{Direction, Link};
 
 /// The largest UDP payload either side sends.
 const MAX_DATAGRAM: usize = 1350;
@@ -248,16 +248,20 @@ impl<C: ApplicationOverQuic, S: ApplicationOverQuic> Pair<C, S> {
             started: Instant::now(),
             close_reason: None,
         };
-        let (len, _) = client.conn.send(&mut buf).map_err(|e| HarnessError::Config {
-            side: "client",
-            source: Box::new(e),
-        })?;
-        let hdr = quiche::Header::from_slice(&mut buf[..len], quiche::MAX_CONN_ID_LEN).map_err(
-            |e| HarnessError::Config {
-                side: "server",
+        let (len, _) = client
+            .conn
+            .send(&mut buf)
+            .map_err(|e| HarnessError::Config {
+                side: "client",
                 source: Box::new(e),
-            },
-        )?;
+            })?;
+        let hdr =
+            quiche::Header::from_slice(&mut buf[..len], quiche::MAX_CONN_ID_LEN).map_err(|e| {
+                HarnessError::Config {
+                    side: "server",
+                    source: Box::new(e),
+                }
+            })?;
         let server_scid = quiche::ConnectionId::from_ref(&[0x5e; 16]);
         let server_conn = quiche::accept(
             &server_scid,
@@ -340,12 +344,15 @@ impl<C: ApplicationOverQuic, S: ApplicationOverQuic> Pair<C, S> {
                 continue;
             }
             // Nothing moved: wait for the earliest quiche timer, or an app's own work.
-            let timer = [self.client.conn.timeout_instant(), self.server.conn.timeout_instant()]
-                .into_iter()
-                .flatten()
-                .min()
-                .map(tokio::time::Instant::from_std)
-                .map_or(deadline, |t| t.min(deadline));
+            let timer = [
+                self.client.conn.timeout_instant(),
+                self.server.conn.timeout_instant(),
+            ]
+            .into_iter()
+            .flatten()
+            .min()
+            .map(tokio::time::Instant::from_std)
+            .map_or(deadline, |t| t.min(deadline));
             let client_waits = self.client.driver.wants_to_wait(&self.client.conn);
             let server_waits = self.server.driver.wants_to_wait(&self.server.conn);
             let (c, s) = (&mut self.client, &mut self.server);
@@ -369,8 +376,10 @@ impl<C: ApplicationOverQuic, S: ApplicationOverQuic> Pair<C, S> {
 
     /// Runs until both apps were told the connection is established.
     pub async fn run_until_established(&mut self, limit: Duration) -> Result<(), HarnessError> {
-        self.run_until(limit, |p| p.client.is_established() && p.server.is_established())
-            .await
+        self.run_until(limit, |p| {
+            p.client.is_established() && p.server.is_established()
+        })
+        .await
     }
 
     /// One turn: due timers, delivery of everything on the link, app callbacks, and

@@ -28,8 +28,9 @@ pub(super) fn configs(alpn: &[u8]) -> Result<(quiche::Config, quiche::Config), H
         .and_then(|()| server_ctx.set_private_key(&pkey))
         .and_then(|()| server_ctx.check_private_key())
         .map_err(|e| server_err(Box::new(e)))?;
-    let mut server = quiche::Config::with_boring_ssl_ctx_builder(quiche::PROTOCOL_VERSION, server_ctx)
-        .map_err(|e| server_err(Box::new(e)))?;
+    let mut server =
+        quiche::Config::with_boring_ssl_ctx_builder(quiche::PROTOCOL_VERSION, server_ctx)
+            .map_err(|e| server_err(Box::new(e)))?;
     server
         .set_application_protos(&[alpn])
         .map_err(|e| server_err(Box::new(e)))?;
@@ -41,8 +42,9 @@ pub(super) fn configs(alpn: &[u8]) -> Result<(quiche::Config, quiche::Config), H
         .add_cert(cert)
         .map_err(|e| client_err(Box::new(e)))?;
     client_ctx.set_verify(SslVerifyMode::PEER);
-    let mut client = quiche::Config::with_boring_ssl_ctx_builder(quiche::PROTOCOL_VERSION, client_ctx)
-        .map_err(|e| client_err(Box::new(e)))?;
+    let mut client =
+        quiche::Config::with_boring_ssl_ctx_builder(quiche::PROTOCOL_VERSION, client_ctx)
+            .map_err(|e| client_err(Box::new(e)))?;
     client
         .set_application_protos(&[alpn])
         .map_err(|e| client_err(Box::new(e)))?;

@@ -211,10 +211,10 @@ impl Router {
                         }
                     }
                 }
-                if self.conns.is_empty() {
-                    if let Some(done) = self.accept.as_mut().and_then(|a| a.shutdown.take()) {
-                        let _ = done.send(());
-                    }
+                if self.conns.is_empty()
+                    && let Some(done) = self.accept.as_mut().and_then(|a| a.shutdown.take())
+                {
+                    let _ = done.send(());
                 }
             }
             RouterCommand::RotateRetryKey => {
@@ -285,7 +285,7 @@ impl Router {
             return;
         }
         match routing {
-            Routing::Short { .. } if self.accept.is_none() => self.to_only_connection(dgram),
+            Routing::Short { .. } if self.accept.is_none() => self.route_to_only_connection(dgram),
             Routing::Short { .. } => self.stateless_reset(&dgram),
             Routing::Long { version: 0, .. } => {
                 // A Version Negotiation packet for no connection: never answered.
@@ -305,7 +305,7 @@ impl Router {
     /// A client's socket serves one connection; a short-header packet whose DCID is
     /// not ours can only be a stateless reset from the server (RFC 9000 §10.3: its
     /// DCID is random), which the connection recognises by its token.
-    fn to_only_connection(&mut self, dgram: Datagram) {
+    fn route_to_only_connection(&mut self, dgram: Datagram) {
         let mut conns = self.conns.keys();
         let (Some(id), None) = (conns.next(), conns.next()) else {
             self.metrics.datagram_dropped(DropReason::UnknownConnection);
@@ -336,7 +336,11 @@ impl Router {
             self.metrics.datagram_dropped(DropReason::ResetSuppressed);
             return;
         };
-        if self.socket.try_send_one(dgram.from, &self.out[..len]).is_ok() {
+        if self
+            .socket
+            .try_send_one(dgram.from, &self.out[..len])
+            .is_ok()
+        {
             self.metrics.stateless_reset_sent();
         }
     }
@@ -361,7 +365,11 @@ impl Router {
         );
         match quiche::negotiate_version(&scid, &dcid, &mut self.out) {
             Ok(len) => {
-                if self.socket.try_send_one(dgram.from, &self.out[..len]).is_ok() {
+                if self
+                    .socket
+                    .try_send_one(dgram.from, &self.out[..len])
+                    .is_ok()
+                {
                     self.metrics.version_negotiation_sent();
                 }
             }
@@ -425,7 +433,9 @@ impl Router {
         if odcid.is_none() && want_retry {
             let new_scid = random_cid(self.cid_len);
             let mut token = [0u8; MAX_TOKEN_LEN];
-            let token_len = accept.retry.mint(dgram.from, &hdr.dcid, now_secs, &mut token);
+            let token_len = accept
+                .retry
+                .mint(dgram.from, &hdr.dcid, now_secs, &mut token);
             match quiche::retry(
                 &hdr.scid,
                 &hdr.dcid,
@@ -435,7 +445,11 @@ impl Router {
                 &mut self.out,
             ) {
                 Ok(len) => {
-                    if self.socket.try_send_one(dgram.from, &self.out[..len]).is_ok() {
+                    if self
+                        .socket
+                        .try_send_one(dgram.from, &self.out[..len])
+                        .is_ok()
+                    {
                         self.metrics.retry_sent();
                     }
                 }
@@ -459,14 +473,19 @@ impl Router {
         accept
             .config
             .set_stateless_reset_token(Some(u128::from_be_bytes(token)));
-        let mut conn =
-            match quiche::accept(&scid, odcid.as_ref(), dgram.to, dgram.from, &mut accept.config) {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::debug!(error = %e, "quiche refused a new connection");
-                    return self.reject(RejectReason::AcceptFailed);
-                }
-            };
+        let mut conn = match quiche::accept(
+            &scid,
+            odcid.as_ref(),
+            dgram.to,
+            dgram.from,
+            &mut accept.config,
+        ) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(error = %e, "quiche refused a new connection");
+                return self.reject(RejectReason::AcceptFailed);
+            }
+        };
         // Feed the Initial here: one that does not decrypt (forged, corrupted) costs no
         // worker, no queue and no slot in the accept backlog.
         let info = quiche::RecvInfo {

@@ -150,7 +150,10 @@ mod tests {
         let tokens = RetryTokens::new(Duration::from_secs(10));
         let mut buf = [0u8; MAX_TOKEN_LEN];
         let len = tokens.mint(peer(), b"original-dcid", 1000, &mut buf);
-        assert_eq!(tokens.validate(&buf[..len], peer(), 1005), Ok(&b"original-dcid"[..]));
+        assert_eq!(
+            tokens.validate(&buf[..len], peer(), 1005),
+            Ok(&b"original-dcid"[..])
+        );
     }
 
     #[test]
@@ -158,13 +161,25 @@ mod tests {
         let tokens = RetryTokens::new(Duration::from_secs(10));
         let mut buf = [0u8; MAX_TOKEN_LEN];
         let len = tokens.mint(peer(), b"dcid", 1000, &mut buf);
-        assert_eq!(tokens.validate(&buf[..len], peer(), 1011), Err(TokenError::Expired));
+        assert_eq!(
+            tokens.validate(&buf[..len], peer(), 1011),
+            Err(TokenError::Expired)
+        );
         let other: SocketAddr = "192.0.2.1:4434".parse().unwrap();
-        assert_eq!(tokens.validate(&buf[..len], other, 1001), Err(TokenError::BadMac));
+        assert_eq!(
+            tokens.validate(&buf[..len], other, 1001),
+            Err(TokenError::BadMac)
+        );
         let mut flipped = buf;
         flipped[12] ^= 1;
-        assert_eq!(tokens.validate(&flipped[..len], peer(), 1001), Err(TokenError::BadMac));
-        assert_eq!(tokens.validate(&buf[..5], peer(), 1001), Err(TokenError::Malformed));
+        assert_eq!(
+            tokens.validate(&flipped[..len], peer(), 1001),
+            Err(TokenError::BadMac)
+        );
+        assert_eq!(
+            tokens.validate(&buf[..5], peer(), 1001),
+            Err(TokenError::Malformed)
+        );
     }
 
     #[test]
@@ -175,6 +190,9 @@ mod tests {
         tokens.rotate();
         assert!(tokens.validate(&buf[..len], peer(), 1001).is_ok());
         tokens.rotate();
-        assert_eq!(tokens.validate(&buf[..len], peer(), 1001), Err(TokenError::UnknownKey));
+        assert_eq!(
+            tokens.validate(&buf[..len], peer(), 1001),
+            Err(TokenError::UnknownKey)
+        );
     }
 }

@@ -186,7 +186,9 @@ impl Receiver {
         for meta in &self.meta[..msgs] {
             let mut slot = region.split_to(self.slot);
             slot.truncate(meta.len);
-            let to = meta.dst_ip.map_or(local, |ip| SocketAddr::new(ip, local.port()));
+            let to = meta
+                .dst_ip
+                .map_or(local, |ip| SocketAddr::new(ip, local.port()));
             let stride = meta.stride.max(1);
             while !slot.is_empty() {
                 let seg = slot.split_to(stride.min(slot.len()));

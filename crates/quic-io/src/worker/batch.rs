@@ -72,7 +72,9 @@ impl SendBatcher {
 
     /// Whether a packet is held back for pacing.
     pub(crate) fn holding(&self) -> Option<Instant> {
-        self.carry.filter(|c| self.pacing && c.at > Instant::now()).map(|c| c.at)
+        self.carry
+            .filter(|c| self.pacing && c.at > Instant::now())
+            .map(|c| c.at)
     }
 
     /// Fills a batch from `conn`. Call [`sent`](Self::sent) after sending it.
@@ -130,7 +132,11 @@ impl SendBatcher {
                     at: info.at,
                 });
                 self.carry_offset = len;
-                let next = if held { Next::HoldUntil(info.at) } else { Next::More };
+                let next = if held {
+                    Next::HoldUntil(info.at)
+                } else {
+                    Next::More
+                };
                 return (batch, next);
             }
             b.len += n;
@@ -144,12 +150,12 @@ impl SendBatcher {
 
     /// The batch went out: move a carried packet to the front.
     pub(crate) fn sent(&mut self) {
-        if let Some(c) = self.carry {
-            if self.carry_offset != 0 {
-                self.buf
-                    .copy_within(self.carry_offset..self.carry_offset + c.len, 0);
-                self.carry_offset = 0;
-            }
+        if let Some(c) = self.carry
+            && self.carry_offset != 0
+        {
+            self.buf
+                .copy_within(self.carry_offset..self.carry_offset + c.len, 0);
+            self.carry_offset = 0;
         }
     }
 }

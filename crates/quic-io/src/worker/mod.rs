@@ -81,7 +81,11 @@ pub(crate) fn spawn<A: ApplicationOverQuic>(
     refuse: Option<u64>,
 ) -> ConnectionHandle {
     let scid = hex(&setup.conn.source_id());
-    let side = if setup.conn.is_server() { "server" } else { "client" };
+    let side = if setup.conn.is_server() {
+        "server"
+    } else {
+        "client"
+    };
     let span = tracing::info_span!("quic_conn", %scid, peer = %setup.peer, side);
     let _entered = span.enter();
     setup_logging(&mut setup, &scid);
@@ -188,7 +192,8 @@ impl<A: ApplicationOverQuic> Worker<A> {
                 self.flush().await;
             }
             if self.refuse.is_none() {
-                let (local, peer, started) = (self.setup.local, self.setup.peer, self.setup.started);
+                let (local, peer, started) =
+                    (self.setup.local, self.setup.peer, self.setup.started);
                 self.driver.after_input(&mut self.setup.conn, |c| {
                     HandshakeInfo::from_connection(c, local, peer, started.elapsed())
                 });
@@ -258,8 +263,12 @@ impl<A: ApplicationOverQuic> Worker<A> {
         self.established_at = Some(now);
         let duration = now - self.setup.started;
         self.setup.shared.metrics.handshake_completed(duration);
-        let info =
-            HandshakeInfo::from_connection(&self.setup.conn, self.setup.local, self.setup.peer, duration);
+        let info = HandshakeInfo::from_connection(
+            &self.setup.conn,
+            self.setup.local,
+            self.setup.peer,
+            duration,
+        );
         tracing::debug!(?duration, alpn = %String::from_utf8_lossy(&info.alpn), "handshake complete");
         self.state_tx.send_replace(ConnState::Established(info));
         // Best effort: a full router queue only delays the in-flight count.
@@ -315,11 +324,12 @@ impl<A: ApplicationOverQuic> Worker<A> {
         metrics.connection_closed();
         tracing::debug!(%reason, "connection closed");
         self.driver.on_close(&mut self.setup.conn, &reason);
-        self.state_tx.send_replace(ConnState::Closed(Arc::new(ConnectionClosed {
-            reason,
-            stats,
-            tls_verify_error: self.verify_error.take(),
-        })));
+        self.state_tx
+            .send_replace(ConnState::Closed(Arc::new(ConnectionClosed {
+                reason,
+                stats,
+                tls_verify_error: self.verify_error.take(),
+            })));
         // Waiting for room: losing this would leave the connection's IDs routed.
         let _ = self
             .setup
@@ -340,7 +350,11 @@ async fn sleep_until(t: Option<Instant>) {
 /// connection.
 fn setup_logging(setup: &mut WorkerSetup, scid: &str) {
     if let Some(dir) = &setup.shared.qlog_dir {
-        let role = if setup.conn.is_server() { "server" } else { "client" };
+        let role = if setup.conn.is_server() {
+            "server"
+        } else {
+            "client"
+        };
         let path = dir.join(format!("{scid}-{role}.sqlog"));
         match std::fs::create_dir_all(dir).and_then(|()| std::fs::File::create(&path)) {
             Ok(f) => setup.conn.set_qlog(
@@ -361,8 +375,10 @@ fn setup_logging(setup: &mut WorkerSetup, scid: &str) {
 
 pub(crate) fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }

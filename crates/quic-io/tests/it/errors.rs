@@ -21,7 +21,10 @@ async fn a_black_hole_gives_a_typed_handshake_timeout() {
     );
     // Generous bounds: it neither gave up at once nor hung.
     let elapsed = started.elapsed();
-    assert!(elapsed >= Duration::from_millis(400) && elapsed < Duration::from_secs(10), "{elapsed:?}");
+    assert!(
+        elapsed >= Duration::from_millis(400) && elapsed < Duration::from_secs(10),
+        "{elapsed:?}"
+    );
     // The black hole did hear the client's Initials.
     let mut buf = [0u8; 2000];
     let (len, _) = hole.recv_from(&mut buf).unwrap();
@@ -37,7 +40,10 @@ async fn a_client_with_the_wrong_ca_fails_naming_certificate_verification() {
         .await
         .unwrap_err();
     let text = err.to_string();
-    assert!(matches!(err, ConnectError::Tls { by_peer: false, .. }), "{text}");
+    assert!(
+        matches!(err, ConnectError::Tls { by_peer: false, .. }),
+        "{text}"
+    );
     assert!(text.contains("certificate verification failed"), "{text}");
 }
 
@@ -47,8 +53,13 @@ async fn a_certificate_for_another_name_is_refused() {
     let mut params = client_params(&server.cert_pem);
     params.server_name = Some("example.org".into());
     let (app, _report) = EchoClient::new(1, 10);
-    let err = quic_io::connect(server.addr, params, app).await.unwrap_err();
-    assert!(err.to_string().contains("certificate verification failed"), "{err}");
+    let err = quic_io::connect(server.addr, params, app)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("certificate verification failed"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -83,7 +94,8 @@ async fn tls_inputs_are_checked() {
         TlsConfig::from_pem(corrupt.as_bytes(), a.key_pem.as_bytes()),
         Err(quic_io::TlsError::Parse { .. })
     ));
-    let err = TlsConfig::from_pem_files("/nonexistent/cert.pem", "/nonexistent/key.pem").unwrap_err();
+    let err =
+        TlsConfig::from_pem_files("/nonexistent/cert.pem", "/nonexistent/key.pem").unwrap_err();
     assert!(err.to_string().contains("/nonexistent/cert.pem"), "{err}");
     assert!(TlsConfig::from_pem(a.cert_pem.as_bytes(), a.key_pem.as_bytes()).is_ok());
 }

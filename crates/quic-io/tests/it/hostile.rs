@@ -40,7 +40,8 @@ async fn an_initial_with_an_unsupported_version_gets_version_negotiation() {
 
     // The same packet below 1200 bytes gets no answer (RFC 9000 §14.1).
     sock.send_to(&pkt[..600], server.addr).unwrap();
-    sock.set_read_timeout(Some(std::time::Duration::from_millis(300))).unwrap();
+    sock.set_read_timeout(Some(std::time::Duration::from_millis(300)))
+        .unwrap();
     assert!(sock.recv_from(&mut buf).is_err());
     assert_eq!(server.metrics.snapshot().version_negotiations_sent, 1);
 }
@@ -65,7 +66,8 @@ async fn a_short_header_packet_for_an_unknown_cid_gets_a_stateless_reset() {
 
     // Too short to be answered with a smaller packet: no reset.
     sock.send_to(&pkt[..21], server.addr).unwrap();
-    sock.set_read_timeout(Some(std::time::Duration::from_millis(300))).unwrap();
+    sock.set_read_timeout(Some(std::time::Duration::from_millis(300)))
+        .unwrap();
     assert!(sock.recv_from(&mut buf).is_err());
     let m = server.metrics.snapshot();
     assert_eq!(m.stateless_resets_sent, 1);
@@ -116,7 +118,10 @@ async fn garbage_and_mangled_packets_are_survived_and_counted() {
     let rejected: u64 = m.initials_rejected.iter().map(|(_, n)| n).sum();
     // Everything but the real client was turned away, and counted as such. (The
     // kernel may drop some datagrams of the burst before the router reads them.)
-    assert!(dropped + rejected + m.stateless_resets_sent + m.version_negotiations_sent > 5_000, "{m:?}");
+    assert!(
+        dropped + rejected + m.stateless_resets_sent + m.version_negotiations_sent > 5_000,
+        "{m:?}"
+    );
     assert!(m.dropped(DropReason::Malformed) > 0, "{m:?}");
     assert!(m.rejected(RejectReason::TooShort) > 0, "{m:?}");
     assert!(m.rejected(RejectReason::InvalidInitial) > 0, "{m:?}");

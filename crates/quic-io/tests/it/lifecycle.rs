@@ -16,7 +16,10 @@ async fn an_idle_connection_closes_on_the_idle_timeout() {
     let closed = conn.closed().await;
     assert_eq!(closed.reason, CloseReason::IdleTimeout);
     let elapsed = started.elapsed();
-    assert!(elapsed >= Duration::from_millis(200) && elapsed < Duration::from_secs(10), "{elapsed:?}");
+    assert!(
+        elapsed >= Duration::from_millis(200) && elapsed < Duration::from_secs(10),
+        "{elapsed:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -35,7 +38,9 @@ async fn a_refused_connection_is_closed_with_connection_refused() {
         Err(ConnectError::Refused { .. }) => 0x2,
         Err(e) => panic!("unexpected error: {e}"),
         Ok(conn) => match conn.closed().await.reason {
-            CloseReason::Peer { app: false, code, .. } => code,
+            CloseReason::Peer {
+                app: false, code, ..
+            } => code,
             ref other => panic!("unexpected close: {other}"),
         },
     };
@@ -51,9 +56,20 @@ async fn the_connection_limit_turns_new_clients_away() {
         .unwrap();
     let mut params = client_params(&server.cert_pem);
     params.settings.handshake_timeout = Duration::from_millis(500);
-    let err = quic_io::connect(server.addr, params, Idle).await.unwrap_err();
-    assert!(matches!(err, ConnectError::HandshakeTimeout { .. }), "{err}");
-    assert!(server.metrics.snapshot().rejected(RejectReason::ConnectionLimit) > 0);
+    let err = quic_io::connect(server.addr, params, Idle)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ConnectError::HandshakeTimeout { .. }),
+        "{err}"
+    );
+    assert!(
+        server
+            .metrics
+            .snapshot()
+            .rejected(RejectReason::ConnectionLimit)
+            > 0
+    );
     first.close(0, "done").await;
     first.closed().await;
 }
@@ -73,13 +89,27 @@ async fn shutdown_closes_every_connection_with_its_code() {
         listener
     });
     for _ in 0..3 {
-        clients.push(quic_io::connect(addr, client_params(&cert_pem), Idle).await.unwrap());
+        clients.push(
+            quic_io::connect(addr, client_params(&cert_pem), Idle)
+                .await
+                .unwrap(),
+        );
     }
     for _ in 0..3 {
-        handles_rx.recv().await.unwrap().established().await.unwrap();
+        handles_rx
+            .recv()
+            .await
+            .unwrap()
+            .established()
+            .await
+            .unwrap();
     }
     let listener = accept.await.unwrap();
-    assert!(listener.shutdown(0x77, b"going away", Duration::from_secs(5)).await);
+    assert!(
+        listener
+            .shutdown(0x77, b"going away", Duration::from_secs(5))
+            .await
+    );
     for c in clients {
         let closed = c.closed().await;
         assert_eq!(closed.reason.app_code(), Some(0x77), "{:?}", closed.reason);
@@ -114,7 +144,9 @@ async fn serve_echo_until_abort(
     });
     // A long transfer: the client is still sending when the server loses its state.
     let (app, report) = EchoClient::new(1, 1 << 30);
-    let conn = quic_io::connect(addr, client_params(&cert_pem), app).await.unwrap();
+    let conn = quic_io::connect(addr, client_params(&cert_pem), app)
+        .await
+        .unwrap();
     let server_conn = started_rx.await.unwrap();
     server_conn.established().await.unwrap();
     let listener = accept.await.unwrap();

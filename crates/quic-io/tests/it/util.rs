@@ -17,7 +17,8 @@ pub struct EchoListener {
     pub addr: SocketAddr,
     pub cert_pem: String,
     pub metrics: Arc<CountingMetrics>,
-    pub task: tokio::task::JoinHandle<()>,
+    /// Serves until the test ends (and its runtime with it).
+    _task: tokio::task::JoinHandle<()>,
 }
 
 pub fn server_params() -> (ServerParams, String, Arc<CountingMetrics>) {
@@ -47,7 +48,7 @@ pub fn echo_listener(configure: impl FnOnce(&mut ServerParams)) -> EchoListener 
         addr,
         cert_pem,
         metrics,
-        task: serve_echo(listener),
+        _task: serve_echo(listener),
     }
 }
 
@@ -81,13 +82,24 @@ impl quic_app::ApplicationOverQuic for Idle {
     ) -> Result<(), quic_app::AppError> {
         std::future::pending().await
     }
-    fn process_reads(&mut self, _conn: &mut quic_app::QuicConnection) -> Result<(), quic_app::AppError> {
+    fn process_reads(
+        &mut self,
+        _conn: &mut quic_app::QuicConnection,
+    ) -> Result<(), quic_app::AppError> {
         Ok(())
     }
-    fn process_writes(&mut self, _conn: &mut quic_app::QuicConnection) -> Result<(), quic_app::AppError> {
+    fn process_writes(
+        &mut self,
+        _conn: &mut quic_app::QuicConnection,
+    ) -> Result<(), quic_app::AppError> {
         Ok(())
     }
-    fn on_conn_close(&mut self, _conn: &mut quic_app::QuicConnection, _reason: &quic_app::CloseReason) {}
+    fn on_conn_close(
+        &mut self,
+        _conn: &mut quic_app::QuicConnection,
+        _reason: &quic_app::CloseReason,
+    ) {
+    }
 }
 
 /// A real client Initial (the first datagram of a quiche client), padded to 1200+ bytes.
@@ -113,6 +125,7 @@ pub fn real_initial() -> Vec<u8> {
 /// A UDP socket on loopback that answers nothing, with a receive timeout.
 pub fn raw_socket() -> std::net::UdpSocket {
     let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    s.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
     s
 }
