@@ -96,6 +96,18 @@ fn test() -> Result {
         "cargo",
         &["test", "--workspace", "--all-features", "--locked"],
     )?;
+    // Broken intra-doc links and malformed docs fail the run, as in CI.
+    run(
+        &env.with("RUSTDOCFLAGS", "-D warnings"),
+        "cargo",
+        &[
+            "doc",
+            "--workspace",
+            "--no-deps",
+            "--all-features",
+            "--locked",
+        ],
+    )?;
     run(&env, "cargo", &["build", "--locked", "-p", "quay-examples"])?;
     examples_end_to_end(&root().join("target/debug"))?;
     println!(
