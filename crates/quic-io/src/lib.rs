@@ -79,4 +79,43 @@ mod worker;
 pub mod __private {
     //! Internals exposed for the project's own tests and fuzz targets; not a stable API.
     pub use crate::router::header::{Routing, parse as parse_routing_header};
+
+    /// Mints and checks Retry tokens for one fixed client address, for fuzzing.
+    #[derive(Debug)]
+    pub struct RetryTokenCheck(crate::router::retry::RetryTokens);
+
+    impl Default for RetryTokenCheck {
+        fn default() -> Self {
+            Self::new()
+        }
+    }
+
+    impl RetryTokenCheck {
+        const PEER: std::net::SocketAddr = std::net::SocketAddr::V4(std::net::SocketAddrV4::new(
+            std::net::Ipv4Addr::new(192, 0, 2, 1),
+            4433,
+        ));
+        const NOW: u64 = 1_000_000;
+
+        /// A checker with a fresh random key.
+        pub fn new() -> Self {
+            Self(crate::router::retry::RetryTokens::new(
+                std::time::Duration::from_secs(10),
+            ))
+        }
+
+        /// A valid token.
+        pub fn mint(&self) -> Vec<u8> {
+            let mut buf = [0u8; crate::router::retry::MAX_TOKEN_LEN];
+            let len = self
+                .0
+                .mint(Self::PEER, b"original-dcid", Self::NOW, &mut buf);
+            buf[..len].to_vec()
+        }
+
+        /// Whether `token` is accepted.
+        pub fn accepts(&self, token: &[u8]) -> bool {
+            self.0.validate(token, Self::PEER, Self::NOW).is_ok()
+        }
+    }
 }
