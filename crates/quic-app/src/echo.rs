@@ -145,9 +145,9 @@ pub struct EchoStreamReport {
     pub sent: u64,
     /// Bytes received back.
     pub received: u64,
-    /// SHA-256 of the bytes sent.
+    /// SHA-256 of the bytes sent (of nothing when hashing is off).
     pub sent_sha256: [u8; 32],
-    /// SHA-256 of the bytes received.
+    /// SHA-256 of the bytes received (of nothing when hashing is off).
     pub received_sha256: [u8; 32],
     /// Offset of the first received byte that differed from what was sent.
     pub first_mismatch: Option<u64>,
@@ -209,6 +209,7 @@ pub struct EchoClient {
     done: usize,
     scratch: Box<[u8]>,
     pattern: Box<[u8]>,
+    hashing: bool,
     report_tx: Option<oneshot::Sender<EchoReport>>,
 }
 
@@ -227,9 +228,18 @@ impl EchoClient {
             done: 0,
             scratch: vec![0; SCRATCH_LEN].into_boxed_slice(),
             pattern: pattern.into_boxed_slice(),
+            hashing: true,
             report_tx: Some(report_tx),
         };
         (app, report_rx)
+    }
+
+    /// Whether to compute the SHA-256 of what is sent and received (on by default).
+    /// Every received byte is compared with the byte sent either way; the hashes are
+    /// a second, reportable check that costs CPU time in throughput measurements.
+    pub fn hashing(mut self, on: bool) -> Self {
+        self.hashing = on;
+        self
     }
 
     /// The pattern bytes of stream `index` from `offset`, at most `max` of them.
@@ -277,7 +287,9 @@ impl EchoClient {
                 };
                 let start = ((sent + index as u64 * 31) % PATTERN_PERIOD as u64) as usize;
                 let stream = &mut self.streams[index];
-                stream.sent_hash.update(&self.pattern[start..start + n]);
+                if self.hashing {
+                    stream.sent_hash.update(&self.pattern[start..start + n]);
+                }
                 stream.sent += n as u64;
                 if n < chunk_len {
                     break;
@@ -362,7 +374,9 @@ impl ApplicationOverQuic for EchoClient {
                         .unwrap_or(0);
                     stream.first_mismatch = Some(offset + at as u64);
                 }
-                stream.recv_hash.update(&self.scratch[..len]);
+                if self.hashing {
+                    stream.recv_hash.update(&self.scratch[..len]);
+                }
                 stream.received += len as u64;
                 if fin && !stream.finished {
                     stream.finished = true;

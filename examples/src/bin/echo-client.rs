@@ -44,6 +44,10 @@ struct Args {
     /// Send one datagram per system call instead of GSO batches.
     #[arg(long)]
     no_gso: bool,
+    /// Also compare SHA-256 digests of what was sent and echoed (every byte is
+    /// compared either way).
+    #[arg(long)]
+    sha256: bool,
 }
 
 #[tokio::main]
@@ -64,8 +68,11 @@ async fn main() -> anyhow::Result<()> {
     let started = Instant::now();
     let mut handshake_total = Duration::ZERO;
     let mut bytes = 0u64;
+    let mut last_stats = None;
+    let mut closing = Vec::with_capacity(args.connections);
     for n in 0..args.connections {
         let (app, report) = EchoClient::new(args.streams, args.bytes);
+        let app = app.hashing(args.sha256);
         let conn = quay::io::connect(args.connect, params.clone(), app)
             .await
             .with_context(|| format!("connection {} of {}", n + 1, args.connections))?;
@@ -96,7 +103,12 @@ async fn main() -> anyhow::Result<()> {
             );
         }
         bytes += report.bytes_received();
-        conn.closed().await;
+        // The close's draining period (RFC 9000 §10.2) runs on while the next
+        // connection starts.
+        closing.push(conn);
+    }
+    for conn in closing {
+        last_stats = Some(conn.closed().await.stats.clone());
     }
     let secs = started.elapsed().as_secs_f64();
     println!(
@@ -110,5 +122,15 @@ async fn main() -> anyhow::Result<()> {
         handshake_total.as_secs_f64() * 1000.0 / args.connections as f64,
         args.connections as f64 / secs
     );
+    if let Some(s) = last_stats {
+        println!(
+            "last connection: {} packets sent, {} received, {} lost; rtt {:.3} ms; cwnd {} bytes",
+            s.packets_sent,
+            s.packets_recv,
+            s.packets_lost,
+            s.rtt.as_secs_f64() * 1000.0,
+            s.cwnd
+        );
+    }
     Ok(())
 }

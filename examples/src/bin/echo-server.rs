@@ -15,7 +15,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use quay::app::echo::{ALPN, EchoServer};
-use quay::io::{RetryPolicy, ServerParams, TlsConfig};
+use quay::io::{CountingMetrics, RetryPolicy, ServerParams, TlsConfig};
 
 #[derive(Parser, Debug)]
 #[command(about = "QUIC echo server (ALPN quay-echo)")]
@@ -60,6 +60,8 @@ async fn main() -> anyhow::Result<()> {
         params.retry = RetryPolicy::Always;
     }
     params.settings.enable_gso = !args.no_gso;
+    let metrics = std::sync::Arc::new(CountingMetrics::default());
+    params.metrics = metrics.clone();
     let mut listener = quay::io::listen_on(args.listen, params)?;
     println!("listening on {}", listener.local_addr());
 
@@ -85,6 +87,15 @@ async fn main() -> anyhow::Result<()> {
                 if !graceful {
                     tracing::warn!("some connections did not close in time");
                 }
+                let m = metrics.snapshot();
+                tracing::info!(
+                    accepted = m.initials_accepted,
+                    handshakes = m.handshakes_completed,
+                    retries = m.retries_sent,
+                    resets = m.stateless_resets_sent,
+                    queue_full_drops = m.queue_full_drops,
+                    "endpoint counters"
+                );
                 break;
             }
         }

@@ -25,8 +25,7 @@ const SLOT_PLAIN: usize = 2048;
 /// Receive slot size with GRO: the kernel coalesces up to 64 KiB per slot.
 const SLOT_GRO: usize = 64 * 1024;
 
-/// Receive slots per batch with GRO: 8 × 64 KiB = 512 KiB per receive call, so a
-/// datagram still queued for a connection pins at most that much memory.
+/// Receive slots per batch with GRO: 8 × 64 KiB = 512 KiB per receive call.
 const SLOTS_GRO: usize = 8;
 
 /// A UDP socket shared by a router (the only reader) and workers (writers).
@@ -121,8 +120,8 @@ impl Socket {
     }
 }
 
-/// A received datagram: its own slice of a shared receive buffer, so handing it to a
-/// worker costs no allocation and no copy.
+/// A received datagram: its own slice of the buffer its receive batch was copied into,
+/// so handing it to a worker costs no allocation of its own.
 #[derive(Debug)]
 pub(crate) struct Datagram {
     pub(crate) buf: BytesMut,
@@ -130,10 +129,15 @@ pub(crate) struct Datagram {
     pub(crate) to: SocketAddr,
 }
 
-/// The receive side: a buffer carved into slots for one `recvmmsg`.
+/// The receive side: a fixed buffer carved into slots for one `recvmmsg`.
+///
+/// After each call, the bytes received (not the slots) are copied into one fresh
+/// buffer that the batch's datagrams split among themselves: one allocation and one
+/// copy per batch, never per datagram, and a datagram waiting in a queue pins only its
+/// own batch's bytes, not the receive buffer.
 #[derive(Debug)]
 pub(crate) struct Receiver {
-    arena: BytesMut,
+    buf: Box<[u8]>,
     slot: usize,
     slots: usize,
     meta: Vec<quinn_udp::RecvMeta>,
@@ -148,7 +152,7 @@ impl Receiver {
             (SLOT_PLAIN, quinn_udp::BATCH_SIZE)
         };
         Self {
-            arena: BytesMut::zeroed(slot * slots),
+            buf: vec![0; slot * slots].into_boxed_slice(),
             slot,
             slots,
             meta: vec![quinn_udp::RecvMeta::default(); slots],
@@ -162,16 +166,10 @@ impl Receiver {
         socket: &Socket,
         out: &mut Vec<Datagram>,
     ) -> io::Result<usize> {
-        let want = self.slot * self.slots;
-        if self.arena.len() < want {
-            // Reuses the allocation when every datagram cut from it is gone; otherwise
-            // allocates a fresh one: once per batch, never per datagram.
-            self.arena.resize(want, 0);
-        }
         let msgs = {
             let mut slices: [IoSliceMut<'_>; quinn_udp::BATCH_SIZE] =
                 std::array::from_fn(|_| IoSliceMut::new(&mut []));
-            for (i, chunk) in self.arena[..want].chunks_mut(self.slot).enumerate() {
+            for (i, chunk) in self.buf.chunks_mut(self.slot).enumerate() {
                 slices[i] = IoSliceMut::new(chunk);
             }
             let meta = &mut self.meta;
@@ -180,12 +178,15 @@ impl Receiver {
                 state.recv((&socket.io).into(), &mut slices[..self.slots], meta)
             })?
         };
+        let total: usize = self.meta[..msgs].iter().map(|m| m.len).sum();
+        let mut batch = BytesMut::with_capacity(total);
+        for (i, meta) in self.meta[..msgs].iter().enumerate() {
+            batch.extend_from_slice(&self.buf[i * self.slot..i * self.slot + meta.len]);
+        }
         let local = socket.local_addr;
         let mut count = 0;
-        let mut region = self.arena.split_to(msgs * self.slot);
         for meta in &self.meta[..msgs] {
-            let mut slot = region.split_to(self.slot);
-            slot.truncate(meta.len);
+            let mut slot = batch.split_to(meta.len);
             let to = meta
                 .dst_ip
                 .map_or(local, |ip| SocketAddr::new(ip, local.port()));
