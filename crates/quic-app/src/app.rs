@@ -28,6 +28,9 @@ pub type QuicConnection = quiche::Connection;
 ///    whatever reason. The connection is still readable (stats, errors) but can no
 ///    longer send.
 ///
+/// Purely reactive protocols implement four methods: `should_act`, `wait_for_data`
+/// and `on_conn_close` have defaults for them.
+///
 /// An `Err` from any method closes the connection: [`AppError::Close`] with the
 /// application's code and reason, [`AppError::Quic`] with the matching transport error.
 pub trait ApplicationOverQuic: Send + 'static {
@@ -41,10 +44,12 @@ pub trait ApplicationOverQuic: Send + 'static {
 
     /// Whether [`wait_for_data`](Self::wait_for_data) should be polled this turn.
     ///
-    /// Return `false` when the application has nothing to wait for besides the peer
-    /// (a purely reactive protocol), so the loop does not poll a future that can
-    /// never resolve.
-    fn should_act(&self) -> bool;
+    /// The default, `false`, suits a purely reactive protocol: one with nothing to
+    /// wait for besides the peer. Return `true` while the application has work coming
+    /// from elsewhere (a channel from user tasks, a timer of its own).
+    fn should_act(&self) -> bool {
+        false
+    }
 
     /// Resolves when the application has work to do that did not come from the peer,
     /// for example a request handed in through a channel by a user task.
@@ -59,10 +64,16 @@ pub trait ApplicationOverQuic: Send + 'static {
     /// lose nothing. Waiting on `tokio::sync::mpsc::Receiver::recv` and storing what it
     /// returns in `self` before returning is; reading half a message and holding the
     /// rest in the future is not.
+    ///
+    /// The default never resolves; it is never polled while
+    /// [`should_act`](Self::should_act) returns `false`.
     fn wait_for_data(
         &mut self,
         conn: &mut QuicConnection,
-    ) -> impl Future<Output = Result<(), AppError>> + Send;
+    ) -> impl Future<Output = Result<(), AppError>> + Send {
+        let _ = conn;
+        std::future::pending()
+    }
 
     /// Called each turn after incoming datagrams were fed to the connection: read what
     /// the peer sent (streams, datagrams).
@@ -73,6 +84,8 @@ pub trait ApplicationOverQuic: Send + 'static {
     fn process_writes(&mut self, conn: &mut QuicConnection) -> Result<(), AppError>;
 
     /// The connection closed; `reason` says who closed it and why. Called exactly once,
-    /// also when the handshake never completed.
-    fn on_conn_close(&mut self, conn: &mut QuicConnection, reason: &CloseReason);
+    /// also when the handshake never completed. The default does nothing.
+    fn on_conn_close(&mut self, conn: &mut QuicConnection, reason: &CloseReason) {
+        let _ = (conn, reason);
+    }
 }

@@ -10,7 +10,6 @@
 //! QUIC flow control instead of making them buffer.
 
 use std::collections::HashMap;
-use std::future::Future;
 
 use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
@@ -108,17 +107,6 @@ impl ApplicationOverQuic for EchoServer {
         Ok(())
     }
 
-    fn should_act(&self) -> bool {
-        false
-    }
-
-    fn wait_for_data(
-        &mut self,
-        _conn: &mut QuicConnection,
-    ) -> impl Future<Output = Result<(), AppError>> + Send {
-        std::future::pending()
-    }
-
     fn process_reads(&mut self, conn: &mut QuicConnection) -> Result<(), AppError> {
         for id in conn.readable() {
             self.echo(conn, id)?;
@@ -134,8 +122,6 @@ impl ApplicationOverQuic for EchoServer {
         }
         Ok(())
     }
-
-    fn on_conn_close(&mut self, _conn: &mut QuicConnection, _reason: &CloseReason) {}
 }
 
 /// What an [`EchoClient`] saw on one stream.
@@ -329,17 +315,6 @@ impl ApplicationOverQuic for EchoClient {
         _info: &HandshakeInfo,
     ) -> Result<(), AppError> {
         self.open_and_send(conn)
-    }
-
-    fn should_act(&self) -> bool {
-        false
-    }
-
-    fn wait_for_data(
-        &mut self,
-        _conn: &mut QuicConnection,
-    ) -> impl Future<Output = Result<(), AppError>> + Send {
-        std::future::pending()
     }
 
     fn process_reads(&mut self, conn: &mut QuicConnection) -> Result<(), AppError> {

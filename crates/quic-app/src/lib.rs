@@ -15,7 +15,7 @@
 //! A protocol that answers every bidirectional stream with the word `pong`:
 //!
 //! ```
-//! use quic_app::{AppError, ApplicationOverQuic, CloseReason, HandshakeInfo, QuicConnection};
+//! use quic_app::{AppError, ApplicationOverQuic, HandshakeInfo, QuicConnection};
 //!
 //! struct Pong;
 //!
@@ -26,14 +26,6 @@
 //!         _info: &HandshakeInfo,
 //!     ) -> Result<(), AppError> {
 //!         Ok(())
-//!     }
-//!
-//!     fn should_act(&self) -> bool {
-//!         false // purely reactive: nothing to wait for besides packets
-//!     }
-//!
-//!     async fn wait_for_data(&mut self, _conn: &mut QuicConnection) -> Result<(), AppError> {
-//!         std::future::pending().await
 //!     }
 //!
 //!     fn process_reads(&mut self, conn: &mut QuicConnection) -> Result<(), AppError> {
@@ -51,8 +43,8 @@
 //!     fn process_writes(&mut self, _conn: &mut QuicConnection) -> Result<(), AppError> {
 //!         Ok(())
 //!     }
-//!
-//!     fn on_conn_close(&mut self, _conn: &mut QuicConnection, _reason: &CloseReason) {}
+//!     // `should_act`, `wait_for_data` and `on_conn_close` keep their defaults: a
+//!     // purely reactive protocol has nothing to wait for besides the peer.
 //! }
 //! ```
 //!

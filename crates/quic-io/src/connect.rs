@@ -172,14 +172,7 @@ pub async fn connect<A: ApplicationOverQuic>(
     );
     let (ctrl_tx, ctrl_rx) = mpsc::channel(WORKER_COMMAND_QUEUE);
     let (id, pkt_rx) = router.register(vec![scid.to_vec()], ctrl_tx.clone());
-    let shared = Arc::new(WorkerShared {
-        handshake_timeout: params.settings.handshake_timeout,
-        qlog_dir: params.settings.qlog_dir.clone(),
-        keylog_file: params.settings.keylog_file.clone(),
-        metrics: Arc::clone(&params.metrics),
-        max_payload: params.settings.max_send_udp_payload,
-        pacing: params.settings.pacing,
-    });
+    let shared = WorkerShared::new(&params.settings, Arc::clone(&params.metrics));
     let setup = WorkerSetup {
         conn,
         id,

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use quic_app::{AppError, ApplicationOverQuic, CloseReason, HandshakeInfo, QuicConnection};
+use quic_app::{AppError, ApplicationOverQuic, HandshakeInfo, QuicConnection};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -176,14 +176,7 @@ pub fn listen(socket: std::net::UdpSocket, params: ServerParams) -> Result<Liste
         Arc::new(Socket::new(socket, params.settings.enable_gso).map_err(ListenError::Socket)?);
     let local_addr = socket.local_addr();
     let (accept_tx, accept_rx) = mpsc::channel(params.limits.accept_backlog.max(1));
-    let shared = Arc::new(WorkerShared {
-        handshake_timeout: params.settings.handshake_timeout,
-        qlog_dir: params.settings.qlog_dir.clone(),
-        keylog_file: params.settings.keylog_file.clone(),
-        metrics: Arc::clone(&params.metrics),
-        max_payload: params.settings.max_send_udp_payload,
-        pacing: params.settings.pacing,
-    });
+    let shared = WorkerShared::new(&params.settings, Arc::clone(&params.metrics));
     let abort = CancellationToken::new();
     let accept = Accept {
         config,
@@ -364,20 +357,10 @@ impl ApplicationOverQuic for Refused {
     ) -> Result<(), AppError> {
         Err(AppError::close(CONNECTION_REFUSED, "refused"))
     }
-    fn should_act(&self) -> bool {
-        false
-    }
-    fn wait_for_data(
-        &mut self,
-        _conn: &mut QuicConnection,
-    ) -> impl Future<Output = Result<(), AppError>> + Send {
-        std::future::pending()
-    }
     fn process_reads(&mut self, _conn: &mut QuicConnection) -> Result<(), AppError> {
         Ok(())
     }
     fn process_writes(&mut self, _conn: &mut QuicConnection) -> Result<(), AppError> {
         Ok(())
     }
-    fn on_conn_close(&mut self, _conn: &mut QuicConnection, _reason: &CloseReason) {}
 }

@@ -21,12 +21,6 @@ impl ApplicationOverQuic for Closer {
         conn.stream_send(0, b"ping", true)?;
         Ok(())
     }
-    fn should_act(&self) -> bool {
-        false
-    }
-    async fn wait_for_data(&mut self, _conn: &mut QuicConnection) -> Result<(), AppError> {
-        std::future::pending().await
-    }
     fn process_reads(&mut self, conn: &mut QuicConnection) -> Result<(), AppError> {
         let mut buf = [0u8; 16];
         while let Ok((_, fin)) = conn.stream_recv(0, &mut buf) {
@@ -39,7 +33,6 @@ impl ApplicationOverQuic for Closer {
     fn process_writes(&mut self, _conn: &mut QuicConnection) -> Result<(), AppError> {
         Ok(())
     }
-    fn on_conn_close(&mut self, _conn: &mut QuicConnection, _reason: &CloseReason) {}
 }
 
 #[tokio::test]

@@ -56,6 +56,19 @@ pub(crate) struct WorkerShared {
     pub(crate) pacing: bool,
 }
 
+impl WorkerShared {
+    pub(crate) fn new(settings: &crate::QuicSettings, metrics: Arc<dyn Metrics>) -> Arc<Self> {
+        Arc::new(Self {
+            handshake_timeout: settings.handshake_timeout,
+            qlog_dir: settings.qlog_dir.clone(),
+            keylog_file: settings.keylog_file.clone(),
+            metrics,
+            max_payload: settings.max_send_udp_payload,
+            pacing: settings.pacing,
+        })
+    }
+}
+
 /// Everything a worker needs besides its application.
 pub(crate) struct WorkerSetup {
     pub(crate) conn: quiche::Connection,

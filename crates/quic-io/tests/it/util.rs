@@ -73,15 +73,6 @@ impl quic_app::ApplicationOverQuic for Idle {
     ) -> Result<(), quic_app::AppError> {
         Ok(())
     }
-    fn should_act(&self) -> bool {
-        false
-    }
-    async fn wait_for_data(
-        &mut self,
-        _conn: &mut quic_app::QuicConnection,
-    ) -> Result<(), quic_app::AppError> {
-        std::future::pending().await
-    }
     fn process_reads(
         &mut self,
         _conn: &mut quic_app::QuicConnection,
@@ -93,12 +84,6 @@ impl quic_app::ApplicationOverQuic for Idle {
         _conn: &mut quic_app::QuicConnection,
     ) -> Result<(), quic_app::AppError> {
         Ok(())
-    }
-    fn on_conn_close(
-        &mut self,
-        _conn: &mut quic_app::QuicConnection,
-        _reason: &quic_app::CloseReason,
-    ) {
     }
 }
 
