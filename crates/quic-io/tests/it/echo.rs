@@ -88,3 +88,46 @@ async fn a_client_without_a_server_name_checks_the_ip_address() {
     assert!(report.await.unwrap().is_ok());
     conn.closed().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pacing_and_one_datagram_per_send_still_echo_everything() {
+    let server = echo_listener(|p| {
+        p.settings.pacing = true;
+        p.settings.enable_gso = false;
+    });
+    let mut params = client_params(&server.cert_pem);
+    params.settings.pacing = true;
+    let (app, report) = EchoClient::new(2, 2 * 1024 * 1024);
+    let conn = quic_io::connect(server.addr, params, app).await.unwrap();
+    let report = report.await.unwrap();
+    assert!(report.is_ok(), "{report:?}");
+    assert_eq!(report.bytes_received(), 4 * 1024 * 1024);
+    conn.closed().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qlog_and_key_log_files_are_written() {
+    let dir = std::env::temp_dir().join(format!("quay-logs-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let server = echo_listener(|_| {});
+    let mut params = client_params(&server.cert_pem);
+    params.settings.qlog_dir = Some(dir.join("qlog"));
+    params.settings.keylog_file = Some(dir.join("keys.log"));
+    let (app, report) = EchoClient::new(1, 1000);
+    let conn = quic_io::connect(server.addr, params, app).await.unwrap();
+    assert!(report.await.unwrap().is_ok());
+    conn.closed().await;
+    let keys = std::fs::read_to_string(dir.join("keys.log")).unwrap();
+    assert!(keys.contains("CLIENT_HANDSHAKE_TRAFFIC_SECRET"), "{keys}");
+    assert!(keys.contains("SERVER_TRAFFIC_SECRET_0"), "{keys}");
+    let qlogs: Vec<_> = std::fs::read_dir(dir.join("qlog"))
+        .unwrap()
+        .flatten()
+        .collect();
+    assert_eq!(qlogs.len(), 1);
+    let name = qlogs[0].file_name().to_string_lossy().into_owned();
+    assert_eq!(name, format!("{}-client.sqlog", conn.scid()));
+    let qlog = std::fs::read_to_string(qlogs[0].path()).unwrap();
+    assert!(qlog.contains("packet_sent"), "qlog has no packet events");
+    let _ = std::fs::remove_dir_all(&dir);
+}
