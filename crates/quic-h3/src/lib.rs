@@ -1,14 +1,74 @@
-//! The HTTP/3 driver family of quay (in progress).
+//! The HTTP/3 driver family of quay.
 //!
-//! `quic-h3` will turn `quiche::h3` events into `http`-typed, per-request handles:
-//! `H3Driver<H>` implements [`quic_app::ApplicationOverQuic`], with `ServerH3Driver`
-//! and `ClientH3Driver` as its two variants. Like every protocol over quay, it does no
-//! I/O itself: `quic-io` runs it over UDP, and the `quic-app` harness runs it in
-//! memory for tests.
+//! [`H3Driver`] implements [`quic_app::ApplicationOverQuic`] on top of `quiche::h3`
+//! and turns HTTP/3 events into `http`-typed, per-request handles with streaming,
+//! backpressured bodies. It does no I/O: `quic-io` runs it over UDP, and the
+//! `quic-app` harness runs it in memory. Its two variants:
 //!
-//! Today the crate holds only the names it shares with the rest of the stack, so that
-//! dependents can already refer to them.
+//! - [`ServerH3Driver`]: every request arrives on the [`RequestStream`] as an
+//!   [`IncomingRequest`]: an `http::Request<RecvBody>` and a [`Responder`] that sends
+//!   1xx responses, the final head, then body chunks and trailers through a
+//!   [`SendBody`];
+//! - [`ClientH3Driver`]: a cloneable [`SendRequest`] starts requests; each gives a
+//!   [`SendBody`] and a [`ResponseFuture`] of `http::Response<RecvBody>`. Requests
+//!   wait for the peer's stream limit and go out as soon as it allows.
+//!
+//! # Example
+//!
+//! A request and its response, in memory:
+//!
+//! ```
+//! use bytes::Bytes;
+//! use quic_app::testing::{Pair, PairConfig};
+//! use quic_h3::{ClientH3Driver, H3Settings, ServerH3Driver};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let (client, send) = ClientH3Driver::new(H3Settings::default());
+//! let (server, mut requests) = ServerH3Driver::new(H3Settings::default());
+//! let mut pair = Pair::new(PairConfig::new(quic_h3::ALPN), client, server)?;
+//!
+//! let server_task = tokio::spawn(async move {
+//!     let req = requests.next().await.unwrap();
+//!     assert_eq!(req.request.uri().path(), "/hello");
+//!     let mut body = req.responder.send_response(http::Response::new(())).await?;
+//!     body.send_data(Bytes::from_static(b"hi")).await?;
+//!     body.finish().await
+//! });
+//! let body = pair
+//!     .run_with(std::time::Duration::from_secs(10), async {
+//!         let req = http::Request::get("https://localhost/hello").body(Bytes::new())?;
+//!         let mut resp = send.send(req).await?;
+//!         Ok::<_, Box<dyn std::error::Error>>(resp.body_mut().collect(1024).await?)
+//!     })
+//!     .await??;
+//! assert_eq!(body, "hi");
+//! server_task.await??;
+//! # Ok(())
+//! # }
+//! ```
 #![warn(missing_docs)]
+
+mod body;
+pub use body::{RecvBody, SendBody};
+
+mod client;
+pub use client::{ClientH3Driver, ClientHooks, ResponseFuture, SendRequest};
+
+mod driver;
+pub use driver::{Core, H3Driver, Hooks};
+
+mod error;
+pub use error::{H3Code, StreamError};
+
+mod headers;
+pub use headers::Protocol;
+
+mod server;
+pub use server::{IncomingRequest, RequestStream, Responder, ServerH3Driver, ServerHooks};
+
+mod settings;
+pub use settings::H3Settings;
 
 /// The ALPN token of HTTP/3 (RFC 9114 §3.1).
 pub const ALPN: &[u8] = b"h3";

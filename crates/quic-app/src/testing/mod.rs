@@ -33,7 +33,9 @@
 mod link;
 mod tls;
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use crate::{AppDriver, ApplicationOverQuic, CloseReason, HandshakeInfo, QuicConnection};
@@ -344,15 +346,7 @@ impl<C: ApplicationOverQuic, S: ApplicationOverQuic> Pair<C, S> {
                 continue;
             }
             // Nothing moved: wait for the earliest quiche timer, or an app's own work.
-            let timer = [
-                self.client.conn.timeout_instant(),
-                self.server.conn.timeout_instant(),
-            ]
-            .into_iter()
-            .flatten()
-            .min()
-            .map(tokio::time::Instant::from_std)
-            .map_or(deadline, |t| t.min(deadline));
+            let timer = self.next_timer(deadline);
             let client_waits = self.client.driver.wants_to_wait(&self.client.conn);
             let server_waits = self.server.driver.wants_to_wait(&self.server.conn);
             let (c, s) = (&mut self.client, &mut self.server);
@@ -364,6 +358,61 @@ impl<C: ApplicationOverQuic, S: ApplicationOverQuic> Pair<C, S> {
                 () = s.driver.wait_for_data(&mut s.conn), if server_waits => {}
             }
         }
+    }
+
+    /// Runs both sides while `fut` runs, until it completes; returns its output, or
+    /// fails after `limit`.
+    ///
+    /// This is how a test talks to its apps through their handles: the future sends
+    /// requests and awaits answers, while the pair moves the packets.
+    pub async fn run_with<F: Future>(
+        &mut self,
+        limit: Duration,
+        fut: F,
+    ) -> Result<F::Output, HarnessError> {
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut fut = std::pin::pin!(fut);
+        let mut turns = 0;
+        loop {
+            let polled = std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await;
+            if let Poll::Ready(out) = polled {
+                return Ok(out);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(HarnessError::Timeout(limit));
+            }
+            turns += 1;
+            if turns % TURNS_BEFORE_YIELD == 0 {
+                tokio::task::yield_now().await;
+            }
+            if self.turn() {
+                continue;
+            }
+            let timer = self.next_timer(deadline);
+            let client_waits = self.client.driver.wants_to_wait(&self.client.conn);
+            let server_waits = self.server.driver.wants_to_wait(&self.server.conn);
+            let (c, s) = (&mut self.client, &mut self.server);
+            tokio::select! {
+                biased;
+                () = tokio::time::sleep_until(timer) => {}
+                out = fut.as_mut() => return Ok(out),
+                () = c.driver.wait_for_data(&mut c.conn), if client_waits => {}
+                () = s.driver.wait_for_data(&mut s.conn), if server_waits => {}
+            }
+        }
+    }
+
+    /// The earliest quiche timer of either side, or `deadline`.
+    fn next_timer(&self, deadline: tokio::time::Instant) -> tokio::time::Instant {
+        [
+            self.client.conn.timeout_instant(),
+            self.server.conn.timeout_instant(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .map(tokio::time::Instant::from_std)
+        .map_or(deadline, |t| t.min(deadline))
     }
 
     /// Runs until both connections have closed (and both apps were told).

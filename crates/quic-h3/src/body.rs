@@ -1,0 +1,201 @@
+//! Streaming bodies: [`RecvBody`] for what the peer sends, [`SendBody`] for what this
+//! side sends. Both sit on bounded channels to the connection's driver, so a slow
+//! reader or writer slows the peer down through QUIC flow control instead of
+//! buffering without bound.
+
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use http::HeaderMap;
+use tokio::sync::mpsc;
+
+use crate::StreamError;
+
+/// Body chunks (of up to [`RECV_CHUNK`] bytes) queued between the driver and a
+/// [`RecvBody`]: 8 × 32 KiB = 256 KiB per stream at most, beyond QUIC's own window.
+pub(crate) const RECV_QUEUE: usize = 8;
+
+/// The most bytes the driver reads from a stream into one chunk.
+pub(crate) const RECV_CHUNK: usize = 32 * 1024;
+
+/// Frames queued between a [`SendBody`] (or responder) and the driver.
+pub(crate) const SEND_QUEUE: usize = 8;
+
+/// What the driver hands a [`RecvBody`].
+#[derive(Debug)]
+pub(crate) enum InFrame {
+    Data(Bytes),
+    Trailers(HeaderMap),
+}
+
+/// What a sending handle hands the driver.
+#[derive(Debug)]
+pub(crate) enum OutFrame {
+    /// A response head (server): informational (1xx) or final.
+    Response(http::response::Parts),
+    Data(Bytes),
+    Trailers(HeaderMap),
+    Finish,
+}
+
+pub(crate) type InResult = Result<InFrame, StreamError>;
+
+/// A body received from the peer: data chunks, then optional trailers.
+///
+/// Implements [`http_body::Body`]; [`chunk`](Self::chunk) and
+/// [`trailers`](Self::trailers) are the direct way.
+///
+/// # Drop behavior
+///
+/// Dropping it before the end asks the peer to stop sending (STOP_SENDING with
+/// H3_REQUEST_CANCELLED).
+#[derive(Debug)]
+pub struct RecvBody {
+    rx: Option<mpsc::Receiver<InResult>>,
+    trailers: Option<HeaderMap>,
+    done: bool,
+}
+
+impl RecvBody {
+    pub(crate) fn new(rx: mpsc::Receiver<InResult>) -> Self {
+        Self {
+            rx: Some(rx),
+            trailers: None,
+            done: false,
+        }
+    }
+
+    /// A body that is already complete and empty.
+    pub fn empty() -> Self {
+        Self {
+            rx: None,
+            trailers: None,
+            done: true,
+        }
+    }
+
+    /// The next chunk of data; `None` at the end of the data (trailers may follow).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: a chunk is only taken when this resolves.
+    pub async fn chunk(&mut self) -> Result<Option<Bytes>, StreamError> {
+        std::future::poll_fn(|cx| self.poll_chunk(cx)).await
+    }
+
+    /// The trailers, after all data was read (the data left is discarded); `None` if
+    /// the peer sent none.
+    pub async fn trailers(&mut self) -> Result<Option<HeaderMap>, StreamError> {
+        while self.chunk().await?.is_some() {}
+        Ok(self.trailers.take())
+    }
+
+    /// Reads the whole body into memory, up to `limit` bytes.
+    pub async fn collect(&mut self, limit: usize) -> Result<Bytes, StreamError> {
+        let mut out = bytes::BytesMut::new();
+        while let Some(c) = self.chunk().await? {
+            if out.len() + c.len() > limit {
+                return Err(StreamError::Malformed("body larger than the limit"));
+            }
+            out.extend_from_slice(&c);
+        }
+        Ok(out.freeze())
+    }
+
+    fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Bytes>, StreamError>> {
+        if self.done {
+            return Poll::Ready(Ok(None));
+        }
+        let Some(rx) = self.rx.as_mut() else {
+            return Poll::Ready(Ok(None));
+        };
+        match ready!(rx.poll_recv(cx)) {
+            Some(Ok(InFrame::Data(d))) => Poll::Ready(Ok(Some(d))),
+            Some(Ok(InFrame::Trailers(t))) => {
+                self.trailers = Some(t);
+                self.done = true;
+                Poll::Ready(Ok(None))
+            }
+            Some(Err(e)) => {
+                self.done = true;
+                Poll::Ready(Err(e))
+            }
+            None => {
+                self.done = true;
+                Poll::Ready(Ok(None))
+            }
+        }
+    }
+}
+
+impl http_body::Body for RecvBody {
+    type Data = Bytes;
+    type Error = StreamError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, StreamError>>> {
+        let this = self.get_mut();
+        match ready!(this.poll_chunk(cx)) {
+            Ok(Some(d)) => Poll::Ready(Some(Ok(http_body::Frame::data(d)))),
+            Ok(None) => Poll::Ready(
+                this.trailers
+                    .take()
+                    .map(|t| Ok(http_body::Frame::trailers(t))),
+            ),
+            Err(e) => Poll::Ready(Some(Err(e))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done && self.trailers.is_none()
+    }
+}
+
+/// Sends a body: data chunks, then optional trailers, then the end.
+///
+/// Each send waits while the stream's queue to the connection is full, which is how a
+/// peer that reads slowly slows the sender down.
+///
+/// # Drop behavior
+///
+/// Dropping it before [`finish`](Self::finish) or
+/// [`send_trailers`](Self::send_trailers) resets the stream (RESET_STREAM with
+/// H3_REQUEST_CANCELLED): the peer sees the body as cancelled, never as complete.
+#[derive(Debug)]
+pub struct SendBody {
+    tx: mpsc::Sender<OutFrame>,
+}
+
+impl SendBody {
+    pub(crate) fn new(tx: mpsc::Sender<OutFrame>) -> Self {
+        Self { tx }
+    }
+
+    /// Sends a chunk of data.
+    pub async fn send_data(&mut self, data: Bytes) -> Result<(), StreamError> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        self.send(OutFrame::Data(data)).await
+    }
+
+    /// Sends the trailers, which end the body.
+    pub async fn send_trailers(self, trailers: HeaderMap) -> Result<(), StreamError> {
+        self.send(OutFrame::Trailers(trailers)).await
+    }
+
+    /// Ends the body.
+    pub async fn finish(self) -> Result<(), StreamError> {
+        self.send(OutFrame::Finish).await
+    }
+
+    async fn send(&self, frame: OutFrame) -> Result<(), StreamError> {
+        self.tx
+            .send(frame)
+            .await
+            .map_err(|_| StreamError::Cancelled)
+    }
+}

@@ -1,0 +1,257 @@
+//! The client variant: a cloneable [`SendRequest`] hands requests to the driver.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use quic_app::QuicConnection;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::body::{OutFrame, SEND_QUEUE};
+use crate::driver::{Core, H3Driver, Hooks, Stream, is_informational, sealed};
+use crate::headers::{parse_response, parse_trailers, request_fields};
+use crate::{H3Code, H3Settings, RecvBody, SendBody, StreamError};
+
+/// Requests waiting for the driver to take them. Senders wait when it is full.
+const REQUEST_QUEUE: usize = 64;
+
+/// The client variant of [`H3Driver`].
+pub type ClientH3Driver = H3Driver<ClientHooks>;
+
+/// The client's hooks (sealed).
+#[derive(Debug)]
+pub struct ClientHooks {
+    requests_rx: mpsc::Receiver<NewRequest>,
+    /// A request taken from the queue that could not be opened yet.
+    pending: Option<NewRequest>,
+    goaway: bool,
+}
+
+impl Hooks for ClientHooks {}
+
+#[derive(Debug)]
+struct NewRequest {
+    head: http::request::Parts,
+    body_rx: mpsc::Receiver<OutFrame>,
+    response_tx: oneshot::Sender<Result<http::Response<RecvBody>, StreamError>>,
+}
+
+impl ClientH3Driver {
+    /// A client driver for one connection, and the handle that sends requests on it.
+    pub fn new(settings: H3Settings) -> (Self, SendRequest) {
+        let (tx, rx) = mpsc::channel(REQUEST_QUEUE);
+        let driver = H3Driver {
+            core: Core::new(settings),
+            hooks: ClientHooks {
+                requests_rx: rx,
+                pending: None,
+                goaway: false,
+            },
+        };
+        (driver, SendRequest { tx })
+    }
+}
+
+/// Sends requests on one connection; clone it to send from many tasks at once.
+///
+/// # Drop behavior
+///
+/// The connection stays open while its application runs; dropping every
+/// `SendRequest` only means no new request can be sent.
+#[derive(Debug, Clone)]
+pub struct SendRequest {
+    tx: mpsc::Sender<NewRequest>,
+}
+
+impl SendRequest {
+    /// Starts a request. Returns the body sender (call [`SendBody::finish`] when the
+    /// request has no more body) and the future response.
+    ///
+    /// The request waits for a stream when the peer's stream limit is reached, and
+    /// goes out as soon as the peer allows more.
+    pub async fn send_request(
+        &self,
+        request: http::Request<()>,
+    ) -> Result<(SendBody, ResponseFuture), StreamError> {
+        let (head, ()) = request.into_parts();
+        let (body_tx, body_rx) = mpsc::channel(SEND_QUEUE);
+        let (response_tx, response_rx) = oneshot::channel();
+        self.tx
+            .send(NewRequest {
+                head,
+                body_rx,
+                response_tx,
+            })
+            .await
+            .map_err(|_| StreamError::ConnectionClosed)?;
+        Ok((SendBody::new(body_tx), ResponseFuture { rx: response_rx }))
+    }
+
+    /// Sends a request with a complete body and waits for the response head.
+    pub async fn send(
+        &self,
+        request: http::Request<Bytes>,
+    ) -> Result<http::Response<RecvBody>, StreamError> {
+        let (parts, body) = request.into_parts();
+        let (mut sender, response) = self
+            .send_request(http::Request::from_parts(parts, ()))
+            .await?;
+        sender.send_data(body).await?;
+        sender.finish().await?;
+        response.await
+    }
+}
+
+/// The response to a request: resolves when its head arrives.
+#[derive(Debug)]
+#[must_use = "the response is only received when awaited"]
+pub struct ResponseFuture {
+    rx: oneshot::Receiver<Result<http::Response<RecvBody>, StreamError>>,
+}
+
+impl Future for ResponseFuture {
+    type Output = Result<http::Response<RecvBody>, StreamError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.rx)
+            .poll(cx)
+            .map(|r| r.unwrap_or(Err(StreamError::ConnectionClosed)))
+    }
+}
+
+impl sealed::Sealed for ClientHooks {
+    fn on_headers(
+        &mut self,
+        core: &mut Core,
+        conn: &mut QuicConnection,
+        stream_id: u64,
+        list: Vec<quiche::h3::Header>,
+        more_frames: bool,
+    ) {
+        let Some(s) = core.streams.get_mut(&stream_id) else {
+            return;
+        };
+        if s.head_received {
+            match parse_trailers(&list) {
+                Ok(t) => s.queue_in(Ok(crate::body::InFrame::Trailers(t))),
+                Err(why) => {
+                    tracing::debug!(stream = stream_id, why, "malformed trailers");
+                    core.abort_stream(conn, stream_id, H3Code::MESSAGE_ERROR);
+                }
+            }
+            return;
+        }
+        if is_informational(&list) {
+            // 1xx responses are interim (RFC 9114 §4.1); the final one follows.
+            return;
+        }
+        match parse_response(&list) {
+            Ok(parts) => {
+                s.head_received = true;
+                let body = s.open_body(more_frames);
+                if let Some(tx) = s.response_tx.take() {
+                    // A dropped waiter means nobody wants the response; the body's
+                    // drop then stops the stream.
+                    let _ = tx.send(Ok(http::Response::from_parts(parts, body)));
+                }
+            }
+            Err(why) => {
+                tracing::debug!(stream = stream_id, why, "malformed response");
+                if let Some(tx) = s.response_tx.take() {
+                    let _ = tx.send(Err(StreamError::Malformed(why)));
+                }
+                core.abort_stream(conn, stream_id, H3Code::MESSAGE_ERROR);
+            }
+        }
+    }
+
+    fn poll_work(
+        &mut self,
+        core: &mut Core,
+        conn: &QuicConnection,
+        cx: &mut Context<'_>,
+    ) -> Poll<()> {
+        // Take a new request only when it can be opened: the peer's stream limit
+        // (RFC 9000 §4.6) holds the rest in the queue, and MAX_STREAMS wakes us.
+        if self.pending.is_some() || core.h3.is_none() || conn.peer_streams_left_bidi() == 0 {
+            return Poll::Pending;
+        }
+        match self.requests_rx.poll_recv(cx) {
+            Poll::Ready(Some(r)) => {
+                self.pending = Some(r);
+                Poll::Ready(())
+            }
+            Poll::Ready(None) | Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn start_work(&mut self, core: &mut Core, conn: &mut QuicConnection) {
+        loop {
+            if self.pending.is_none() {
+                if core.h3.is_none() || conn.peer_streams_left_bidi() == 0 {
+                    return;
+                }
+                match self.requests_rx.try_recv() {
+                    Ok(r) => self.pending = Some(r),
+                    Err(_) => return,
+                }
+            }
+            let Some(req) = self.pending.take() else {
+                return;
+            };
+            if self.goaway {
+                let _ = req.response_tx.send(Err(StreamError::Refused));
+                continue;
+            }
+            let Some(h3) = core.h3.as_mut() else {
+                self.pending = Some(req);
+                return;
+            };
+            let fields = request_fields(&req.head);
+            match h3.send_request(conn, &fields, false) {
+                Ok(id) => {
+                    let mut stream = Stream::new(Some(req.body_rx));
+                    stream.response_tx = Some(req.response_tx);
+                    core.streams.insert(id, stream);
+                }
+                Err(
+                    quiche::h3::Error::StreamBlocked
+                    | quiche::h3::Error::TransportError(quiche::Error::StreamLimit),
+                ) => {
+                    self.pending = Some(req);
+                    return;
+                }
+                Err(quiche::h3::Error::FrameUnexpected) => {
+                    // Sent after the peer's GOAWAY: not processed, safe to retry.
+                    let _ = req.response_tx.send(Err(StreamError::Refused));
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "sending a request failed");
+                    let _ = req.response_tx.send(Err(StreamError::ConnectionClosed));
+                }
+            }
+        }
+    }
+
+    fn on_goaway(&mut self, core: &mut Core, id: u64) {
+        // RFC 9114 §5.2: requests on streams at or above the id were not processed
+        // and may be retried; those below complete.
+        self.goaway = true;
+        for (&sid, s) in core.streams.iter_mut() {
+            if sid >= id {
+                s.fail(StreamError::Refused);
+            }
+        }
+    }
+
+    fn on_close(&mut self, _core: &mut Core) {
+        if let Some(req) = self.pending.take() {
+            let _ = req.response_tx.send(Err(StreamError::ConnectionClosed));
+        }
+        self.requests_rx.close();
+        while let Ok(req) = self.requests_rx.try_recv() {
+            let _ = req.response_tx.send(Err(StreamError::ConnectionClosed));
+        }
+    }
+}

@@ -1,0 +1,365 @@
+//! The driver core shared by server and client: the stream table, the inbound pump
+//! (QUIC → [`RecvBody`](crate::RecvBody)) and the outbound pump (handles → QUIC).
+
+mod stream;
+
+use std::collections::HashMap;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes};
+use quic_app::{AppError, ApplicationOverQuic, CloseReason, HandshakeInfo, QuicConnection};
+use quiche::h3::NameValue;
+
+use crate::body::{InFrame, OutFrame, RECV_CHUNK};
+use crate::headers::{response_fields, trailer_fields};
+use crate::{H3Code, H3Settings, StreamError};
+pub(crate) use stream::Stream;
+
+/// What makes a driver a server or a client. Sealed: the two variants are
+/// [`ServerH3Driver`](crate::ServerH3Driver) and [`ClientH3Driver`](crate::ClientH3Driver).
+pub trait Hooks: sealed::Sealed + Send + 'static {}
+
+pub(crate) mod sealed {
+    use super::*;
+
+    /// The role-specific part of the driver.
+    pub trait Sealed {
+        /// HEADERS arrived on `stream_id`.
+        fn on_headers(
+            &mut self,
+            core: &mut Core,
+            conn: &mut QuicConnection,
+            stream_id: u64,
+            list: Vec<quiche::h3::Header>,
+            more_frames: bool,
+        );
+        /// Resolves when the role has new work (a new request to send, ...).
+        fn poll_work(
+            &mut self,
+            core: &mut Core,
+            conn: &QuicConnection,
+            cx: &mut Context<'_>,
+        ) -> Poll<()>;
+        /// Starts what `poll_work` found.
+        fn start_work(&mut self, core: &mut Core, conn: &mut QuicConnection);
+        /// GOAWAY arrived with this id.
+        fn on_goaway(&mut self, core: &mut Core, id: u64);
+        /// The connection closed.
+        fn on_close(&mut self, core: &mut Core);
+    }
+}
+
+/// Drives HTTP/3 over one QUIC connection; see the [crate docs](crate).
+#[derive(Debug)]
+pub struct H3Driver<H> {
+    pub(crate) core: Core,
+    pub(crate) hooks: H,
+}
+
+/// The state both roles share.
+pub struct Core {
+    pub(crate) h3: Option<quiche::h3::Connection>,
+    pub(crate) settings: H3Settings,
+    pub(crate) streams: HashMap<u64, Stream>,
+    scratch: Box<[u8]>,
+}
+
+impl std::fmt::Debug for Core {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Core")
+            .field("open", &self.h3.is_some())
+            .field("streams", &self.streams.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for Stream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stream").finish_non_exhaustive()
+    }
+}
+
+impl Core {
+    pub(crate) fn new(settings: H3Settings) -> Self {
+        Self {
+            h3: None,
+            settings,
+            streams: HashMap::new(),
+            scratch: vec![0; RECV_CHUNK].into_boxed_slice(),
+        }
+    }
+
+    /// Resets a stream both ways with `code`, and forgets it.
+    pub(crate) fn abort_stream(&mut self, conn: &mut QuicConnection, stream_id: u64, code: H3Code) {
+        let _ = conn.stream_shutdown(stream_id, quiche::Shutdown::Read, code.0);
+        let _ = conn.stream_shutdown(stream_id, quiche::Shutdown::Write, code.0);
+        if let Some(mut s) = self.streams.remove(&stream_id) {
+            s.fail(StreamError::Reset(code));
+        }
+    }
+
+    /// Reads what can be handed on from every readable stream.
+    fn pump_inbound(&mut self, conn: &mut QuicConnection) {
+        let Some(h3) = self.h3.as_mut() else { return };
+        for (&id, s) in self.streams.iter_mut() {
+            if s.receiver_gone() {
+                // RFC 9114 §4.1.1: STOP_SENDING with H3_REQUEST_CANCELLED when the
+                // reader is no longer interested.
+                let _ =
+                    conn.stream_shutdown(id, quiche::Shutdown::Read, H3Code::REQUEST_CANCELLED.0);
+                s.in_done = true;
+                s.drop_body_tx();
+                continue;
+            }
+            s.flush_pending_in();
+            while s.readable && s.has_room() {
+                match h3.recv_body(conn, id, &mut self.scratch) {
+                    Ok(n) => s.push_in(InFrame::Data(Bytes::copy_from_slice(&self.scratch[..n]))),
+                    Err(quiche::h3::Error::Done) => s.readable = false,
+                    Err(e) => {
+                        tracing::debug!(stream = id, error = %e, "body read failed");
+                        s.readable = false;
+                    }
+                }
+            }
+            s.maybe_close_inbound();
+        }
+    }
+
+    /// Writes what handles queued, as far as QUIC flow control allows.
+    fn pump_outbound(&mut self, conn: &mut QuicConnection) {
+        let Some(h3) = self.h3.as_mut() else { return };
+        for (&id, s) in self.streams.iter_mut() {
+            if s.pending_out.is_none() && s.out_rx.is_some() && !s.out_closed_early {
+                s.pending_out = s.try_next_out();
+            }
+            if s.out_closed_early {
+                s.out_closed_early = false;
+                // The sending handle was dropped before the end: the peer must not
+                // take a truncated body for a complete one.
+                let _ =
+                    conn.stream_shutdown(id, quiche::Shutdown::Write, H3Code::REQUEST_CANCELLED.0);
+                s.out_done = true;
+                continue;
+            }
+            while let Some(frame) = s.pending_out.take() {
+                match write_frame(h3, conn, id, frame) {
+                    Written::All { ends } => {
+                        if ends {
+                            s.out_done = true;
+                            s.out_rx = None;
+                        }
+                    }
+                    Written::Blocked(rest) => {
+                        s.pending_out = Some(rest);
+                        break;
+                    }
+                    Written::Failed => {
+                        s.out_done = true;
+                        s.out_rx = None;
+                    }
+                }
+                if let Some(next) = s.try_next_out() {
+                    s.pending_out = Some(next);
+                }
+            }
+        }
+        self.streams
+            .retain(|_, s| !(s.in_done && s.out_done && s.response_tx.is_none()));
+    }
+
+    /// Registers interest in every stream's handles; ready when one has something.
+    fn poll_streams(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut ready = false;
+        for s in self.streams.values_mut() {
+            ready |= s.poll_handles(cx);
+        }
+        if ready {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+
+    fn fail_all(&mut self, err: StreamError) {
+        for (_, mut s) in self.streams.drain() {
+            s.fail(err.clone());
+        }
+    }
+}
+
+enum Written {
+    All { ends: bool },
+    Blocked(OutFrame),
+    Failed,
+}
+
+fn write_frame(
+    h3: &mut quiche::h3::Connection,
+    conn: &mut QuicConnection,
+    id: u64,
+    frame: OutFrame,
+) -> Written {
+    match frame {
+        OutFrame::Response(parts) => {
+            let fields = response_fields(&parts);
+            match h3.send_response(conn, id, &fields, false) {
+                Ok(()) => Written::All { ends: false },
+                Err(quiche::h3::Error::StreamBlocked | quiche::h3::Error::Done) => {
+                    Written::Blocked(OutFrame::Response(parts))
+                }
+                Err(e) => {
+                    tracing::debug!(stream = id, error = %e, "sending a response head failed");
+                    Written::Failed
+                }
+            }
+        }
+        OutFrame::Data(mut data) => match h3.send_body(conn, id, &data, false) {
+            Ok(n) if n == data.len() => Written::All { ends: false },
+            Ok(n) => {
+                data.advance(n);
+                Written::Blocked(OutFrame::Data(data))
+            }
+            Err(quiche::h3::Error::Done | quiche::h3::Error::StreamBlocked) => {
+                Written::Blocked(OutFrame::Data(data))
+            }
+            Err(e) => {
+                tracing::debug!(stream = id, error = %e, "sending body data failed");
+                Written::Failed
+            }
+        },
+        OutFrame::Trailers(trailers) => {
+            let fields = trailer_fields(&trailers);
+            match h3.send_additional_headers(conn, id, &fields, true, true) {
+                Ok(()) => Written::All { ends: true },
+                Err(quiche::h3::Error::StreamBlocked | quiche::h3::Error::Done) => {
+                    Written::Blocked(OutFrame::Trailers(trailers))
+                }
+                Err(e) => {
+                    tracing::debug!(stream = id, error = %e, "sending trailers failed");
+                    Written::Failed
+                }
+            }
+        }
+        OutFrame::Finish => match h3.send_body(conn, id, &[], true) {
+            Ok(_) => Written::All { ends: true },
+            Err(quiche::h3::Error::Done | quiche::h3::Error::StreamBlocked) => {
+                Written::Blocked(OutFrame::Finish)
+            }
+            Err(e) => {
+                tracing::debug!(stream = id, error = %e, "finishing a body failed");
+                Written::Failed
+            }
+        },
+    }
+}
+
+impl<H: Hooks> ApplicationOverQuic for H3Driver<H> {
+    fn on_conn_established(
+        &mut self,
+        conn: &mut QuicConnection,
+        _info: &HandshakeInfo,
+    ) -> Result<(), AppError> {
+        let mut cfg = quiche::h3::Config::new().map_err(h3_to_app)?;
+        cfg.set_max_field_section_size(self.core.settings.max_field_section_size);
+        cfg.enable_extended_connect(self.core.settings.enable_extended_connect);
+        let h3 = quiche::h3::Connection::with_transport(conn, &cfg).map_err(h3_to_app)?;
+        self.core.h3 = Some(h3);
+        Ok(())
+    }
+
+    fn should_act(&self) -> bool {
+        true
+    }
+
+    async fn wait_for_data(&mut self, conn: &mut QuicConnection) -> Result<(), AppError> {
+        let Self { core, hooks } = self;
+        std::future::poll_fn(|cx| {
+            if hooks.poll_work(core, conn, cx).is_ready() {
+                return Poll::Ready(());
+            }
+            core.poll_streams(cx)
+        })
+        .await;
+        Ok(())
+    }
+
+    fn process_reads(&mut self, conn: &mut QuicConnection) -> Result<(), AppError> {
+        loop {
+            let Some(h3) = self.core.h3.as_mut() else {
+                return Ok(());
+            };
+            let (id, event) = match h3.poll(conn) {
+                Ok(v) => v,
+                Err(quiche::h3::Error::Done) => break,
+                Err(e) => {
+                    // quiche has already closed the connection with the right code.
+                    tracing::debug!(error = %e, "HTTP/3 connection error");
+                    break;
+                }
+            };
+            match event {
+                quiche::h3::Event::Headers { list, more_frames } => {
+                    self.hooks
+                        .on_headers(&mut self.core, conn, id, list, more_frames);
+                }
+                quiche::h3::Event::Data => {
+                    if let Some(s) = self.core.streams.get_mut(&id) {
+                        s.readable = true;
+                    } else {
+                        // Data for a stream we gave up on: drop it.
+                        while let Ok(n) = h3.recv_body(conn, id, &mut self.core.scratch) {
+                            if n == 0 {
+                                break;
+                            }
+                        }
+                    }
+                }
+                quiche::h3::Event::Finished => {
+                    if let Some(s) = self.core.streams.get_mut(&id) {
+                        s.in_finished = true;
+                    }
+                }
+                quiche::h3::Event::Reset(code) => {
+                    if let Some(s) = self.core.streams.get_mut(&id) {
+                        s.fail_inbound(StreamError::Reset(H3Code(code)));
+                    }
+                }
+                quiche::h3::Event::GoAway => self.hooks.on_goaway(&mut self.core, id),
+                quiche::h3::Event::PriorityUpdate => {}
+            }
+        }
+        self.core.pump_inbound(conn);
+        Ok(())
+    }
+
+    fn process_writes(&mut self, conn: &mut QuicConnection) -> Result<(), AppError> {
+        self.hooks.start_work(&mut self.core, conn);
+        self.core.pump_outbound(conn);
+        Ok(())
+    }
+
+    fn on_conn_close(&mut self, _conn: &mut QuicConnection, _reason: &CloseReason) {
+        self.core.fail_all(StreamError::ConnectionClosed);
+        self.hooks.on_close(&mut self.core);
+    }
+}
+
+fn h3_to_app(e: quiche::h3::Error) -> AppError {
+    AppError::close(
+        H3Code::INTERNAL_ERROR.0,
+        format!("HTTP/3 setup failed: {e}"),
+    )
+}
+
+/// Whether a field list is informational (1xx) response.
+pub(crate) fn is_informational(list: &[quiche::h3::Header]) -> bool {
+    list.iter()
+        .find(|h| h.name() == b":status")
+        .is_some_and(|h| h.value().first() == Some(&b'1'))
+}
+
+/// Builds the response head frame for a `Response<()>`.
+pub(crate) fn response_frame(resp: http::Response<()>) -> OutFrame {
+    OutFrame::Response(resp.into_parts().0)
+}

@@ -1,0 +1,209 @@
+use std::task::{Context, Poll, Waker};
+
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::PollSender;
+
+use crate::body::{InFrame, InResult, OutFrame};
+use crate::{RecvBody, StreamError};
+
+/// The client's waiter for a response head.
+pub(crate) type ResponseTx = oneshot::Sender<Result<http::Response<RecvBody>, StreamError>>;
+
+/// One request stream as the driver sees it.
+pub(crate) struct Stream {
+    /// Towards the stream's [`RecvBody`]; `None` once the inbound side ended.
+    body_tx: Option<PollSender<InResult>>,
+    /// One frame waiting for room in `body_tx` (trailers, an error).
+    pending_in: Option<InResult>,
+    /// quiche has body bytes for us that we have not read.
+    pub(crate) readable: bool,
+    /// The peer finished its side (FIN read).
+    pub(crate) in_finished: bool,
+    /// Nothing more goes to the body.
+    pub(crate) in_done: bool,
+    /// From the sending handle; `None` once it ended.
+    pub(crate) out_rx: Option<mpsc::Receiver<OutFrame>>,
+    /// The frame being written.
+    pub(crate) pending_out: Option<OutFrame>,
+    /// The handle went away without finishing.
+    pub(crate) out_closed_early: bool,
+    /// Our side is finished (or reset).
+    pub(crate) out_done: bool,
+    /// Whether the head (request or final response) arrived.
+    pub(crate) head_received: bool,
+    /// The client's waiter for the response head.
+    pub(crate) response_tx: Option<ResponseTx>,
+}
+
+impl Stream {
+    pub(crate) fn new(out_rx: Option<mpsc::Receiver<OutFrame>>) -> Self {
+        Self {
+            body_tx: None,
+            pending_in: None,
+            readable: false,
+            in_finished: false,
+            in_done: false,
+            out_done: out_rx.is_none(),
+            out_rx,
+            pending_out: None,
+            out_closed_early: false,
+            head_received: false,
+            response_tx: None,
+        }
+    }
+
+    /// Creates the inbound body channel and returns the body for the user. With
+    /// `more_frames` false the body is empty and complete.
+    pub(crate) fn open_body(&mut self, more_frames: bool) -> RecvBody {
+        if !more_frames {
+            self.in_done = true;
+            return RecvBody::empty();
+        }
+        let (tx, rx) = mpsc::channel(crate::body::RECV_QUEUE);
+        self.body_tx = Some(PollSender::new(tx));
+        RecvBody::new(rx)
+    }
+
+    /// Whether a frame can be handed to the body now (reserving room if so).
+    pub(crate) fn has_room(&mut self) -> bool {
+        if self.pending_in.is_some() {
+            return false;
+        }
+        let Some(tx) = self.body_tx.as_mut() else {
+            return false;
+        };
+        let mut cx = Context::from_waker(Waker::noop());
+        matches!(tx.poll_reserve(&mut cx), Poll::Ready(Ok(())))
+    }
+
+    /// Hands a frame on; room must have been reserved by [`has_room`](Self::has_room).
+    pub(crate) fn push_in(&mut self, frame: InFrame) {
+        if let Some(tx) = self.body_tx.as_mut() {
+            let _ = tx.send_item(Ok(frame));
+        }
+    }
+
+    /// Queues trailers (or an error) for the body, delivered as soon as there is room.
+    pub(crate) fn queue_in(&mut self, item: InResult) {
+        self.pending_in = Some(item);
+        self.flush_pending_in();
+    }
+
+    pub(crate) fn flush_pending_in(&mut self) {
+        let Some(item) = self.pending_in.take() else {
+            return;
+        };
+        let Some(tx) = self.body_tx.as_mut() else {
+            return;
+        };
+        let mut cx = Context::from_waker(Waker::noop());
+        match tx.poll_reserve(&mut cx) {
+            Poll::Ready(Ok(())) => {
+                let is_err = item.is_err();
+                let _ = tx.send_item(item);
+                if is_err {
+                    self.drop_body_tx();
+                }
+            }
+            Poll::Ready(Err(_)) => self.drop_body_tx(),
+            Poll::Pending => self.pending_in = Some(item),
+        }
+    }
+
+    /// Ends the body once the peer finished and everything was handed on.
+    pub(crate) fn maybe_close_inbound(&mut self) {
+        if self.in_finished && !self.readable && self.pending_in.is_none() {
+            self.drop_body_tx();
+        }
+    }
+
+    pub(crate) fn drop_body_tx(&mut self) {
+        if let Some(mut tx) = self.body_tx.take() {
+            tx.close();
+        }
+        self.in_done = true;
+    }
+
+    /// The reader dropped its [`RecvBody`] before the end.
+    pub(crate) fn receiver_gone(&self) -> bool {
+        self.body_tx.as_ref().is_some_and(PollSender::is_closed) && !self.in_finished
+    }
+
+    /// The inbound side failed: the body (or the response waiter) gets `err`.
+    pub(crate) fn fail_inbound(&mut self, err: StreamError) {
+        if let Some(tx) = self.response_tx.take() {
+            let _ = tx.send(Err(err.clone()));
+        }
+        self.readable = false;
+        self.in_finished = true;
+        if self.body_tx.is_some() {
+            self.queue_in(Err(err));
+        } else {
+            self.in_done = true;
+        }
+        // The peer reset its side; ours goes on only if the handle still wants it.
+    }
+
+    /// Fails everything: the connection is gone or the stream was aborted.
+    pub(crate) fn fail(&mut self, err: StreamError) {
+        if let Some(tx) = self.response_tx.take() {
+            let _ = tx.send(Err(err.clone()));
+        }
+        if let Some(mut tx) = self.body_tx.take() {
+            let mut cx = Context::from_waker(Waker::noop());
+            if let Poll::Ready(Ok(())) = tx.poll_reserve(&mut cx) {
+                let _ = tx.send_item(Err(err));
+            }
+            tx.close();
+        }
+        self.out_rx = None;
+        self.in_done = true;
+        self.out_done = true;
+    }
+
+    /// The next frame from the sending handle, if one is queued.
+    pub(crate) fn try_next_out(&mut self) -> Option<OutFrame> {
+        let rx = self.out_rx.as_mut()?;
+        match rx.try_recv() {
+            Ok(f) => Some(f),
+            Err(mpsc::error::TryRecvError::Empty) => None,
+            Err(mpsc::error::TryRecvError::Disconnected) => {
+                self.out_rx = None;
+                if !self.out_done {
+                    self.out_closed_early = true;
+                }
+                None
+            }
+        }
+    }
+
+    /// Polls the handles; true when there is work for the driver.
+    pub(crate) fn poll_handles(&mut self, cx: &mut Context<'_>) -> bool {
+        let mut ready = false;
+        if let Some(tx) = self.body_tx.as_mut()
+            && (self.readable || self.pending_in.is_some())
+        {
+            // Waiting for the reader to make room.
+            ready |= tx.poll_reserve(cx).is_ready();
+        }
+        if self.pending_out.is_none()
+            && let Some(rx) = self.out_rx.as_mut()
+        {
+            match rx.poll_recv(cx) {
+                Poll::Ready(Some(f)) => {
+                    self.pending_out = Some(f);
+                    ready = true;
+                }
+                Poll::Ready(None) => {
+                    self.out_rx = None;
+                    if !self.out_done {
+                        self.out_closed_early = true;
+                    }
+                    ready = true;
+                }
+                Poll::Pending => {}
+            }
+        }
+        ready
+    }
+}

@@ -1,0 +1,248 @@
+//! Conversions between `http` types and HTTP/3 field lists (RFC 9114 §4.3).
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
+use quiche::h3::{Header, NameValue};
+
+/// Fields that are connection-specific in HTTP/1.1 and must not appear in HTTP/3
+/// (RFC 9114 §4.2).
+const CONNECTION_SPECIFIC: [&str; 5] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// The field list of a request head.
+pub(crate) fn request_fields(parts: &http::request::Parts) -> Vec<Header> {
+    let mut out = Vec::with_capacity(4 + parts.headers.len());
+    out.push(Header::new(b":method", parts.method.as_str().as_bytes()));
+    let scheme = parts.uri.scheme_str().unwrap_or("https");
+    if parts.method != Method::CONNECT || extended_protocol(parts).is_some() {
+        out.push(Header::new(b":scheme", scheme.as_bytes()));
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        out.push(Header::new(b":path", path.as_bytes()));
+    }
+    if let Some(authority) = parts.uri.authority() {
+        out.push(Header::new(b":authority", authority.as_str().as_bytes()));
+    }
+    if let Some(protocol) = extended_protocol(parts) {
+        out.push(Header::new(b":protocol", protocol.as_bytes()));
+    }
+    push_fields(&mut out, &parts.headers);
+    out
+}
+
+/// The `:protocol` of an extended CONNECT request (RFC 9220), carried in the
+/// request's extensions.
+fn extended_protocol(parts: &http::request::Parts) -> Option<&str> {
+    parts.extensions.get::<Protocol>().map(|p| p.0.as_str())
+}
+
+/// The `:protocol` pseudo-header of an extended CONNECT request (RFC 9220 §3),
+/// stored in `http::Request::extensions`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Protocol(pub String);
+
+/// The field list of a response head.
+pub(crate) fn response_fields(parts: &http::response::Parts) -> Vec<Header> {
+    let mut out = Vec::with_capacity(1 + parts.headers.len());
+    out.push(Header::new(b":status", parts.status.as_str().as_bytes()));
+    push_fields(&mut out, &parts.headers);
+    out
+}
+
+/// The field list of a trailer section.
+pub(crate) fn trailer_fields(trailers: &HeaderMap) -> Vec<Header> {
+    let mut out = Vec::with_capacity(trailers.len());
+    push_fields(&mut out, trailers);
+    out
+}
+
+fn push_fields(out: &mut Vec<Header>, headers: &HeaderMap) {
+    for (name, value) in headers {
+        if CONNECTION_SPECIFIC.contains(&name.as_str()) {
+            continue;
+        }
+        // `http` keeps names lowercase, as HTTP/3 requires (RFC 9114 §4.2).
+        out.push(Header::new(name.as_str().as_bytes(), value.as_bytes()));
+    }
+}
+
+/// Builds a request head from a received field list.
+pub(crate) fn parse_request(list: &[Header]) -> Result<http::request::Parts, &'static str> {
+    let mut method = None;
+    let mut scheme = None;
+    let mut authority = None;
+    let mut path = None;
+    let mut protocol = None;
+    let headers = split_fields(list, |name, value| {
+        let slot = match name {
+            b":method" => &mut method,
+            b":scheme" => &mut scheme,
+            b":authority" => &mut authority,
+            b":path" => &mut path,
+            b":protocol" => &mut protocol,
+            _ => return Err("unknown pseudo-header in request"),
+        };
+        if slot.replace(value).is_some() {
+            return Err("duplicate pseudo-header");
+        }
+        Ok(())
+    })?;
+    let method =
+        Method::from_bytes(method.ok_or("missing :method")?).map_err(|_| "invalid :method")?;
+    let mut uri = Uri::builder();
+    if method == Method::CONNECT && protocol.is_none() {
+        // RFC 9114 §4.4: a CONNECT request carries only :method and :authority.
+        if scheme.is_some() || path.is_some() {
+            return Err(":scheme or :path in a CONNECT request");
+        }
+        uri = uri.authority(authority.ok_or("missing :authority in CONNECT")?);
+    } else {
+        // RFC 9114 §4.3.1: :method, :scheme and :path are required.
+        uri = uri
+            .scheme(scheme.ok_or("missing :scheme")?)
+            .path_and_query(path.filter(|p| !p.is_empty()).ok_or("missing :path")?);
+        if let Some(a) = authority {
+            uri = uri.authority(a);
+        }
+    }
+    let mut builder = http::Request::builder()
+        .method(method)
+        .uri(uri.build().map_err(|_| "invalid request target")?)
+        .version(http::Version::HTTP_3);
+    if let Some(p) = protocol {
+        let p = std::str::from_utf8(p).map_err(|_| "invalid :protocol")?;
+        builder = builder.extension(Protocol(p.to_owned()));
+    }
+    let (mut parts, ()) = builder
+        .body(())
+        .map_err(|_| "invalid request head")?
+        .into_parts();
+    parts.headers = headers;
+    Ok(parts)
+}
+
+/// Builds a response head from a received field list.
+pub(crate) fn parse_response(list: &[Header]) -> Result<http::response::Parts, &'static str> {
+    let mut status = None;
+    let headers = split_fields(list, |name, value| {
+        if name != b":status" {
+            return Err("unknown pseudo-header in response");
+        }
+        if status.replace(value).is_some() {
+            return Err("duplicate :status");
+        }
+        Ok(())
+    })?;
+    let status =
+        StatusCode::from_bytes(status.ok_or("missing :status")?).map_err(|_| "invalid :status")?;
+    let (mut parts, ()) = http::Response::builder()
+        .status(status)
+        .version(http::Version::HTTP_3)
+        .body(())
+        .map_err(|_| "invalid response head")?
+        .into_parts();
+    parts.headers = headers;
+    Ok(parts)
+}
+
+/// Builds a trailer section; pseudo-headers are not allowed in it.
+pub(crate) fn parse_trailers(list: &[Header]) -> Result<HeaderMap, &'static str> {
+    split_fields(list, |_, _| Err("pseudo-header in trailers"))
+}
+
+/// Splits pseudo-headers (handed to `pseudo`) from regular fields, enforcing that
+/// pseudo-headers come first (RFC 9114 §4.3) and names are valid lowercase tokens.
+fn split_fields<'a>(
+    list: &'a [Header],
+    mut pseudo: impl FnMut(&'a [u8], &'a [u8]) -> Result<(), &'static str>,
+) -> Result<HeaderMap, &'static str> {
+    let mut headers = HeaderMap::with_capacity(list.len());
+    let mut regular_seen = false;
+    for field in list {
+        let (name, value) = (field.name(), field.value());
+        if name.first() == Some(&b':') {
+            if regular_seen {
+                return Err("pseudo-header after regular fields");
+            }
+            pseudo(name, value)?;
+            continue;
+        }
+        regular_seen = true;
+        if name.iter().any(u8::is_ascii_uppercase) {
+            return Err("uppercase field name");
+        }
+        let name = HeaderName::from_bytes(name).map_err(|_| "invalid field name")?;
+        if CONNECTION_SPECIFIC.contains(&name.as_str()) {
+            return Err("connection-specific field");
+        }
+        let value = HeaderValue::from_maybe_shared(Bytes::copy_from_slice(value))
+            .map_err(|_| "invalid field value")?;
+        headers.append(name, value);
+    }
+    Ok(headers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(n: &str, v: &str) -> Header {
+        Header::new(n.as_bytes(), v.as_bytes())
+    }
+
+    #[test]
+    fn a_request_round_trips() {
+        let req = http::Request::builder()
+            .method("POST")
+            .uri("https://example.org:4433/a/b?c=d")
+            .header("x-one", "1")
+            .header("connection", "close")
+            .body(())
+            .unwrap();
+        let (parts, ()) = req.into_parts();
+        let fields = request_fields(&parts);
+        assert!(fields.iter().all(|f| f.name() != b"connection"));
+        let back = parse_request(&fields).unwrap();
+        assert_eq!(back.method, Method::POST);
+        assert_eq!(back.uri, "https://example.org:4433/a/b?c=d");
+        assert_eq!(back.headers["x-one"], "1");
+    }
+
+    #[test]
+    fn malformed_requests_are_refused() {
+        assert!(parse_request(&[h(":method", "GET"), h(":path", "/")]).is_err());
+        assert!(
+            parse_request(&[
+                h(":method", "GET"),
+                h(":scheme", "https"),
+                h("x", "1"),
+                h(":path", "/")
+            ])
+            .is_err()
+        );
+        assert!(
+            parse_request(&[
+                h(":method", "GET"),
+                h(":method", "GET"),
+                h(":scheme", "https"),
+                h(":path", "/")
+            ])
+            .is_err()
+        );
+        assert!(
+            parse_request(&[
+                h(":method", "GET"),
+                h(":scheme", "https"),
+                h(":path", "/"),
+                h("Upper", "1")
+            ])
+            .is_err()
+        );
+        assert!(parse_trailers(&[h(":status", "200")]).is_err());
+        assert!(parse_response(&[h(":status", "2000")]).is_err());
+    }
+}
