@@ -10,7 +10,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::body::{OutFrame, SEND_QUEUE};
 use crate::driver::{Core, H3Driver, Hooks, Stream, is_informational, sealed};
-use crate::headers::{parse_response, parse_trailers, request_fields};
+use crate::headers::{
+    parse_response, parse_trailers, peer_field_section_limit, request_fields, section_size,
+};
 use crate::{H3Code, H3Settings, RecvBody, SendBody, StreamError};
 
 /// Requests waiting for the driver to take them. Senders wait when it is full.
@@ -209,6 +211,16 @@ impl sealed::Sealed for ClientHooks {
                 return;
             };
             let fields = request_fields(&req.head);
+            // RFC 9114 §4.2.2: do not send a section larger than the peer accepts.
+            if let Some(limit) = peer_field_section_limit(h3) {
+                let size = section_size(&fields);
+                if size > limit {
+                    let _ = req
+                        .response_tx
+                        .send(Err(StreamError::HeadersTooLarge { size, limit }));
+                    continue;
+                }
+            }
             match h3.send_request(conn, &fields, false) {
                 Ok(id) => {
                     let mut stream = Stream::new(Some(req.body_rx));

@@ -97,6 +97,15 @@ pub enum StreamError {
     /// The connection closed before the stream finished.
     #[error("connection closed before the stream finished")]
     ConnectionClosed,
+    /// The request's field section is larger than the peer accepts
+    /// (SETTINGS_MAX_FIELD_SECTION_SIZE, RFC 9114 §4.2.2); it was not sent.
+    #[error("header section of {size} bytes exceeds the peer's limit of {limit}")]
+    HeadersTooLarge {
+        /// The section's size as RFC 9114 §4.2.2 counts it.
+        size: u64,
+        /// The peer's limit.
+        limit: u64,
+    },
     /// The local end of the stream was dropped or the driver is gone.
     #[error("stream cancelled locally")]
     Cancelled,

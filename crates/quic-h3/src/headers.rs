@@ -70,6 +70,26 @@ fn push_fields(out: &mut Vec<Header>, headers: &HeaderMap) {
     }
 }
 
+/// The size of a field section as RFC 9114 §4.2.2 counts it: name and value lengths
+/// plus 32 per field.
+pub(crate) fn section_size(fields: &[Header]) -> u64 {
+    fields
+        .iter()
+        .map(|f| (f.name().len() + f.value().len() + 32) as u64)
+        .sum()
+}
+
+/// SETTINGS_MAX_FIELD_SECTION_SIZE (RFC 9114 §7.2.4.1).
+const SETTINGS_MAX_FIELD_SECTION_SIZE: u64 = 0x6;
+
+/// The peer's field section limit, once its SETTINGS arrived.
+pub(crate) fn peer_field_section_limit(h3: &quiche::h3::Connection) -> Option<u64> {
+    h3.peer_settings_raw()?
+        .iter()
+        .find(|(k, _)| *k == SETTINGS_MAX_FIELD_SECTION_SIZE)
+        .map(|(_, v)| *v)
+}
+
 /// Builds a request head from a received field list.
 pub(crate) fn parse_request(list: &[Header]) -> Result<http::request::Parts, &'static str> {
     let mut method = None;

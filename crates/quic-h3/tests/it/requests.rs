@@ -1,0 +1,347 @@
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
+use quic_app::testing::{Pair, PairConfig};
+use quic_app::{AppError, ApplicationOverQuic, CloseReason, HandshakeInfo, QuicConnection};
+use quic_h3::{H3Code, H3Settings, StreamError};
+
+use super::util::{LIMIT, pair, pattern, sha256};
+
+/// Serves every request by echoing its body back, with the request's trailers (if
+/// any) returned as response trailers.
+async fn echo_server(mut requests: quic_h3::RequestStream) {
+    while let Some(req) = requests.next().await {
+        tokio::spawn(async move {
+            let (parts, mut body) = req.request.into_parts();
+            let resp = http::Response::builder()
+                .status(StatusCode::OK)
+                .header("x-method", parts.method.as_str())
+                .header("x-path", parts.uri.path())
+                .body(())
+                .unwrap();
+            let mut out = req.responder.send_response(resp).await?;
+            while let Some(chunk) = body.chunk().await? {
+                out.send_data(chunk).await?;
+            }
+            match body.trailers().await? {
+                Some(t) => out.send_trailers(t).await,
+                None => out.finish().await,
+            }
+        });
+    }
+}
+
+#[tokio::test]
+async fn a_request_and_its_response_carry_method_uri_headers_and_body() {
+    let (mut pair, send, requests) = pair(H3Settings::default());
+    let server = tokio::spawn(async move {
+        let mut requests = requests;
+        let req = requests.next().await.unwrap();
+        let (parts, mut body) = req.request.into_parts();
+        assert_eq!(parts.method, Method::PUT);
+        assert_eq!(parts.uri.scheme_str(), Some("https"));
+        assert_eq!(parts.uri.authority().unwrap().as_str(), "localhost:4433");
+        assert_eq!(parts.uri.path_and_query().unwrap().as_str(), "/a/b?x=1");
+        assert_eq!(parts.headers["x-custom"], "yes");
+        assert_eq!(body.collect(1024).await.unwrap(), "request body");
+        let resp = http::Response::builder()
+            .status(StatusCode::CREATED)
+            .header("x-answer", "42")
+            .body(())
+            .unwrap();
+        let mut out = req.responder.send_response(resp).await.unwrap();
+        out.send_data(Bytes::from_static(b"created")).await.unwrap();
+        out.finish().await.unwrap();
+    });
+    let resp = pair
+        .run_with(LIMIT, async {
+            let req = http::Request::put("https://localhost:4433/a/b?x=1")
+                .header("x-custom", "yes")
+                .body(Bytes::from_static(b"request body"))
+                .unwrap();
+            let mut resp = send.send(req).await.unwrap();
+            let body = resp.body_mut().collect(1024).await.unwrap();
+            (resp.status(), resp.headers().clone(), body)
+        })
+        .await
+        .unwrap();
+    assert_eq!(resp.0, StatusCode::CREATED);
+    assert_eq!(resp.1["x-answer"], "42");
+    assert_eq!(resp.2, "created");
+    server.await.unwrap();
+}
+
+#[tokio::test]
+async fn ten_mib_bodies_cross_both_ways_intact() {
+    let (mut pair, send, requests) = pair(H3Settings::default());
+    tokio::spawn(echo_server(requests));
+    let payload = pattern(10 * 1024 * 1024);
+    let expected = sha256(&payload);
+    let (status, got) = pair
+        .run_with(LIMIT, async {
+            let req = http::Request::post("https://localhost/echo")
+                .body(())
+                .unwrap();
+            let (mut body, response) = send.send_request(req).await.unwrap();
+            // Upload in 64 KiB chunks while the response streams back.
+            let upload = async {
+                let mut rest = payload.clone();
+                while !rest.is_empty() {
+                    let chunk = rest.split_to(rest.len().min(64 * 1024));
+                    body.send_data(chunk).await.unwrap();
+                }
+                body.finish().await.unwrap();
+            };
+            let download = async {
+                let mut resp = response.await.unwrap();
+                let mut got = Vec::with_capacity(payload.len());
+                while let Some(c) = resp.body_mut().chunk().await.unwrap() {
+                    got.extend_from_slice(&c);
+                }
+                (resp.status(), got)
+            };
+            tokio::join!(upload, download).1
+        })
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(got.len(), 10 * 1024 * 1024);
+    assert_eq!(sha256(&got), expected);
+}
+
+#[tokio::test]
+async fn trailers_travel_both_ways() {
+    let (mut pair, send, requests) = pair(H3Settings::default());
+    tokio::spawn(echo_server(requests));
+    let (data, trailers) = pair
+        .run_with(LIMIT, async {
+            let req = http::Request::post("https://localhost/echo")
+                .body(())
+                .unwrap();
+            let (mut body, response) = send.send_request(req).await.unwrap();
+            body.send_data(Bytes::from_static(b"payload"))
+                .await
+                .unwrap();
+            let mut t = HeaderMap::new();
+            t.insert("grpc-status", HeaderValue::from_static("0"));
+            t.insert("x-checksum", HeaderValue::from_static("abc"));
+            body.send_trailers(t).await.unwrap();
+            let mut resp = response.await.unwrap();
+            let mut data = Vec::new();
+            while let Some(c) = resp.body_mut().chunk().await.unwrap() {
+                data.extend_from_slice(&c);
+            }
+            (data, resp.body_mut().trailers().await.unwrap())
+        })
+        .await
+        .unwrap();
+    assert_eq!(data, b"payload");
+    let trailers = trailers.expect("trailers arrived");
+    assert_eq!(trailers["grpc-status"], "0");
+    assert_eq!(trailers["x-checksum"], "abc");
+}
+
+#[tokio::test]
+async fn a_client_dropping_its_body_mid_way_is_seen_as_a_reset_by_the_server() {
+    let (mut pair, send, mut requests) = pair(H3Settings::default());
+    let server = tokio::spawn(async move {
+        let req = requests.next().await.unwrap();
+        let mut body = req.request.into_body();
+        let mut got = 0;
+        loop {
+            match body.chunk().await {
+                Ok(Some(c)) => got += c.len(),
+                Ok(None) => return Ok(got),
+                Err(e) => return Err((e, got)),
+            }
+        }
+    });
+    pair.run_with(LIMIT, async {
+        let req = http::Request::post("https://localhost/upload")
+            .body(())
+            .unwrap();
+        let (mut body, _response) = send.send_request(req).await.unwrap();
+        body.send_data(pattern(100_000)).await.unwrap();
+        drop(body);
+        // Keep the connection going until the server has seen the end of it.
+        while !server.is_finished() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .unwrap();
+    let (err, _got) = server
+        .await
+        .unwrap()
+        .expect_err("a cancelled body must not look complete");
+    assert_eq!(err, StreamError::Reset(H3Code::REQUEST_CANCELLED));
+}
+
+#[tokio::test]
+async fn a_server_dropping_its_body_mid_way_is_seen_as_a_reset_by_the_client() {
+    let (mut pair, send, mut requests) = pair(H3Settings::default());
+    tokio::spawn(async move {
+        let req = requests.next().await.unwrap();
+        let mut out = req
+            .responder
+            .send_response(http::Response::new(()))
+            .await
+            .unwrap();
+        out.send_data(pattern(50_000)).await.unwrap();
+        drop(out);
+    });
+    let result = pair
+        .run_with(LIMIT, async {
+            let req = http::Request::get("https://localhost/")
+                .body(Bytes::new())
+                .unwrap();
+            let mut resp = send.send(req).await.unwrap();
+            let mut got = 0;
+            loop {
+                match resp.body_mut().chunk().await {
+                    Ok(Some(c)) => got += c.len(),
+                    Ok(None) => return Ok(got),
+                    Err(e) => return Err(e),
+                }
+            }
+        })
+        .await
+        .unwrap();
+    assert_eq!(result, Err(StreamError::Reset(H3Code::REQUEST_CANCELLED)));
+}
+
+#[tokio::test]
+async fn a_thousand_sequential_and_a_hundred_concurrent_requests_on_one_connection() {
+    let (mut pair, send, requests) = pair(H3Settings::default());
+    tokio::spawn(echo_server(requests));
+    let (sequential, concurrent) = pair
+        .run_with(LIMIT, async {
+            let mut sequential = 0;
+            for i in 0..1000 {
+                let body = Bytes::from(format!("request {i}"));
+                let req = http::Request::post(format!("https://localhost/{i}"))
+                    .body(body.clone())
+                    .unwrap();
+                let mut resp = send.send(req).await.unwrap();
+                assert_eq!(resp.headers()["x-path"], format!("/{i}").as_str());
+                assert_eq!(resp.body_mut().collect(1024).await.unwrap(), body);
+                sequential += 1;
+            }
+            let mut tasks = Vec::new();
+            for i in 0..100 {
+                let send = send.clone();
+                tasks.push(tokio::spawn(async move {
+                    let body = pattern(1000 + i);
+                    let req = http::Request::post("https://localhost/c")
+                        .body(body.clone())
+                        .unwrap();
+                    let mut resp = send.send(req).await.unwrap();
+                    resp.body_mut().collect(10_000).await.unwrap() == body
+                }));
+            }
+            let mut concurrent = 0;
+            for t in tasks {
+                if t.await.unwrap() {
+                    concurrent += 1;
+                }
+            }
+            (sequential, concurrent)
+        })
+        .await
+        .unwrap();
+    assert_eq!(sequential, 1000);
+    assert_eq!(concurrent, 100);
+}
+
+#[tokio::test]
+async fn a_client_does_not_send_headers_larger_than_the_server_accepts() {
+    let mut settings = H3Settings::default();
+    settings.max_field_section_size = 1024;
+    let (mut pair, send, requests) = pair(settings);
+    tokio::spawn(echo_server(requests));
+    let (small, big) = pair
+        .run_with(LIMIT, async {
+            // The first exchange makes sure the server's SETTINGS have arrived.
+            let small = send
+                .send(
+                    http::Request::get("https://localhost/")
+                        .body(Bytes::new())
+                        .unwrap(),
+                )
+                .await
+                .map(|r| r.status());
+            let req = http::Request::get("https://localhost/")
+                .header("x-big", "a".repeat(4096))
+                .body(Bytes::new())
+                .unwrap();
+            (small, send.send(req).await.map(|r| r.status()))
+        })
+        .await
+        .unwrap();
+    assert_eq!(small, Ok(StatusCode::OK));
+    match big {
+        Err(StreamError::HeadersTooLarge { size, limit }) => {
+            assert_eq!(limit, 1024);
+            assert!(size > 4096, "{size}");
+        }
+        other => panic!("unexpected: {other:?}"),
+    }
+}
+
+/// A bare quiche HTTP/3 client that sends one request with an oversized header
+/// section, ignoring the server's limit.
+struct OversizedClient {
+    h3: Option<quiche::h3::Connection>,
+}
+
+impl ApplicationOverQuic for OversizedClient {
+    fn on_conn_established(
+        &mut self,
+        conn: &mut QuicConnection,
+        _info: &HandshakeInfo,
+    ) -> Result<(), AppError> {
+        let cfg = quiche::h3::Config::new().unwrap();
+        let mut h3 = quiche::h3::Connection::with_transport(conn, &cfg).unwrap();
+        let big = "a".repeat(4096);
+        let fields = [
+            quiche::h3::Header::new(b":method", b"GET"),
+            quiche::h3::Header::new(b":scheme", b"https"),
+            quiche::h3::Header::new(b":authority", b"localhost"),
+            quiche::h3::Header::new(b":path", b"/"),
+            quiche::h3::Header::new(b"x-big", big.as_bytes()),
+        ];
+        h3.send_request(conn, &fields, true).unwrap();
+        self.h3 = Some(h3);
+        Ok(())
+    }
+    fn process_reads(&mut self, conn: &mut QuicConnection) -> Result<(), AppError> {
+        if let Some(h3) = self.h3.as_mut() {
+            while h3.poll(conn).is_ok() {}
+        }
+        Ok(())
+    }
+    fn process_writes(&mut self, _conn: &mut QuicConnection) -> Result<(), AppError> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn an_oversized_header_list_from_a_peer_is_refused_with_excessive_load() {
+    let mut settings = H3Settings::default();
+    settings.max_field_section_size = 1024;
+    let (server, requests) = quic_h3::ServerH3Driver::new(settings);
+    tokio::spawn(echo_server(requests));
+    let mut pair = Pair::new(
+        PairConfig::new(quic_h3::ALPN),
+        OversizedClient { h3: None },
+        server,
+    )
+    .unwrap();
+    pair.run_until(LIMIT, |p| p.client().close_reason().is_some())
+        .await
+        .unwrap();
+    // RFC 9114 §4.2.2 / §8.1: quiche treats it as H3_EXCESSIVE_LOAD on the connection.
+    assert_eq!(
+        pair.client().close_reason().and_then(CloseReason::app_code),
+        Some(H3Code::EXCESSIVE_LOAD.0)
+    );
+}

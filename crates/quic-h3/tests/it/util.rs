@@ -1,0 +1,37 @@
+use std::time::Duration;
+
+use bytes::Bytes;
+use quic_app::testing::{Pair, PairConfig};
+use quic_h3::{ClientH3Driver, H3Settings, RequestStream, SendRequest, ServerH3Driver};
+use sha2::{Digest, Sha256};
+
+pub const LIMIT: Duration = Duration::from_secs(60);
+
+pub type H3Pair = Pair<ClientH3Driver, ServerH3Driver>;
+
+/// A client and a server driver connected in memory; windows small enough that 10 MiB
+/// bodies cross them many times.
+pub fn pair(server: H3Settings) -> (H3Pair, SendRequest, RequestStream) {
+    let (client, send) = ClientH3Driver::new(H3Settings::default());
+    let (server, requests) = ServerH3Driver::new(server);
+    let config = PairConfig::new(quic_h3::ALPN).configure(|c| {
+        c.set_initial_max_data(1024 * 1024);
+        c.set_initial_max_stream_data_bidi_local(256 * 1024);
+        c.set_initial_max_stream_data_bidi_remote(256 * 1024);
+        c.set_max_connection_window(2 * 1024 * 1024);
+        c.set_max_stream_window(1024 * 1024);
+    });
+    (Pair::new(config, client, server).unwrap(), send, requests)
+}
+
+/// `len` bytes where byte i is `i % 251`.
+pub fn pattern(len: usize) -> Bytes {
+    (0..len)
+        .map(|i| (i % 251) as u8)
+        .collect::<Vec<u8>>()
+        .into()
+}
+
+pub fn sha256(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
+}

@@ -1,0 +1,3 @@
+//! Tests of the HTTP/3 drivers, in memory through the quic-app harness.
+
+mod it;
