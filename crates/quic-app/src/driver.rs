@@ -27,7 +27,9 @@ impl<A: ApplicationOverQuic> AppDriver<A> {
     /// Runs the part of a loop turn that follows the input: tells the application that
     /// the connection is established (once, when it is, or when a server is in 0-RTT),
     /// then [`process_reads`](ApplicationOverQuic::process_reads) and
-    /// [`process_writes`](ApplicationOverQuic::process_writes).
+    /// [`process_writes`](ApplicationOverQuic::process_writes). Once the peer has
+    /// closed the connection (draining), only `process_reads` runs, so the application
+    /// still gets what arrived before the close.
     ///
     /// `info` builds the handshake info; it is called at most once.
     pub fn after_input(
@@ -35,7 +37,17 @@ impl<A: ApplicationOverQuic> AppDriver<A> {
         conn: &mut QuicConnection,
         info: impl FnOnce(&QuicConnection) -> HandshakeInfo,
     ) {
-        if self.closed || conn.is_closed() || conn.is_draining() {
+        if self.closed || conn.is_closed() {
+            return;
+        }
+        if conn.is_draining() {
+            // The peer closed; what it sent before its CONNECTION_CLOSE (often in the
+            // same packet) is still there to read, but nothing can be sent any more.
+            if self.established
+                && let Err(e) = self.app.process_reads(conn)
+            {
+                e.close_connection(conn);
+            }
             return;
         }
         if !self.established {

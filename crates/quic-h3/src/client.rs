@@ -2,6 +2,8 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -28,6 +30,7 @@ pub struct ClientHooks {
     /// A request taken from the queue that could not be opened yet.
     pending: Option<NewRequest>,
     goaway: bool,
+    draining: Arc<AtomicBool>,
 }
 
 impl Hooks for ClientHooks {}
@@ -43,15 +46,17 @@ impl ClientH3Driver {
     /// A client driver for one connection, and the handle that sends requests on it.
     pub fn new(settings: H3Settings) -> (Self, SendRequest) {
         let (tx, rx) = mpsc::channel(REQUEST_QUEUE);
+        let draining = Arc::new(AtomicBool::new(false));
         let driver = H3Driver {
             core: Core::new(settings),
             hooks: ClientHooks {
                 requests_rx: rx,
                 pending: None,
                 goaway: false,
+                draining: Arc::clone(&draining),
             },
         };
-        (driver, SendRequest { tx })
+        (driver, SendRequest { tx, draining })
     }
 }
 
@@ -64,9 +69,16 @@ impl ClientH3Driver {
 #[derive(Debug, Clone)]
 pub struct SendRequest {
     tx: mpsc::Sender<NewRequest>,
+    draining: Arc<AtomicBool>,
 }
 
 impl SendRequest {
+    /// Whether the server announced a drain (GOAWAY): new requests on this connection
+    /// will be refused; open a new connection for them.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
     /// Starts a request. Returns the body sender (call [`SendBody::finish`] when the
     /// request has no more body) and the future response.
     ///
@@ -119,6 +131,19 @@ impl Future for ResponseFuture {
         Pin::new(&mut self.rx)
             .poll(cx)
             .map(|r| r.unwrap_or(Err(StreamError::ConnectionClosed)))
+    }
+}
+
+impl ClientHooks {
+    /// Fails every request not yet on a stream, and takes no more.
+    fn fail_queued(&mut self, err: StreamError) {
+        if let Some(req) = self.pending.take() {
+            let _ = req.response_tx.send(Err(err.clone()));
+        }
+        self.requests_rx.close();
+        while let Ok(req) = self.requests_rx.try_recv() {
+            let _ = req.response_tx.send(Err(err.clone()));
+        }
     }
 }
 
@@ -188,6 +213,15 @@ impl sealed::Sealed for ClientHooks {
         }
     }
 
+    fn after_writes(&mut self, core: &mut Core, conn: &mut QuicConnection) {
+        if self.goaway && core.streams.is_empty() && self.pending.is_none() && !conn.is_closed() {
+            // RFC 9114 §5.2: after the server's GOAWAY, once our last request is done,
+            // the connection has nothing left to do.
+            self.fail_queued(StreamError::Refused);
+            let _ = conn.close(true, H3Code::NO_ERROR.0, b"");
+        }
+    }
+
     fn start_work(&mut self, core: &mut Core, conn: &mut QuicConnection) {
         loop {
             if self.pending.is_none() {
@@ -250,6 +284,7 @@ impl sealed::Sealed for ClientHooks {
         // RFC 9114 §5.2: requests on streams at or above the id were not processed
         // and may be retried; those below complete.
         self.goaway = true;
+        self.draining.store(true, Ordering::Release);
         for (&sid, s) in core.streams.iter_mut() {
             if sid >= id {
                 s.fail(StreamError::Refused);
@@ -258,12 +293,6 @@ impl sealed::Sealed for ClientHooks {
     }
 
     fn on_close(&mut self, _core: &mut Core) {
-        if let Some(req) = self.pending.take() {
-            let _ = req.response_tx.send(Err(StreamError::ConnectionClosed));
-        }
-        self.requests_rx.close();
-        while let Ok(req) = self.requests_rx.try_recv() {
-            let _ = req.response_tx.send(Err(StreamError::ConnectionClosed));
-        }
+        self.fail_queued(StreamError::ConnectionClosed);
     }
 }

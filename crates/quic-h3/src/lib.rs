@@ -65,7 +65,9 @@ mod headers;
 pub use headers::Protocol;
 
 mod server;
-pub use server::{IncomingRequest, RequestStream, Responder, ServerH3Driver, ServerHooks};
+pub use server::{
+    IncomingRequest, RequestStream, Responder, ServerControl, ServerH3Driver, ServerHooks,
+};
 
 mod settings;
 pub use settings::H3Settings;

@@ -1,6 +1,9 @@
 //! The server variant: every request arrives as its own [`IncomingRequest`].
 
+use std::future::Future;
+use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use quic_app::QuicConnection;
 use tokio::sync::mpsc;
@@ -16,7 +19,39 @@ pub type ServerH3Driver = H3Driver<ServerHooks>;
 /// The server's hooks (sealed).
 #[derive(Debug)]
 pub struct ServerHooks {
-    requests_tx: mpsc::Sender<IncomingRequest>,
+    /// `None` once the connection closed: the request stream then ends.
+    requests_tx: Option<mpsc::Sender<IncomingRequest>>,
+    control_rx: mpsc::Receiver<ServerCommand>,
+    /// A command taken from `control_rx`, to carry out in `start_work`.
+    pending: Option<ServerCommand>,
+    /// The highest request stream id handed to the application.
+    last_request: Option<u64>,
+    /// The id our GOAWAY carried: requests at or above it are refused.
+    goaway_id: Option<u64>,
+    /// When drained, the connection closes after this timer: long enough for the last
+    /// response bytes to be acknowledged (a close stops retransmissions).
+    close_timer: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+#[derive(Debug)]
+enum ServerCommand {
+    GoAway,
+}
+
+/// Controls a server connection from outside its driver.
+#[derive(Debug, Clone)]
+pub struct ServerControl {
+    tx: mpsc::Sender<ServerCommand>,
+}
+
+impl ServerControl {
+    /// Starts a graceful drain (RFC 9114 §5.2): sends GOAWAY with the id of the first
+    /// request not yet taken, refuses later requests with H3_REQUEST_REJECTED (safe for
+    /// clients to retry), lets the requests already taken finish, then closes the
+    /// connection with H3_NO_ERROR.
+    pub async fn goaway(&self) {
+        let _ = self.tx.send(ServerCommand::GoAway).await;
+    }
 }
 
 impl Hooks for ServerHooks {}
@@ -25,11 +60,23 @@ impl ServerH3Driver {
     /// A server driver for one connection, and the stream of its requests.
     pub fn new(settings: H3Settings) -> (Self, RequestStream) {
         let (requests_tx, requests_rx) = mpsc::channel(settings.max_pending_requests.max(1));
+        let (control_tx, control_rx) = mpsc::channel(4);
         let driver = H3Driver {
             core: Core::new(settings),
-            hooks: ServerHooks { requests_tx },
+            hooks: ServerHooks {
+                requests_tx: Some(requests_tx),
+                control_rx,
+                pending: None,
+                last_request: None,
+                goaway_id: None,
+                close_timer: None,
+            },
         };
-        (driver, RequestStream { rx: requests_rx })
+        let requests = RequestStream {
+            rx: requests_rx,
+            control: ServerControl { tx: control_tx },
+        };
+        (driver, requests)
     }
 }
 
@@ -37,9 +84,15 @@ impl ServerH3Driver {
 #[derive(Debug)]
 pub struct RequestStream {
     rx: mpsc::Receiver<IncomingRequest>,
+    control: ServerControl,
 }
 
 impl RequestStream {
+    /// A handle to control the connection (graceful drain).
+    pub fn control(&self) -> ServerControl {
+        self.control.clone()
+    }
+
     /// The next request; `None` once the connection has closed.
     ///
     /// # Cancel safety
@@ -127,6 +180,11 @@ impl sealed::Sealed for ServerHooks {
             core.abort_stream(conn, stream_id, H3Code::MESSAGE_ERROR);
             return;
         }
+        if self.goaway_id.is_some_and(|g| stream_id >= g) {
+            // RFC 9114 §5.2: above our GOAWAY id, not processed; the client may retry.
+            core.abort_stream(conn, stream_id, H3Code::REQUEST_REJECTED);
+            return;
+        }
         let parts = match parse_request(&list) {
             Ok(p) => p,
             Err(why) => {
@@ -137,7 +195,10 @@ impl sealed::Sealed for ServerHooks {
                 return;
             }
         };
-        let permit = match self.requests_tx.try_reserve() {
+        let Some(requests_tx) = self.requests_tx.as_ref() else {
+            return;
+        };
+        let permit = match requests_tx.try_reserve() {
             Ok(p) => p,
             Err(_) => {
                 // The application is not taking requests fast enough: refuse this
@@ -151,6 +212,7 @@ impl sealed::Sealed for ServerHooks {
         stream.head_received = true;
         let body = stream.open_body(more_frames);
         core.streams.insert(stream_id, stream);
+        self.last_request = Some(self.last_request.map_or(stream_id, |l| l.max(stream_id)));
         permit.send(IncomingRequest {
             request: http::Request::from_parts(parts, body),
             responder: Responder { tx: out_tx },
@@ -161,14 +223,65 @@ impl sealed::Sealed for ServerHooks {
         &mut self,
         _core: &mut Core,
         _conn: &QuicConnection,
-        _cx: &mut Context<'_>,
+        cx: &mut Context<'_>,
     ) -> Poll<()> {
-        Poll::Pending
+        if self.pending.is_some() {
+            return Poll::Ready(());
+        }
+        if let Some(t) = self.close_timer.as_mut()
+            && t.as_mut().poll(cx).is_ready()
+        {
+            return Poll::Ready(());
+        }
+        match self.control_rx.poll_recv(cx) {
+            Poll::Ready(Some(cmd)) => {
+                self.pending = Some(cmd);
+                Poll::Ready(())
+            }
+            Poll::Ready(None) | Poll::Pending => Poll::Pending,
+        }
     }
 
-    fn start_work(&mut self, _core: &mut Core, _conn: &mut QuicConnection) {}
+    fn start_work(&mut self, core: &mut Core, conn: &mut QuicConnection) {
+        if let Some(ServerCommand::GoAway) = self.pending.take()
+            && self.goaway_id.is_none()
+            && let Some(h3) = core.h3.as_mut()
+        {
+            // RFC 9114 §5.2: the id is the first client-initiated bidirectional
+            // stream not processed: one past the last request taken.
+            let id = self.last_request.map_or(0, |l| l + 4);
+            match h3.send_goaway(conn, id) {
+                Ok(()) => self.goaway_id = Some(id),
+                Err(e) => tracing::debug!(error = %e, "sending GOAWAY failed"),
+            }
+        }
+    }
+
+    fn after_writes(&mut self, core: &mut Core, conn: &mut QuicConnection) {
+        if self.goaway_id.is_none() || !core.streams.is_empty() {
+            return;
+        }
+        // Drained: every request taken before the GOAWAY has finished. Close once the
+        // last bytes had time to be acknowledged: three round trips and an ACK delay.
+        match &self.close_timer {
+            None => {
+                let rtt = conn
+                    .path_stats()
+                    .next()
+                    .map_or(Duration::from_millis(100), |p| p.rtt);
+                let at = tokio::time::Instant::now() + rtt * 3 + Duration::from_millis(25);
+                self.close_timer = Some(Box::pin(tokio::time::sleep_until(at)));
+            }
+            Some(t) if t.is_elapsed() => {
+                let _ = conn.close(true, H3Code::NO_ERROR.0, b"");
+            }
+            Some(_) => {}
+        }
+    }
 
     fn on_goaway(&mut self, _core: &mut Core, _id: u64) {}
 
-    fn on_close(&mut self, _core: &mut Core) {}
+    fn on_close(&mut self, _core: &mut Core) {
+        self.requests_tx = None;
+    }
 }

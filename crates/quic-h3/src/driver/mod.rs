@@ -42,6 +42,8 @@ pub(crate) mod sealed {
         ) -> Poll<()>;
         /// Starts what `poll_work` found.
         fn start_work(&mut self, core: &mut Core, conn: &mut QuicConnection);
+        /// After the turn's writes (finished streams are gone by then).
+        fn after_writes(&mut self, core: &mut Core, conn: &mut QuicConnection);
         /// GOAWAY arrived with this id.
         fn on_goaway(&mut self, core: &mut Core, id: u64);
         /// The connection closed.
@@ -336,6 +338,7 @@ impl<H: Hooks> ApplicationOverQuic for H3Driver<H> {
     fn process_writes(&mut self, conn: &mut QuicConnection) -> Result<(), AppError> {
         self.hooks.start_work(&mut self.core, conn);
         self.core.pump_outbound(conn);
+        self.hooks.after_writes(&mut self.core, conn);
         Ok(())
     }
 

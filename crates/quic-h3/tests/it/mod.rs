@@ -1,2 +1,3 @@
+mod drain;
 mod requests;
 mod util;
