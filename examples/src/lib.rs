@@ -1,5 +1,7 @@
 //! Shared helpers of the quay example programs.
 
+pub mod routes;
+
 /// Logs to stderr; `RUST_LOG` picks the level (default `info`).
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

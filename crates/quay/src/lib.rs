@@ -8,7 +8,9 @@
 //!   harness to test such protocols without sockets;
 //! - [`io`] (`quic-io`): UDP sockets with batching offloads, one router task per
 //!   socket and one worker task per connection; [`io::listen_on`] and [`io::connect`];
-//! - [`h3`] (`quic-h3`): the HTTP/3 driver family;
+//! - [`h3`] (`quic-h3`): the HTTP/3 driver family, and the paved path on top of it:
+//!   [`h3::Server`] (one handler function for every request, graceful shutdown) and
+//!   [`h3::Client`] (verifies certificates, one reused connection per authority);
 //! - [`quiche`]: the QUIC state machine, for the types applications touch.
 //!
 //! # Example
@@ -52,6 +54,6 @@
 struct ReadmeDoctests;
 
 pub use quic_app as app;
-pub use quic_h3 as h3;
+pub mod h3;
 pub use quic_io as io;
 pub use quiche;

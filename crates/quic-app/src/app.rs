@@ -58,6 +58,13 @@ pub trait ApplicationOverQuic: Send + 'static {
     /// packet queue; when one of those fires first, this future is dropped, and a new
     /// one is created on the next turn.
     ///
+    /// The loop prefers its timer and incoming datagrams: while datagrams keep
+    /// arriving, this future may not be polled for a while. Every turn still calls
+    /// [`process_reads`](Self::process_reads) and
+    /// [`process_writes`](Self::process_writes), so an application should also look at
+    /// its queues there, without waiting (`try_recv`), and use this method only to be
+    /// woken when the connection is otherwise quiet.
+    ///
     /// # Cancel safety
     ///
     /// Implementations must be cancel safe: dropping the future before it resolves must

@@ -293,6 +293,7 @@ impl sealed::Sealed for ClientHooks {
     }
 
     fn on_close(&mut self, _core: &mut Core) {
-        self.fail_queued(StreamError::ConnectionClosed);
+        // Requests still queued never reached the server: safe to send elsewhere.
+        self.fail_queued(StreamError::Refused);
     }
 }

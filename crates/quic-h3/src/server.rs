@@ -226,7 +226,9 @@ impl sealed::Sealed for ServerHooks {
         cx: &mut Context<'_>,
     ) -> Poll<()> {
         if self.pending.is_some() {
-            return Poll::Ready(());
+            // Taken but blocked: retried every turn, which the blocking (flow or
+            // congestion control) ends with a packet.
+            return Poll::Pending;
         }
         if let Some(t) = self.close_timer.as_mut()
             && t.as_mut().poll(cx).is_ready()
@@ -243,6 +245,13 @@ impl sealed::Sealed for ServerHooks {
     }
 
     fn start_work(&mut self, core: &mut Core, conn: &mut QuicConnection) {
+        // While datagrams keep arriving the loop may not poll `wait_for_data`: look
+        // at the control queue here too.
+        if self.pending.is_none()
+            && let Ok(cmd) = self.control_rx.try_recv()
+        {
+            self.pending = Some(cmd);
+        }
         if let Some(ServerCommand::GoAway) = self.pending.take()
             && self.goaway_id.is_none()
             && let Some(h3) = core.h3.as_mut()
@@ -252,6 +261,11 @@ impl sealed::Sealed for ServerHooks {
             let id = self.last_request.map_or(0, |l| l + 4);
             match h3.send_goaway(conn, id) {
                 Ok(()) => self.goaway_id = Some(id),
+                // The control stream is blocked (flow or congestion control): again
+                // next turn.
+                Err(quiche::h3::Error::StreamBlocked | quiche::h3::Error::Done) => {
+                    self.pending = Some(ServerCommand::GoAway);
+                }
                 Err(e) => tracing::debug!(error = %e, "sending GOAWAY failed"),
             }
         }

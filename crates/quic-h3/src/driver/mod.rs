@@ -100,23 +100,42 @@ impl Core {
         }
     }
 
-    /// Reads what can be handed on from every readable stream.
-    fn pump_inbound(&mut self, conn: &mut QuicConnection) {
-        let Some(h3) = self.h3.as_mut() else { return };
+    /// Reads what can be handed on from every readable stream; returns whether any
+    /// body bytes were read (quiche may then have more events: trailers, FIN).
+    fn pump_inbound(&mut self, conn: &mut QuicConnection) -> bool {
+        let Some(h3) = self.h3.as_mut() else {
+            return false;
+        };
+        let mut read_any = false;
         for (&id, s) in self.streams.iter_mut() {
             if s.receiver_gone() {
-                // RFC 9114 §4.1.1: STOP_SENDING with H3_REQUEST_CANCELLED when the
-                // reader is no longer interested.
-                let _ =
-                    conn.stream_shutdown(id, quiche::Shutdown::Read, H3Code::REQUEST_CANCELLED.0);
-                s.in_done = true;
+                if s.in_finished {
+                    // The peer already sent everything: drop what nobody will read.
+                    while let Ok(n) = h3.recv_body(conn, id, &mut self.scratch) {
+                        if n == 0 {
+                            break;
+                        }
+                    }
+                } else {
+                    // RFC 9114 §4.1.1: STOP_SENDING with H3_REQUEST_CANCELLED when the
+                    // reader is no longer interested.
+                    let _ = conn.stream_shutdown(
+                        id,
+                        quiche::Shutdown::Read,
+                        H3Code::REQUEST_CANCELLED.0,
+                    );
+                }
+                s.readable = false;
                 s.drop_body_tx();
                 continue;
             }
             s.flush_pending_in();
             while s.readable && s.has_room() {
                 match h3.recv_body(conn, id, &mut self.scratch) {
-                    Ok(n) => s.push_in(InFrame::Data(Bytes::copy_from_slice(&self.scratch[..n]))),
+                    Ok(n) => {
+                        read_any = true;
+                        s.push_in(InFrame::Data(Bytes::copy_from_slice(&self.scratch[..n])));
+                    }
                     Err(quiche::h3::Error::Done) => s.readable = false,
                     Err(e) => {
                         tracing::debug!(stream = id, error = %e, "body read failed");
@@ -126,6 +145,7 @@ impl Core {
             }
             s.maybe_close_inbound();
         }
+        read_any
     }
 
     /// Writes what handles queued, as far as QUIC flow control allows.
@@ -287,9 +307,36 @@ impl<H: Hooks> ApplicationOverQuic for H3Driver<H> {
     }
 
     fn process_reads(&mut self, conn: &mut QuicConnection) -> Result<(), AppError> {
+        // Reading a body can unblock further frames of the same stream (trailers, the
+        // FIN), which quiche reports only on the next poll: go round until a pass
+        // reads nothing.
+        loop {
+            self.poll_events(conn);
+            if !self.core.pump_inbound(conn) {
+                return Ok(());
+            }
+        }
+    }
+
+    fn process_writes(&mut self, conn: &mut QuicConnection) -> Result<(), AppError> {
+        self.hooks.start_work(&mut self.core, conn);
+        self.core.pump_outbound(conn);
+        self.hooks.after_writes(&mut self.core, conn);
+        Ok(())
+    }
+
+    fn on_conn_close(&mut self, _conn: &mut QuicConnection, _reason: &CloseReason) {
+        self.core.fail_all(StreamError::ConnectionClosed);
+        self.hooks.on_close(&mut self.core);
+    }
+}
+
+impl<H: Hooks> H3Driver<H> {
+    /// Hands every pending HTTP/3 event to the stream table and the role's hooks.
+    fn poll_events(&mut self, conn: &mut QuicConnection) {
         loop {
             let Some(h3) = self.core.h3.as_mut() else {
-                return Ok(());
+                return;
             };
             let (id, event) = match h3.poll(conn) {
                 Ok(v) => v,
@@ -331,20 +378,6 @@ impl<H: Hooks> ApplicationOverQuic for H3Driver<H> {
                 quiche::h3::Event::PriorityUpdate => {}
             }
         }
-        self.core.pump_inbound(conn);
-        Ok(())
-    }
-
-    fn process_writes(&mut self, conn: &mut QuicConnection) -> Result<(), AppError> {
-        self.hooks.start_work(&mut self.core, conn);
-        self.core.pump_outbound(conn);
-        self.hooks.after_writes(&mut self.core, conn);
-        Ok(())
-    }
-
-    fn on_conn_close(&mut self, _conn: &mut QuicConnection, _reason: &CloseReason) {
-        self.core.fail_all(StreamError::ConnectionClosed);
-        self.hooks.on_close(&mut self.core);
     }
 }
 

@@ -124,9 +124,9 @@ impl Stream {
         self.in_done = true;
     }
 
-    /// The reader dropped its [`RecvBody`] before the end.
+    /// The reader dropped its [`RecvBody`].
     pub(crate) fn receiver_gone(&self) -> bool {
-        self.body_tx.as_ref().is_some_and(PollSender::is_closed) && !self.in_finished
+        self.body_tx.as_ref().is_some_and(PollSender::is_closed)
     }
 
     /// The inbound side failed: the body (or the response waiter) gets `err`.

@@ -1,0 +1,279 @@
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::Body as HttpBody;
+use quic_h3::{H3Code, H3Settings, IncomingRequest, RecvBody, ServerH3Driver, StreamError};
+use quic_io::{ListenError, Listener, QuicSettings, ServerParams, TlsConfig};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// Why serving stopped with an error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    /// The server was built without a TLS identity.
+    #[error("no TLS identity: call ServerBuilder::tls")]
+    NoTls,
+    /// Binding or setting up the listener failed.
+    #[error(transparent)]
+    Listen(#[from] ListenError),
+}
+
+/// Builds a [`Server`]: TLS identity, settings, address.
+#[derive(Debug, Default)]
+pub struct ServerBuilder {
+    tls: Option<TlsConfig>,
+    settings: QuicSettings,
+    h3: H3Settings,
+    configure: Option<fn(&mut ServerParams)>,
+}
+
+impl ServerBuilder {
+    /// The server's certificate chain and key.
+    pub fn tls(mut self, tls: TlsConfig) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// QUIC transport settings.
+    pub fn settings(mut self, settings: QuicSettings) -> Self {
+        self.settings = settings;
+        self
+    }
+
+    /// HTTP/3 settings and limits.
+    pub fn h3_settings(mut self, h3: H3Settings) -> Self {
+        self.h3 = h3;
+        self
+    }
+
+    /// Adjusts the listener's parameters (limits, Retry, metrics) before binding.
+    pub fn configure(mut self, f: fn(&mut ServerParams)) -> Self {
+        self.configure = Some(f);
+        self
+    }
+
+    /// Binds `addr` and starts listening. Must be called within a tokio runtime.
+    pub fn bind(self, addr: SocketAddr) -> Result<Server, ServeError> {
+        let tls = self.tls.ok_or(ServeError::NoTls)?;
+        let mut params = ServerParams::new(tls, &[quic_h3::ALPN]);
+        params.settings = self.settings;
+        if let Some(f) = self.configure {
+            f(&mut params);
+        }
+        let listener = quic_io::listen_on(addr, params)?;
+        Ok(Server {
+            listener,
+            h3: self.h3,
+        })
+    }
+}
+
+/// An HTTP/3 server: every request goes to one handler function.
+///
+/// ```no_run
+/// use quay::h3::{Body, Server};
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let identity = quay::io::TlsConfig::self_signed(&["localhost"])?;
+/// let server = Server::builder().tls(identity.config).bind("127.0.0.1:4433".parse()?)?;
+/// server
+///     .serve(|_req: http::Request<quay::h3::RecvBody>| async move {
+///         Ok::<_, std::convert::Infallible>(http::Response::new(Body::from("hello")))
+///     })
+///     .await;
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct Server {
+    listener: Listener,
+    h3: H3Settings,
+}
+
+impl Server {
+    /// A builder with default settings.
+    pub fn builder() -> ServerBuilder {
+        ServerBuilder::default()
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr()
+    }
+
+    /// Serves every request with `handler` until the listener stops.
+    pub async fn serve<F, Fut, B, E>(self, handler: F)
+    where
+        F: Fn(http::Request<RecvBody>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Result<http::Response<B>, E>> + Send + 'static,
+        B: HttpBody<Data = Bytes> + Send + 'static,
+        B::Error: std::fmt::Display + Send,
+        E: std::fmt::Display + Send + 'static,
+    {
+        self.serve_with_shutdown(handler, CancellationToken::new(), Duration::ZERO)
+            .await;
+    }
+
+    /// Serves until `shutdown` is cancelled, then drains gracefully: stops accepting,
+    /// sends GOAWAY on every connection, lets requests in flight finish for up to
+    /// `deadline`, and closes what is left.
+    pub async fn serve_with_shutdown<F, Fut, B, E>(
+        mut self,
+        handler: F,
+        shutdown: CancellationToken,
+        deadline: Duration,
+    ) where
+        F: Fn(http::Request<RecvBody>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Result<http::Response<B>, E>> + Send + 'static,
+        B: HttpBody<Data = Bytes> + Send + 'static,
+        B::Error: std::fmt::Display + Send,
+        E: std::fmt::Display + Send + 'static,
+    {
+        let mut connections = JoinSet::new();
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                incoming = self.listener.accept() => {
+                    let Some(incoming) = incoming else { break };
+                    let (driver, requests) = ServerH3Driver::new(self.h3.clone());
+                    let handle = incoming.start(driver);
+                    let handler = handler.clone();
+                    let stop = shutdown.clone();
+                    connections.spawn(async move {
+                        serve_connection(requests, handler, stop).await;
+                        handle.closed().await;
+                    });
+                }
+                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            }
+        }
+        // Drain: every connection got GOAWAY from its task (the token is cancelled).
+        let drained = tokio::time::timeout(deadline, async {
+            while connections.join_next().await.is_some() {}
+        })
+        .await
+        .is_ok();
+        if !drained {
+            tracing::warn!(
+                open = connections.len(),
+                "requests still in flight at the shutdown deadline"
+            );
+        }
+        self.listener
+            .shutdown(
+                H3Code::NO_ERROR.0,
+                b"server shutting down",
+                Duration::from_secs(1),
+            )
+            .await;
+    }
+}
+
+async fn serve_connection<F, Fut, B, E>(
+    mut requests: quic_h3::RequestStream,
+    handler: F,
+    shutdown: CancellationToken,
+) where
+    F: Fn(http::Request<RecvBody>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<http::Response<B>, E>> + Send + 'static,
+    B: HttpBody<Data = Bytes> + Send + 'static,
+    B::Error: std::fmt::Display + Send,
+    E: std::fmt::Display + Send + 'static,
+{
+    let control = requests.control();
+    let mut in_flight = JoinSet::new();
+    let mut draining = false;
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled(), if !draining => {
+                draining = true;
+                control.goaway().await;
+            }
+            req = requests.next() => {
+                let Some(req) = req else { break };
+                in_flight.spawn(respond(req, handler.clone()));
+            }
+            Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
+        }
+    }
+    while in_flight.join_next().await.is_some() {}
+}
+
+/// Runs the handler for one request and streams its response.
+async fn respond<F, Fut, B, E>(req: IncomingRequest, handler: F)
+where
+    F: Fn(http::Request<RecvBody>) -> Fut,
+    Fut: Future<Output = Result<http::Response<B>, E>>,
+    B: HttpBody<Data = Bytes>,
+    B::Error: std::fmt::Display,
+    E: std::fmt::Display,
+{
+    let method = req.request.method().clone();
+    let path = req.request.uri().path().to_owned();
+    let started = std::time::Instant::now();
+    let response = match handler(req.request).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(%method, %path, error = %e, "handler failed");
+            let mut resp = http::Response::new(());
+            *resp.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
+            if let Ok(body) = req.responder.send_response(resp).await {
+                let _ = body.finish().await;
+            }
+            return;
+        }
+    };
+    let (parts, body) = response.into_parts();
+    let status = parts.status;
+    let result = send_body(req.responder, http::Response::from_parts(parts, ()), body).await;
+    match result {
+        Ok(bytes) => tracing::info!(
+            %method, %path, status = status.as_u16(), bytes,
+            ms = started.elapsed().as_secs_f64() * 1000.0, "request"
+        ),
+        Err(e) => {
+            tracing::info!(%method, %path, status = status.as_u16(), error = %e, "request failed")
+        }
+    }
+}
+
+async fn send_body<B>(
+    responder: quic_h3::Responder,
+    head: http::Response<()>,
+    body: B,
+) -> Result<u64, StreamError>
+where
+    B: HttpBody<Data = Bytes>,
+    B::Error: std::fmt::Display,
+{
+    let mut out = responder.send_response(head).await?;
+    let mut body = std::pin::pin!(body);
+    let mut bytes = 0u64;
+    loop {
+        match std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
+            None => {
+                out.finish().await?;
+                return Ok(bytes);
+            }
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => {
+                    bytes += data.len() as u64;
+                    out.send_data(data).await?;
+                }
+                Err(frame) => {
+                    if let Ok(trailers) = frame.into_trailers() {
+                        out.send_trailers(trailers).await?;
+                        return Ok(bytes);
+                    }
+                }
+            },
+            Some(Err(e)) => {
+                // Dropping `out` resets the stream: the client sees the body failed.
+                tracing::warn!(error = %e, "response body failed");
+                return Err(StreamError::Cancelled);
+            }
+        }
+    }
+}

@@ -1,0 +1,225 @@
+//! quay's HTTP/3 client against quay's HTTP/3 server over loopback, for every route of
+//! `h3-server`; and the example binaries themselves.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use bytes::Bytes;
+use quay::h3::{Client, Server};
+use quay::io::TlsConfig;
+use sha2::{Digest, Sha256};
+use tokio_util::sync::CancellationToken;
+
+struct Running {
+    addr: std::net::SocketAddr,
+    cert_pem: String,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+fn start(root: Option<PathBuf>) -> Running {
+    let identity = TlsConfig::self_signed(&["localhost"]).unwrap();
+    let server = Server::builder()
+        .tls(identity.config)
+        .bind("127.0.0.1:0".parse().unwrap())
+        .unwrap();
+    let addr = server.local_addr();
+    let shutdown = CancellationToken::new();
+    let root = std::sync::Arc::new(root);
+    let task = tokio::spawn(server.serve_with_shutdown(
+        move |req| {
+            let root = root.clone();
+            async move { quay_examples::routes::handle(req, root.as_deref()).await }
+        },
+        shutdown.clone(),
+        Duration::from_secs(10),
+    ));
+    Running {
+        addr,
+        cert_pem: identity.cert_pem,
+        shutdown,
+        task,
+    }
+}
+
+fn client(cert_pem: &str) -> Client {
+    Client::builder()
+        .add_root_certificate_pem(cert_pem.as_bytes())
+        .unwrap()
+        .build()
+}
+
+fn url(server: &Running, path: &str) -> String {
+    format!("https://localhost:{}{path}", server.addr.port())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_over_loopback() {
+    quay_examples::init_tracing();
+    let root = std::env::temp_dir().join(format!("quay-www-{}", std::process::id()));
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join("hello.txt"), "hello, file\n").unwrap();
+    let server = start(Some(root.clone()));
+    let client = client(&server.cert_pem);
+
+    // GET /bytes/N: exactly N bytes, byte i = i % 256.
+    let n = 3 * 1024 * 1024 + 7;
+    let mut resp = client
+        .get(&url(&server, &format!("/bytes/{n}")))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = resp.body_mut().collect(n + 1).await.unwrap();
+    assert_eq!(body.len(), n);
+    assert!(body.iter().enumerate().all(|(i, b)| *b == (i % 256) as u8));
+
+    // POST /echo: the body back.
+    let payload: Bytes = (0..1_000_000u32)
+        .map(|i| (i % 251) as u8)
+        .collect::<Vec<_>>()
+        .into();
+    let mut resp = client
+        .post(&url(&server, "/echo"), payload.clone())
+        .await
+        .unwrap();
+    assert_eq!(resp.body_mut().collect(2_000_000).await.unwrap(), payload);
+
+    // POST /sha256: the hex digest.
+    let mut resp = client
+        .post(&url(&server, "/sha256"), payload.clone())
+        .await
+        .unwrap();
+    let hex: String = Sha256::digest(&payload)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(resp.body_mut().collect(100).await.unwrap(), hex.as_bytes());
+
+    // GET /trailers: body, then trailers.
+    let mut resp = client.get(&url(&server, "/trailers")).await.unwrap();
+    assert_eq!(
+        resp.body_mut().collect(100).await.unwrap(),
+        "trailers follow\n"
+    );
+    let trailers = resp.body_mut().trailers().await.unwrap().unwrap();
+    assert_eq!(trailers["x-trailer"], "yes");
+
+    // Files, and nothing outside the root.
+    let mut resp = client.get(&url(&server, "/hello.txt")).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.body_mut().collect(100).await.unwrap(), "hello, file\n");
+    assert_eq!(
+        client
+            .get(&url(&server, "/missing"))
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    assert_eq!(
+        client
+            .get(&url(&server, "/../../etc/passwd"))
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    assert_eq!(
+        client
+            .get(&url(&server, "/%2e%2e/etc/passwd"))
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+
+    server.shutdown.cancel();
+    server.task.await.unwrap();
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_lets_in_flight_downloads_complete() {
+    let server = start(None);
+    let mut settings = quay::io::QuicSettings::default();
+    settings.handshake_timeout = Duration::from_secs(1);
+    let client = Client::builder()
+        .add_root_certificate_pem(server.cert_pem.as_bytes())
+        .unwrap()
+        .settings(settings)
+        .build();
+    let n = 50 * 1024 * 1024;
+    let mut resp = client
+        .get(&url(&server, &format!("/bytes/{n}")))
+        .await
+        .unwrap();
+    let first = resp.body_mut().chunk().await.unwrap().unwrap();
+    // Shut down while the download is in flight.
+    server.shutdown.cancel();
+    let mut total = first.len();
+    while let Some(c) = resp.body_mut().chunk().await.unwrap() {
+        total += c.len();
+    }
+    assert_eq!(total, n);
+    let after = url(&server, "/bytes/10");
+    server.task.await.unwrap();
+    // New requests no longer get through: the listener is gone.
+    match client.get(&after).await {
+        Err(quay::h3::ClientError::Connect(quay::io::ConnectError::HandshakeTimeout {
+            ..
+        })) => {}
+        other => panic!("unexpected: {other:?}"),
+    }
+}
+
+#[test]
+fn the_example_binaries_serve_and_fetch() {
+    let dir = std::env::temp_dir().join(format!("quay-bins-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cert = dir.join("cert.pem");
+    let mut server = Command::new(env!("CARGO_BIN_EXE_h3-server"))
+        .args(["--listen", "127.0.0.1:0", "--write-cert"])
+        .arg(&cert)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(server.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap()
+        .to_owned();
+    let port = addr.rsplit(':').next().unwrap();
+    let out = dir.join("download.bin");
+    let status = Command::new(env!("CARGO_BIN_EXE_h3-client"))
+        .arg("--ca")
+        .arg(&cert)
+        .arg("-o")
+        .arg(&out)
+        .arg(format!("https://localhost:{port}/bytes/1000000"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let bytes = std::fs::read(&out).unwrap();
+    assert_eq!(bytes.len(), 1_000_000);
+    assert!(bytes.iter().enumerate().all(|(i, b)| *b == (i % 256) as u8));
+    // A non-2xx response makes the client fail.
+    let status = Command::new(env!("CARGO_BIN_EXE_h3-client"))
+        .arg("--ca")
+        .arg(&cert)
+        .arg(format!("https://localhost:{port}/missing"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(1));
+    let _ = server.kill();
+    let _ = server.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+}
