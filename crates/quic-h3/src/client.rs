@@ -12,9 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::body::{OutFrame, SEND_QUEUE};
 use crate::driver::{Core, H3Driver, Hooks, Stream, is_informational, sealed};
-use crate::headers::{
-    parse_response, parse_trailers, peer_field_section_limit, request_fields, section_size,
-};
+use crate::headers::{parse_response, peer_field_section_limit, request_fields, section_size};
 use crate::{H3Code, H3Settings, RecvBody, SendBody, StreamError};
 
 /// Requests waiting for the driver to take them. Senders wait when it is full.
@@ -160,13 +158,7 @@ impl sealed::Sealed for ClientHooks {
             return;
         };
         if s.head_received {
-            match parse_trailers(&list) {
-                Ok(t) => s.queue_in(Ok(crate::body::InFrame::Trailers(t))),
-                Err(why) => {
-                    tracing::debug!(stream = stream_id, why, "malformed trailers");
-                    core.abort_stream(conn, stream_id, H3Code::MESSAGE_ERROR);
-                }
-            }
+            core.receive_trailers(conn, stream_id, &list);
             return;
         }
         if is_informational(&list) {

@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 
 use crate::body::{OutFrame, SEND_QUEUE};
 use crate::driver::{Core, H3Driver, Hooks, Stream, is_informational, response_frame, sealed};
-use crate::headers::{parse_request, parse_trailers};
+use crate::headers::parse_request;
 use crate::{H3Code, H3Settings, RecvBody, SendBody, StreamError};
 
 /// The server variant of [`H3Driver`].
@@ -165,15 +165,8 @@ impl sealed::Sealed for ServerHooks {
         list: Vec<quiche::h3::Header>,
         more_frames: bool,
     ) {
-        if let Some(s) = core.streams.get_mut(&stream_id) {
-            // A second field section on a request stream: trailers (RFC 9114 §4.1).
-            match parse_trailers(&list) {
-                Ok(t) => s.queue_in(Ok(crate::body::InFrame::Trailers(t))),
-                Err(why) => {
-                    tracing::debug!(stream = stream_id, why, "malformed trailers");
-                    core.abort_stream(conn, stream_id, H3Code::MESSAGE_ERROR);
-                }
-            }
+        if core.streams.contains_key(&stream_id) {
+            core.receive_trailers(conn, stream_id, &list);
             return;
         }
         if is_informational(&list) {

@@ -335,27 +335,11 @@ impl<C: ApplicationOverQuic, S: ApplicationOverQuic> Pair<C, S> {
             if self.client.close_reason.is_some() && self.server.close_reason.is_some() {
                 return Err(HarnessError::Closed);
             }
-            if tokio::time::Instant::now() >= deadline {
+            if !self
+                .step(deadline, &mut turns, std::future::pending())
+                .await
+            {
                 return Err(HarnessError::Timeout(limit));
-            }
-            turns += 1;
-            if turns % TURNS_BEFORE_YIELD == 0 {
-                tokio::task::yield_now().await;
-            }
-            if self.turn() {
-                continue;
-            }
-            // Nothing moved: wait for the earliest quiche timer, or an app's own work.
-            let timer = self.next_timer(deadline);
-            let client_waits = self.client.driver.wants_to_wait(&self.client.conn);
-            let server_waits = self.server.driver.wants_to_wait(&self.server.conn);
-            let (c, s) = (&mut self.client, &mut self.server);
-            tokio::select! {
-                // Timer first: it is what every turn of a real loop checks first too.
-                biased;
-                () = tokio::time::sleep_until(timer) => {}
-                () = c.driver.wait_for_data(&mut c.conn), if client_waits => {}
-                () = s.driver.wait_for_data(&mut s.conn), if server_waits => {}
             }
         }
     }
@@ -374,32 +358,56 @@ impl<C: ApplicationOverQuic, S: ApplicationOverQuic> Pair<C, S> {
         let mut fut = std::pin::pin!(fut);
         let mut turns = 0;
         loop {
-            let polled = std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await;
-            if let Poll::Ready(out) = polled {
-                return Ok(out);
+            let mut out = None;
+            let wake = std::future::poll_fn(|cx| {
+                fut.as_mut().poll(cx).map(|v| {
+                    out = Some(v);
+                })
+            });
+            let in_time = self.step(deadline, &mut turns, wake).await;
+            if let Some(v) = out {
+                return Ok(v);
             }
-            if tokio::time::Instant::now() >= deadline {
+            if !in_time {
                 return Err(HarnessError::Timeout(limit));
             }
-            turns += 1;
-            if turns % TURNS_BEFORE_YIELD == 0 {
-                tokio::task::yield_now().await;
-            }
-            if self.turn() {
-                continue;
-            }
-            let timer = self.next_timer(deadline);
-            let client_waits = self.client.driver.wants_to_wait(&self.client.conn);
-            let server_waits = self.server.driver.wants_to_wait(&self.server.conn);
-            let (c, s) = (&mut self.client, &mut self.server);
-            tokio::select! {
-                biased;
-                () = tokio::time::sleep_until(timer) => {}
-                out = fut.as_mut() => return Ok(out),
-                () = c.driver.wait_for_data(&mut c.conn), if client_waits => {}
-                () = s.driver.wait_for_data(&mut s.conn), if server_waits => {}
-            }
         }
+    }
+
+    /// One step: a turn, or when nothing moved a wait for the earliest quiche timer,
+    /// an app's own work, or `wake`. Returns `false` once `deadline` has passed.
+    async fn step(
+        &mut self,
+        deadline: tokio::time::Instant,
+        turns: &mut usize,
+        wake: impl Future<Output = ()>,
+    ) -> bool {
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        *turns += 1;
+        if (*turns).is_multiple_of(TURNS_BEFORE_YIELD) {
+            tokio::task::yield_now().await;
+        }
+        if self.turn() {
+            // Give `wake` its poll too: the caller's future may be ready now.
+            let mut wake = std::pin::pin!(wake);
+            let _ = std::future::poll_fn(|cx| Poll::Ready(wake.as_mut().poll(cx))).await;
+            return true;
+        }
+        let timer = self.next_timer(deadline);
+        let client_waits = self.client.driver.wants_to_wait(&self.client.conn);
+        let server_waits = self.server.driver.wants_to_wait(&self.server.conn);
+        let (c, s) = (&mut self.client, &mut self.server);
+        tokio::select! {
+            // Timer first: it is what every turn of a real loop checks first too.
+            biased;
+            () = tokio::time::sleep_until(timer) => {}
+            () = wake => {}
+            () = c.driver.wait_for_data(&mut c.conn), if client_waits => {}
+            () = s.driver.wait_for_data(&mut s.conn), if server_waits => {}
+        }
+        true
     }
 
     /// The earliest quiche timer of either side, or `deadline`.

@@ -91,6 +91,27 @@ impl Core {
         }
     }
 
+    /// A second field section on a known stream: trailers (RFC 9114 §4.1), queued for
+    /// the body; malformed ones reset the stream with H3_MESSAGE_ERROR.
+    pub(crate) fn receive_trailers(
+        &mut self,
+        conn: &mut QuicConnection,
+        stream_id: u64,
+        list: &[quiche::h3::Header],
+    ) {
+        match crate::headers::parse_trailers(list) {
+            Ok(t) => {
+                if let Some(s) = self.streams.get_mut(&stream_id) {
+                    s.queue_in(Ok(InFrame::Trailers(t)));
+                }
+            }
+            Err(why) => {
+                tracing::debug!(stream = stream_id, why, "malformed trailers");
+                self.abort_stream(conn, stream_id, H3Code::MESSAGE_ERROR);
+            }
+        }
+    }
+
     /// Resets a stream both ways with `code`, and forgets it.
     pub(crate) fn abort_stream(&mut self, conn: &mut QuicConnection, stream_id: u64, code: H3Code) {
         let _ = conn.stream_shutdown(stream_id, quiche::Shutdown::Read, code.0);

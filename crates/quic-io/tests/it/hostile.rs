@@ -36,14 +36,16 @@ async fn an_initial_with_an_unsupported_version_gets_version_negotiation() {
         .map(|c| u32::from_be_bytes(c.try_into().unwrap()))
         .collect();
     assert!(versions.contains(&1), "{versions:x?}");
-    assert_eq!(server.metrics.snapshot().version_negotiations_sent, 1);
 
     // The same packet below 1200 bytes gets no answer (RFC 9000 §14.1).
     sock.send_to(&pkt[..600], server.addr).unwrap();
     sock.set_read_timeout(Some(std::time::Duration::from_millis(300)))
         .unwrap();
     assert!(sock.recv_from(&mut buf).is_err());
-    assert_eq!(server.metrics.snapshot().version_negotiations_sent, 1);
+    // Read after the quiet period: the router counts a packet once its send returned.
+    let m = server.metrics.snapshot();
+    assert_eq!(m.version_negotiations_sent, 1);
+    assert_eq!(m.dropped(DropReason::VersionNegotiationSuppressed), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -62,7 +64,6 @@ async fn a_short_header_packet_for_an_unknown_cid_gets_a_stateless_reset() {
     assert_eq!(buf[0] & 0xc0, 0x40, "looks like a short header");
     let token = ResetKey::from_bytes(key).token(&dcid);
     assert_eq!(&buf[len - 16..len], &token);
-    assert_eq!(server.metrics.snapshot().stateless_resets_sent, 1);
 
     // Too short to be answered with a smaller packet: no reset.
     sock.send_to(&pkt[..21], server.addr).unwrap();
