@@ -4,6 +4,7 @@
 //! machine and can install the native prerequisites (cmake, libclang) before anything
 //! links BoringSSL.
 
+mod interop;
 mod prereqs;
 mod procs;
 
@@ -18,8 +19,8 @@ usage: cargo xtask <command>
 
 commands:
   test    install native prerequisites if missing, then fmt check, clippy -D warnings,
-          every test (unit, integration, doc), rustdoc -D warnings, and the
-          examples end to end
+          every test (unit, integration, doc), rustdoc -D warnings, the
+          examples end to end, and an HTTP/3 interop smoke test against aioquic
   demo    release build, start h3-server, fetch a page and 100 MiB, upload to /sha256
           and check the digest with h3-client, report, stop
 ";
@@ -111,6 +112,7 @@ fn test() -> Result {
     )?;
     run(&env, "cargo", &["build", "--locked", "-p", "quay-examples"])?;
     examples_end_to_end(&root().join("target/debug"))?;
+    interop::smoke(&root().join("target/debug"))?;
     println!(
         "\nxtask test: every step passed in {:.0} s",
         started.elapsed().as_secs_f64()
@@ -217,7 +219,7 @@ fn other_ca(dir: &Path) -> Result<PathBuf> {
     Ok(path)
 }
 
-fn path_str(p: &Path) -> Result<&str> {
+pub(crate) fn path_str(p: &Path) -> Result<&str> {
     p.to_str()
         .ok_or_else(|| format!("path is not UTF-8: {}", p.display()))
 }

@@ -198,12 +198,13 @@ pub fn listen(socket: std::net::UdpSocket, params: ServerParams) -> Result<Liste
     );
     let cmd_tx = router.command_sender();
     let span = tracing::info_span!("quic_listener", local = %local_addr);
-    crate::spawn::task(router.run().instrument(span));
+    let router = crate::spawn::task(router.run().instrument(span));
     Ok(Listener {
         accept_rx,
         cmd_tx,
         local_addr,
         abort,
+        router,
     })
 }
 
@@ -223,6 +224,7 @@ pub struct Listener {
     cmd_tx: mpsc::Sender<RouterCommand>,
     local_addr: SocketAddr,
     abort: CancellationToken,
+    router: tokio::task::JoinHandle<()>,
 }
 
 impl Listener {
@@ -268,6 +270,9 @@ impl Listener {
         if !graceful {
             self.abort.cancel();
         }
+        // The router ends once no connection is left (or at the abort): after this
+        // the socket is about to be released.
+        let _ = (&mut self.router).await;
         graceful
     }
 

@@ -1,0 +1,148 @@
+//! The HTTP/3 interop smoke test: quay against aioquic, an independent implementation,
+//! both ways. aioquic comes from PyPI into a venv under `target/interop/`; when it
+//! cannot be installed the test says `SKIPPED` with the reason, never that it passed.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::{Result, path_str, procs, root};
+
+/// The `/bytes/` sizes fetched in each direction.
+const TO_QUAY: u64 = 3_000_000;
+const FROM_AIOQUIC: u64 = 1_000_000;
+
+pub fn smoke(bin: &Path) -> Result {
+    println!("\n==> interop smoke: aioquic <-> quay over HTTP/3");
+    let python = match venv() {
+        Ok(p) => p,
+        Err(reason) => {
+            println!("SKIPPED: interop smoke: {reason}");
+            return Ok(());
+        }
+    };
+    let peer = root().join("xtask/interop/aioquic_peer.py");
+    let dir = root().join("target/interop");
+    let mut passed = 0;
+    let mut failed = Vec::new();
+
+    // aioquic client -> quay h3-server.
+    let cert = dir.join("quay-cert.pem");
+    let server = procs::Server::start(
+        &bin.join("h3-server"),
+        &["--listen", "127.0.0.1:0", "--write-cert", path_str(&cert)?],
+    )?;
+    let url = format!("https://localhost:{}/bytes/{TO_QUAY}", server.addr.port());
+    let out = Command::new(&python)
+        .arg(&peer)
+        .args(["client", &url, "--ca", path_str(&cert)?])
+        .output()
+        .map_err(|e| format!("cannot run the aioquic client: {e}"))?;
+    server.stop()?;
+    report(
+        "aioquic client -> quay h3-server, /bytes/ download with SHA-256 check",
+        out.status.success(),
+        &out,
+        &mut passed,
+        &mut failed,
+    );
+
+    // quay h3-client -> aioquic server.
+    let peer_dir = dir.join("aioquic-server");
+    std::fs::create_dir_all(&peer_dir)
+        .map_err(|e| format!("cannot create {}: {e}", peer_dir.display()))?;
+    let server = procs::Server::start(
+        Path::new(&python),
+        &[
+            path_str(&peer)?,
+            "server",
+            "--listen",
+            "127.0.0.1:0",
+            "--dir",
+            path_str(&peer_dir)?,
+        ],
+    )?;
+    let download = dir.join("from-aioquic.bin");
+    let url = format!(
+        "https://localhost:{}/bytes/{FROM_AIOQUIC}",
+        server.addr.port()
+    );
+    let out = Command::new(bin.join("h3-client"))
+        .args([
+            "--ca",
+            path_str(&peer_dir.join("cert.pem"))?,
+            "-o",
+            path_str(&download)?,
+            &url,
+        ])
+        .output()
+        .map_err(|e| format!("cannot run h3-client: {e}"))?;
+    server.stop()?;
+    let body_ok = std::fs::read(&download).is_ok_and(|b| {
+        b.len() as u64 == FROM_AIOQUIC && b.iter().enumerate().all(|(i, x)| *x == (i % 256) as u8)
+    });
+    report(
+        "quay h3-client -> aioquic server, /bytes/ download checked byte for byte",
+        out.status.success() && body_ok,
+        &out,
+        &mut passed,
+        &mut failed,
+    );
+
+    println!("interop: {passed} passed, {} failed", failed.len());
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("interop smoke failed: {}", failed.join("; ")))
+    }
+}
+
+fn report(
+    name: &str,
+    ok: bool,
+    out: &std::process::Output,
+    passed: &mut usize,
+    failed: &mut Vec<String>,
+) {
+    println!("  {} {name}", if ok { "ok  " } else { "FAIL" });
+    if ok {
+        *passed += 1;
+    } else {
+        println!(
+            "    stdout: {}\n    stderr: {}",
+            String::from_utf8_lossy(&out.stdout).trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        failed.push(name.to_owned());
+    }
+}
+
+/// The venv's python with aioquic installed, creating it if needed.
+fn venv() -> std::result::Result<PathBuf, String> {
+    let dir = root().join("target/interop/venv");
+    let python = dir.join("bin/python");
+    let has_aioquic = |p: &Path| {
+        Command::new(p)
+            .args(["-c", "import aioquic"])
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if python.is_file() && has_aioquic(&python) {
+        return Ok(python);
+    }
+    let made = Command::new("python3")
+        .args(["-m", "venv"])
+        .arg(&dir)
+        .status()
+        .map_err(|e| format!("python3 is not available ({e})"))?;
+    if !made.success() {
+        return Err("python3 -m venv failed (install python3-venv)".to_owned());
+    }
+    let installed = Command::new(&python)
+        .args(["-m", "pip", "install", "--quiet", "aioquic>=1.2,<2"])
+        .status()
+        .map_err(|e| format!("cannot run pip ({e})"))?;
+    if !installed.success() || !has_aioquic(&python) {
+        return Err("cannot install aioquic from PyPI".to_owned());
+    }
+    Ok(python)
+}
