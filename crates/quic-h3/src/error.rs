@@ -106,6 +106,12 @@ pub enum StreamError {
         /// The peer's limit.
         limit: u64,
     },
+    /// The body is larger than the configured limit; the rest was refused.
+    #[error("body larger than the limit of {limit} bytes")]
+    BodyTooLarge {
+        /// The limit, in bytes.
+        limit: u64,
+    },
     /// The local end of the stream was dropped or the driver is gone.
     #[error("stream cancelled locally")]
     Cancelled,

@@ -203,6 +203,7 @@ impl sealed::Sealed for ServerHooks {
         let (out_tx, out_rx) = mpsc::channel(SEND_QUEUE);
         let mut stream = Stream::new(Some(out_rx));
         stream.head_received = true;
+        stream.body_limit = core.settings.max_request_body_size;
         let body = stream.open_body(more_frames);
         core.streams.insert(stream_id, stream);
         self.last_request = Some(self.last_request.map_or(stream_id, |l| l.max(stream_id)));

@@ -10,6 +10,11 @@ pub struct H3Settings {
     pub max_pending_requests: usize,
     /// Allow extended CONNECT (RFC 9220).
     pub enable_extended_connect: bool,
+    /// The largest request body a server reads; beyond it the body ends with
+    /// [`StreamError::BodyTooLarge`](crate::StreamError::BodyTooLarge) and the client is
+    /// asked to stop sending (STOP_SENDING with H3_EXCESSIVE_LOAD). The handler can
+    /// still answer (413). `None`: no limit.
+    pub max_request_body_size: Option<u64>,
 }
 
 impl Default for H3Settings {
@@ -18,6 +23,7 @@ impl Default for H3Settings {
             max_field_section_size: 16 * 1024,
             max_pending_requests: 128,
             enable_extended_connect: false,
+            max_request_body_size: None,
         }
     }
 }

@@ -155,6 +155,18 @@ impl Core {
                 match h3.recv_body(conn, id, &mut self.scratch) {
                     Ok(n) => {
                         read_any = true;
+                        s.received += n as u64;
+                        if let Some(limit) = s.body_limit.filter(|l| s.received > *l) {
+                            // Refuse the rest; the reader learns why and may still
+                            // answer (a 413, say).
+                            let _ = conn.stream_shutdown(
+                                id,
+                                quiche::Shutdown::Read,
+                                H3Code::EXCESSIVE_LOAD.0,
+                            );
+                            s.fail_inbound(StreamError::BodyTooLarge { limit });
+                            break;
+                        }
                         s.push_in(InFrame::Data(Bytes::copy_from_slice(&self.scratch[..n])));
                     }
                     Err(quiche::h3::Error::Done) => s.readable = false,

@@ -33,6 +33,10 @@ pub(crate) struct Stream {
     pub(crate) head_received: bool,
     /// The client's waiter for the response head.
     pub(crate) response_tx: Option<ResponseTx>,
+    /// Body bytes received so far.
+    pub(crate) received: u64,
+    /// The most body bytes accepted, if limited.
+    pub(crate) body_limit: Option<u64>,
 }
 
 impl Stream {
@@ -49,6 +53,8 @@ impl Stream {
             out_closed_early: false,
             head_received: false,
             response_tx: None,
+            received: 0,
+            body_limit: None,
         }
     }
 

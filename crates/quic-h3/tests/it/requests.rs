@@ -345,3 +345,49 @@ async fn an_oversized_header_list_from_a_peer_is_refused_with_excessive_load() {
         Some(H3Code::EXCESSIVE_LOAD.0)
     );
 }
+
+#[tokio::test]
+async fn a_request_body_over_the_limit_is_refused_and_can_be_answered() {
+    let mut settings = H3Settings::default();
+    settings.max_request_body_size = Some(10_000);
+    let (mut pair, send, mut requests) = pair(settings);
+    let server = tokio::spawn(async move {
+        let req = requests.next().await.unwrap();
+        let mut body = req.request.into_body();
+        let mut got = 0;
+        let err = loop {
+            match body.chunk().await {
+                Ok(Some(c)) => got += c.len(),
+                Ok(None) => panic!("a body over the limit ended normally"),
+                Err(e) => break e,
+            }
+        };
+        let mut resp = http::Response::new(());
+        *resp.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
+        req.responder
+            .send_response(resp)
+            .await
+            .unwrap()
+            .finish()
+            .await
+            .unwrap();
+        (err, got)
+    });
+    let status = pair
+        .run_with(LIMIT, async {
+            let req = http::Request::post("https://localhost/upload")
+                .body(())
+                .unwrap();
+            let (mut body, response) = send.send_request(req).await.unwrap();
+            // The server stops reading: these may fail, the response still comes.
+            let _ = body.send_data(pattern(50_000)).await;
+            let _ = body.finish().await;
+            response.await.unwrap().status()
+        })
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    let (err, got) = server.await.unwrap();
+    assert_eq!(err, StreamError::BodyTooLarge { limit: 10_000 });
+    assert!(got <= 10_000, "{got} bytes reached the handler");
+}
