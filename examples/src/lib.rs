@@ -21,3 +21,23 @@ pub fn rate(bytes: u64, secs: f64) -> String {
         format!("{:.1} Mbit/s", bits / 1e6)
     }
 }
+
+/// The server's TLS identity: the PEM files given, or a fresh self-signed certificate
+/// for `localhost`, `127.0.0.1` and `::1`, whose PEM is written to `write_cert` if set
+/// (for clients' `--ca`).
+pub fn server_identity(
+    cert: Option<&std::path::Path>,
+    key: Option<&std::path::Path>,
+    write_cert: Option<&std::path::Path>,
+) -> anyhow::Result<quay::io::TlsConfig> {
+    use anyhow::Context;
+    if let (Some(cert), Some(key)) = (cert, key) {
+        return Ok(quay::io::TlsConfig::from_pem_files(cert, key)?);
+    }
+    let generated = quay::io::TlsConfig::self_signed(&["localhost", "127.0.0.1", "::1"])?;
+    if let Some(path) = write_cert {
+        std::fs::write(path, &generated.cert_pem)
+            .with_context(|| format!("failed to write {}", path.display()))?;
+    }
+    Ok(generated.config)
+}

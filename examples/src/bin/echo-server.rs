@@ -12,10 +12,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::Parser;
 use quay::app::echo::{ALPN, EchoServer};
-use quay::io::{CountingMetrics, RetryPolicy, ServerParams, TlsConfig};
+use quay::io::{CountingMetrics, RetryPolicy, ServerParams};
 
 #[derive(Parser, Debug)]
 #[command(about = "QUIC echo server (ALPN quay-echo)")]
@@ -44,17 +43,11 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     quay_examples::init_tracing();
     let args = Args::parse();
-    let tls = match (&args.cert, &args.key) {
-        (Some(cert), Some(key)) => TlsConfig::from_pem_files(cert, key)?,
-        _ => {
-            let generated = TlsConfig::self_signed(&["localhost", "127.0.0.1", "::1"])?;
-            if let Some(path) = &args.write_cert {
-                std::fs::write(path, &generated.cert_pem)
-                    .with_context(|| format!("failed to write {}", path.display()))?;
-            }
-            generated.config
-        }
-    };
+    let tls = quay_examples::server_identity(
+        args.cert.as_deref(),
+        args.key.as_deref(),
+        args.write_cert.as_deref(),
+    )?;
     let mut params = ServerParams::new(tls, &[ALPN]);
     if args.retry {
         params.retry = RetryPolicy::Always;

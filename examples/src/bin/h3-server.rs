@@ -14,10 +14,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::Parser;
 use quay::h3::Server;
-use quay::io::TlsConfig;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser, Debug)]
@@ -49,17 +47,11 @@ async fn main() -> anyhow::Result<()> {
     {
         anyhow::bail!("--root {} is not a directory", root.display());
     }
-    let tls = match (&args.cert, &args.key) {
-        (Some(cert), Some(key)) => TlsConfig::from_pem_files(cert, key)?,
-        _ => {
-            let generated = TlsConfig::self_signed(&["localhost", "127.0.0.1", "::1"])?;
-            if let Some(path) = &args.write_cert {
-                std::fs::write(path, &generated.cert_pem)
-                    .with_context(|| format!("failed to write {}", path.display()))?;
-            }
-            generated.config
-        }
-    };
+    let tls = quay_examples::server_identity(
+        args.cert.as_deref(),
+        args.key.as_deref(),
+        args.write_cert.as_deref(),
+    )?;
     let server = Server::builder().tls(tls).bind(args.listen)?;
     println!("listening on {}", server.local_addr());
     let shutdown = CancellationToken::new();
