@@ -94,6 +94,9 @@ pub(crate) struct Router {
     batch: Vec<Datagram>,
     routes: HashMap<Vec<u8>, (u64, mpsc::Sender<Datagram>)>,
     conns: HashMap<u64, ConnEntry>,
+    /// Connections still in their handshake: kept as a count so the accept path does
+    /// not walk every connection for each Initial.
+    handshaking: usize,
     next_id: u64,
     cid_len: usize,
     cmd_rx: mpsc::Receiver<RouterCommand>,
@@ -121,6 +124,7 @@ impl Router {
             socket,
             routes: HashMap::new(),
             conns: HashMap::new(),
+            handshaking: 0,
             next_id: 0,
             cid_len,
             cmd_rx,
@@ -158,6 +162,7 @@ impl Router {
                 ctrl_tx,
             },
         );
+        self.handshaking += 1;
         (id, rx)
     }
 
@@ -199,12 +204,18 @@ impl Router {
     fn handle(&mut self, cmd: RouterCommand) {
         match cmd {
             RouterCommand::Established { id } => {
-                if let Some(c) = self.conns.get_mut(&id) {
+                if let Some(c) = self.conns.get_mut(&id)
+                    && c.handshaking
+                {
                     c.handshaking = false;
+                    self.handshaking -= 1;
                 }
             }
             RouterCommand::Unregister { id } => {
                 if let Some(entry) = self.conns.remove(&id) {
+                    if entry.handshaking {
+                        self.handshaking -= 1;
+                    }
                     for cid in entry.cids {
                         if self.routes.get(&cid).is_some_and(|(owner, _)| *owner == id) {
                             self.routes.remove(&cid);
@@ -402,7 +413,7 @@ impl Router {
         if accept.accept_tx.capacity() == 0 {
             return self.reject(RejectReason::BacklogFull);
         }
-        let handshaking = self.conns.values().filter(|c| c.handshaking).count();
+        let handshaking = self.handshaking;
 
         // The full parse (with the token) happens only here, once per new connection.
         let Ok(hdr) = quiche::Header::from_slice(&mut dgram.buf, self.cid_len) else {

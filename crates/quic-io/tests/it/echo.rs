@@ -131,3 +131,25 @@ async fn qlog_and_key_log_files_are_written() {
     assert!(qlog.contains("packet_sent"), "qlog has no packet events");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_server_name_a_certificate_not_naming_the_ip_is_refused() {
+    // A certificate for localhost only: connecting by IP must not accept it.
+    let identity = quic_io::TlsConfig::self_signed(&["localhost"]).unwrap();
+    let params = quic_io::ServerParams::new(identity.config, &[quic_app::echo::ALPN]);
+    let listener = quic_io::listen_on("127.0.0.1:0".parse().unwrap(), params).unwrap();
+    let addr = listener.local_addr();
+    let _task = super::util::serve_echo(listener);
+    let mut params = client_params(&identity.cert_pem);
+    params.server_name = None;
+    let (app, _report) = EchoClient::new(1, 10);
+    let err = quic_io::connect(addr, params, app).await.unwrap_err();
+    assert!(
+        matches!(err, quic_io::ConnectError::Tls { by_peer: false, .. }),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("certificate verification failed"),
+        "{err}"
+    );
+}
