@@ -11,8 +11,11 @@ pub type QuicConnection = quiche::Connection;
 /// always from that one task, in this order:
 ///
 /// 1. [`on_conn_established`](Self::on_conn_established): once, as soon as the
-///    handshake has completed, or earlier on a server that accepted 0-RTT data (then
-///    [`HandshakeInfo::early_data`] is `true`). Before it, none of the other methods
+///    handshake has completed, or earlier when 0-RTT is in use: on a server that
+///    accepted 0-RTT data, and on a client resuming a session with early data enabled
+///    (then [`HandshakeInfo::early_data`] is `true`, and what the client sends can be
+///    replayed by an attacker, so it should be idempotent; if the server rejects 0-RTT,
+///    quiche sends it again after the handshake). Before it, none of the other methods
 ///    below is called except [`on_conn_close`](Self::on_conn_close).
 /// 2. On every turn of the loop:
 ///    - [`should_act`](Self::should_act) decides whether

@@ -82,7 +82,7 @@ impl<A: ApplicationOverQuic> AppDriver<A> {
             && !self.closed
             && !conn.is_closed()
             && !conn.is_draining()
-            && (conn.is_established() || (conn.is_server() && conn.is_in_early_data()))
+            && (conn.is_established() || conn.is_in_early_data())
     }
 
     /// Whether [`wait_for_data`](Self::wait_for_data) should take part in this turn's

@@ -20,7 +20,13 @@ pub struct HandshakeInfo {
     pub resumed: bool,
     /// `true` when called on 0-RTT keys before the handshake completed.
     pub early_data: bool,
+    /// Whether 0-RTT data was offered and accepted. Known on both sides once the
+    /// handshake completed; `false` before, and whenever 0-RTT was not used.
+    pub early_data_accepted: bool,
 }
+
+/// BoringSSL's `ssl_early_data_accepted` reason.
+const EARLY_DATA_ACCEPTED: u32 = 2;
 
 impl HandshakeInfo {
     /// Reads the info from a connection whose handshake completed (or that is in early
@@ -39,6 +45,8 @@ impl HandshakeInfo {
             duration,
             resumed: conn.is_resumed(),
             early_data: conn.is_in_early_data() && !conn.is_established(),
+            early_data_accepted: conn.is_established()
+                && conn.early_data_reason() == EARLY_DATA_ACCEPTED,
         }
     }
 }

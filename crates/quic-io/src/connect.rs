@@ -36,6 +36,11 @@ pub struct ClientParams {
     pub cid_len: usize,
     /// Where events are counted.
     pub metrics: Arc<dyn Metrics>,
+    /// A session ticket from an earlier connection to the same server
+    /// ([`ConnectionHandle::session`]): offered for resumption, and with
+    /// [`QuicSettings::enable_early_data`] used to send 0-RTT data. A ticket the TLS
+    /// stack cannot use is logged and ignored (a full handshake follows).
+    pub session: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for ClientParams {
@@ -45,6 +50,7 @@ impl std::fmt::Debug for ClientParams {
             .field("alpn", &self.alpn)
             .field("server_name", &self.server_name)
             .field("settings", &self.settings)
+            .field("session", &self.session.as_ref().map(|_| "<ticket>"))
             .finish_non_exhaustive()
     }
 }
@@ -60,6 +66,7 @@ impl ClientParams {
             bind: None,
             cid_len: DEFAULT_CID_LEN,
             metrics: Arc::new(NoopMetrics),
+            session: None,
         }
     }
 }
@@ -116,6 +123,10 @@ pub enum ConnectError {
 /// Connects to a QUIC server at `addr` and runs `app` on the connection. Resolves when
 /// the handshake has completed (or failed). Must be called within a tokio runtime.
 ///
+/// With a [session](ClientParams::session) and early data enabled, it resolves as soon
+/// as the application is sending 0-RTT data; a later handshake failure then shows as
+/// the connection's close ([`ConnectionHandle::closed`]).
+///
 /// Each call uses its own UDP socket and router task, released when the connection
 /// ends.
 pub async fn connect<A: ApplicationOverQuic>(
@@ -158,8 +169,13 @@ pub async fn connect<A: ApplicationOverQuic>(
 
     let scid = random_cid(params.cid_len);
     let started = Instant::now();
-    let conn = quiche::connect(params.server_name.as_deref(), &scid, local, addr, &mut cfg)
+    let mut conn = quiche::connect(params.server_name.as_deref(), &scid, local, addr, &mut cfg)
         .map_err(|e| ConnectError::Config(TlsError::Quic(e)))?;
+    if let Some(ticket) = &params.session
+        && let Err(e) = conn.set_session(ticket)
+    {
+        tracing::warn!(error = %e, server = %addr, "session ticket unusable; full handshake");
+    }
 
     let abort = CancellationToken::new();
     let mut router = Router::new(
@@ -190,7 +206,7 @@ pub async fn connect<A: ApplicationOverQuic>(
     let span = tracing::info_span!("quic_client_router", %local, server = %addr);
     crate::spawn::task(router.run().instrument(span));
     let handle = worker::spawn(setup, app, None);
-    match handle.established().await {
+    match handle.ready().await {
         Ok(_) => Ok(handle),
         Err(closed) => Err(connect_error(
             addr,

@@ -1,5 +1,5 @@
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use quic_app::{CloseReason, ConnectionStats, HandshakeInfo};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -10,8 +10,11 @@ use crate::worker::WorkerCommand;
 #[derive(Debug, Clone)]
 pub(crate) enum ConnState {
     Handshaking,
+    /// The application runs on 0-RTT keys; the handshake goes on.
+    EarlyData(HandshakeInfo),
     Established(HandshakeInfo),
-    Closed(Arc<ConnectionClosed>),
+    /// Closed; with the handshake's results if it had completed.
+    Closed(Arc<ConnectionClosed>, Option<HandshakeInfo>),
 }
 
 /// How a connection ended.
@@ -42,7 +45,11 @@ pub struct ConnectionHandle {
     local_addr: SocketAddr,
     peer_addr: SocketAddr,
     scid: Arc<str>,
+    session: SessionSlot,
 }
+
+/// The latest resumable session of a client connection, as its worker publishes it.
+pub(crate) type SessionSlot = Arc<Mutex<Option<Arc<[u8]>>>>;
 
 impl ConnectionHandle {
     pub(crate) fn new(
@@ -51,6 +58,7 @@ impl ConnectionHandle {
         local_addr: SocketAddr,
         peer_addr: SocketAddr,
         scid: String,
+        session: SessionSlot,
     ) -> Self {
         Self {
             ctrl_tx,
@@ -58,7 +66,20 @@ impl ConnectionHandle {
             local_addr,
             peer_addr,
             scid: scid.into(),
+            session,
         }
+    }
+
+    /// The client's latest session ticket, serialized: pass it as
+    /// [`ClientParams::session`](crate::ClientParams::session) to a later connection to
+    /// the same server to resume (a shorter handshake, and 0-RTT where both sides
+    /// enable it). `None` until the server sent a ticket (shortly after the handshake),
+    /// and always on a server. It stays readable after the connection closed.
+    ///
+    /// The ticket is a secret: whoever holds it can resume the session.
+    pub fn session(&self) -> Option<Vec<u8>> {
+        let slot = self.session.lock().unwrap_or_else(|e| e.into_inner());
+        slot.as_deref().map(<[u8]>::to_vec)
     }
 
     /// Asks the connection to close with an application error code and reason
@@ -84,15 +105,42 @@ impl ConnectionHandle {
         self.closed().await.stats.clone()
     }
 
-    /// Waits for the handshake; returns what it established, or how the connection
-    /// ended before it completed.
+    /// Waits for the handshake; returns what it established (also when the connection
+    /// has closed since), or how the connection ended before it completed.
     pub async fn established(&self) -> Result<HandshakeInfo, Arc<ConnectionClosed>> {
         let mut rx = self.state_rx.clone();
         loop {
             match &*rx.borrow_and_update() {
+                ConnState::Handshaking | ConnState::EarlyData(_) => {}
+                ConnState::Established(info) | ConnState::Closed(_, Some(info)) => {
+                    return Ok(info.clone());
+                }
+                ConnState::Closed(c, None) => return Err(Arc::clone(c)),
+            }
+            if rx.changed().await.is_err() {
+                return Err(Arc::new(ConnectionClosed {
+                    reason: CloseReason::Aborted,
+                    stats: ConnectionStats::default(),
+                    tls_verify_error: None,
+                }));
+            }
+        }
+    }
+
+    /// Waits until the application can send: the handshake completed, or the client
+    /// is sending 0-RTT data (then [`HandshakeInfo::early_data`] is `true` and the
+    /// handshake goes on). Returns how the connection ended if it closed first.
+    pub async fn ready(&self) -> Result<HandshakeInfo, Arc<ConnectionClosed>> {
+        let mut rx = self.state_rx.clone();
+        loop {
+            match &*rx.borrow_and_update() {
                 ConnState::Handshaking => {}
-                ConnState::Established(info) => return Ok(info.clone()),
-                ConnState::Closed(c) => return Err(Arc::clone(c)),
+                ConnState::EarlyData(info)
+                | ConnState::Established(info)
+                | ConnState::Closed(_, Some(info)) => {
+                    return Ok(info.clone());
+                }
+                ConnState::Closed(c, None) => return Err(Arc::clone(c)),
             }
             if rx.changed().await.is_err() {
                 return Err(Arc::new(ConnectionClosed {
@@ -108,7 +156,7 @@ impl ConnectionHandle {
     pub async fn closed(&self) -> Arc<ConnectionClosed> {
         let mut rx = self.state_rx.clone();
         loop {
-            if let ConnState::Closed(c) = &*rx.borrow_and_update() {
+            if let ConnState::Closed(c, _) = &*rx.borrow_and_update() {
                 return Arc::clone(c);
             }
             if rx.changed().await.is_err() {
@@ -123,13 +171,13 @@ impl ConnectionHandle {
 
     /// Whether the connection has closed.
     pub fn is_closed(&self) -> bool {
-        matches!(&*self.state_rx.borrow(), ConnState::Closed(_))
+        matches!(&*self.state_rx.borrow(), ConnState::Closed(..))
     }
 
-    /// The handshake's results, once it completed.
+    /// The handshake's results, once it completed (also after the connection closed).
     pub fn handshake_info(&self) -> Option<HandshakeInfo> {
         match &*self.state_rx.borrow() {
-            ConnState::Established(info) => Some(info.clone()),
+            ConnState::Established(info) | ConnState::Closed(_, Some(info)) => Some(info.clone()),
             _ => None,
         }
     }

@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::handle::{ConnState, ConnectionClosed, ConnectionHandle};
+use crate::handle::{ConnState, ConnectionClosed, ConnectionHandle, SessionSlot};
 use crate::metrics::Metrics;
 use crate::router::RouterCommand;
 use crate::socket::{Datagram, Socket};
@@ -104,12 +104,14 @@ pub(crate) fn spawn<A: ApplicationOverQuic>(
     setup_logging(&mut setup, &scid);
     drop(_entered);
     let (state_tx, state_rx) = watch::channel(ConnState::Handshaking);
+    let session = SessionSlot::default();
     let handle = ConnectionHandle::new(
         setup.ctrl_tx.clone(),
         state_rx,
         setup.local,
         setup.peer,
         scid,
+        Arc::clone(&session),
     );
     let batcher = SendBatcher::new(
         setup.shared.max_payload,
@@ -127,6 +129,8 @@ pub(crate) fn spawn<A: ApplicationOverQuic>(
         handshake_timed_out: false,
         verify_error: None,
         established_at: None,
+        early_data_noted: false,
+        session,
     };
     crate::spawn::task(worker.run().instrument(span));
     handle
@@ -143,12 +147,22 @@ struct Worker<A> {
     handshake_timed_out: bool,
     verify_error: Option<String>,
     established_at: Option<Instant>,
+    early_data_noted: bool,
+    /// Where a client publishes its latest session ticket.
+    session: SessionSlot,
 }
 
 impl<A: ApplicationOverQuic> Worker<A> {
     async fn run(mut self) {
         // A client's first flight is ready before anything arrives.
         self.flush().await;
+        if self.driver.will_establish(&self.setup.conn) {
+            // A client resuming with early data: the application sends in 0-RTT now,
+            // without waiting for the server's first flight.
+            self.run_application();
+            self.note_established();
+            self.flush().await;
+        }
         let reason = loop {
             let established = self.setup.conn.is_established();
             let timer = [
@@ -200,16 +214,17 @@ impl<A: ApplicationOverQuic> Worker<A> {
                 self.flush().await;
                 break CloseReason::HandshakeTimeout;
             }
-            if self.driver.will_establish(&self.setup.conn) {
-                // See `AppDriver::will_establish`: the Finished must leave first.
+            if self.driver.will_establish(&self.setup.conn)
+                || (self.established_at.is_none() && self.setup.conn.is_established())
+            {
+                // See `AppDriver::will_establish`: the Finished must leave first. This
+                // holds too for a client that already runs its application on 0-RTT
+                // keys: the turn that completes the handshake may be the one in which
+                // the application closes.
                 self.flush().await;
             }
             if self.refuse.is_none() {
-                let (local, peer, started) =
-                    (self.setup.local, self.setup.peer, self.setup.started);
-                self.driver.after_input(&mut self.setup.conn, |c| {
-                    HandshakeInfo::from_connection(c, local, peer, started.elapsed())
-                });
+                self.run_application();
             }
             self.note_established();
             self.flush().await;
@@ -268,7 +283,43 @@ impl<A: ApplicationOverQuic> Worker<A> {
         }
     }
 
+    fn run_application(&mut self) {
+        let (local, peer, started) = (self.setup.local, self.setup.peer, self.setup.started);
+        self.driver.after_input(&mut self.setup.conn, |c| {
+            HandshakeInfo::from_connection(c, local, peer, started.elapsed())
+        });
+    }
+
+    /// Publishes the client's newest session ticket, when it changed.
+    fn note_session(&mut self) {
+        let Some(ticket) = self.setup.conn.session() else {
+            return;
+        };
+        let mut slot = self.session.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.as_deref() != Some(ticket) {
+            *slot = Some(ticket.into());
+        }
+    }
+
     fn note_established(&mut self) {
+        if !self.setup.conn.is_server() && self.setup.conn.is_established() {
+            self.note_session();
+        }
+        if !self.early_data_noted
+            && self.established_at.is_none()
+            && self.driver.is_established()
+            && !self.setup.conn.is_established()
+        {
+            self.early_data_noted = true;
+            let info = HandshakeInfo::from_connection(
+                &self.setup.conn,
+                self.setup.local,
+                self.setup.peer,
+                self.setup.started.elapsed(),
+            );
+            tracing::debug!("sending 0-RTT data");
+            self.state_tx.send_replace(ConnState::EarlyData(info));
+        }
         if self.established_at.is_some() || !self.setup.conn.is_established() {
             return;
         }
@@ -337,12 +388,18 @@ impl<A: ApplicationOverQuic> Worker<A> {
         metrics.connection_closed();
         tracing::debug!(%reason, "connection closed");
         self.driver.on_close(&mut self.setup.conn, &reason);
-        self.state_tx
-            .send_replace(ConnState::Closed(Arc::new(ConnectionClosed {
+        let established = match &*self.state_tx.borrow() {
+            ConnState::Established(info) => Some(info.clone()),
+            _ => None,
+        };
+        self.state_tx.send_replace(ConnState::Closed(
+            Arc::new(ConnectionClosed {
                 reason,
                 stats,
                 tls_verify_error: self.verify_error.take(),
-            })));
+            }),
+            established,
+        ));
         // Waiting for room: losing this would leave the connection's IDs routed.
         let _ = self
             .setup

@@ -2,4 +2,5 @@ mod echo;
 mod errors;
 mod hostile;
 mod lifecycle;
+mod resume;
 mod util;
