@@ -11,7 +11,9 @@ use quic_app::QuicConnection;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::body::{OutFrame, SEND_QUEUE};
-use crate::driver::{Core, H3Driver, Hooks, Stream, is_informational, sealed};
+use crate::datagram::DatagramFlow;
+use crate::driver::{Core, H3Driver, Hooks, INFORMATIONAL_QUEUE, Stream, is_informational, sealed};
+use crate::headers::Protocol;
 use crate::headers::{parse_response, peer_field_section_limit, request_fields, section_size};
 use crate::{H3Code, H3Settings, RecvBody, SendBody, StreamError};
 
@@ -38,6 +40,28 @@ struct NewRequest {
     head: http::request::Parts,
     body_rx: mpsc::Receiver<OutFrame>,
     response_tx: oneshot::Sender<Result<http::Response<RecvBody>, StreamError>>,
+    info_tx: mpsc::Sender<http::Response<()>>,
+    /// Extended CONNECT: where the stream's datagram flow goes once it is open.
+    flow_tx: Option<oneshot::Sender<DatagramFlow>>,
+}
+
+impl NewRequest {
+    fn fail(self, err: StreamError) {
+        let _ = self.response_tx.send(Err(err));
+    }
+}
+
+/// The parts of an extended CONNECT request (RFC 9220), from
+/// [`SendRequest::send_connect`].
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct ConnectStream {
+    /// The request stream's body: the tunnel's reliable bytes (capsules, say).
+    pub send: SendBody,
+    /// The response; a 2xx opens the tunnel.
+    pub response: ResponseFuture,
+    /// The stream's HTTP Datagrams (RFC 9297).
+    pub datagrams: DatagramFlow,
 }
 
 impl ClientH3Driver {
@@ -82,22 +106,73 @@ impl SendRequest {
     ///
     /// The request waits for a stream when the peer's stream limit is reached, and
     /// goes out as soon as the peer allows more.
+    ///
+    /// Over 0-RTT (a resumed connection with early data) only safe methods (GET, HEAD,
+    /// OPTIONS, TRACE) go out at once, since early data can be replayed; the others
+    /// wait for the handshake.
     pub async fn send_request(
         &self,
         request: http::Request<()>,
     ) -> Result<(SendBody, ResponseFuture), StreamError> {
+        self.start(request, None).await
+    }
+
+    /// Starts an extended CONNECT request (RFC 9220): `request` has method CONNECT
+    /// and a [`Protocol`] extension. Waits until the stream is open (after the
+    /// server's SETTINGS, which must enable extended CONNECT, or
+    /// [`StreamError::Unsupported`]); returns the body sender, the response, and the
+    /// stream's [`DatagramFlow`].
+    pub async fn send_connect(
+        &self,
+        request: http::Request<()>,
+    ) -> Result<ConnectStream, StreamError> {
+        if request.method() != http::Method::CONNECT
+            || request.extensions().get::<Protocol>().is_none()
+        {
+            return Err(StreamError::Malformed(
+                "extended CONNECT needs method CONNECT and a Protocol extension",
+            ));
+        }
+        let (flow_tx, flow_rx) = oneshot::channel();
+        let (send, response) = self.start(request, Some(flow_tx)).await?;
+        match flow_rx.await {
+            Ok(datagrams) => Ok(ConnectStream {
+                send,
+                response,
+                datagrams,
+            }),
+            // Not opened: the response says why.
+            Err(_) => Err(response
+                .await
+                .err()
+                .unwrap_or(StreamError::ConnectionClosed)),
+        }
+    }
+
+    async fn start(
+        &self,
+        request: http::Request<()>,
+        flow_tx: Option<oneshot::Sender<DatagramFlow>>,
+    ) -> Result<(SendBody, ResponseFuture), StreamError> {
         let (head, ()) = request.into_parts();
         let (body_tx, body_rx) = mpsc::channel(SEND_QUEUE);
         let (response_tx, response_rx) = oneshot::channel();
+        let (info_tx, info_rx) = mpsc::channel(INFORMATIONAL_QUEUE);
         self.tx
             .send(NewRequest {
                 head,
                 body_rx,
                 response_tx,
+                info_tx,
+                flow_tx,
             })
             .await
             .map_err(|_| StreamError::ConnectionClosed)?;
-        Ok((SendBody::new(body_tx), ResponseFuture { rx: response_rx }))
+        let response = ResponseFuture {
+            rx: response_rx,
+            info_rx,
+        };
+        Ok((SendBody::new(body_tx), response))
     }
 
     /// Sends a request with a complete body and waits for the response head.
@@ -115,11 +190,25 @@ impl SendRequest {
     }
 }
 
-/// The response to a request: resolves when its head arrives.
+/// The response to a request: resolves when its final head arrives.
 #[derive(Debug)]
 #[must_use = "the response is only received when awaited"]
 pub struct ResponseFuture {
     rx: oneshot::Receiver<Result<http::Response<RecvBody>, StreamError>>,
+    info_rx: mpsc::Receiver<http::Response<()>>,
+}
+
+impl ResponseFuture {
+    /// The next informational (1xx) response, such as 103 Early Hints; `None` once
+    /// the final response has arrived or the stream ended. Await the future itself
+    /// for the final response.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe.
+    pub async fn informational(&mut self) -> Option<http::Response<()>> {
+        self.info_rx.recv().await
+    }
 }
 
 impl Future for ResponseFuture {
@@ -136,11 +225,11 @@ impl ClientHooks {
     /// Fails every request not yet on a stream, and takes no more.
     fn fail_queued(&mut self, err: StreamError) {
         if let Some(req) = self.pending.take() {
-            let _ = req.response_tx.send(Err(err.clone()));
+            req.fail(err.clone());
         }
         self.requests_rx.close();
         while let Ok(req) = self.requests_rx.try_recv() {
-            let _ = req.response_tx.send(Err(err.clone()));
+            req.fail(err.clone());
         }
     }
 }
@@ -162,12 +251,17 @@ impl sealed::Sealed for ClientHooks {
             return;
         }
         if is_informational(&list) {
-            // 1xx responses are interim (RFC 9114 §4.1); the final one follows.
+            // 1xx responses are interim (RFC 9114 §4.1); the final one follows. They
+            // are advisory: dropped if nobody reads them.
+            if let (Ok(parts), Some(tx)) = (parse_response(&list), s.info_tx.as_ref()) {
+                let _ = tx.try_send(http::Response::from_parts(parts, ()));
+            }
             return;
         }
         match parse_response(&list) {
             Ok(parts) => {
                 s.head_received = true;
+                s.info_tx = None;
                 let body = s.open_body(more_frames);
                 if let Some(tx) = s.response_tx.take() {
                     // A dropped waiter means nobody wants the response; the body's
@@ -229,21 +323,37 @@ impl sealed::Sealed for ClientHooks {
                 return;
             };
             if self.goaway {
-                let _ = req.response_tx.send(Err(StreamError::Refused));
+                req.fail(StreamError::Refused);
                 continue;
             }
             let Some(h3) = core.h3.as_mut() else {
                 self.pending = Some(req);
                 return;
             };
+            if conn.is_in_early_data() && !conn.is_established() && !req.head.method.is_safe() {
+                // Early data can be replayed (RFC 8470 §2.1): only safe methods go in
+                // 0-RTT; this one waits for the handshake (next turns retry).
+                self.pending = Some(req);
+                return;
+            }
+            if req.flow_tx.is_some() {
+                // RFC 9220 §3: extended CONNECT only once the server's SETTINGS
+                // enabled it.
+                if h3.peer_settings_raw().is_none() {
+                    self.pending = Some(req);
+                    return;
+                }
+                if !h3.extended_connect_enabled_by_peer() {
+                    req.fail(StreamError::Unsupported("extended CONNECT"));
+                    continue;
+                }
+            }
             let fields = request_fields(&req.head);
             // RFC 9114 §4.2.2: do not send a section larger than the peer accepts.
             if let Some(limit) = peer_field_section_limit(h3) {
                 let size = section_size(&fields);
                 if size > limit {
-                    let _ = req
-                        .response_tx
-                        .send(Err(StreamError::HeadersTooLarge { size, limit }));
+                    req.fail(StreamError::HeadersTooLarge { size, limit });
                     continue;
                 }
             }
@@ -251,6 +361,12 @@ impl sealed::Sealed for ClientHooks {
                 Ok(id) => {
                     let mut stream = Stream::new(Some(req.body_rx));
                     stream.response_tx = Some(req.response_tx);
+                    stream.info_tx = Some(req.info_tx);
+                    if let Some(flow_tx) = req.flow_tx {
+                        let (flow, end) = DatagramFlow::new(id, core.max_datagram.clone());
+                        stream.flow = Some(end);
+                        let _ = flow_tx.send(flow);
+                    }
                     core.streams.insert(id, stream);
                 }
                 Err(
@@ -262,11 +378,11 @@ impl sealed::Sealed for ClientHooks {
                 }
                 Err(quiche::h3::Error::FrameUnexpected) => {
                     // Sent after the peer's GOAWAY: not processed, safe to retry.
-                    let _ = req.response_tx.send(Err(StreamError::Refused));
+                    req.fail(StreamError::Refused);
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "sending a request failed");
-                    let _ = req.response_tx.send(Err(StreamError::ConnectionClosed));
+                    req.fail(StreamError::ConnectionClosed);
                 }
             }
         }

@@ -40,6 +40,8 @@ impl H3Code {
     pub const CONNECT_ERROR: Self = Self(0x10f);
     /// Retry over HTTP/1.1.
     pub const VERSION_FALLBACK: Self = Self(0x110);
+    /// H3_DATAGRAM_ERROR (RFC 9297 §2.1): a malformed HTTP Datagram.
+    pub const DATAGRAM_ERROR: Self = Self(0x33);
 
     fn name(self) -> Option<&'static str> {
         Some(match self {
@@ -60,6 +62,7 @@ impl H3Code {
             Self::MESSAGE_ERROR => "H3_MESSAGE_ERROR",
             Self::CONNECT_ERROR => "H3_CONNECT_ERROR",
             Self::VERSION_FALLBACK => "H3_VERSION_FALLBACK",
+            Self::DATAGRAM_ERROR => "H3_DATAGRAM_ERROR",
             _ => return None,
         })
     }
@@ -115,6 +118,10 @@ pub enum StreamError {
     /// The local end of the stream was dropped or the driver is gone.
     #[error("stream cancelled locally")]
     Cancelled,
+    /// The peer did not enable what the request needs (extended CONNECT, say); it was
+    /// not sent.
+    #[error("the peer does not support {0}")]
+    Unsupported(&'static str),
 }
 
 impl StreamError {

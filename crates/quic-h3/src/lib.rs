@@ -10,8 +10,15 @@
 //!   1xx responses, the final head, then body chunks and trailers through a
 //!   [`SendBody`];
 //! - [`ClientH3Driver`]: a cloneable [`SendRequest`] starts requests; each gives a
-//!   [`SendBody`] and a [`ResponseFuture`] of `http::Response<RecvBody>`. Requests
-//!   wait for the peer's stream limit and go out as soon as it allows.
+//!   [`SendBody`] and a [`ResponseFuture`] of `http::Response<RecvBody>` (and of the
+//!   1xx responses before it). Requests wait for the peer's stream limit and go out
+//!   as soon as it allows.
+//!
+//! Extended CONNECT requests (RFC 9220, a [`Protocol`] extension) get a
+//! [`DatagramFlow`] on both sides: the stream's HTTP Datagrams (RFC 9297), enough to
+//! build CONNECT-UDP or WebTransport-style protocols on. They need
+//! [`H3Settings::enable_extended_connect`] on the server and QUIC DATAGRAM frames
+//! enabled on both sides.
 //!
 //! # Example
 //!
@@ -53,7 +60,10 @@ mod body;
 pub use body::{RecvBody, SendBody};
 
 mod client;
-pub use client::{ClientH3Driver, ClientHooks, ResponseFuture, SendRequest};
+pub use client::{ClientH3Driver, ClientHooks, ConnectStream, ResponseFuture, SendRequest};
+
+mod datagram;
+pub use datagram::{DatagramError, DatagramFlow, DatagramSender};
 
 mod driver;
 pub use driver::{Core, H3Driver, Hooks};
@@ -66,7 +76,8 @@ pub use headers::Protocol;
 
 mod server;
 pub use server::{
-    IncomingRequest, RequestStream, Responder, ServerControl, ServerH3Driver, ServerHooks,
+    EarlyData, IncomingRequest, RequestStream, Responder, ServerControl, ServerH3Driver,
+    ServerHooks,
 };
 
 mod settings;

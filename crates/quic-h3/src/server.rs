@@ -9,8 +9,9 @@ use quic_app::QuicConnection;
 use tokio::sync::mpsc;
 
 use crate::body::{OutFrame, SEND_QUEUE};
+use crate::datagram::DatagramFlow;
 use crate::driver::{Core, H3Driver, Hooks, Stream, is_informational, response_frame, sealed};
-use crate::headers::parse_request;
+use crate::headers::{Protocol, parse_request};
 use crate::{H3Code, H3Settings, RecvBody, SendBody, StreamError};
 
 /// The server variant of [`H3Driver`].
@@ -31,6 +32,8 @@ pub struct ServerHooks {
     /// When drained, the connection closes after this timer: long enough for the last
     /// response bytes to be acknowledged (a close stops retransmissions).
     close_timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Closes a connection that sent no request in time; armed on the first turn.
+    first_request_timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 #[derive(Debug)]
@@ -70,6 +73,7 @@ impl ServerH3Driver {
                 last_request: None,
                 goaway_id: None,
                 close_timer: None,
+                first_request_timer: None,
             },
         };
         let requests = RequestStream {
@@ -105,12 +109,23 @@ impl RequestStream {
 
 /// One request: its head and body, and the way to answer it.
 #[derive(Debug)]
+#[non_exhaustive]
 pub struct IncomingRequest {
     /// The request: method, URI (scheme, authority, path), headers, streaming body.
+    /// Its extensions hold the [`Protocol`] of an extended CONNECT request, and
+    /// [`EarlyData`] when it arrived in 0-RTT.
     pub request: http::Request<RecvBody>,
     /// Sends the response.
     pub responder: Responder,
+    /// The stream's HTTP Datagrams (RFC 9297), for an extended CONNECT request.
+    pub datagrams: Option<DatagramFlow>,
 }
+
+/// Marks a request that arrived in 0-RTT data (in `http::Request::extensions`): an
+/// attacker can replay it, so a handler should act on it only if it is idempotent,
+/// and may answer 425 Too Early (RFC 8470 §5.2) otherwise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EarlyData;
 
 /// Sends the response to one request.
 ///
@@ -178,7 +193,7 @@ impl sealed::Sealed for ServerHooks {
             core.abort_stream(conn, stream_id, H3Code::REQUEST_REJECTED);
             return;
         }
-        let parts = match parse_request(&list) {
+        let mut parts = match parse_request(&list) {
             Ok(p) => p,
             Err(why) => {
                 // RFC 9114 §4.1.2: a malformed request is a stream error of type
@@ -188,6 +203,16 @@ impl sealed::Sealed for ServerHooks {
                 return;
             }
         };
+        let extended = parts.extensions.get::<Protocol>().is_some();
+        if extended && !core.settings.enable_extended_connect {
+            // RFC 9220 §3: :protocol without our SETTINGS_ENABLE_CONNECT_PROTOCOL is
+            // malformed.
+            core.abort_stream(conn, stream_id, H3Code::MESSAGE_ERROR);
+            return;
+        }
+        if conn.is_in_early_data() && !conn.is_established() {
+            parts.extensions.insert(EarlyData);
+        }
         let Some(requests_tx) = self.requests_tx.as_ref() else {
             return;
         };
@@ -205,20 +230,38 @@ impl sealed::Sealed for ServerHooks {
         stream.head_received = true;
         stream.body_limit = core.settings.max_request_body_size;
         let body = stream.open_body(more_frames);
+        let datagrams = extended.then(|| {
+            let (flow, end) = DatagramFlow::new(stream_id, core.max_datagram.clone());
+            stream.flow = Some(end);
+            flow
+        });
         core.streams.insert(stream_id, stream);
         self.last_request = Some(self.last_request.map_or(stream_id, |l| l.max(stream_id)));
+        self.first_request_timer = None;
         permit.send(IncomingRequest {
             request: http::Request::from_parts(parts, body),
             responder: Responder { tx: out_tx },
+            datagrams,
         });
     }
 
     fn poll_work(
         &mut self,
-        _core: &mut Core,
+        core: &mut Core,
         _conn: &QuicConnection,
         cx: &mut Context<'_>,
     ) -> Poll<()> {
+        if self.last_request.is_none()
+            && self.first_request_timer.is_none()
+            && let Some(limit) = core.settings.first_request_timeout
+        {
+            self.first_request_timer = Some(Box::pin(tokio::time::sleep(limit)));
+        }
+        if let Some(t) = self.first_request_timer.as_mut()
+            && t.as_mut().poll(cx).is_ready()
+        {
+            return Poll::Ready(());
+        }
         if self.pending.is_some() {
             // Taken but blocked: retried every turn, which the blocking (flow or
             // congestion control) ends with a packet.
@@ -239,6 +282,17 @@ impl sealed::Sealed for ServerHooks {
     }
 
     fn start_work(&mut self, core: &mut Core, conn: &mut QuicConnection) {
+        if self.last_request.is_none()
+            && self
+                .first_request_timer
+                .as_ref()
+                .is_some_and(|t| t.is_elapsed())
+            && !conn.is_closed()
+        {
+            tracing::debug!("no request in time; closing");
+            let _ = conn.close(true, H3Code::NO_ERROR.0, b"no request in time");
+            return;
+        }
         // While datagrams keep arriving the loop may not poll `wait_for_data`: look
         // at the control queue here too.
         if self.pending.is_none()

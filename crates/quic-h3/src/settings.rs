@@ -1,3 +1,5 @@
+use std::time::Duration;
+
 /// HTTP/3 settings and limits for one connection.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -6,7 +8,9 @@ pub struct H3Settings {
     /// bytes as RFC 9114 §4.2.2 counts them; sent as SETTINGS_MAX_FIELD_SECTION_SIZE.
     pub max_field_section_size: u64,
     /// Requests a server queues for the application before it refuses more with
-    /// H3_REQUEST_REJECTED.
+    /// H3_REQUEST_REJECTED. (How many requests run at once on a connection is the
+    /// QUIC stream limit, `QuicSettings::max_streams_bidi` in quic-io: MAX_STREAMS
+    /// makes clients wait instead of failing.)
     pub max_pending_requests: usize,
     /// Allow extended CONNECT (RFC 9220).
     pub enable_extended_connect: bool,
@@ -15,6 +19,11 @@ pub struct H3Settings {
     /// asked to stop sending (STOP_SENDING with H3_EXCESSIVE_LOAD). The handler can
     /// still answer (413). `None`: no limit.
     pub max_request_body_size: Option<u64>,
+    /// How long a server waits after the handshake for the first request; then it
+    /// closes the connection with H3_NO_ERROR. Bounds what a peer that connects and
+    /// never asks for anything can hold. `None`: no limit (the idle timeout still
+    /// applies, but PINGs defeat it).
+    pub first_request_timeout: Option<Duration>,
 }
 
 impl Default for H3Settings {
@@ -24,6 +33,7 @@ impl Default for H3Settings {
             max_pending_requests: 128,
             enable_extended_connect: false,
             max_request_body_size: None,
+            first_request_timeout: Some(Duration::from_secs(10)),
         }
     }
 }

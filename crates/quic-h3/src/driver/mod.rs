@@ -11,9 +11,10 @@ use quic_app::{AppError, ApplicationOverQuic, CloseReason, HandshakeInfo, QuicCo
 use quiche::h3::NameValue;
 
 use crate::body::{InFrame, OutFrame, RECV_CHUNK};
+use crate::datagram::{MaxDatagram, get_varint, put_varint};
 use crate::headers::{response_fields, trailer_fields};
 use crate::{H3Code, H3Settings, StreamError};
-pub(crate) use stream::Stream;
+pub(crate) use stream::{INFORMATIONAL_QUEUE, Stream};
 
 /// What makes a driver a server or a client. Sealed: the two variants are
 /// [`ServerH3Driver`](crate::ServerH3Driver) and [`ClientH3Driver`](crate::ClientH3Driver).
@@ -64,6 +65,10 @@ pub struct Core {
     pub(crate) settings: H3Settings,
     pub(crate) streams: HashMap<u64, Stream>,
     scratch: Box<[u8]>,
+    /// The largest HTTP Datagram frame payload sendable now, shared with the flows.
+    pub(crate) max_datagram: MaxDatagram,
+    /// Where an outgoing datagram is assembled.
+    dgram_out: Vec<u8>,
 }
 
 impl std::fmt::Debug for Core {
@@ -88,6 +93,8 @@ impl Core {
             settings,
             streams: HashMap::new(),
             scratch: vec![0; RECV_CHUNK].into_boxed_slice(),
+            max_datagram: MaxDatagram::default(),
+            dgram_out: Vec::new(),
         }
     }
 
@@ -198,7 +205,7 @@ impl Core {
                 continue;
             }
             while let Some(frame) = s.pending_out.take() {
-                match write_frame(h3, conn, id, frame) {
+                match write_frame(h3, conn, id, frame, &mut s.head_sent) {
                     Written::All { ends } => {
                         if ends {
                             s.out_done = true;
@@ -221,6 +228,79 @@ impl Core {
         }
         self.streams
             .retain(|_, s| !(s.in_done && s.out_done && s.response_tx.is_none()));
+    }
+
+    /// Hands received HTTP Datagrams to their flows (RFC 9297 §2.1): by Quarter
+    /// Stream ID; those of unknown streams, and those that find a full queue, are
+    /// dropped.
+    fn recv_datagrams(&mut self, conn: &mut QuicConnection) {
+        loop {
+            let n = match conn.dgram_recv(&mut self.scratch) {
+                Ok(n) => n,
+                Err(quiche::Error::Done) => return,
+                Err(quiche::Error::BufferTooShort) => {
+                    tracing::debug!("datagram larger than the read buffer dropped");
+                    continue;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "datagram read failed");
+                    return;
+                }
+            };
+            let d = &self.scratch[..n];
+            let Some((quarter, len)) = get_varint(d) else {
+                // RFC 9297 §2.1: a datagram too short for its Quarter Stream ID is a
+                // connection error.
+                let _ = conn.close(true, H3Code::DATAGRAM_ERROR.0, b"truncated HTTP datagram");
+                return;
+            };
+            let flow = quarter
+                .checked_mul(4)
+                .and_then(|id| self.streams.get(&id))
+                .and_then(|s| s.flow.as_ref());
+            match flow {
+                Some(f) => {
+                    if f.to_user
+                        .try_send(Bytes::copy_from_slice(&d[len..]))
+                        .is_err()
+                    {
+                        tracing::trace!(quarter, "datagram dropped: flow queue full");
+                    }
+                }
+                None => tracing::trace!(quarter, "datagram for no flow dropped"),
+            }
+        }
+    }
+
+    /// Sends the datagrams flows queued while quiche's queue has room.
+    fn send_datagrams(&mut self, conn: &mut QuicConnection) {
+        let Some(h3) = self.h3.as_ref() else { return };
+        let max = if h3.dgram_enabled_by_peer(conn) {
+            conn.dgram_max_writable_len().unwrap_or(0)
+        } else {
+            0
+        };
+        self.max_datagram.set(max);
+        for (&id, s) in self.streams.iter_mut() {
+            while !conn.is_dgram_send_queue_full() {
+                let payload = match s.pending_dgram.take() {
+                    Some(p) => p,
+                    None => match s.flow.as_mut().map(|f| f.from_user.try_recv()) {
+                        Some(Ok(p)) => p,
+                        _ => break,
+                    },
+                };
+                self.dgram_out.clear();
+                put_varint(&mut self.dgram_out, id / 4);
+                self.dgram_out.extend_from_slice(&payload);
+                if let Err(e) = conn.dgram_send(&self.dgram_out) {
+                    // Too large for the path now, or datagrams not negotiated: the
+                    // handle checked before queueing, so the path shrank. Dropped,
+                    // as datagrams may be.
+                    tracing::debug!(stream = id, error = %e, "datagram dropped");
+                }
+            }
+        }
     }
 
     /// Registers interest in every stream's handles; ready when one has something.
@@ -249,17 +329,28 @@ enum Written {
     Failed,
 }
 
+/// Writes one frame of stream `id`; `head_sent` tells whether a response head (a 1xx)
+/// went out before, after which further heads are additional HEADERS frames.
 fn write_frame(
     h3: &mut quiche::h3::Connection,
     conn: &mut QuicConnection,
     id: u64,
     frame: OutFrame,
+    head_sent: &mut bool,
 ) -> Written {
     match frame {
         OutFrame::Response(parts) => {
             let fields = response_fields(&parts);
-            match h3.send_response(conn, id, &fields, false) {
-                Ok(()) => Written::All { ends: false },
+            let r = if *head_sent {
+                h3.send_additional_headers(conn, id, &fields, false, false)
+            } else {
+                h3.send_response(conn, id, &fields, false)
+            };
+            match r {
+                Ok(()) => {
+                    *head_sent = true;
+                    Written::All { ends: false }
+                }
                 Err(quiche::h3::Error::StreamBlocked | quiche::h3::Error::Done) => {
                     Written::Blocked(OutFrame::Response(parts))
                 }
@@ -343,6 +434,7 @@ impl<H: Hooks> ApplicationOverQuic for H3Driver<H> {
         // Reading a body can unblock further frames of the same stream (trailers, the
         // FIN), which quiche reports only on the next poll: go round until a pass
         // reads nothing.
+        self.core.recv_datagrams(conn);
         loop {
             self.poll_events(conn);
             if !self.core.pump_inbound(conn) {
@@ -353,6 +445,7 @@ impl<H: Hooks> ApplicationOverQuic for H3Driver<H> {
 
     fn process_writes(&mut self, conn: &mut QuicConnection) -> Result<(), AppError> {
         self.hooks.start_work(&mut self.core, conn);
+        self.core.send_datagrams(conn);
         self.core.pump_outbound(conn);
         self.hooks.after_writes(&mut self.core, conn);
         Ok(())

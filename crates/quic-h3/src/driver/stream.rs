@@ -3,8 +3,15 @@ use std::task::{Context, Poll, Waker};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::PollSender;
 
+use bytes::Bytes;
+
 use crate::body::{InFrame, InResult, OutFrame};
+use crate::datagram::FlowEnd;
 use crate::{RecvBody, StreamError};
+
+/// Informational (1xx) responses queued for a client's [`ResponseFuture`](crate::ResponseFuture);
+/// more are dropped.
+pub(crate) const INFORMATIONAL_QUEUE: usize = 8;
 
 /// The client's waiter for a response head.
 pub(crate) type ResponseTx = oneshot::Sender<Result<http::Response<RecvBody>, StreamError>>;
@@ -31,12 +38,20 @@ pub(crate) struct Stream {
     pub(crate) out_done: bool,
     /// Whether the head (request or final response) arrived.
     pub(crate) head_received: bool,
+    /// Whether a response head (informational or final) went out.
+    pub(crate) head_sent: bool,
     /// The client's waiter for the response head.
     pub(crate) response_tx: Option<ResponseTx>,
     /// Body bytes received so far.
     pub(crate) received: u64,
     /// The most body bytes accepted, if limited.
     pub(crate) body_limit: Option<u64>,
+    /// The client's channel for informational (1xx) responses, until the final one.
+    pub(crate) info_tx: Option<mpsc::Sender<http::Response<()>>>,
+    /// The stream's HTTP Datagram flow (extended CONNECT only).
+    pub(crate) flow: Option<FlowEnd>,
+    /// A datagram taken from the flow that did not fit in quiche's queue yet.
+    pub(crate) pending_dgram: Option<Bytes>,
 }
 
 impl Stream {
@@ -52,9 +67,13 @@ impl Stream {
             pending_out: None,
             out_closed_early: false,
             head_received: false,
+            head_sent: false,
             response_tx: None,
             received: 0,
             body_limit: None,
+            info_tx: None,
+            flow: None,
+            pending_dgram: None,
         }
     }
 
@@ -163,6 +182,8 @@ impl Stream {
             tx.close();
         }
         self.out_rx = None;
+        self.info_tx = None;
+        self.flow = None;
         self.in_done = true;
         self.out_done = true;
     }
@@ -209,6 +230,17 @@ impl Stream {
                 }
                 Poll::Pending => {}
             }
+        }
+        if self.pending_dgram.is_none()
+            && let Some(flow) = self.flow.as_mut()
+            && let Poll::Ready(d) = flow.from_user.poll_recv(cx)
+        {
+            // `None`: the user dropped the flow; the stream goes on without it.
+            self.pending_dgram = d;
+            if self.pending_dgram.is_none() {
+                self.flow = None;
+            }
+            ready = true;
         }
         ready
     }

@@ -1,3 +1,4 @@
 mod drain;
+mod extended;
 mod requests;
 mod util;

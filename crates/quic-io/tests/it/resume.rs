@@ -65,7 +65,10 @@ async fn a_session_ticket_resumes_and_carries_0rtt_data() {
     let second = quic_io::connect(addr, params, app).await.unwrap();
     let server_second = accepted.recv().await.unwrap();
     let server_info = server_second.established().await.unwrap();
-    assert!(server_info.resumed && server_info.early_data_accepted, "{server_info:?}");
+    assert!(
+        server_info.resumed && server_info.early_data_accepted,
+        "{server_info:?}"
+    );
     let report = report.await.unwrap();
     assert!(report.is_ok(), "{report:?}");
     assert_eq!(report.bytes_received(), 10_000);
