@@ -173,6 +173,53 @@ async fn graceful_shutdown_lets_in_flight_downloads_complete() {
     }
 }
 
+/// Answers every request with whether it arrived in 0-RTT (`x-early`).
+async fn early_data_probe(
+    req: http::Request<quay::h3::RecvBody>,
+) -> Result<http::Response<quay::h3::Body>, std::convert::Infallible> {
+    let early = req.extensions().get::<quay::h3::EarlyData>().is_some();
+    Ok(http::Response::builder()
+        .header("x-early", if early { "1" } else { "0" })
+        .body(quay::h3::Body::from("ok"))
+        .unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_returning_client_resumes_and_sends_safe_requests_in_0rtt() {
+    quay_examples::init_tracing();
+    let identity = TlsConfig::self_signed(&["localhost"]).unwrap();
+    let mut server_settings = quay::io::QuicSettings::default();
+    server_settings.enable_early_data = true;
+    let server = Server::builder()
+        .tls(identity.config)
+        .settings(server_settings)
+        .bind("127.0.0.1:0".parse().unwrap())
+        .unwrap();
+    let port = server.local_addr().port();
+    let _task = tokio::spawn(server.serve(early_data_probe));
+
+    // Connections close after 300 ms idle, so every request below needs a new one.
+    let mut settings = quay::io::QuicSettings::default();
+    settings.idle_timeout = Duration::from_millis(300);
+    let client = Client::builder()
+        .add_root_certificate_pem(identity.cert_pem.as_bytes())
+        .unwrap()
+        .settings(settings)
+        .enable_0rtt()
+        .build();
+    let url = format!("https://localhost:{port}/");
+    let early = |resp: &http::Response<quay::h3::RecvBody>| resp.headers()["x-early"].clone();
+
+    // First contact: a full handshake, no early data.
+    assert_eq!(early(&client.get(&url).await.unwrap()), "0");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    // Resumed: the GET goes in 0-RTT.
+    assert_eq!(early(&client.get(&url).await.unwrap()), "1");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    // A POST is not safe to replay: it waits for the handshake.
+    assert_eq!(early(&client.post(&url, "data").await.unwrap()), "0");
+}
+
 #[test]
 fn the_example_binaries_serve_and_fetch() {
     let dir = std::env::temp_dir().join(format!("quay-bins-{}", std::process::id()));

@@ -45,6 +45,7 @@ pub struct ClientBuilder {
     tls: ClientTlsConfig,
     settings: QuicSettings,
     h3: H3Settings,
+    early_data: bool,
 }
 
 impl ClientBuilder {
@@ -73,21 +74,38 @@ impl ClientBuilder {
         self
     }
 
+    /// Sends requests in 0-RTT on resumed connections: the first requests to a
+    /// server it has talked to before leave with the first packet instead of after a
+    /// round trip. Only safe methods (GET, HEAD, OPTIONS, TRACE) go early, because
+    /// early data can be replayed by an attacker; the server must enable early data
+    /// too. Off by default.
+    pub fn enable_0rtt(mut self) -> Self {
+        self.early_data = true;
+        self
+    }
+
     /// The client.
-    pub fn build(self) -> Client {
+    pub fn build(mut self) -> Client {
+        if self.early_data {
+            self.settings.enable_early_data = true;
+        }
         Client {
             inner: Arc::new(Inner {
                 tls: self.tls,
                 settings: self.settings,
                 h3: self.h3,
                 pool: Mutex::new(HashMap::new()),
+                sessions: std::sync::Mutex::new(HashMap::new()),
             }),
         }
     }
 }
 
 /// An HTTP/3 client: verifies certificates by default and keeps one connection per
-/// authority, reused by every request to it. Cheap to clone.
+/// authority, reused by every request to it. When a connection ends, the next one to
+/// the same authority resumes its TLS session (and, with
+/// [`enable_0rtt`](ClientBuilder::enable_0rtt), sends safe requests in 0-RTT). Cheap
+/// to clone.
 #[derive(Debug, Clone)]
 pub struct Client {
     inner: Arc<Inner>,
@@ -99,6 +117,23 @@ struct Inner {
     settings: QuicSettings,
     h3: H3Settings,
     pool: Mutex<HashMap<String, Pooled>>,
+    /// The latest session ticket per authority, from connections no longer pooled.
+    sessions: std::sync::Mutex<HashMap<String, Vec<u8>>>,
+}
+
+impl Inner {
+    /// Keeps the session ticket of a connection leaving the pool.
+    fn keep_session(&self, key: &str, pooled: &Pooled) {
+        if let Some(ticket) = pooled.handle.session() {
+            let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+            sessions.insert(key.to_owned(), ticket);
+        }
+    }
+
+    fn session(&self, key: &str) -> Option<Vec<u8>> {
+        let sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        sessions.get(key).cloned()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -139,62 +174,69 @@ impl Client {
         &self,
         req: http::Request<Bytes>,
     ) -> Result<http::Response<RecvBody>, ClientError> {
-        let send = self.connection(req.uri()).await?;
-        match send.send(req.clone()).await {
-            Err(e) if e.is_retryable() => {
+        match self.request_once(req.clone()).await {
+            Err(ClientError::Stream(e)) if e.is_retryable() => {
                 self.forget(req.uri()).await;
-                let send = self.connection(req.uri()).await?;
-                Ok(send.send(req).await?)
+                self.request_once(req).await
             }
-            other => Ok(other?),
+            other => other,
         }
     }
 
+    async fn request_once(
+        &self,
+        req: http::Request<Bytes>,
+    ) -> Result<http::Response<RecvBody>, ClientError> {
+        let (parts, body) = req.into_parts();
+        let (mut sender, response) = self
+            .send_request(http::Request::from_parts(parts, ()))
+            .await?;
+        sender.send_data(body).await?;
+        sender.finish().await?;
+        Ok(response.await?)
+    }
+
     /// Starts a request whose body is streamed through the returned [`SendBody`].
+    ///
+    /// On a new connection the request is queued before the handshake starts, so a
+    /// resumed connection with 0-RTT carries it in its first flight.
     pub async fn send_request(
         &self,
         req: http::Request<()>,
     ) -> Result<(SendBody, ResponseFuture), ClientError> {
-        let send = self.connection(req.uri()).await?;
-        Ok(send.send_request(req).await?)
-    }
-
-    /// The pooled connection for `uri`'s authority, connecting if there is none (or
-    /// it closed, or the server is draining it).
-    async fn connection(&self, uri: &Uri) -> Result<SendRequest, ClientError> {
-        let (host, port) = target(uri)?;
+        let (host, port) = target(req.uri())?;
         let key = format!("{host}:{port}");
         let mut pool = self.inner.pool.lock().await;
-        if let Some(p) = pool.get(&key)
-            && !p.handle.is_closed()
-            && !p.send.is_draining()
-        {
-            return Ok(p.send.clone());
+        if let Some(p) = pool.get(&key) {
+            if !p.handle.is_closed() && !p.send.is_draining() {
+                let send = p.send.clone();
+                drop(pool);
+                return Ok(send.send_request(req).await?);
+            }
+            self.inner.keep_session(&key, p);
         }
+        // Connecting holds the pool's lock: concurrent requests to the same authority
+        // wait for this connection and share it.
         let addr = resolve(&host, port).await?;
         let mut params = ClientParams::new(&[quic_h3::ALPN]);
         params.tls = self.inner.tls.clone();
         params.settings = self.inner.settings.clone();
         params.server_name = host.parse::<IpAddr>().is_err().then(|| host.clone());
+        params.session = self.inner.session(&key);
         let (driver, send) = ClientH3Driver::new(self.inner.h3.clone());
+        // The driver is not running yet, and its queue has room: this returns at once.
+        let started = send.send_request(req).await?;
         let handle = quic_io::connect(addr, params, driver).await?;
-        pool.insert(
-            key,
-            Pooled {
-                send: send.clone(),
-                handle,
-            },
-        );
-        Ok(send)
+        pool.insert(key, Pooled { send, handle });
+        Ok(started)
     }
 
     async fn forget(&self, uri: &Uri) {
         if let Ok((host, port)) = target(uri) {
-            self.inner
-                .pool
-                .lock()
-                .await
-                .remove(&format!("{host}:{port}"));
+            let key = format!("{host}:{port}");
+            if let Some(p) = self.inner.pool.lock().await.remove(&key) {
+                self.inner.keep_session(&key, &p);
+            }
         }
     }
 }

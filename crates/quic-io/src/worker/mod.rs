@@ -263,6 +263,12 @@ impl<A: ApplicationOverQuic> Worker<A> {
     /// Feeds every queued datagram, up to a bound.
     fn drain_queue(&mut self) {
         for _ in 1..MAX_DATAGRAMS_PER_TURN {
+            if self.in_early_data() {
+                // What arrived on 0-RTT keys reaches the application before the next
+                // datagram can complete the handshake, so it can tell early data
+                // (replayable) from the rest.
+                self.run_application();
+            }
             match self.setup.pkt_rx.try_recv() {
                 Ok(d) => self.recv(d),
                 Err(_) => return,
@@ -281,6 +287,14 @@ impl<A: ApplicationOverQuic> Worker<A> {
                 let _ = reply.send(ConnectionStats::from_connection(&self.setup.conn));
             }
         }
+    }
+
+    /// A server that accepted 0-RTT data, before the handshake completed.
+    fn in_early_data(&self) -> bool {
+        self.refuse.is_none()
+            && self.setup.conn.is_server()
+            && self.setup.conn.is_in_early_data()
+            && !self.setup.conn.is_established()
     }
 
     fn run_application(&mut self) {
