@@ -1,5 +1,6 @@
 //! Shared helpers of the quay example programs.
 
+pub mod hq;
 pub mod routes;
 
 /// Logs to stderr; `RUST_LOG` picks the level (default `info`).
