@@ -1,4 +1,4 @@
-//! `cargo xtask test | demo`: the project's own commands.
+//! `cargo xtask test | demo | interop`: the project's own commands.
 //!
 //! xtask depends on none of the library crates, so it builds in seconds on a fresh
 //! machine and can install the native prerequisites (cmake, libclang) before anything
@@ -23,6 +23,8 @@ commands:
           examples end to end, and an HTTP/3 interop smoke test against aioquic
   demo    release build, start h3-server, fetch a page and 100 MiB, upload to /sha256
           and check the digest with h3-client, report, stop
+  interop the QUIC Interop Runner's cases against independent implementations
+          through a network shim (`cargo xtask interop --help`)
 ";
 
 fn main() -> ExitCode {
@@ -30,6 +32,7 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("test") => test(),
         Some("demo") => demo(),
+        Some("interop") => interop::run(&args[1..]),
         Some("-h" | "--help" | "help") => {
             print!("{USAGE}");
             Ok(())

@@ -117,7 +117,7 @@ fn report(
 }
 
 /// The venv's python with aioquic installed, creating it if needed.
-fn venv() -> std::result::Result<PathBuf, String> {
+pub(crate) fn venv() -> std::result::Result<PathBuf, String> {
     let dir = root().join("target/interop/venv");
     let python = dir.join("bin/python");
     let has_aioquic = |p: &Path| {
