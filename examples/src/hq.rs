@@ -160,7 +160,8 @@ impl ApplicationOverQuic for HqServer {
                 let room = match conn.stream_capacity(id) {
                     Ok(0) => break,
                     Ok(n) => n.min(self.buf.len()),
-                    Err(_) => {
+                    Err(e) => {
+                        tracing::debug!(stream = id, error = %e, "hq stream ended");
                         finished.push(id);
                         break;
                     }

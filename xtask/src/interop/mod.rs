@@ -305,7 +305,10 @@ fn run_once(
                 "QLOGDIR".into(),
                 logs.join(format!("{role}-qlog")).display().to_string(),
             ),
-            ("RUST_LOG".into(), "warn".into()),
+            (
+                "RUST_LOG".into(),
+                std::env::var("INTEROP_RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            ),
         ];
         env.push(("SERVER_IP".into(), server_ip.into()));
         env
@@ -350,6 +353,8 @@ fn run_once(
     stop(&mut srv);
     let facts = shim.facts();
     drop(shim);
+    // What the shim saw, for whoever investigates a failure.
+    let _ = std::fs::write(logs.join("shim.txt"), format!("{facts:#?}\n"));
     let code = match status {
         None => return Err(fail(format!("timeout after {:?}", case.timeout))),
         Some(c) => c,

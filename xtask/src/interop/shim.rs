@@ -681,4 +681,39 @@ mod tests {
         assert_eq!(f.to_server.dropped, 1);
         assert_eq!(f.to_client.datagrams, 1);
     }
+
+    #[test]
+    fn rebinding_changes_the_source_port_and_answers_still_arrive() {
+        let server = UdpSocket::bind("127.0.0.1:0").unwrap();
+        server
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let shim = Shim::start(Config {
+            server: server.local_addr().unwrap(),
+            to_server: Link::default(),
+            to_client: Link::default(),
+            rebind: Some((Rebind::Port, Duration::from_millis(200), Duration::from_secs(60))),
+            blackhole: None,
+            seed: 1,
+        })
+        .unwrap();
+        let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut buf = [0u8; 100];
+        client.send_to(b"one", shim.addr).unwrap();
+        let (_, first) = server.recv_from(&mut buf).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        client.send_to(b"two", shim.addr).unwrap();
+        let (n, second) = server.recv_from(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"two");
+        assert_ne!(first.port(), second.port());
+        // The old mapping is gone; the new one carries answers.
+        server.send_to(b"stale", first).unwrap();
+        server.send_to(b"fresh", second).unwrap();
+        let (n, _) = client.recv_from(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"fresh");
+        assert_eq!(shim.facts().rebinds, 1);
+    }
 }
