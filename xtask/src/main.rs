@@ -20,7 +20,8 @@ usage: cargo xtask <command>
 commands:
   test    install native prerequisites if missing, then fmt check, clippy -D warnings,
           every test (unit, integration, doc), rustdoc -D warnings, the
-          examples end to end, and an HTTP/3 interop smoke test against aioquic
+          examples end to end, an HTTP/3 interop smoke test against aioquic, and
+          `interop --quick`
   demo    release build, start h3-server, fetch a page and 100 MiB, upload to /sha256
           and check the digest with h3-client, report, stop
   interop the QUIC Interop Runner's cases against independent implementations
@@ -116,6 +117,7 @@ fn test() -> Result {
     run(&env, "cargo", &["build", "--locked", "-p", "quay-examples"])?;
     examples_end_to_end(&root().join("target/debug"))?;
     interop::smoke(&root().join("target/debug"))?;
+    interop::run(&["--quick".to_owned()])?;
     println!(
         "\nxtask test: every step passed in {:.0} s",
         started.elapsed().as_secs_f64()

@@ -373,9 +373,22 @@ pub fn certificates(dir: &Path, chain: usize) -> Result<(), String> {
             ))
         }
     };
-    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
     // The root CA.
-    let mut args = vec!["req", "-x509", "-days", "7", "-subj", "/CN=quay interop root"];
+    let mut args = vec![
+        "req",
+        "-x509",
+        "-days",
+        "7",
+        "-subj",
+        "/CN=quay interop root",
+    ];
     args.extend(ec);
     args.extend(["-keyout", "ca.key", "-out", "ca.pem"]);
     run(&args)?;
@@ -385,7 +398,11 @@ pub fn certificates(dir: &Path, chain: usize) -> Result<(), String> {
     let mut issuer = ("ca.pem".to_owned(), "ca.key".to_owned());
     let mut chain_files = Vec::new();
     for i in 1..chain.max(1) {
-        let (crt, key, csr) = (format!("int{i}.pem"), format!("int{i}.key"), format!("int{i}.csr"));
+        let (crt, key, csr) = (
+            format!("int{i}.pem"),
+            format!("int{i}.key"),
+            format!("int{i}.csr"),
+        );
         let subj = format!("/CN=quay interop intermediate {i}");
         let mut args = vec!["req", "-subj", &subj, "-keyout", &key, "-out", &csr];
         args.extend(ec);
@@ -397,19 +414,53 @@ pub fn certificates(dir: &Path, chain: usize) -> Result<(), String> {
         )
         .map_err(|e| e.to_string())?;
         run(&[
-            "x509", "-req", "-in", &csr, "-CA", &issuer.0, "-CAkey", &issuer.1,
-            "-CAcreateserial", "-days", "7", "-extfile", &ext, "-out", &crt,
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            &issuer.0,
+            "-CAkey",
+            &issuer.1,
+            "-CAcreateserial",
+            "-days",
+            "7",
+            "-extfile",
+            &ext,
+            "-out",
+            &crt,
         ])?;
         chain_files.push(crt.clone());
         issuer = (crt, key);
     }
-    let mut args = vec!["req", "-subj", "/CN=server", "-keyout", "priv.key", "-out", "leaf.csr"];
+    let mut args = vec![
+        "req",
+        "-subj",
+        "/CN=server",
+        "-keyout",
+        "priv.key",
+        "-out",
+        "leaf.csr",
+    ];
     args.extend(ec);
     run(&args)?;
     std::fs::write(dir.join("leaf.cnf"), format!("{sans}\n")).map_err(|e| e.to_string())?;
     run(&[
-        "x509", "-req", "-in", "leaf.csr", "-CA", &issuer.0, "-CAkey", &issuer.1,
-        "-CAcreateserial", "-days", "7", "-extfile", "leaf.cnf", "-out", "leaf.pem",
+        "x509",
+        "-req",
+        "-in",
+        "leaf.csr",
+        "-CA",
+        &issuer.0,
+        "-CAkey",
+        &issuer.1,
+        "-CAcreateserial",
+        "-days",
+        "7",
+        "-extfile",
+        "leaf.cnf",
+        "-out",
+        "leaf.pem",
     ])?;
     // cert.pem: the leaf, then the intermediates from the closest up.
     let mut pem = std::fs::read(dir.join("leaf.pem")).map_err(|e| e.to_string())?;
@@ -469,7 +520,10 @@ impl Case {
             to_client,
             rebind,
             blackhole,
-            seed: self.name.bytes().fold(7u64, |h, b| h.wrapping_mul(31) ^ u64::from(b)),
+            seed: self
+                .name
+                .bytes()
+                .fold(7u64, |h, b| h.wrapping_mul(31) ^ u64::from(b)),
         }
     }
 }

@@ -129,7 +129,10 @@ pub fn run(args: &[String]) -> Result {
         .iter()
         .filter(|o| matches!(o.result, Verdict::Fail(_)))
         .count();
-    let passed = outcomes.iter().filter(|o| o.result == Verdict::Pass).count();
+    let passed = outcomes
+        .iter()
+        .filter(|o| o.result == Verdict::Pass)
+        .count();
     println!(
         "interop: {passed} passed, {failed} failed, {} unsupported or unavailable; report: {}",
         outcomes.len() - passed - failed,
@@ -311,6 +314,10 @@ fn run_once(
             ),
         ];
         env.push(("SERVER_IP".into(), server_ip.into()));
+        if server.name == "ngtcp2" || client.name == "ngtcp2" {
+            // Debian's ngtcp2 examples speak only HTTP/3: every case runs over it.
+            env.push(("PROTOCOL".into(), "h3".into()));
+        }
         env
     };
     let mut srv = server
@@ -322,7 +329,10 @@ fn run_once(
         if let Ok(Some(status)) = srv.try_wait() {
             return Err(match status.code() {
                 Some(127) => Verdict::Unsupported(format!("{} server", server.name)),
-                c => fail(format!("server exited early ({c:?}); see {}", logs.display())),
+                c => fail(format!(
+                    "server exited early ({c:?}); see {}",
+                    logs.display()
+                )),
             });
         }
         if port_bound(port, ipv6) || ready.elapsed() > Duration::from_secs(10) {
@@ -331,8 +341,7 @@ fn run_once(
         std::thread::sleep(Duration::from_millis(50));
     }
     let server_addr = std::net::SocketAddr::new(server_ip.parse().expect("ip"), port);
-    let shim = shim::Shim::start(case.shim(server_addr))
-        .map_err(|e| fail(format!("shim: {e}")))?;
+    let shim = shim::Shim::start(case.shim(server_addr)).map_err(|e| fail(format!("shim: {e}")))?;
     let host = if ipv6 {
         format!("[{}]", shim.addr.ip())
     } else {
@@ -345,9 +354,7 @@ fn run_once(
     let mut env = common("client");
     env.push(("REQUESTS".into(), requests.join(" ")));
     let started = Instant::now();
-    let mut cli = client
-        .spawn(&env, &logs.join("client.log"))
-        .map_err(fail)?;
+    let mut cli = client.spawn(&env, &logs.join("client.log")).map_err(fail)?;
     let status = wait(&mut cli, case.timeout);
     let elapsed = started.elapsed();
     stop(&mut srv);
@@ -372,7 +379,10 @@ fn run_once(
         let got = downloads.join(name);
         let data = std::fs::read(&got).map_err(|e| fail(format!("{name}: {e}")))?;
         if data.len() as u64 != *len {
-            return Err(fail(format!("{name}: {} bytes, expected {len}", data.len())));
+            return Err(fail(format!(
+                "{name}: {} bytes, expected {len}",
+                data.len()
+            )));
         }
         let want = std::fs::read(www.join(name)).map_err(|e| fail(format!("{name}: {e}")))?;
         if data != want {
@@ -428,12 +438,7 @@ fn stop(child: &mut Child) {
 }
 
 /// Starts `program` with `env`, output to `log`.
-fn spawn(
-    program: &Path,
-    args: &[String],
-    env: &[(String, String)],
-    log: &Path,
-) -> Result<Child> {
+fn spawn(program: &Path, args: &[String], env: &[(String, String)], log: &Path) -> Result<Child> {
     let out = std::fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
     let err = out.try_clone().map_err(|e| e.to_string())?;
     Command::new(program)

@@ -23,8 +23,14 @@ pub struct Peer {
 #[derive(Debug)]
 enum Kind {
     /// Follows the runner's contract itself: `program args...` with the environment.
-    Contract { program: PathBuf, args: Vec<String> },
-    Ngtcp2 { client: PathBuf, server: PathBuf },
+    Contract {
+        program: PathBuf,
+        args: Vec<String>,
+    },
+    Ngtcp2 {
+        client: PathBuf,
+        server: PathBuf,
+    },
     None,
 }
 
@@ -80,9 +86,11 @@ fn ngtcp2() -> std::result::Result<(PathBuf, PathBuf), String> {
         .output()
         .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
     if !root {
-        return Err("gtlsclient/gtlsserver missing (apt-get install ngtcp2-client \
+        return Err(
+            "gtlsclient/gtlsserver missing (apt-get install ngtcp2-client \
                     ngtcp2-server, as root)"
-            .into());
+                .into(),
+        );
     }
     let installed = Command::new("apt-get")
         .args(["install", "-y", "-q", "ngtcp2-client", "ngtcp2-server"])
@@ -112,8 +120,37 @@ fn var<'a>(env: &'a [(String, String)], key: &str) -> &'a str {
         .map_or("", |(_, v)| v.as_str())
 }
 
-/// Starts gtlsserver/gtlsclient for a case they can run; the others exit 127 through
-/// a `sh -c 'exit 127'`, as an unsupporting endpoint would.
+/// Cases Debian's gtlsserver/gtlsclient (ngtcp2 0.12) can take part in, over HTTP/3.
+const NGTCP2_CASES: &[&str] = &[
+    "handshake",
+    "transfer",
+    "longrtt",
+    "chacha20",
+    "multiplexing",
+    "retry",
+    "resumption",
+    "zerortt",
+    "http3",
+    "blackhole",
+    "keyupdate",
+    "amplificationlimit",
+    "handshakeloss",
+    "transferloss",
+    "handshakecorruption",
+    "transfercorruption",
+    "ipv6",
+    "rebind-port",
+    "rebind-addr",
+    "goodput",
+];
+
+/// Quotes `s` for `sh -c`.
+fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// Starts gtlsserver/gtlsclient with the arguments that match the runner's
+/// environment; a case they cannot run exits 127, as an unsupporting endpoint would.
 fn ngtcp2_spawn(
     client: &Path,
     server: &Path,
@@ -121,48 +158,84 @@ fn ngtcp2_spawn(
     log: &Path,
 ) -> Result<Child> {
     let case = var(env, "TESTCASE");
-    // Debian's examples speak HTTP/3 only: hq-interop cases cannot run against them.
-    let supported = matches!(case, "http3");
-    if !supported {
-        return super::spawn(
-            Path::new("sh"),
-            &["-c".into(), "exit 127".into()],
-            env,
-            log,
-        );
+    if !NGTCP2_CASES.contains(&case) {
+        return super::spawn(Path::new("sh"), &["-c".into(), "exit 127".into()], env, log);
     }
     let certs = PathBuf::from(var(env, "CERTS"));
     if var(env, "ROLE") == "server" {
-        let args = vec![
+        let mut args = vec![
             "-q".to_owned(),
             "-d".to_owned(),
             var(env, "WWW").to_owned(),
+            "--max-streams-bidi=100".to_owned(),
+        ];
+        if case == "retry" {
+            args.push("-V".to_owned());
+        }
+        args.extend([
             var(env, "SERVER_IP").to_owned(),
             var(env, "PORT").to_owned(),
             certs.join("priv.key").display().to_string(),
             certs.join("cert.pem").display().to_string(),
-        ];
-        super::spawn(server, &args, env, log)
-    } else {
-        let requests: Vec<&str> = var(env, "REQUESTS").split_whitespace().collect();
-        let first = requests.first().copied().unwrap_or("");
-        let authority = first
-            .strip_prefix("https://")
-            .and_then(|r| r.split('/').next())
-            .unwrap_or("");
-        let (host, port) = match authority.rsplit_once(':') {
-            Some((h, p)) => (h.trim_start_matches('[').trim_end_matches(']'), p),
-            None => (authority, "443"),
-        };
-        let mut args = vec![
-            "-q".to_owned(),
-            "--exit-on-all-streams-close".to_owned(),
-            "--download".to_owned(),
-            var(env, "DOWNLOADS").to_owned(),
-            host.to_owned(),
-            port.to_owned(),
-        ];
-        args.extend(requests.iter().map(|r| (*r).to_owned()));
-        super::spawn(client, &args, env, log)
+        ]);
+        return super::spawn(server, &args, env, log);
     }
+    let requests: Vec<&str> = var(env, "REQUESTS").split_whitespace().collect();
+    let first = requests.first().copied().unwrap_or("");
+    let authority = first
+        .strip_prefix("https://")
+        .and_then(|r| r.split('/').next())
+        .unwrap_or("");
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) => (h.trim_start_matches('[').trim_end_matches(']'), p),
+        None => (authority, "443"),
+    };
+    let downloads = var(env, "DOWNLOADS");
+    let session = Path::new(downloads)
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join("ngtcp2-session");
+    let mut base = vec![
+        "-q".to_owned(),
+        "--exit-on-all-streams-close".to_owned(),
+        format!("--download={downloads}"),
+    ];
+    match case {
+        "chacha20" => base.push("--ciphers=TLS_CHACHA20_POLY1305_SHA256".into()),
+        "keyupdate" => base.push("--key-update=100ms".into()),
+        "resumption" | "zerortt" => {
+            base.push(format!(
+                "--session-file={}",
+                session.join("ticket").display()
+            ));
+            base.push(format!("--tp-file={}", session.join("tp").display()));
+            if case == "resumption" {
+                base.push("--disable-early-data".into());
+            }
+        }
+        _ => {}
+    }
+    base.extend([host.to_owned(), port.to_owned()]);
+    let command = |uris: &[&str]| {
+        let mut words = vec![sh_quote(&client.display().to_string())];
+        words.extend(base.iter().map(|a| sh_quote(a)));
+        words.extend(uris.iter().map(|u| sh_quote(u)));
+        words.join(" ")
+    };
+    // One connection for all files, or the split the case asks for.
+    let script = match case {
+        "resumption" | "zerortt" => format!(
+            "mkdir -p {} && {} && {}",
+            sh_quote(&session.display().to_string()),
+            command(&requests[..1.min(requests.len())]),
+            command(&requests[1.min(requests.len())..])
+        ),
+        "handshakeloss" | "handshakecorruption" => requests
+            .iter()
+            .map(|u| command(&[u]))
+            .collect::<Vec<_>>()
+            .join(" && "),
+        _ => command(&requests),
+    };
+    super::spawn(Path::new("sh"), &["-c".into(), script], env, log)
 }

@@ -11,7 +11,11 @@ pub fn mean_stdev(v: &[f64]) -> String {
     let n = v.len() as f64;
     let mean = v.iter().sum::<f64>() / n;
     let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
-    format!("{mean:.2} ± {:.2} Mbit/s over {} run(s)", var.sqrt(), v.len())
+    format!(
+        "{mean:.2} ± {:.2} Mbit/s over {} run(s)",
+        var.sqrt(),
+        v.len()
+    )
 }
 
 fn json_str(s: &str) -> String {
@@ -114,8 +118,16 @@ pub fn markdown(outcomes: &[Outcome]) -> String {
                         row,
                         " **{}** / {} / {} |",
                         p.join(" "),
-                        if f.is_empty() { "-".into() } else { f.join(" ") },
-                        if u.is_empty() { "-".into() } else { u.join(" ") }
+                        if f.is_empty() {
+                            "-".into()
+                        } else {
+                            f.join(" ")
+                        },
+                        if u.is_empty() {
+                            "-".into()
+                        } else {
+                            u.join(" ")
+                        }
                     );
                 }
                 None => row.push_str(" |"),
@@ -128,7 +140,13 @@ pub fn markdown(outcomes: &[Outcome]) -> String {
     if !goodput.is_empty() {
         md.push_str("\n## Goodput (10 MiB, 10 Mbit/s, 30 ms RTT)\n\n| server | client | goodput |\n|---|---|---|\n");
         for o in goodput {
-            let _ = writeln!(md, "| {} | {} | {} |", o.server, o.client, mean_stdev(&o.goodput));
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} |",
+                o.server,
+                o.client,
+                mean_stdev(&o.goodput)
+            );
         }
     }
     let notes: Vec<&Outcome> = outcomes

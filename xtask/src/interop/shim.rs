@@ -629,7 +629,10 @@ mod tests {
         assert_eq!(f.to_server.initial, 1);
         assert_eq!(f.to_server.initial_with_token, 1);
         assert_eq!(f.to_server.handshake, 1);
-        assert_eq!(f.to_server.versions.iter().copied().collect::<Vec<_>>(), [1]);
+        assert_eq!(
+            f.to_server.versions.iter().copied().collect::<Vec<_>>(),
+            [1]
+        );
         assert!(f.to_server.initial_scids.contains("0909"));
         assert!(f.client_handshake_seen);
         // Short headers and garbage are counted, not parsed.
@@ -692,7 +695,11 @@ mod tests {
             server: server.local_addr().unwrap(),
             to_server: Link::default(),
             to_client: Link::default(),
-            rebind: Some((Rebind::Port, Duration::from_millis(200), Duration::from_secs(60))),
+            rebind: Some((
+                Rebind::Port,
+                Duration::from_millis(200),
+                Duration::from_secs(60),
+            )),
             blackhole: None,
             seed: 1,
         })
