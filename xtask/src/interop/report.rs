@@ -51,10 +51,10 @@ pub fn write(dir: &Path, outcomes: &[Outcome]) -> Result {
     for (i, o) in outcomes.iter().enumerate() {
         let (result, reason) = verdict(&o.result);
         let goodput: Vec<String> = o.goodput.iter().map(|g| format!("{g:.3}")).collect();
-        let _ = write!(
+        let _ = writeln!(
             json,
             "    {{\"server\": {}, \"client\": {}, \"case\": {}, \"result\": {}, \
-             \"reason\": {}, \"seconds\": {:.2}, \"goodput_mbps\": [{}]}}{}\n",
+             \"reason\": {}, \"seconds\": {:.2}, \"goodput_mbps\": [{}]}}{}",
             json_str(&o.server),
             json_str(&o.client),
             json_str(o.case),
