@@ -371,11 +371,13 @@ impl State {
         let index = dir.index;
         dir.index += 1;
         let mut drop = link.drop_indices.contains(&index) || self.blackholed(now);
-        if !drop && link.loss > 0.0 && rng.chance(link.loss) {
-            if link.max_burst == 0 || dir.burst < link.max_burst {
-                drop = true;
-                dir.burst += 1;
-            }
+        if !drop
+            && link.loss > 0.0
+            && rng.chance(link.loss)
+            && (link.max_burst == 0 || dir.burst < link.max_burst)
+        {
+            drop = true;
+            dir.burst += 1;
         }
         if !drop {
             dir.burst = 0;
