@@ -154,7 +154,7 @@ async fn server(case: &str) -> anyhow::Result<()> {
     if !www.is_dir() {
         bail!("WWW {} is not a directory", www.display());
     }
-    let tls = TlsConfig::from_pem_files(&certs.join("cert.pem"), &certs.join("priv.key"))
+    let tls = TlsConfig::from_pem_files(certs.join("cert.pem"), certs.join("priv.key"))
         .with_context(|| format!("cannot load the certificate from {}", certs.display()))?;
     let addr: SocketAddr = if case == "ipv6" {
         SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port))
