@@ -143,7 +143,7 @@ def configuration(is_client, case):
     config = QuicConfiguration(
         is_client=is_client,
         alpn_protocols=H3_ALPN if case == "http3" else HQ,
-        idle_timeout=30.0,
+        idle_timeout=60.0,
     )
     log = env("SSLKEYLOGFILE")
     if log:
