@@ -62,8 +62,10 @@ async fn goaway_lets_earlier_requests_finish_and_refuses_later_ones_retryably() 
         pair.client().close_reason().and_then(CloseReason::app_code),
         Some(H3Code::NO_ERROR.0)
     );
+    // The server's request stream ends when its side has closed too: keep the pair
+    // running until then.
     assert!(
-        server.await.unwrap(),
+        pair.run_with(LIMIT, server).await.unwrap().unwrap(),
         "a request after GOAWAY reached the application"
     );
 }
