@@ -74,8 +74,9 @@ pub fn get(name: &str, quay_bin: &Path) -> Result<Peer> {
 /// Debian's ngtcp2 examples, installed with apt-get when missing and running as root.
 fn ngtcp2() -> std::result::Result<(PathBuf, PathBuf), String> {
     let find = || {
+        // Debian puts the client in /usr/bin and the server in /usr/sbin.
         let c = PathBuf::from("/usr/bin/gtlsclient");
-        let s = PathBuf::from("/usr/bin/gtlsserver");
+        let s = PathBuf::from("/usr/sbin/gtlsserver");
         (c.is_file() && s.is_file()).then_some((c, s))
     };
     if let Some(found) = find() {
