@@ -335,6 +335,9 @@ async fn hq_connection(
             output: r.output.clone(),
         })
         .collect();
+    if use_h3(&std::env::var("TESTCASE").unwrap_or_default()) {
+        return h3_connection(first, params, downloads).await;
+    }
     let (app, report) = HqClient::new(downloads);
     let handle = quay::io::connect(first.addr, params, app)
         .await
@@ -342,6 +345,67 @@ async fn hq_connection(
     let results = report
         .await
         .context("the connection ended without a report")?;
+    handle.closed().await;
+    Ok((results, handle))
+}
+
+/// Fetches `downloads` over one HTTP/3 connection, all at once, then closes it.
+async fn h3_connection(
+    first: &Request,
+    mut params: ClientParams,
+    downloads: Vec<Download>,
+) -> anyhow::Result<(Vec<DownloadResult>, quay::io::ConnectionHandle)> {
+    params.alpn = vec![quay::h3::ALPN.to_vec()];
+    let (driver, send) = quay::h3::ClientH3Driver::new(quay::h3::H3Settings::default());
+    let authority = if first.host.contains(':') {
+        format!("[{}]:{}", first.host, first.addr.port())
+    } else {
+        format!("{}:{}", first.host, first.addr.port())
+    };
+    // Queued before the handshake: with a session and early data they go in 0-RTT.
+    let mut pending = Vec::new();
+    for d in downloads {
+        let req = http::Request::get(format!("https://{authority}{}", d.path)).body(())?;
+        let (body, response) = send.send_request(req).await?;
+        pending.push((d, body, response));
+    }
+    let handle = quay::io::connect(first.addr, params, driver)
+        .await
+        .with_context(|| format!("cannot connect to {}", first.addr))?;
+    let mut tasks = Vec::new();
+    for (d, body, response) in pending {
+        tasks.push(tokio::spawn(async move {
+            let mut bytes = 0u64;
+            let result: anyhow::Result<()> = async {
+                body.finish().await?;
+                let mut resp = response.await?;
+                if !resp.status().is_success() {
+                    bail!("status {}", resp.status());
+                }
+                if let Some(dir) = d.output.parent() {
+                    std::fs::create_dir_all(dir)?;
+                }
+                let mut file = std::fs::File::create(&d.output)?;
+                while let Some(chunk) = resp.body_mut().chunk().await? {
+                    std::io::Write::write_all(&mut file, &chunk)?;
+                    bytes += chunk.len() as u64;
+                }
+                Ok(())
+            }
+            .await;
+            DownloadResult {
+                path: d.path,
+                bytes,
+                error: result.err().map(|e| format!("{e:#}")),
+            }
+        }));
+    }
+    let mut results = Vec::new();
+    for t in tasks {
+        results.push(t.await?);
+    }
+    // Every response is complete: close with H3_NO_ERROR.
+    handle.close(0x100, "done").await;
     handle.closed().await;
     Ok((results, handle))
 }
