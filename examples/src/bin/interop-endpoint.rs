@@ -362,21 +362,28 @@ async fn h3_connection(
     } else {
         format!("{}:{}", first.host, first.addr.port())
     };
-    // Queued before the handshake: with a session and early data they go in 0-RTT.
-    let mut pending = Vec::new();
-    for d in downloads {
-        let req = http::Request::get(format!("https://{authority}{}", d.path)).body(())?;
-        let (body, response) = send.send_request(req).await?;
-        pending.push((d, body, response));
-    }
-    let handle = quay::io::connect(first.addr, params, driver)
-        .await
-        .with_context(|| format!("cannot connect to {}", first.addr))?;
+    // Each download is a task; the first ones are queued before the handshake, so
+    // with a session and early data they leave in 0-RTT. The rest wait for room in
+    // the driver's request queue (it holds 64), which the running connection empties.
     let mut tasks = Vec::new();
-    for (d, body, response) in pending {
+    for (i, d) in downloads.into_iter().enumerate() {
+        let req = http::Request::get(format!("https://{authority}{}", d.path)).body(())?;
+        let send = send.clone();
+        let (queued, mut deferred) = if i < 16 {
+            (Some(send.send_request(req).await?), None)
+        } else {
+            (None, Some(req))
+        };
         tasks.push(tokio::spawn(async move {
             let mut bytes = 0u64;
             let result: anyhow::Result<()> = async {
+                let (body, response) = match queued {
+                    Some(q) => q,
+                    None => {
+                        send.send_request(deferred.take().expect("not sent yet"))
+                            .await?
+                    }
+                };
                 body.finish().await?;
                 let mut resp = response.await?;
                 if !resp.status().is_success() {
@@ -400,6 +407,9 @@ async fn h3_connection(
             }
         }));
     }
+    let handle = quay::io::connect(first.addr, params, driver)
+        .await
+        .with_context(|| format!("cannot connect to {}", first.addr))?;
     let mut results = Vec::new();
     for t in tasks {
         results.push(t.await?);
