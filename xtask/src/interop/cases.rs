@@ -33,8 +33,8 @@ pub enum Check {
     NoRetry,
     /// A Retry was sent and a later client Initial carried its token.
     RetryAndToken,
-    /// The second connection's server Handshake bytes are under half the first's: no
-    /// certificate, so the session was resumed.
+    /// The second connection's server Handshake bytes are fewer than the leaf
+    /// certificate's DER: no Certificate message, so the session was resumed.
     Resumed,
     /// The client sent 0-RTT packets.
     ZeroRtt,
@@ -48,7 +48,8 @@ pub enum Check {
 }
 
 impl Check {
-    pub fn verify(&self, f: &Facts, files: usize) -> Result<(), String> {
+    /// Checks `f`; `files` were requested, `cert_len` is the leaf certificate's DER size.
+    pub fn verify(&self, f: &Facts, files: usize, cert_len: u64) -> Result<(), String> {
         let handshakes = f.to_server.initial_scids.len();
         match self {
             Check::Handshakes(n) if handshakes != *n => {
@@ -65,10 +66,11 @@ impl Check {
             Check::Resumed => {
                 let hs = &f.to_client.handshake_bytes;
                 match hs.as_slice() {
-                    [(_, first), (_, second), ..] if second * 2 < *first => Ok(()),
+                    [(_, _), (_, second), ..] if *second < cert_len => Ok(()),
                     [(_, first), (_, second), ..] => Err(format!(
                         "second handshake not resumed: server sent {second} Handshake \
-                         bytes vs {first} in the first"
+                         bytes ({first} in the first), room for its {cert_len}-byte \
+                         certificate"
                     )),
                     _ => Err(format!("{} server handshakes seen, expected 2", hs.len())),
                 }
@@ -355,8 +357,9 @@ pub fn files(case: &Case, www: &Path, quick: bool) -> Result<Vec<(String, u64)>,
 }
 
 /// A certificate chain of `chain` certificates (leaf first; the runner's layout:
-/// `cert.pem` with the chain, `priv.key`, `ca.pem`), made with openssl.
-pub fn certificates(dir: &Path, chain: usize) -> Result<(), String> {
+/// `cert.pem` with the chain, `priv.key`, `ca.pem`), made with openssl. Returns the
+/// leaf's DER size.
+pub fn certificates(dir: &Path, chain: usize) -> Result<u64, String> {
     let run = |args: &[&str]| -> Result<(), String> {
         let out = Command::new("openssl")
             .args(args)
@@ -467,7 +470,21 @@ pub fn certificates(dir: &Path, chain: usize) -> Result<(), String> {
     for f in chain_files.iter().rev() {
         pem.extend(std::fs::read(dir.join(f)).map_err(|e| e.to_string())?);
     }
-    std::fs::write(dir.join("cert.pem"), pem).map_err(|e| e.to_string())
+    std::fs::write(dir.join("cert.pem"), pem).map_err(|e| e.to_string())?;
+    let leaf = std::fs::read_to_string(dir.join("leaf.pem")).map_err(|e| e.to_string())?;
+    Ok(der_len(&leaf))
+}
+
+/// The DER size of the first PEM block in `pem`, from its base64 text.
+fn der_len(pem: &str) -> u64 {
+    let b64: String = pem
+        .lines()
+        .skip_while(|l| !l.starts_with("-----BEGIN"))
+        .skip(1)
+        .take_while(|l| !l.starts_with("-----END"))
+        .collect();
+    let pad = b64.bytes().rev().take_while(|b| *b == b'=').count() as u64;
+    (b64.len() as u64 / 4) * 3 - pad
 }
 
 impl Case {
@@ -525,5 +542,19 @@ impl Case {
                 .bytes()
                 .fold(7u64, |h, b| h.wrapping_mul(31) ^ u64::from(b)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::der_len;
+
+    #[test]
+    fn der_length_comes_from_the_base64_text() {
+        // 6 bytes → "AAECAwQF"; 5 bytes → "AAECAwQ=".
+        let pem = "junk\n-----BEGIN CERTIFICATE-----\nAAECAwQF\n-----END CERTIFICATE-----\n";
+        assert_eq!(der_len(pem), 6);
+        let pem = "-----BEGIN X-----\nAAEC\nAwQ=\n-----END X-----\n";
+        assert_eq!(der_len(pem), 5);
     }
 }

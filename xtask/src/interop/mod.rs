@@ -286,7 +286,7 @@ fn run_once(
     for d in [&www, &downloads, &certs, &logs] {
         std::fs::create_dir_all(d).map_err(|e| fail(format!("{}: {e}", d.display())))?;
     }
-    cases::certificates(&certs, case.chain).map_err(fail)?;
+    let cert_len = cases::certificates(&certs, case.chain).map_err(fail)?;
     let files = cases::files(case, &www, quick).map_err(fail)?;
 
     let ipv6 = case.name == "ipv6";
@@ -390,7 +390,7 @@ fn run_once(
         }
     }
     for check in case.checks {
-        check.verify(&facts, files.len()).map_err(fail)?;
+        check.verify(&facts, files.len(), cert_len).map_err(fail)?;
     }
     if case.name == "goodput" {
         let bytes: u64 = files.iter().map(|(_, l)| l).sum();
