@@ -202,7 +202,10 @@ fn ngtcp2_spawn(
         format!("--download={downloads}"),
     ];
     match case {
-        "chacha20" => base.push("--ciphers=TLS_CHACHA20_POLY1305_SHA256".into()),
+        "chacha20" => base.push(
+            // A GnuTLS priority string: TLS 1.3 with ChaCha20-Poly1305 only.
+            "--ciphers=NORMAL:-VERS-ALL:+VERS-TLS1.3:-CIPHER-ALL:+CHACHA20-POLY1305".into(),
+        ),
         "keyupdate" => base.push("--key-update=100ms".into()),
         "resumption" | "zerortt" => {
             base.push(format!(
