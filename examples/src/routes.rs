@@ -2,6 +2,10 @@
 //!
 //! - `GET /bytes/N`: exactly N bytes, byte i being `i % 256`, streamed from a static
 //!   buffer (N may exceed memory);
+//! - `POST /bytes/N`: the request body is read and dropped, then N pattern bytes (a
+//!   request/response of chosen sizes, for load tests);
+//! - `POST /upload`: an upload sink: the body is read and dropped; the answer is its
+//!   length in bytes, as text;
 //! - `POST /echo`: the request body, streamed back;
 //! - `POST /sha256`: the lowercase hex SHA-256 of the request body;
 //! - `GET /trailers`: a small body followed by trailers;
@@ -85,6 +89,14 @@ pub async fn handle(
     let path = parts.uri.path();
     let resp = match (&parts.method, path) {
         (&Method::GET, p) if p.starts_with("/bytes/") => bytes_route(&p["/bytes/".len()..]),
+        (&Method::POST, p) if p.starts_with("/bytes/") => match drain(body).await {
+            Ok(_) => bytes_route(&p["/bytes/".len()..]),
+            Err(r) => r,
+        },
+        (&Method::POST, "/upload") => match drain(body).await {
+            Ok(n) => ok(RouteBody::Full(format!("{n}\n").into())),
+            Err(r) => r,
+        },
         (&Method::POST, "/echo") => ok(RouteBody::Echo(body)),
         (&Method::POST, "/sha256") => sha256_route(body).await,
         (&Method::GET, "/trailers") => {
@@ -126,6 +138,18 @@ fn bytes_route(n: &str) -> Response<RouteBody> {
             StatusCode::BAD_REQUEST,
             "expected /bytes/N with N <= 2^40\n",
         ),
+    }
+}
+
+/// Reads a request body to its end; its length, or the error response.
+async fn drain(mut body: RecvBody) -> Result<u64, Response<RouteBody>> {
+    let mut n = 0u64;
+    loop {
+        match body.chunk().await {
+            Ok(Some(c)) => n += c.len() as u64,
+            Ok(None) => return Ok(n),
+            Err(_) => return Err(status(StatusCode::BAD_REQUEST, "request body failed\n")),
+        }
     }
 }
 

@@ -96,6 +96,22 @@ async fn every_route_over_loopback() {
         .collect();
     assert_eq!(resp.body_mut().collect(100).await.unwrap(), hex.as_bytes());
 
+    // POST /bytes/N: the body is dropped, N pattern bytes come back.
+    let mut resp = client
+        .post(&url(&server, "/bytes/4096"), payload.slice(..512))
+        .await
+        .unwrap();
+    let body = resp.body_mut().collect(10_000).await.unwrap();
+    assert_eq!(body.len(), 4096);
+    assert!(body.iter().enumerate().all(|(i, b)| *b == (i % 256) as u8));
+
+    // POST /upload: the sink answers with the length it read.
+    let mut resp = client
+        .post(&url(&server, "/upload"), payload.clone())
+        .await
+        .unwrap();
+    assert_eq!(resp.body_mut().collect(100).await.unwrap(), "1000000\n");
+
     // GET /trailers: body, then trailers.
     let mut resp = client.get(&url(&server, "/trailers")).await.unwrap();
     assert_eq!(
