@@ -1,9 +1,10 @@
-//! `cargo xtask test | demo | interop`: the project's own commands.
+//! `cargo xtask test | demo | interop | bench`: the project's own commands.
 //!
 //! xtask depends on none of the library crates, so it builds in seconds on a fresh
 //! machine and can install the native prerequisites (cmake, libclang) before anything
 //! links BoringSSL.
 
+mod bench;
 mod interop;
 mod prereqs;
 mod procs;
@@ -20,12 +21,14 @@ usage: cargo xtask <command>
 commands:
   test    install native prerequisites if missing, then fmt check, clippy -D warnings,
           every test (unit, integration, doc), rustdoc -D warnings, the
-          examples end to end, an HTTP/3 interop smoke test against aioquic, and
-          `interop --quick`
+          examples end to end, an HTTP/3 interop smoke test against aioquic,
+          `interop --quick` and `bench --quick`
   demo    release build, start h3-server, fetch a page and 100 MiB, upload to /sha256
           and check the digest with h3-client, report, stop
   interop the QUIC Interop Runner's cases against independent implementations
           through a network shim (`cargo xtask interop --help`)
+  bench   the field's benchmark scenarios against h3-server: goodput, requests/s,
+          latency, handshakes/s, server CPU and memory (`cargo xtask bench --help`)
 ";
 
 fn main() -> ExitCode {
@@ -34,6 +37,7 @@ fn main() -> ExitCode {
         Some("test") => test(),
         Some("demo") => demo(),
         Some("interop") => interop::run(&args[1..]),
+        Some("bench") => bench::run(&args[1..]),
         Some("-h" | "--help" | "help") => {
             print!("{USAGE}");
             Ok(())
@@ -118,6 +122,7 @@ fn test() -> Result {
     examples_end_to_end(&root().join("target/debug"))?;
     interop::smoke(&root().join("target/debug"))?;
     interop::run(&["--quick".to_owned()])?;
+    bench::run(&["--quick".to_owned()])?;
     println!(
         "\nxtask test: every step passed in {:.0} s",
         started.elapsed().as_secs_f64()

@@ -56,6 +56,11 @@ impl Server {
         }
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Asks the server to stop (SIGINT, so it closes its connections), then waits.
     pub fn stop(mut self) -> Result {
         let pid = self.child.id().to_string();

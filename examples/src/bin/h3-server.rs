@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! h3-server [--listen ADDR] [--root DIR] [--cert PEM --key PEM] [--write-cert PATH]
+//!           [--retry]
 //! ```
 //!
 //! Routes: `GET /bytes/N`, `POST /echo`, `POST /sha256`, `GET /trailers`, and
@@ -36,6 +37,9 @@ struct Args {
     /// Write the generated self-signed certificate (PEM) here.
     #[arg(long, conflicts_with = "cert")]
     write_cert: Option<PathBuf>,
+    /// Validate every client's address with a Retry first.
+    #[arg(long)]
+    retry: bool,
 }
 
 #[tokio::main]
@@ -52,7 +56,15 @@ async fn main() -> anyhow::Result<()> {
         args.key.as_deref(),
         args.write_cert.as_deref(),
     )?;
-    let server = Server::builder().tls(tls).bind(args.listen)?;
+    let retry: fn(&mut quay::io::ServerParams) = if args.retry {
+        |p| p.retry = quay::io::RetryPolicy::Always
+    } else {
+        |p| p.retry = quay::io::RetryPolicy::Never
+    };
+    let server = Server::builder()
+        .tls(tls)
+        .configure(retry)
+        .bind(args.listen)?;
     println!("listening on {}", server.local_addr());
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();

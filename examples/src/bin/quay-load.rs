@@ -70,6 +70,11 @@ struct Args {
     /// Write the summary as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Open this many connections, print `ready`, hold them idle for `--duration`
+    /// seconds (default 10), then close them: for measuring a server's memory per
+    /// connection.
+    #[arg(long, conflicts_with_all = ["requests", "handshakes"])]
+    idle_connections: Option<usize>,
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -81,6 +86,8 @@ struct Summary {
     handshakes: bool,
     seconds: f64,
     requests: u64,
+    /// Requests completed including the warm-up: what the server served in all.
+    requests_including_warmup: u64,
     errors: u64,
     bytes_down: u64,
     bytes_up: u64,
@@ -119,6 +126,7 @@ struct Shared {
 struct Tally {
     hist: Histogram<u64>,
     requests: u64,
+    all: u64,
     errors: u64,
     down: u64,
     up: u64,
@@ -130,6 +138,7 @@ impl Tally {
         Ok(Self {
             hist: Histogram::new_with_bounds(1, 600_000_000, 3)?,
             requests: 0,
+            all: 0,
             errors: 0,
             down: 0,
             up: 0,
@@ -140,6 +149,7 @@ impl Tally {
     fn merge(&mut self, other: Tally) -> anyhow::Result<()> {
         self.hist.add(other.hist)?;
         self.requests += other.requests;
+        self.all += other.all;
         self.errors += other.errors;
         self.down += other.down;
         self.up += other.up;
@@ -167,6 +177,9 @@ async fn main() -> anyhow::Result<()> {
     };
     params.server_name = args.server_name.clone();
     params.settings = QuicSettings::default();
+    if let Some(n) = args.idle_connections {
+        return hold_idle(n, &args, params).await;
+    }
     let authority = match &args.server_name {
         Some(n) => format!("{n}:{}", args.connect.port()),
         None => args.connect.to_string(),
@@ -235,6 +248,7 @@ async fn main() -> anyhow::Result<()> {
         handshakes: args.handshakes,
         seconds,
         requests: total.requests,
+        requests_including_warmup: total.all,
         errors: total.errors,
         bytes_down: total.down,
         bytes_up: total.up,
@@ -277,6 +291,39 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Opens `n` connections (a few at a time), makes one small request on each, says
+/// `ready`, holds them, closes them.
+async fn hold_idle(n: usize, args: &Args, params: ClientParams) -> anyhow::Result<()> {
+    let mut handles = Vec::with_capacity(n);
+    let mut set = tokio::task::JoinSet::new();
+    let mut opened = 0;
+    while handles.len() < n {
+        while opened < n && set.len() < 32 {
+            let (addr, params) = (args.connect, params.clone());
+            set.spawn(async move {
+                let (driver, send) = ClientH3Driver::new(H3Settings::default());
+                let handle = quay::io::connect(addr, params, driver).await?;
+                // One request, so the server counts it as a client, not a loiterer.
+                let req =
+                    http::Request::get(format!("https://{addr}/bytes/0")).body(Bytes::new())?;
+                send.send(req).await?.body_mut().collect(16).await?;
+                anyhow::Ok((send, handle))
+            });
+            opened += 1;
+        }
+        match set.join_next().await {
+            Some(r) => handles.push(r??),
+            None => break,
+        }
+    }
+    println!("ready {}", handles.len());
+    tokio::time::sleep(Duration::from_secs_f64(args.duration.unwrap_or(10.0))).await;
+    for (_, h) in &handles {
+        h.close(0x100, "done").await;
+    }
+    Ok(())
+}
+
 /// A new connection and its request sender.
 async fn open(shared: &Shared) -> anyhow::Result<(SendRequest, quay::io::ConnectionHandle)> {
     let (driver, send) = ClientH3Driver::new(H3Settings::default());
@@ -309,6 +356,9 @@ async fn worker(shared: Arc<Shared>, send: Option<SendRequest>) -> anyhow::Resul
             None => one_shot(&shared).await,
         };
         let micros = started.elapsed().as_micros().max(1) as u64;
+        if result.is_ok() {
+            tally.all += 1;
+        }
         if !measured {
             continue;
         }
