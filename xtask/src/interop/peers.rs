@@ -198,6 +198,10 @@ fn ngtcp2_spawn(
         .join("ngtcp2-session");
     let mut base = vec![
         "-q".to_owned(),
+        // The same patience as the other endpoints: under the loss cases' 30 % loss a
+        // handshake can need more than the default 10 s.
+        "--handshake-timeout=60s".to_owned(),
+        "--timeout=60s".to_owned(),
         "--exit-on-all-streams-close".to_owned(),
         format!("--download={downloads}"),
     ];
