@@ -178,9 +178,14 @@ async fn server(case: &str) -> anyhow::Result<()> {
         } else {
             |p| p.retry = RetryPolicy::Never
         };
+        // As patient for the first request as the idle timeout: under the loss
+        // cases a request can take that long to get through.
+        let mut h3 = quay::h3::H3Settings::default();
+        h3.first_request_timeout = Some(settings.idle_timeout);
         let server = quay::h3::Server::builder()
             .tls(tls)
             .settings(settings)
+            .h3_settings(h3)
             .configure(retry)
             .bind(addr)?;
         println!("listening on {}", server.local_addr());
