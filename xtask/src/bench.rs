@@ -270,7 +270,12 @@ pub fn run(args: &[String]) -> Result {
     let bin = root()
         .join("target")
         .join(if args.quick { "debug" } else { "release" });
-    let dir = root().join("target/bench");
+    // A quick run must not overwrite the last full report.
+    let dir = if args.quick {
+        root().join("target/bench/quick")
+    } else {
+        root().join("target/bench")
+    };
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let pin = std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2)
         && Command::new("taskset").arg("-V").output().is_ok();

@@ -123,7 +123,12 @@ pub fn run(args: &[String]) -> Result {
     crate::run(&env, "cargo", &build)?;
     let bin = root().join("target").join(profile).join("interop-endpoint");
     let outcomes = matrix(&args, &bin)?;
-    let dir = root().join("target/interop");
+    // A quick run must not overwrite the last full report.
+    let dir = if args.quick {
+        root().join("target/interop/quick")
+    } else {
+        root().join("target/interop")
+    };
     report::write(&dir, &outcomes)?;
     let failed = outcomes
         .iter()
