@@ -64,7 +64,6 @@ pub struct Core {
     pub(crate) h3: Option<quiche::h3::Connection>,
     pub(crate) settings: H3Settings,
     pub(crate) streams: HashMap<u64, Stream>,
-    scratch: Box<[u8]>,
     /// The largest HTTP Datagram frame payload sendable now, shared with the flows.
     pub(crate) max_datagram: MaxDatagram,
     /// Where an outgoing datagram is assembled.
@@ -92,7 +91,6 @@ impl Core {
             h3: None,
             settings,
             streams: HashMap::new(),
-            scratch: vec![0; RECV_CHUNK].into_boxed_slice(),
             max_datagram: MaxDatagram::default(),
             dgram_out: Vec::new(),
         }
@@ -131,6 +129,10 @@ impl Core {
     /// Reads what can be handed on from every readable stream; returns whether any
     /// body bytes were read (quiche may then have more events: trailers, FIN).
     fn pump_inbound(&mut self, conn: &mut QuicConnection) -> bool {
+        with_scratch(|scratch| self.pump_inbound_into(conn, scratch))
+    }
+
+    fn pump_inbound_into(&mut self, conn: &mut QuicConnection, scratch: &mut [u8]) -> bool {
         let Some(h3) = self.h3.as_mut() else {
             return false;
         };
@@ -139,7 +141,7 @@ impl Core {
             if s.receiver_gone() {
                 if s.in_finished {
                     // The peer already sent everything: drop what nobody will read.
-                    while let Ok(n) = h3.recv_body(conn, id, &mut self.scratch) {
+                    while let Ok(n) = h3.recv_body(conn, id, scratch) {
                         if n == 0 {
                             break;
                         }
@@ -159,7 +161,7 @@ impl Core {
             }
             s.flush_pending_in();
             while s.readable && s.has_room() {
-                match h3.recv_body(conn, id, &mut self.scratch) {
+                match h3.recv_body(conn, id, scratch) {
                     Ok(n) => {
                         read_any = true;
                         s.received += n as u64;
@@ -174,7 +176,7 @@ impl Core {
                             s.fail_inbound(StreamError::BodyTooLarge { limit });
                             break;
                         }
-                        s.push_in(InFrame::Data(Bytes::copy_from_slice(&self.scratch[..n])));
+                        s.push_in(InFrame::Data(Bytes::copy_from_slice(&scratch[..n])));
                     }
                     Err(quiche::h3::Error::Done) => s.readable = false,
                     Err(e) => {
@@ -234,8 +236,12 @@ impl Core {
     /// Stream ID; those of unknown streams, and those that find a full queue, are
     /// dropped.
     fn recv_datagrams(&mut self, conn: &mut QuicConnection) {
+        with_scratch(|scratch| self.recv_datagrams_into(conn, scratch));
+    }
+
+    fn recv_datagrams_into(&mut self, conn: &mut QuicConnection, scratch: &mut [u8]) {
         loop {
-            let n = match conn.dgram_recv(&mut self.scratch) {
+            let n = match conn.dgram_recv(scratch) {
                 Ok(n) => n,
                 Err(quiche::Error::Done) => return,
                 Err(quiche::Error::BufferTooShort) => {
@@ -247,7 +253,7 @@ impl Core {
                     return;
                 }
             };
-            let d = &self.scratch[..n];
+            let d = &scratch[..n];
             let Some((quarter, len)) = get_varint(d) else {
                 // RFC 9297 §2.1: a datagram too short for its Quarter Stream ID is a
                 // connection error.
@@ -321,6 +327,18 @@ impl Core {
             s.fail(err.clone());
         }
     }
+}
+
+thread_local! {
+    /// Where body bytes and datagrams are read before they are handed on: one buffer
+    /// per thread, not per connection, since no read spans an await.
+    static SCRATCH: std::cell::RefCell<Box<[u8]>> =
+        std::cell::RefCell::new(vec![0; RECV_CHUNK].into_boxed_slice());
+}
+
+/// Runs `f` with this thread's read buffer.
+fn with_scratch<R>(f: impl FnOnce(&mut [u8]) -> R) -> R {
+    SCRATCH.with_borrow_mut(|b| f(b))
 }
 
 enum Written {
@@ -483,11 +501,13 @@ impl<H: Hooks> H3Driver<H> {
                         s.readable = true;
                     } else {
                         // Data for a stream we gave up on: drop it.
-                        while let Ok(n) = h3.recv_body(conn, id, &mut self.core.scratch) {
-                            if n == 0 {
-                                break;
+                        with_scratch(|scratch| {
+                            while let Ok(n) = h3.recv_body(conn, id, scratch) {
+                                if n == 0 {
+                                    break;
+                                }
                             }
-                        }
+                        });
                     }
                 }
                 quiche::h3::Event::Finished => {
