@@ -1,7 +1,38 @@
 //! Turns a connection's output into GSO batches.
 
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
+
+/// Send buffers kept for reuse per endpoint, beyond those in use.
+const POOL_MAX_FREE: usize = 64;
+
+/// Send buffers shared by the connections of one endpoint. A connection holds one
+/// only while it sends (or holds a paced packet), so an idle connection costs no
+/// send buffer.
+#[derive(Debug, Default)]
+pub(crate) struct BufferPool {
+    free: Mutex<Vec<Box<[u8]>>>,
+}
+
+impl BufferPool {
+    fn take(&self, size: usize) -> Box<[u8]> {
+        let reused = self
+            .free
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop()
+            .filter(|b| b.len() == size);
+        reused.unwrap_or_else(|| vec![0; size].into_boxed_slice())
+    }
+
+    fn give(&self, buf: Box<[u8]>) {
+        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        if free.len() < POOL_MAX_FREE {
+            free.push(buf);
+        }
+    }
+}
 
 /// The most bytes one GSO send may carry: the kernel's limit on a UDP datagram before
 /// segmentation (64 KiB), less headers.
@@ -39,10 +70,14 @@ struct Carry {
     at: Instant,
 }
 
-/// The send buffer of one connection: allocated once, reused for every batch.
+/// Packs one connection's output into batches, in a buffer taken from the endpoint's
+/// pool while it sends.
 #[derive(Debug)]
 pub(crate) struct SendBatcher {
-    buf: Box<[u8]>,
+    buf: Option<Box<[u8]>>,
+    pool: Arc<BufferPool>,
+    /// One slot more than a batch holds, for the packet that ends it.
+    buf_len: usize,
     max_payload: usize,
     max_segments: usize,
     pacing: bool,
@@ -52,11 +87,17 @@ pub(crate) struct SendBatcher {
 }
 
 impl SendBatcher {
-    pub(crate) fn new(max_payload: usize, socket_segments: usize, pacing: bool) -> Self {
+    pub(crate) fn new(
+        max_payload: usize,
+        socket_segments: usize,
+        pacing: bool,
+        pool: Arc<BufferPool>,
+    ) -> Self {
         let max_segments = socket_segments.min(MAX_GSO_BYTES / max_payload).max(1);
         Self {
-            // One slot more than a batch holds, for the packet that ends it.
-            buf: vec![0; max_payload * (max_segments + 1)].into_boxed_slice(),
+            buf: None,
+            pool,
+            buf_len: max_payload * (max_segments + 1),
             max_payload,
             max_segments,
             pacing,
@@ -67,7 +108,16 @@ impl SendBatcher {
 
     /// The bytes of a batch [`fill`](Self::fill) returned.
     pub(crate) fn bytes(&self, batch: &Batch) -> &[u8] {
-        &self.buf[..batch.len]
+        self.buf.as_ref().map_or(&[], |b| &b[..batch.len])
+    }
+
+    /// Returns the buffer to the pool unless a paced packet waits in it.
+    pub(crate) fn release(&mut self) {
+        if self.carry.is_none()
+            && let Some(buf) = self.buf.take()
+        {
+            self.pool.give(buf);
+        }
     }
 
     /// Whether a packet is held back for pacing.
@@ -80,6 +130,9 @@ impl SendBatcher {
     /// Fills a batch from `conn`. Call [`sent`](Self::sent) after sending it.
     pub(crate) fn fill(&mut self, conn: &mut quiche::Connection) -> (Option<Batch>, Next) {
         let now = Instant::now();
+        let buf_len = self.buf_len;
+        let pool = &self.pool;
+        let buf = self.buf.get_or_insert_with(|| pool.take(buf_len));
         let mut batch: Option<Batch> = None;
         if let Some(c) = self.carry {
             if self.pacing && c.at > now + PACING_GRANULARITY {
@@ -98,7 +151,7 @@ impl SendBatcher {
             if batch.is_some_and(|b| b.count == self.max_segments) {
                 return (batch, Next::More);
             }
-            let (n, info) = match conn.send(&mut self.buf[len..len + self.max_payload]) {
+            let (n, info) = match conn.send(&mut buf[len..len + self.max_payload]) {
                 Ok(v) => v,
                 Err(quiche::Error::Done) => return (batch, Next::Done),
                 Err(e) => {
@@ -152,9 +205,9 @@ impl SendBatcher {
     pub(crate) fn sent(&mut self) {
         if let Some(c) = self.carry
             && self.carry_offset != 0
+            && let Some(buf) = self.buf.as_mut()
         {
-            self.buf
-                .copy_within(self.carry_offset..self.carry_offset + c.len, 0);
+            buf.copy_within(self.carry_offset..self.carry_offset + c.len, 0);
             self.carry_offset = 0;
         }
     }

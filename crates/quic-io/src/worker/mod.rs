@@ -54,6 +54,8 @@ pub(crate) struct WorkerShared {
     pub(crate) metrics: Arc<dyn Metrics>,
     pub(crate) max_payload: usize,
     pub(crate) pacing: bool,
+    /// Send buffers, lent to a connection while it sends.
+    pub(crate) send_buffers: Arc<batch::BufferPool>,
 }
 
 impl WorkerShared {
@@ -65,6 +67,7 @@ impl WorkerShared {
             metrics,
             max_payload: settings.max_send_udp_payload,
             pacing: settings.pacing,
+            send_buffers: Arc::default(),
         })
     }
 }
@@ -117,6 +120,7 @@ pub(crate) fn spawn<A: ApplicationOverQuic>(
         setup.shared.max_payload,
         setup.socket.max_segments(),
         setup.shared.pacing,
+        Arc::clone(&setup.shared.send_buffers),
     );
     let worker = Worker {
         handshake_deadline: setup.started + setup.shared.handshake_timeout,
@@ -378,6 +382,7 @@ impl<A: ApplicationOverQuic> Worker<A> {
                 }
             }
             if next != Next::More {
+                self.batcher.release();
                 return;
             }
         }
