@@ -108,39 +108,52 @@ impl ConnectionHandle {
     /// Waits for the handshake; returns what it established (also when the connection
     /// has closed since), or how the connection ended before it completed.
     pub async fn established(&self) -> Result<HandshakeInfo, Arc<ConnectionClosed>> {
-        let mut rx = self.state_rx.clone();
-        loop {
-            match &*rx.borrow_and_update() {
-                ConnState::Handshaking | ConnState::EarlyData(_) => {}
-                ConnState::Established(info) | ConnState::Closed(_, Some(info)) => {
-                    return Ok(info.clone());
-                }
-                ConnState::Closed(c, None) => return Err(Arc::clone(c)),
+        self.wait(|state| match state {
+            ConnState::Handshaking | ConnState::EarlyData(_) => None,
+            ConnState::Established(info) | ConnState::Closed(_, Some(info)) => {
+                Some(Ok(info.clone()))
             }
-            if rx.changed().await.is_err() {
-                return Err(Arc::new(ConnectionClosed {
-                    reason: CloseReason::Aborted,
-                    stats: ConnectionStats::default(),
-                    tls_verify_error: None,
-                }));
-            }
-        }
+            ConnState::Closed(c, None) => Some(Err(Arc::clone(c))),
+        })
+        .await
+        .unwrap_or_else(Err)
     }
 
     /// Waits until the application can send: the handshake completed, or the client
     /// is sending 0-RTT data (then [`HandshakeInfo::early_data`] is `true` and the
     /// handshake goes on). Returns how the connection ended if it closed first.
     pub async fn ready(&self) -> Result<HandshakeInfo, Arc<ConnectionClosed>> {
+        self.wait(|state| match state {
+            ConnState::Handshaking => None,
+            ConnState::EarlyData(info)
+            | ConnState::Established(info)
+            | ConnState::Closed(_, Some(info)) => Some(Ok(info.clone())),
+            ConnState::Closed(c, None) => Some(Err(Arc::clone(c))),
+        })
+        .await
+        .unwrap_or_else(Err)
+    }
+
+    /// Waits until the connection has closed.
+    pub async fn closed(&self) -> Arc<ConnectionClosed> {
+        self.wait(|state| match state {
+            ConnState::Closed(c, _) => Some(Arc::clone(c)),
+            _ => None,
+        })
+        .await
+        .unwrap_or_else(|aborted| aborted)
+    }
+
+    /// Waits until `pick` finds what it looks for in the published state; `Err` with
+    /// an aborted close if the worker went away without publishing one.
+    async fn wait<T>(
+        &self,
+        pick: impl Fn(&ConnState) -> Option<T>,
+    ) -> Result<T, Arc<ConnectionClosed>> {
         let mut rx = self.state_rx.clone();
         loop {
-            match &*rx.borrow_and_update() {
-                ConnState::Handshaking => {}
-                ConnState::EarlyData(info)
-                | ConnState::Established(info)
-                | ConnState::Closed(_, Some(info)) => {
-                    return Ok(info.clone());
-                }
-                ConnState::Closed(c, None) => return Err(Arc::clone(c)),
+            if let Some(v) = pick(&rx.borrow_and_update()) {
+                return Ok(v);
             }
             if rx.changed().await.is_err() {
                 return Err(Arc::new(ConnectionClosed {
@@ -148,23 +161,6 @@ impl ConnectionHandle {
                     stats: ConnectionStats::default(),
                     tls_verify_error: None,
                 }));
-            }
-        }
-    }
-
-    /// Waits until the connection has closed.
-    pub async fn closed(&self) -> Arc<ConnectionClosed> {
-        let mut rx = self.state_rx.clone();
-        loop {
-            if let ConnState::Closed(c, _) = &*rx.borrow_and_update() {
-                return Arc::clone(c);
-            }
-            if rx.changed().await.is_err() {
-                return Arc::new(ConnectionClosed {
-                    reason: CloseReason::Aborted,
-                    stats: ConnectionStats::default(),
-                    tls_verify_error: None,
-                });
             }
         }
     }
