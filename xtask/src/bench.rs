@@ -1,26 +1,30 @@
-//! `cargo xtask bench`: the field's scenarios against quay's `h3-server`, driven by
-//! `quay-load`, with the server's CPU time and memory read from `/proc`.
+//! `cargo xtask bench`: the field's scenarios against quay's `h3-server` and, with
+//! `--vs`, the same routes on tokio-quiche and quinn (`bench/peers/`, a workspace of
+//! its own), all driven by `quay-load`, with each server's CPU time and memory read
+//! from `/proc`.
 //!
 //! The server runs on core 0 and the load generator on core 1 (`taskset`, when there
-//! are two cores or more). Each cell runs `--runs` times; the report gives the median
-//! with min and max. Results: `target/bench/results.json` and `report.md`.
+//! are two cores or more). Each cell runs `--runs` times, the servers taking turns
+//! (quay, peer, quay, peer, ...) so that drift of the machine hits both alike; the
+//! report gives the median with min and max, and quay/peer ratios taken per run pair.
+//! Results: `target/bench/results.json`, `report.md` and SVG charts.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use crate::{Result, path_str, procs, root};
+use crate::{Result, path_str, procs, root, svg};
 
 const USAGE: &str = "\
 usage: cargo xtask bench [--scenario NAME]... [--runs N] [--quick] [--vs PEER]...
 
-  --scenario  B1 B2 B4 R1 R2 R3 H1 H1R M1 (default: all)
+  --scenario  B1 B2 B4 R1 R2 R3 H1 H1R M1 M1-10k (default: all)
   --runs      runs per cell (default 5; --quick: 1)
   --quick     seconds, one run each, quay only, debug build: proves the harness
               works (part of `cargo xtask test`); its figures mean nothing
-  --vs        peers to compare with (tokio-quiche, quinn): not built yet, reported
-              as unavailable
+  --vs        a peer server to compare with: tokio-quiche, quinn (repeatable); built
+              from bench/peers/ in release mode (the first build takes minutes)
 ";
 
 struct Args {
@@ -216,7 +220,15 @@ fn parse(args: &[String]) -> Result<Args> {
                     .map_err(|_| format!("--runs needs a number\n\n{USAGE}"))?;
             }
             "--quick" => a.quick = true,
-            "--vs" => a.vs.push(value()?),
+            "--vs" => {
+                let peer = value()?;
+                if !PEERS.iter().any(|(n, _)| *n == peer) {
+                    return Err(format!("unknown peer `{peer}`; known: tokio-quiche quinn"));
+                }
+                if !a.vs.contains(&peer) {
+                    a.vs.push(peer);
+                }
+            }
             "-h" | "--help" => {
                 print!("{USAGE}");
                 std::process::exit(0);
@@ -234,6 +246,9 @@ fn parse(args: &[String]) -> Result<Args> {
         }
     }
     if a.quick {
+        if !a.vs.is_empty() {
+            return Err("--quick measures quay alone; leave out --vs".into());
+        }
         a.runs = 1;
     }
     Ok(a)
@@ -245,6 +260,23 @@ struct Run {
     server_cpu: f64,
     server_rss_growth_kib: i64,
     server_peak_kib: u64,
+}
+
+/// A server under test: quay's `h3-server` or a peer's.
+struct Server {
+    name: &'static str,
+    bin: PathBuf,
+}
+
+/// The peers `--vs` knows: name and binary in `bench/peers/`.
+const PEERS: [(&str, &str); 2] = [("tokio-quiche", "tq-server"), ("quinn", "quinn-server")];
+
+/// All runs of one scenario, per server (quay first).
+struct Cell {
+    name: &'static str,
+    about: &'static str,
+    kind: Kind,
+    runs: Vec<(&'static str, Vec<Run>)>,
 }
 
 /// `cargo xtask bench ...`
@@ -270,6 +302,38 @@ pub fn run(args: &[String]) -> Result {
     let bin = root()
         .join("target")
         .join(if args.quick { "debug" } else { "release" });
+    let mut servers = vec![Server {
+        name: "quay",
+        bin: bin.join("h3-server"),
+    }];
+    let mut unavailable = Vec::new();
+    if !args.vs.is_empty() {
+        let manifest = root().join("bench/peers/Cargo.toml");
+        let built = crate::run(
+            &env,
+            "cargo",
+            &[
+                "build",
+                "--release",
+                "--locked",
+                "--manifest-path",
+                path_str(&manifest)?,
+            ],
+        );
+        for peer in &args.vs {
+            let (name, file) = PEERS.iter().find(|(n, _)| n == peer).expect("checked");
+            match &built {
+                Ok(()) => servers.push(Server {
+                    name,
+                    bin: root().join("bench/peers/target/release").join(file),
+                }),
+                Err(e) => {
+                    println!("  {name}: unavailable: the peers did not build: {e}");
+                    unavailable.push(format!("{name}: the peers did not build ({e})"));
+                }
+            }
+        }
+    }
     // A quick run must not overwrite the last full report.
     let dir = if args.quick {
         root().join("target/bench/quick")
@@ -277,12 +341,14 @@ pub fn run(args: &[String]) -> Result {
         root().join("target/bench")
     };
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    // One certificate (ECDSA P-256, signed by a fresh root) for every server, so that
+    // handshakes cost the same signature everywhere.
+    let certs = dir.join("certs");
+    std::fs::create_dir_all(&certs).map_err(|e| format!("{}: {e}", certs.display()))?;
+    crate::interop::cases::certificates(&certs, 1)?;
     let pin = std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2)
         && Command::new("taskset").arg("-V").output().is_ok();
-    for peer in &args.vs {
-        println!("  {peer}: unavailable (the peer servers are not built by this version)");
-    }
-    let mut results: Vec<(&'static str, &'static str, Kind, Vec<Run>)> = Vec::new();
+    let mut cells: Vec<Cell> = Vec::new();
     for sc in scenarios() {
         let selected = if args.scenarios.is_empty() {
             !(args.quick && sc.name == "M1-10k")
@@ -292,55 +358,75 @@ pub fn run(args: &[String]) -> Result {
         if !selected {
             continue;
         }
-        let mut runs = Vec::new();
+        let mut runs: Vec<(&'static str, Vec<Run>)> =
+            servers.iter().map(|s| (s.name, Vec::new())).collect();
+        // Servers take turns within each round: A B A B.
         for i in 0..args.runs {
-            let r = one(&bin, &dir, &sc, args.quick, pin, i)?;
-            println!(
-                "  {:<7} run {}: {}",
-                sc.name,
-                i + 1,
-                summary_line(sc.kind, &r)
-            );
-            runs.push(r);
+            for (server, (_, out)) in servers.iter().zip(runs.iter_mut()) {
+                let r = one(&bin, &dir, &certs, server, &sc, args.quick, pin, i)?;
+                println!(
+                    "  {:<7} {:<13} run {}: {}",
+                    sc.name,
+                    server.name,
+                    i + 1,
+                    summary_line(sc.kind, &r)
+                );
+                out.push(r);
+            }
         }
-        results.push((sc.name, sc.about, sc.kind, runs));
+        cells.push(Cell {
+            name: sc.name,
+            about: sc.about,
+            kind: sc.kind,
+            runs,
+        });
     }
-    write(&dir, &results, pin)?;
+    write(&dir, &cells, pin, &unavailable)?;
     println!("bench: report in {}", dir.join("report.md").display());
     Ok(())
 }
 
 /// Starts a server, runs the load once, stops the server.
-fn one(bin: &Path, dir: &Path, sc: &Scenario, quick: bool, pin: bool, i: usize) -> Result<Run> {
-    let cert = dir.join("cert.pem");
+#[allow(clippy::too_many_arguments)]
+fn one(
+    bin: &Path,
+    dir: &Path,
+    certs: &Path,
+    server: &Server,
+    sc: &Scenario,
+    quick: bool,
+    pin: bool,
+    i: usize,
+) -> Result<Run> {
     let mut server_args: Vec<String> = Vec::new();
-    let server_bin = bin.join("h3-server");
     let program: PathBuf = if pin {
         server_args.extend(s(&["-c", "0"]));
-        server_args.push(path_str(&server_bin)?.to_owned());
+        server_args.push(path_str(&server.bin)?.to_owned());
         PathBuf::from("taskset")
     } else {
-        server_bin
+        server.bin.clone()
     };
     server_args.extend(s(&[
         "--listen",
         "127.0.0.1:0",
-        "--write-cert",
-        path_str(&cert)?,
+        "--cert",
+        path_str(&certs.join("cert.pem"))?,
+        "--key",
+        path_str(&certs.join("priv.key"))?,
     ]));
     server_args.extend(s(sc.server));
     let refs: Vec<&str> = server_args.iter().map(String::as_str).collect();
-    let server = procs::Server::start(&program, &refs)?;
-    let pid = server.pid();
+    let running = procs::Server::start(&program, &refs)?;
+    let pid = running.pid();
     std::thread::sleep(Duration::from_millis(200));
-    let json = dir.join(format!("{}-{i}.json", sc.name));
+    let json = dir.join(format!("{}-{}-{i}.json", sc.name, server.name));
     let mut load = vec![
         "--connect".to_owned(),
-        server.addr.to_string(),
+        running.addr.to_string(),
         "--server-name".into(),
         "localhost".into(),
         "--ca".into(),
-        path_str(&cert)?.to_owned(),
+        path_str(&certs.join("ca.pem"))?.to_owned(),
         "--json".into(),
         path_str(&json)?.to_owned(),
     ];
@@ -369,11 +455,12 @@ fn one(bin: &Path, dir: &Path, sc: &Scenario, quick: bool, pin: bool, i: usize) 
     };
     let server_cpu = cpu_seconds(pid) - cpu_before;
     let peak = rss_kib(pid, "VmHWM");
-    server.stop()?;
+    running.stop()?;
     if !out.status.success() {
         return Err(format!(
-            "{}: quay-load failed: {}{}",
+            "{} against {}: quay-load failed: {}{}",
             sc.name,
+            server.name,
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         ));
@@ -465,6 +552,10 @@ fn summary_line(kind: Kind, r: &Run) -> String {
 }
 
 fn median_min_max(mut v: Vec<f64>) -> (f64, f64, f64) {
+    v.retain(|x| !x.is_nan());
+    if v.is_empty() {
+        return (f64::NAN, f64::NAN, f64::NAN);
+    }
     v.sort_by(|a, b| a.total_cmp(b));
     let n = v.len();
     let med = if n % 2 == 1 {
@@ -475,70 +566,377 @@ fn median_min_max(mut v: Vec<f64>) -> (f64, f64, f64) {
     (med, v[0], v[n - 1])
 }
 
-type Results = [(&'static str, &'static str, Kind, Vec<Run>)];
+/// Metric `i` of every run.
+fn column(kind: Kind, runs: &[Run], i: usize) -> Vec<f64> {
+    runs.iter().map(|r| metrics(kind, r)[i].1).collect()
+}
 
-fn write(dir: &Path, results: &Results, pinned: bool) -> Result {
-    let mut json = String::from("{\n");
-    let _ = writeln!(
-        json,
-        "  \"machine\": {{\"cpus\": {}, \"pinned\": {pinned}}},",
-        cpus()
-    );
-    json.push_str("  \"scenarios\": [\n");
+/// quay's value over the peer's, per run pair (run i of quay with run i of the peer:
+/// the two ran back to back).
+fn ratios(kind: Kind, quay: &[Run], peer: &[Run], i: usize) -> Vec<f64> {
+    column(kind, quay, i)
+        .into_iter()
+        .zip(column(kind, peer, i))
+        .map(|(q, p)| q / p)
+        .filter(|r| r.is_finite())
+        .collect()
+}
+
+fn cell_text((med, lo, hi): (f64, f64, f64), n: usize) -> String {
+    if n > 1 {
+        format!("{med:.2} ({lo:.2}–{hi:.2})")
+    } else {
+        format!("{med:.2}")
+    }
+}
+
+/// Whether the load generator used (nearly) all of its core: then the rate measured
+/// the client, and the server's efficiency is the figure to judge.
+fn client_saturated(r: &Run) -> bool {
+    let cpu = field(&r.load, "client_cpu_seconds");
+    let secs = field(&r.load, "seconds");
+    cpu.is_finite() && secs.is_finite() && secs > 0.0 && cpu / secs >= 0.9
+}
+
+/// The charts: file, title, unit, (scenario, metric) per category, log scale.
+type Chart = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static [(&'static str, &'static str)],
+    bool,
+);
+const CHARTS: [Chart; 7] = [
+    (
+        "goodput.svg",
+        "Goodput, one connection",
+        "Gbit/s",
+        &[("B1", "Gbit/s"), ("B2", "Gbit/s"), ("B4", "Gbit/s")],
+        false,
+    ),
+    (
+        "cpu-per-gb.svg",
+        "Server CPU per GB (lower is better)",
+        "CPU s/GB",
+        &[
+            ("B1", "server CPU s/GB"),
+            ("B2", "server CPU s/GB"),
+            ("B4", "server CPU s/GB"),
+        ],
+        false,
+    ),
+    (
+        "requests.svg",
+        "Requests per second",
+        "req/s",
+        &[("R1", "req/s"), ("R2", "req/s")],
+        false,
+    ),
+    (
+        "cpu-per-request.svg",
+        "Server CPU per request (lower is better)",
+        "CPU µs/request",
+        &[
+            ("R1", "server CPU µs/req"),
+            ("R2", "server CPU µs/req"),
+            ("R3", "server CPU µs/req"),
+        ],
+        false,
+    ),
+    (
+        "latency.svg",
+        "Request latency percentiles (lower is better)",
+        "µs (log scale)",
+        &[
+            ("R1", "p50 µs"),
+            ("R1", "p99 µs"),
+            ("R2", "p50 µs"),
+            ("R2", "p99 µs"),
+            ("R3", "p50 µs"),
+            ("R3", "p99 µs"),
+        ],
+        true,
+    ),
+    (
+        "handshakes.svg",
+        "Server CPU per handshake (lower is better)",
+        "CPU ms/handshake",
+        &[
+            ("H1", "server CPU ms/handshake"),
+            ("H1R", "server CPU ms/handshake"),
+        ],
+        false,
+    ),
+    (
+        "memory.svg",
+        "Server memory per idle connection (lower is better)",
+        "KiB/connection",
+        &[
+            ("M1", "server KiB/connection"),
+            ("M1-10k", "server KiB/connection"),
+        ],
+        false,
+    ),
+];
+
+fn write(dir: &Path, cells: &[Cell], pinned: bool, unavailable: &[String]) -> Result {
+    let servers: Vec<&str> = cells
+        .first()
+        .map(|c| c.runs.iter().map(|(n, _)| *n).collect())
+        .unwrap_or_default();
+    let versions = versions();
     let mut md = String::from("# Benchmarks\n\n");
     let _ = writeln!(
         md,
-        "quay's `h3-server` (core 0) driven by `quay-load` (core 1){}; median (min–max) \
-         over the runs.\n",
+        "Servers: {} on core 0, driven by `quay-load` on core 1{}. Median (min–max) over \
+         the runs; the servers took turns run by run, and each ratio is quay's value \
+         over the peer's, per run pair (below 1: quay used less, or was faster for \
+         latencies; above 1: quay's rate was higher).\n",
+        servers.join(", "),
         if pinned {
             ""
         } else {
             " — not pinned: fewer than two cores or no taskset"
         }
     );
-    for (si, (name, about, kind, runs)) in results.iter().enumerate() {
-        let _ = writeln!(md, "## {name}: {about}\n");
-        let labels: Vec<&str> = metrics(*kind, &runs[0]).iter().map(|(k, _)| *k).collect();
-        let _ = writeln!(md, "| {} |", labels.join(" | "));
-        let _ = writeln!(md, "|{}", "---|".repeat(labels.len()));
-        let cells: Vec<String> = (0..labels.len())
-            .map(|i| {
-                let v: Vec<f64> = runs.iter().map(|r| metrics(*kind, r)[i].1).collect();
-                let (med, lo, hi) = median_min_max(v);
-                if runs.len() > 1 {
-                    format!("{med:.2} ({lo:.2}–{hi:.2})")
+    let _ = writeln!(
+        md,
+        "Machine: {} × {}, Linux {}. Versions: {}.\n",
+        cpus(),
+        cpu_model(),
+        kernel(),
+        versions
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    for u in unavailable {
+        let _ = writeln!(md, "Unavailable: {u}.\n");
+    }
+    let charts: Vec<&Chart> = CHARTS
+        .iter()
+        .filter(|(_, _, _, cats, _)| cats.iter().any(|(s, _)| cells.iter().any(|c| c.name == *s)))
+        .collect();
+    if !charts.is_empty() {
+        md.push_str("Charts: ");
+        let links: Vec<String> = charts
+            .iter()
+            .map(|(file, title, ..)| format!("[{title}]({file})"))
+            .collect();
+        md.push_str(&links.join(" · "));
+        md.push_str("\n\n");
+    }
+    for cell in cells {
+        let _ = writeln!(md, "## {}: {}\n", cell.name, cell.about);
+        let Some((_, first)) = cell.runs.first() else {
+            continue;
+        };
+        let Some(r0) = first.first() else { continue };
+        let labels: Vec<&str> = metrics(cell.kind, r0).iter().map(|(k, _)| *k).collect();
+        let _ = writeln!(md, "| server | {} |", labels.join(" | "));
+        let _ = writeln!(md, "|---|{}", "---|".repeat(labels.len()));
+        for (name, runs) in &cell.runs {
+            let cols: Vec<String> = (0..labels.len())
+                .map(|i| cell_text(median_min_max(column(cell.kind, runs, i)), runs.len()))
+                .collect();
+            let _ = writeln!(md, "| {name} | {} |", cols.join(" | "));
+        }
+        for (name, runs) in cell.runs.iter().skip(1) {
+            let cols: Vec<String> = (0..labels.len())
+                .map(|i| {
+                    let r = ratios(cell.kind, first, runs, i);
+                    let n = r.len();
+                    format!("{}×", cell_text(median_min_max(r), n))
+                })
+                .collect();
+            let _ = writeln!(md, "| quay / {name} | {} |", cols.join(" | "));
+        }
+        md.push('\n');
+        for (name, runs) in &cell.runs {
+            let saturated = runs.iter().filter(|r| client_saturated(r)).count();
+            if saturated > 0 {
+                let _ = writeln!(
+                    md,
+                    "Note: against {name}, the client saturated its core in {saturated} of \
+                     {} runs; there the rate measures the client, and server CPU per unit \
+                     is the figure to judge.\n",
+                    runs.len()
+                );
+            }
+        }
+    }
+    for (file, title, unit, cats, log) in &charts {
+        let categories: Vec<String> = cats
+            .iter()
+            .filter(|(s, _)| cells.iter().any(|c| c.name == *s))
+            .map(|(s, m)| {
+                if cats.iter().filter(|(s2, _)| s2 == s).count() > 1 {
+                    format!("{s} {}", m.trim_end_matches(" µs"))
                 } else {
-                    format!("{med:.2}")
+                    (*s).to_owned()
                 }
             })
             .collect();
-        let _ = writeln!(md, "| {} |\n", cells.join(" | "));
-        let _ = write!(
+        let series: Vec<svg::Series> = servers
+            .iter()
+            .map(|server| svg::Series {
+                name: server,
+                values: cats
+                    .iter()
+                    .filter(|(s, _)| cells.iter().any(|c| c.name == *s))
+                    .map(|(s, m)| {
+                        let cell = cells.iter().find(|c| c.name == *s)?;
+                        let (_, runs) = cell.runs.iter().find(|(n, _)| n == server)?;
+                        let i = metrics(cell.kind, runs.first()?)
+                            .iter()
+                            .position(|(k, _)| k == m)?;
+                        Some(median_min_max(column(cell.kind, runs, i)))
+                    })
+                    .collect(),
+            })
+            .collect();
+        let chart = svg::bars(title, unit, &categories, &series, *log);
+        std::fs::write(dir.join(file), chart).map_err(|e| format!("{file}: {e}"))?;
+    }
+    std::fs::write(
+        dir.join("results.json"),
+        json(cells, pinned, &versions, unavailable),
+    )
+    .map_err(|e| e.to_string())?;
+    std::fs::write(dir.join("report.md"), md).map_err(|e| e.to_string())
+}
+
+fn json(
+    cells: &[Cell],
+    pinned: bool,
+    versions: &[(String, String)],
+    unavailable: &[String],
+) -> String {
+    let q = |s: &str| format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""));
+    let mut json = String::from("{\n");
+    let _ = writeln!(
+        json,
+        "  \"machine\": {{\"cpus\": {}, \"cpu\": {}, \"kernel\": {}, \"pinned\": {pinned}}},",
+        cpus(),
+        q(&cpu_model()),
+        q(&kernel())
+    );
+    let v: Vec<String> = versions
+        .iter()
+        .map(|(k, v)| format!("{}: {}", q(k), q(v)))
+        .collect();
+    let _ = writeln!(json, "  \"versions\": {{{}}},", v.join(", "));
+    let u: Vec<String> = unavailable.iter().map(|s| q(s)).collect();
+    let _ = writeln!(json, "  \"unavailable\": [{}],", u.join(", "));
+    json.push_str("  \"scenarios\": [\n");
+    for (ci, cell) in cells.iter().enumerate() {
+        let _ = writeln!(
             json,
-            "    {{\"name\": \"{name}\", \"about\": \"{about}\", \"runs\": ["
+            "    {{\"name\": {}, \"about\": {}, \"servers\": [",
+            q(cell.name),
+            q(cell.about)
         );
-        for (ri, r) in runs.iter().enumerate() {
-            let load = if r.load.trim_start().starts_with('{') {
-                r.load.clone()
-            } else {
-                format!("\"{}\"", r.load.replace('"', "'"))
-            };
-            let _ = write!(
+        for (si, (name, runs)) in cell.runs.iter().enumerate() {
+            let _ = write!(json, "      {{\"name\": {}, \"runs\": [", q(name));
+            for (ri, r) in runs.iter().enumerate() {
+                let load = if r.load.trim_start().starts_with('{') {
+                    r.load.clone()
+                } else {
+                    q(&r.load)
+                };
+                let m: Vec<String> = metrics(cell.kind, r)
+                    .iter()
+                    .map(|(k, v)| {
+                        format!(
+                            "{}: {}",
+                            q(k),
+                            if v.is_finite() {
+                                v.to_string()
+                            } else {
+                                "null".into()
+                            }
+                        )
+                    })
+                    .collect();
+                let _ = write!(
+                    json,
+                    "{{\"server_cpu_seconds\": {:.4}, \"server_rss_growth_kib\": {}, \
+                     \"server_peak_kib\": {}, \"client_saturated\": {}, \"metrics\": {{{}}}, \
+                     \"load\": {}}}{}",
+                    r.server_cpu,
+                    r.server_rss_growth_kib,
+                    r.server_peak_kib,
+                    client_saturated(r),
+                    m.join(", "),
+                    load,
+                    if ri + 1 < runs.len() { ", " } else { "" }
+                );
+            }
+            let _ = writeln!(
                 json,
-                "{{\"server_cpu_seconds\": {:.4}, \"server_rss_growth_kib\": {}, \
-                 \"server_peak_kib\": {}, \"load\": {}}}{}",
-                r.server_cpu,
-                r.server_rss_growth_kib,
-                r.server_peak_kib,
-                load,
-                if ri + 1 < runs.len() { ", " } else { "" }
+                "]}}{}",
+                if si + 1 < cell.runs.len() { "," } else { "" }
             );
         }
-        let _ = writeln!(json, "]}}{}", if si + 1 < results.len() { "," } else { "" });
+        let _ = writeln!(
+            json,
+            "    ]}}{}",
+            if ci + 1 < cells.len() { "," } else { "" }
+        );
     }
     json.push_str("  ]\n}\n");
-    std::fs::write(dir.join("results.json"), json).map_err(|e| e.to_string())?;
-    std::fs::write(dir.join("report.md"), md).map_err(|e| e.to_string())
+    json
+}
+
+/// Versions of what was measured: from the lockfiles and rustc.
+fn versions() -> Vec<(String, String)> {
+    let mut out = vec![("quay".to_owned(), env!("CARGO_PKG_VERSION").to_owned())];
+    let lock = |file: &Path, name: &str| -> Option<String> {
+        let text = std::fs::read_to_string(file).ok()?;
+        let pat = format!("name = \"{name}\"\nversion = \"");
+        let at = text.find(&pat)? + pat.len();
+        Some(text[at..].split('"').next()?.to_owned())
+    };
+    let main = root().join("Cargo.lock");
+    let peers = root().join("bench/peers/Cargo.lock");
+    for (file, name) in [
+        (&main, "quiche"),
+        (&main, "tokio"),
+        (&peers, "tokio-quiche"),
+        (&peers, "quinn"),
+        (&peers, "h3"),
+        (&peers, "h3-quinn"),
+    ] {
+        if let Some(v) = lock(file, name) {
+            out.push((name.to_owned(), v));
+        }
+    }
+    if let Ok(o) = Command::new("rustc").arg("-V").output() {
+        let v = String::from_utf8_lossy(&o.stdout);
+        if let Some(v) = v.split_whitespace().nth(1) {
+            out.push(("rustc".to_owned(), v.to_owned()));
+        }
+    }
+    out
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into())
+}
+
+fn kernel() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".into())
 }
 
 fn cpus() -> usize {

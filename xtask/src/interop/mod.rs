@@ -6,7 +6,7 @@
 //! then checks the downloaded files byte for byte and the header facts the case
 //! requires. Results go to `target/interop/results.json` and `report.md`.
 
-mod cases;
+pub(crate) mod cases;
 mod peers;
 mod report;
 pub(crate) mod shim;

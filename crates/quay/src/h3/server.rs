@@ -229,12 +229,12 @@ where
     let status = parts.status;
     let result = send_body(req.responder, http::Response::from_parts(parts, ()), body).await;
     match result {
-        Ok(bytes) => tracing::info!(
+        Ok(bytes) => tracing::debug!(
             %method, %path, status = status.as_u16(), bytes,
             ms = started.elapsed().as_secs_f64() * 1000.0, "request"
         ),
         Err(e) => {
-            tracing::info!(%method, %path, status = status.as_u16(), error = %e, "request failed")
+            tracing::debug!(%method, %path, status = status.as_u16(), error = %e, "request failed")
         }
     }
 }
