@@ -80,6 +80,61 @@ pub mod __private {
     //! Internals exposed for the project's own tests and fuzz targets; not a stable API.
     pub use crate::router::header::{Routing, parse as parse_routing_header};
 
+    /// The router's table of connection IDs, for benchmarks: the same lookup every
+    /// datagram takes.
+    #[derive(Debug, Default)]
+    pub struct RouteTable {
+        routes: std::collections::HashMap<Vec<u8>, u64>,
+    }
+
+    impl RouteTable {
+        /// Routes `cid` to connection `id`.
+        pub fn insert(&mut self, cid: &[u8], id: u64) {
+            self.routes.insert(cid.to_vec(), id);
+        }
+
+        /// The connection a datagram goes to, with connection IDs of `cid_len` bytes
+        /// in short headers.
+        pub fn route(&self, datagram: &[u8], cid_len: usize) -> Option<u64> {
+            crate::router::lookup(&self.routes, datagram, cid_len).and_then(|(_, id)| id.copied())
+        }
+    }
+
+    /// A connection's output packed into GSO batches as a worker packs it, without the
+    /// socket, for benchmarks.
+    #[derive(Debug)]
+    pub struct GsoBatches(crate::worker::batch::SendBatcher);
+
+    impl GsoBatches {
+        /// Batches of packets up to `max_payload` bytes, at most `max_segments` each.
+        pub fn new(max_payload: usize, max_segments: usize) -> Self {
+            Self(crate::worker::batch::SendBatcher::new(
+                max_payload,
+                max_segments,
+                false,
+                std::sync::Arc::default(),
+            ))
+        }
+
+        /// Fills batches from `conn` until it has nothing more to send, dropping each
+        /// as a send would; returns the number of batches and of bytes.
+        pub fn drain(&mut self, conn: &mut quiche::Connection) -> (usize, usize) {
+            let (mut batches, mut bytes) = (0, 0);
+            loop {
+                let (batch, next) = self.0.fill(conn);
+                if let Some(b) = batch {
+                    batches += 1;
+                    bytes += self.0.bytes(&b).len();
+                    self.0.sent();
+                }
+                if next != crate::worker::batch::Next::More {
+                    self.0.release();
+                    return (batches, bytes);
+                }
+            }
+        }
+    }
+
     /// Mints and checks Retry tokens for one fixed client address, for fuzzing.
     #[derive(Debug)]
     pub struct RetryTokenCheck(crate::router::retry::RetryTokens);

@@ -119,7 +119,32 @@ impl Server {
     /// Serves until `shutdown` is cancelled, then drains gracefully: stops accepting,
     /// sends GOAWAY on every connection, lets requests in flight finish for up to
     /// `deadline`, and closes what is left.
+    ///
+    /// The accept loop runs as a task of the runtime, whichever thread polls this
+    /// future (often `main`, outside the runtime's workers), so that accepting and
+    /// reaping connections never wakes a thread of its own. Dropping this future stops
+    /// the server as before: the task is aborted with it.
     pub async fn serve_with_shutdown<F, Fut, B, E>(
+        self,
+        handler: F,
+        shutdown: CancellationToken,
+        deadline: Duration,
+    ) where
+        F: Fn(http::Request<RecvBody>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Result<http::Response<B>, E>> + Send + 'static,
+        B: HttpBody<Data = Bytes> + Send + 'static,
+        B::Error: std::fmt::Display + Send,
+        E: std::fmt::Display + Send + 'static,
+    {
+        let mut task = AbortOnDrop(tokio::spawn(self.run(handler, shutdown, deadline)));
+        if let Err(e) = (&mut task.0).await
+            && e.is_panic()
+        {
+            std::panic::resume_unwind(e.into_panic());
+        }
+    }
+
+    async fn run<F, Fut, B, E>(
         mut self,
         handler: F,
         shutdown: CancellationToken,
@@ -168,6 +193,15 @@ impl Server {
                 Duration::from_secs(1),
             )
             .await;
+    }
+}
+
+/// Aborts the task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -86,6 +86,20 @@ pub(crate) struct Accept {
     pub(crate) shutting_down: bool,
 }
 
+/// The routing step every datagram takes: the destination connection ID of its first
+/// packet, looked up. `None` if the header is malformed.
+pub(crate) fn lookup<'r, 'b, V>(
+    routes: &'r HashMap<Vec<u8>, V>,
+    buf: &'b [u8],
+    cid_len: usize,
+) -> Option<(Routing<'b>, Option<&'r V>)> {
+    let routing = header::parse(buf, cid_len)?;
+    let dcid = match routing {
+        Routing::Short { dcid } | Routing::Long { dcid, .. } => dcid,
+    };
+    Some((routing, routes.get(dcid)))
+}
+
 /// The router task's state.
 pub(crate) struct Router {
     socket: Arc<Socket>,
@@ -279,14 +293,11 @@ impl Router {
 
     /// Routes one datagram: to its connection, or down the accept or reset path.
     fn route(&mut self, dgram: Datagram) {
-        let Some(routing) = header::parse(&dgram.buf, self.cid_len) else {
+        let Some((routing, route)) = lookup(&self.routes, &dgram.buf, self.cid_len) else {
             self.metrics.datagram_dropped(DropReason::Malformed);
             return;
         };
-        let dcid = match routing {
-            Routing::Short { dcid } | Routing::Long { dcid, .. } => dcid,
-        };
-        if let Some((_, tx)) = self.routes.get(dcid) {
+        if let Some((_, tx)) = route {
             match tx.try_send(dgram) {
                 Ok(()) => {}
                 Err(mpsc::error::TrySendError::Full(_)) => self.metrics.queue_full_drop(),

@@ -6,7 +6,7 @@
 //! queued datagram to the connection, runs the application's callbacks, and sends the
 //! connection's output in GSO batches.
 
-mod batch;
+pub(crate) mod batch;
 
 use std::fs::OpenOptions;
 use std::io::BufWriter;
@@ -161,6 +161,13 @@ struct Worker<A> {
 
 impl<A: ApplicationOverQuic> Worker<A> {
     async fn run(mut self) {
+        if self.setup.conn.is_server() {
+            // A client's first flight can span several datagrams (a post-quantum key
+            // share does not fit in one). Reading what has arrived since the router
+            // took the first one lets the server answer once, with its whole first
+            // flight, rather than with an ACK-only Initial padded to full size first.
+            self.drain_queue();
+        }
         // A client's first flight is ready before anything arrives.
         self.flush().await;
         if self.driver.will_establish(&self.setup.conn) {
@@ -221,13 +228,15 @@ impl<A: ApplicationOverQuic> Worker<A> {
                 self.flush().await;
                 break CloseReason::HandshakeTimeout;
             }
-            if self.driver.will_establish(&self.setup.conn)
-                || (self.established_at.is_none() && self.setup.conn.is_established())
+            if !self.setup.conn.is_server()
+                && (self.driver.will_establish(&self.setup.conn)
+                    || (self.established_at.is_none() && self.setup.conn.is_established()))
             {
-                // See `AppDriver::will_establish`: the Finished must leave first. This
-                // holds too for a client that already runs its application on 0-RTT
-                // keys: the turn that completes the handshake may be the one in which
-                // the application closes.
+                // See `AppDriver::will_establish`: the client's Finished must leave
+                // first. This holds too for a client that already runs its application
+                // on 0-RTT keys: the turn that completes the handshake may be the one in
+                // which the application closes. A server's Finished left with its first
+                // flight, so its output of this turn goes out in one flush below.
                 self.flush().await;
             }
             if self.refuse.is_none() {
