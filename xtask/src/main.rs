@@ -107,6 +107,18 @@ fn test() -> Result {
         "cargo",
         &["test", "--workspace", "--all-features", "--locked"],
     )?;
+    // The criterion benchmarks, each run once as a test, so they cannot rot.
+    run(
+        &env,
+        "cargo",
+        &[
+            "test",
+            "--workspace",
+            "--all-features",
+            "--locked",
+            "--benches",
+        ],
+    )?;
     // Broken intra-doc links and malformed docs fail the run, as in CI.
     run(
         &env.with("RUSTDOCFLAGS", "-D warnings"),
