@@ -1,6 +1,7 @@
 //! Shared helpers of the quay example programs.
 
 pub mod hq;
+pub mod raw_load;
 pub mod routes;
 
 /// Logs to stderr; `RUST_LOG` picks the level (default `info`).

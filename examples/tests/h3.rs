@@ -286,3 +286,69 @@ fn the_example_binaries_serve_and_fetch() {
     let _ = server.wait();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Starts a server binary on a free port; returns it and its address.
+fn start_binary(bin: &str, cert: &std::path::Path) -> (std::process::Child, String) {
+    let mut server = Command::new(bin)
+        .args(["--listen", "127.0.0.1:0", "--write-cert"])
+        .arg(cert)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(server.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap()
+        .to_owned();
+    (server, addr)
+}
+
+/// The number field `key` of quay-load's JSON summary.
+fn json_number(path: &std::path::Path, key: &str) -> f64 {
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    v[key].as_f64().unwrap_or_else(|| panic!("no {key} in {v}"))
+}
+
+#[test]
+fn quay_load_counts_http3_and_raw_requests() {
+    let dir = std::env::temp_dir().join(format!("quay-load-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cases = [
+        (env!("CARGO_BIN_EXE_h3-server"), false),
+        (env!("CARGO_BIN_EXE_echo-server"), true),
+    ];
+    for (i, (bin, raw)) in cases.into_iter().enumerate() {
+        let cert = dir.join(format!("cert-{i}.pem"));
+        let json = dir.join(format!("load-{i}.json"));
+        let (mut server, addr) = start_binary(bin, &cert);
+        let mut load = Command::new(env!("CARGO_BIN_EXE_quay-load"));
+        load.args(["--connect", &addr, "--server-name", "localhost", "--ca"])
+            .arg(&cert)
+            .args(["--connections", "2", "--inflight", "5", "--requests", "60"])
+            .args(["--request-size", "3000", "--json"])
+            .arg(&json)
+            .stdout(std::process::Stdio::null());
+        if raw {
+            load.arg("--raw");
+        } else {
+            load.args(["--response-size", "5000"]);
+        }
+        let status = load.status().unwrap();
+        let _ = server.kill();
+        let _ = server.wait();
+        assert!(status.success(), "raw: {raw}");
+        assert_eq!(json_number(&json, "requests"), 60.0);
+        assert_eq!(json_number(&json, "errors"), 0.0);
+        assert_eq!(json_number(&json, "bytes_up"), 60.0 * 3000.0);
+        let down = if raw { 3000.0 } else { 5000.0 };
+        assert_eq!(json_number(&json, "bytes_down"), 60.0 * down);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

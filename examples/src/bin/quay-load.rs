@@ -1,15 +1,18 @@
-//! A load generator for HTTP/3 servers that serve `h3-server`'s routes.
+//! A load generator for HTTP/3 servers that serve `h3-server`'s routes, and for raw
+//! QUIC against `echo-server`.
 //!
 //! ```text
 //! quay-load --connect 127.0.0.1:4433 [--server-name localhost] [--ca PEM | --insecure]
 //!           [--connections N] [--inflight M] [--requests COUNT | --duration SECS]
 //!           [--request-size B] [--response-size B] [--warmup SECS] [--json PATH]
+//!           [--handshakes | --idle-connections N] [--raw]
 //! ```
 //!
 //! N connections, each with M requests in flight. A request is `GET /bytes/R` when the
 //! request size is 0, else `POST /bytes/R` with a body of the request size (the
 //! server drops it); R is the response size. With `--handshakes`, every request gets
-//! a fresh connection (one GET, then close): handshakes per second.
+//! a fresh connection (one GET, then close): handshakes per second. With `--raw`, a
+//! request is a QUIC stream carrying the request bytes and the response is their echo.
 //!
 //! Latency is recorded per request (first byte of the request to the last of the
 //! response) in an HDR histogram; the summary goes to stdout and, with `--json`, to a
@@ -27,6 +30,7 @@ use clap::Parser;
 use hdrhistogram::Histogram;
 use quay::h3::{ClientH3Driver, H3Settings, SendRequest};
 use quay::io::{ClientParams, ClientTlsConfig, QuicSettings};
+use quay_examples::raw_load::{RawClient, RawSender};
 
 #[derive(Parser, Debug, Clone)]
 #[command(about = "HTTP/3 load generator")]
@@ -75,6 +79,11 @@ struct Args {
     /// connection.
     #[arg(long, conflicts_with_all = ["requests", "handshakes"])]
     idle_connections: Option<usize>,
+    /// Raw QUIC against `echo-server` (ALPN quay-echo) instead of HTTP/3: each request
+    /// is a stream carrying the request bytes, and the response is their echo (the
+    /// response size is the request size).
+    #[arg(long, conflicts_with_all = ["idle_connections", "response_size"])]
+    raw: bool,
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -122,6 +131,17 @@ struct Shared {
     authority: String,
 }
 
+impl Shared {
+    /// The response bytes each request expects.
+    fn response_size(&self) -> u64 {
+        if self.args.raw {
+            self.body.len() as u64
+        } else {
+            self.args.response_size
+        }
+    }
+}
+
 /// One worker's tally.
 struct Tally {
     hist: Histogram<u64>,
@@ -167,7 +187,12 @@ async fn main() -> anyhow::Result<()> {
     if args.connections == 0 || args.inflight == 0 {
         bail!("--connections and --inflight must be at least 1");
     }
-    let mut params = ClientParams::new(&[quay::h3::ALPN]);
+    let alpn = if args.raw {
+        quay::app::echo::ALPN
+    } else {
+        quay::h3::ALPN
+    };
+    let mut params = ClientParams::new(&[alpn]);
     params.tls = match (&args.ca, args.insecure) {
         (Some(ca), _) => ClientTlsConfig::new()
             .add_root_pem_file(ca)
@@ -244,7 +269,7 @@ async fn main() -> anyhow::Result<()> {
         connections: args.connections,
         inflight: args.inflight,
         request_size: args.request_size,
-        response_size: args.response_size,
+        response_size: shared.response_size(),
         handshakes: args.handshakes,
         seconds,
         requests: total.requests,
@@ -324,12 +349,30 @@ async fn hold_idle(n: usize, args: &Args, params: ClientParams) -> anyhow::Resul
     Ok(())
 }
 
+/// Where a worker sends its requests.
+#[derive(Clone)]
+enum Sender {
+    H3(SendRequest),
+    Raw(RawSender),
+}
+
 /// A new connection and its request sender.
-async fn open(shared: &Shared) -> anyhow::Result<(SendRequest, quay::io::ConnectionHandle)> {
-    let (driver, send) = ClientH3Driver::new(H3Settings::default());
-    let handle = quay::io::connect(shared.args.connect, shared.params.clone(), driver)
-        .await
-        .with_context(|| format!("cannot connect to {}", shared.args.connect))?;
+async fn open(shared: &Shared) -> anyhow::Result<(Sender, quay::io::ConnectionHandle)> {
+    let (addr, params) = (shared.args.connect, shared.params.clone());
+    let (send, handle) = if shared.args.raw {
+        let (app, send) = RawClient::new(shared.body.clone());
+        (
+            Sender::Raw(send),
+            quay::io::connect(addr, params, app).await,
+        )
+    } else {
+        let (driver, send) = ClientH3Driver::new(H3Settings::default());
+        (
+            Sender::H3(send),
+            quay::io::connect(addr, params, driver).await,
+        )
+    };
+    let handle = handle.with_context(|| format!("cannot connect to {addr}"))?;
     Ok((send, handle))
 }
 
@@ -346,7 +389,7 @@ fn take(shared: &Shared) -> bool {
     }
 }
 
-async fn worker(shared: Arc<Shared>, send: Option<SendRequest>) -> anyhow::Result<Tally> {
+async fn worker(shared: Arc<Shared>, send: Option<Sender>) -> anyhow::Result<Tally> {
     let mut tally = Tally::new()?;
     while take(&shared) {
         let measured = shared.measuring.load(Ordering::Acquire);
@@ -381,7 +424,17 @@ async fn worker(shared: Arc<Shared>, send: Option<SendRequest>) -> anyhow::Resul
 }
 
 /// One request on `send`; the response body's length.
-async fn request(shared: &Shared, send: &SendRequest) -> anyhow::Result<u64> {
+async fn request(shared: &Shared, send: &Sender) -> anyhow::Result<u64> {
+    let send = match send {
+        Sender::H3(send) => send,
+        Sender::Raw(send) => {
+            let n = send.request().await?;
+            if n != shared.body.len() as u64 {
+                bail!("{n} bytes echoed, expected {}", shared.body.len());
+            }
+            return Ok(n);
+        }
+    };
     let path = format!(
         "https://{}/bytes/{}",
         shared.authority, shared.args.response_size
