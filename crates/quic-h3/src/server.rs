@@ -21,7 +21,9 @@ pub type ServerH3Driver = H3Driver<ServerHooks>;
 #[derive(Debug)]
 pub struct ServerHooks {
     /// `None` once the connection closed: the request stream then ends.
-    requests_tx: Option<mpsc::Sender<IncomingRequest>>,
+    /// Boxed: a channel allocates its first block of 32 slots up front, so on an idle
+    /// connection slots of a full request would cost kilobytes.
+    requests_tx: Option<mpsc::Sender<Box<IncomingRequest>>>,
     control_rx: mpsc::Receiver<ServerCommand>,
     /// A command taken from `control_rx`, to carry out in `start_work`.
     pending: Option<ServerCommand>,
@@ -87,7 +89,7 @@ impl ServerH3Driver {
 /// The requests of one connection, in the order they arrived.
 #[derive(Debug)]
 pub struct RequestStream {
-    rx: mpsc::Receiver<IncomingRequest>,
+    rx: mpsc::Receiver<Box<IncomingRequest>>,
     control: ServerControl,
 }
 
@@ -103,7 +105,7 @@ impl RequestStream {
     ///
     /// Cancel safe.
     pub async fn next(&mut self) -> Option<IncomingRequest> {
-        self.rx.recv().await
+        self.rx.recv().await.map(|r| *r)
     }
 }
 
@@ -238,11 +240,11 @@ impl sealed::Sealed for ServerHooks {
         core.streams.insert(stream_id, stream);
         self.last_request = Some(self.last_request.map_or(stream_id, |l| l.max(stream_id)));
         self.first_request_timer = None;
-        permit.send(IncomingRequest {
+        permit.send(Box::new(IncomingRequest {
             request: http::Request::from_parts(parts, body),
             responder: Responder { tx: out_tx },
             datagrams,
-        });
+        }));
     }
 
     fn poll_work(

@@ -122,7 +122,7 @@ pub(crate) fn spawn<A: ApplicationOverQuic>(
         setup.shared.pacing,
         Arc::clone(&setup.shared.send_buffers),
     );
-    let worker = Worker {
+    let mut worker = Worker {
         handshake_deadline: setup.started + setup.shared.handshake_timeout,
         setup,
         driver: AppDriver::new(app),
@@ -137,7 +137,11 @@ pub(crate) fn spawn<A: ApplicationOverQuic>(
         session,
         session_seen: None,
     };
-    crate::spawn::task(worker.run().instrument(span));
+    // The task's future holds the worker once: `run` borrows it from the block's
+    // capture. An async fn taking `self` by value (or a block that moves its capture
+    // into a local) keeps two copies of the worker, connection included, in its state.
+    let fut = async move { worker.run().await };
+    crate::spawn::task(fut.instrument(span));
     handle
 }
 
@@ -160,7 +164,7 @@ struct Worker<A> {
 }
 
 impl<A: ApplicationOverQuic> Worker<A> {
-    async fn run(mut self) {
+    async fn run(&mut self) {
         if self.setup.conn.is_server() {
             // A client's first flight can span several datagrams (a post-quantum key
             // share does not fit in one). Reading what has arrived since the router
@@ -415,7 +419,7 @@ impl<A: ApplicationOverQuic> Worker<A> {
         }
     }
 
-    async fn finish(mut self, reason: CloseReason) {
+    async fn finish(&mut self, reason: CloseReason) {
         let stats = ConnectionStats::from_connection(&self.setup.conn);
         let metrics = &self.setup.shared.metrics;
         if self.established_at.is_none() {
