@@ -241,23 +241,7 @@ fn the_example_binaries_serve_and_fetch() {
     let dir = std::env::temp_dir().join(format!("quay-bins-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let cert = dir.join("cert.pem");
-    let mut server = Command::new(env!("CARGO_BIN_EXE_h3-server"))
-        .args(["--listen", "127.0.0.1:0", "--write-cert"])
-        .arg(&cert)
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(server.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap()
-        .to_owned();
+    let (mut server, addr) = start_binary(env!("CARGO_BIN_EXE_h3-server"), &cert);
     let port = addr.rsplit(':').next().unwrap();
     let out = dir.join("download.bin");
     let status = Command::new(env!("CARGO_BIN_EXE_h3-client"))

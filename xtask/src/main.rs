@@ -28,8 +28,9 @@ commands:
           and check the digest with h3-client, report, stop
   interop the QUIC Interop Runner's cases against independent implementations
           through a network shim (`cargo xtask interop --help`)
-  bench   the field's benchmark scenarios against h3-server: goodput, requests/s,
-          latency, handshakes/s, server CPU and memory (`cargo xtask bench --help`)
+  bench   the field's benchmark scenarios against h3-server (and, with --vs, tokio-quiche
+          and quinn): goodput, requests/s, latency, handshakes/s, server CPU and memory
+          (`cargo xtask bench --help`)
 ";
 
 fn main() -> ExitCode {

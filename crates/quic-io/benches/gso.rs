@@ -72,28 +72,19 @@ fn gso(c: &mut Criterion) {
     let mut group = c.benchmark_group("gso_batch_assembly");
     group.throughput(Throughput::Bytes(BYTES as u64));
     group.sample_size(30);
-    group.bench_function("1MiB_stream", |b| {
-        let mut batcher = GsoBatches::new(MAX_PAYLOAD, SEGMENTS);
-        b.iter_batched(
-            || loaded(&rt, &data),
-            |mut pair| {
-                black_box(batcher.drain(pair.server_mut().conn_mut()));
-                pair
-            },
-            BatchSize::PerIteration,
-        )
-    });
-    group.bench_function("1MiB_stream_no_gso", |b| {
-        let mut batcher = GsoBatches::new(MAX_PAYLOAD, 1);
-        b.iter_batched(
-            || loaded(&rt, &data),
-            |mut pair| {
-                black_box(batcher.drain(pair.server_mut().conn_mut()));
-                pair
-            },
-            BatchSize::PerIteration,
-        )
-    });
+    for (name, segments) in [("1MiB_stream", SEGMENTS), ("1MiB_stream_no_gso", 1)] {
+        group.bench_function(name, |b| {
+            let mut batcher = GsoBatches::new(MAX_PAYLOAD, segments);
+            b.iter_batched(
+                || loaded(&rt, &data),
+                |mut pair| {
+                    black_box(batcher.drain(pair.server_mut().conn_mut()));
+                    pair
+                },
+                BatchSize::PerIteration,
+            )
+        });
+    }
     group.finish();
 }
 
