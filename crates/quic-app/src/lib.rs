@@ -56,6 +56,7 @@
 #![warn(missing_docs)]
 
 mod app;
+pub mod queue;
 pub use app::{ApplicationOverQuic, QuicConnection};
 
 mod error;

@@ -8,7 +8,7 @@ use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
 use http::HeaderMap;
-use tokio::sync::mpsc;
+use quic_app::queue;
 
 use crate::StreamError;
 
@@ -52,13 +52,13 @@ pub(crate) type InResult = Result<InFrame, StreamError>;
 /// H3_REQUEST_CANCELLED).
 #[derive(Debug)]
 pub struct RecvBody {
-    rx: Option<mpsc::Receiver<InResult>>,
+    rx: Option<queue::Receiver<InResult>>,
     trailers: Option<HeaderMap>,
     done: bool,
 }
 
 impl RecvBody {
-    pub(crate) fn new(rx: mpsc::Receiver<InResult>) -> Self {
+    pub(crate) fn new(rx: queue::Receiver<InResult>) -> Self {
         Self {
             rx: Some(rx),
             trailers: None,
@@ -166,11 +166,11 @@ impl http_body::Body for RecvBody {
 /// H3_REQUEST_CANCELLED): the peer sees the body as cancelled, never as complete.
 #[derive(Debug)]
 pub struct SendBody {
-    tx: mpsc::Sender<OutFrame>,
+    tx: queue::Sender<OutFrame>,
 }
 
 impl SendBody {
-    pub(crate) fn new(tx: mpsc::Sender<OutFrame>) -> Self {
+    pub(crate) fn new(tx: queue::Sender<OutFrame>) -> Self {
         Self { tx }
     }
 

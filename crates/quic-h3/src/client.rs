@@ -8,7 +8,8 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use quic_app::QuicConnection;
-use tokio::sync::{mpsc, oneshot};
+use quic_app::queue;
+use tokio::sync::oneshot;
 
 use crate::body::{OutFrame, SEND_QUEUE};
 use crate::datagram::DatagramFlow;
@@ -26,7 +27,7 @@ pub type ClientH3Driver = H3Driver<ClientHooks>;
 /// The client's hooks (sealed).
 #[derive(Debug)]
 pub struct ClientHooks {
-    requests_rx: mpsc::Receiver<NewRequest>,
+    requests_rx: queue::Receiver<NewRequest>,
     /// A request taken from the queue that could not be opened yet.
     pending: Option<NewRequest>,
     goaway: bool,
@@ -38,9 +39,9 @@ impl Hooks for ClientHooks {}
 #[derive(Debug)]
 struct NewRequest {
     head: http::request::Parts,
-    body_rx: mpsc::Receiver<OutFrame>,
+    body_rx: queue::Receiver<OutFrame>,
     response_tx: oneshot::Sender<Result<http::Response<RecvBody>, StreamError>>,
-    info_tx: mpsc::Sender<http::Response<()>>,
+    info_tx: queue::Sender<http::Response<()>>,
     /// Extended CONNECT: where the stream's datagram flow goes once it is open.
     flow_tx: Option<oneshot::Sender<DatagramFlow>>,
 }
@@ -67,7 +68,7 @@ pub struct ConnectStream {
 impl ClientH3Driver {
     /// A client driver for one connection, and the handle that sends requests on it.
     pub fn new(settings: H3Settings) -> (Self, SendRequest) {
-        let (tx, rx) = mpsc::channel(REQUEST_QUEUE);
+        let (tx, rx) = queue::channel(REQUEST_QUEUE);
         let draining = Arc::new(AtomicBool::new(false));
         let driver = H3Driver {
             core: Core::new(settings),
@@ -90,7 +91,7 @@ impl ClientH3Driver {
 /// `SendRequest` only means no new request can be sent.
 #[derive(Debug, Clone)]
 pub struct SendRequest {
-    tx: mpsc::Sender<NewRequest>,
+    tx: queue::Sender<NewRequest>,
     draining: Arc<AtomicBool>,
 }
 
@@ -155,9 +156,9 @@ impl SendRequest {
         flow_tx: Option<oneshot::Sender<DatagramFlow>>,
     ) -> Result<(SendBody, ResponseFuture), StreamError> {
         let (head, ()) = request.into_parts();
-        let (body_tx, body_rx) = mpsc::channel(SEND_QUEUE);
+        let (body_tx, body_rx) = queue::channel(SEND_QUEUE);
         let (response_tx, response_rx) = oneshot::channel();
-        let (info_tx, info_rx) = mpsc::channel(INFORMATIONAL_QUEUE);
+        let (info_tx, info_rx) = queue::channel(INFORMATIONAL_QUEUE);
         self.tx
             .send(NewRequest {
                 head,
@@ -195,7 +196,7 @@ impl SendRequest {
 #[must_use = "the response is only received when awaited"]
 pub struct ResponseFuture {
     rx: oneshot::Receiver<Result<http::Response<RecvBody>, StreamError>>,
-    info_rx: mpsc::Receiver<http::Response<()>>,
+    info_rx: queue::Receiver<http::Response<()>>,
 }
 
 impl ResponseFuture {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
+use quic_app::queue;
 
 /// Datagrams queued per flow, each way. When the receiving queue is full new
 /// datagrams are dropped (they are unreliable anyway); a full sending queue makes
@@ -70,14 +70,14 @@ impl MaxDatagram {
 #[derive(Debug)]
 pub struct DatagramFlow {
     sender: DatagramSender,
-    rx: mpsc::Receiver<Bytes>,
+    rx: queue::Receiver<Bytes>,
 }
 
 /// Sends the datagrams of one flow; clone it to send from several tasks.
 #[derive(Debug, Clone)]
 pub struct DatagramSender {
     stream_id: u64,
-    tx: mpsc::Sender<Bytes>,
+    tx: queue::Sender<Bytes>,
     max: MaxDatagram,
 }
 
@@ -85,15 +85,15 @@ pub struct DatagramSender {
 #[derive(Debug)]
 pub(crate) struct FlowEnd {
     /// Towards the user: datagrams received.
-    pub(crate) to_user: mpsc::Sender<Bytes>,
+    pub(crate) to_user: queue::Sender<Bytes>,
     /// From the user: datagrams to send.
-    pub(crate) from_user: mpsc::Receiver<Bytes>,
+    pub(crate) from_user: queue::Receiver<Bytes>,
 }
 
 impl DatagramFlow {
     pub(crate) fn new(stream_id: u64, max: MaxDatagram) -> (Self, FlowEnd) {
-        let (out_tx, out_rx) = mpsc::channel(DATAGRAM_QUEUE);
-        let (in_tx, in_rx) = mpsc::channel(DATAGRAM_QUEUE);
+        let (out_tx, out_rx) = queue::channel(DATAGRAM_QUEUE);
+        let (in_tx, in_rx) = queue::channel(DATAGRAM_QUEUE);
         let flow = Self {
             sender: DatagramSender {
                 stream_id,
@@ -156,8 +156,8 @@ impl DatagramSender {
     pub fn try_send(&self, payload: Bytes) -> Result<(), DatagramError> {
         self.check(&payload)?;
         self.tx.try_send(payload).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => DatagramError::Full,
-            mpsc::error::TrySendError::Closed(_) => DatagramError::Closed,
+            queue::TrySendError::Full(_) => DatagramError::Full,
+            queue::TrySendError::Closed(_) => DatagramError::Closed,
         })
     }
 

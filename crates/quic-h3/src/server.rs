@@ -5,8 +5,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use quic_app::QuicConnection;
-use tokio::sync::mpsc;
+use quic_app::{QuicConnection, queue};
 
 use crate::body::{OutFrame, SEND_QUEUE};
 use crate::datagram::DatagramFlow;
@@ -23,8 +22,8 @@ pub struct ServerHooks {
     /// `None` once the connection closed: the request stream then ends.
     /// Boxed: a channel allocates its first block of 32 slots up front, so on an idle
     /// connection slots of a full request would cost kilobytes.
-    requests_tx: Option<mpsc::Sender<Box<IncomingRequest>>>,
-    control_rx: mpsc::Receiver<ServerCommand>,
+    requests_tx: Option<queue::Sender<Box<IncomingRequest>>>,
+    control_rx: queue::Receiver<ServerCommand>,
     /// A command taken from `control_rx`, to carry out in `start_work`.
     pending: Option<ServerCommand>,
     /// The highest request stream id handed to the application.
@@ -46,7 +45,7 @@ enum ServerCommand {
 /// Controls a server connection from outside its driver.
 #[derive(Debug, Clone)]
 pub struct ServerControl {
-    tx: mpsc::Sender<ServerCommand>,
+    tx: queue::Sender<ServerCommand>,
 }
 
 impl ServerControl {
@@ -64,8 +63,8 @@ impl Hooks for ServerHooks {}
 impl ServerH3Driver {
     /// A server driver for one connection, and the stream of its requests.
     pub fn new(settings: H3Settings) -> (Self, RequestStream) {
-        let (requests_tx, requests_rx) = mpsc::channel(settings.max_pending_requests.max(1));
-        let (control_tx, control_rx) = mpsc::channel(4);
+        let (requests_tx, requests_rx) = queue::channel(settings.max_pending_requests.max(1));
+        let (control_tx, control_rx) = queue::channel(4);
         let driver = H3Driver {
             core: Core::new(settings),
             hooks: ServerHooks {
@@ -89,7 +88,7 @@ impl ServerH3Driver {
 /// The requests of one connection, in the order they arrived.
 #[derive(Debug)]
 pub struct RequestStream {
-    rx: mpsc::Receiver<Box<IncomingRequest>>,
+    rx: queue::Receiver<Box<IncomingRequest>>,
     control: ServerControl,
 }
 
@@ -136,7 +135,7 @@ pub struct EarlyData;
 /// Dropping it without sending a response resets the stream (H3_REQUEST_CANCELLED).
 #[derive(Debug)]
 pub struct Responder {
-    tx: mpsc::Sender<OutFrame>,
+    tx: queue::Sender<OutFrame>,
 }
 
 impl Responder {
@@ -218,16 +217,15 @@ impl sealed::Sealed for ServerHooks {
         let Some(requests_tx) = self.requests_tx.as_ref() else {
             return;
         };
-        let permit = match requests_tx.try_reserve() {
-            Ok(p) => p,
-            Err(_) => {
+        if !requests_tx.has_room() {
+            {
                 // The application is not taking requests fast enough: refuse this
                 // one in a way the client may safely retry.
                 core.abort_stream(conn, stream_id, H3Code::REQUEST_REJECTED);
                 return;
             }
-        };
-        let (out_tx, out_rx) = mpsc::channel(SEND_QUEUE);
+        }
+        let (out_tx, out_rx) = queue::channel(SEND_QUEUE);
         let mut stream = Stream::new(Some(out_rx));
         stream.head_received = true;
         stream.body_limit = core.settings.max_request_body_size;
@@ -240,7 +238,8 @@ impl sealed::Sealed for ServerHooks {
         core.streams.insert(stream_id, stream);
         self.last_request = Some(self.last_request.map_or(stream_id, |l| l.max(stream_id)));
         self.first_request_timer = None;
-        permit.send(Box::new(IncomingRequest {
+        // Room was checked above, and the driver is the only sender.
+        let _ = requests_tx.try_send(Box::new(IncomingRequest {
             request: http::Request::from_parts(parts, body),
             responder: Responder { tx: out_tx },
             datagrams,

@@ -3,7 +3,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use quic_app::{ApplicationOverQuic, CloseReason};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -186,7 +185,7 @@ pub async fn connect<A: ApplicationOverQuic>(
         None,
         abort.clone(),
     );
-    let (ctrl_tx, ctrl_rx) = mpsc::channel(WORKER_COMMAND_QUEUE);
+    let (ctrl_tx, ctrl_rx) = quic_app::queue::channel(WORKER_COMMAND_QUEUE);
     let (id, pkt_rx) = router.register(vec![scid.to_vec()], ctrl_tx.clone());
     let shared = WorkerShared::new(&params.settings, Arc::clone(&params.metrics));
     let setup = WorkerSetup {

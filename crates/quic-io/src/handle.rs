@@ -1,8 +1,9 @@
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
+use quic_app::queue;
 use quic_app::{CloseReason, ConnectionStats, HandshakeInfo};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 
 use crate::worker::WorkerCommand;
 
@@ -40,7 +41,7 @@ pub struct ConnectionClosed {
 /// [`close`](Self::close) to end it from outside.
 #[derive(Debug, Clone)]
 pub struct ConnectionHandle {
-    ctrl_tx: mpsc::Sender<WorkerCommand>,
+    ctrl_tx: queue::Sender<WorkerCommand>,
     state_rx: watch::Receiver<ConnState>,
     local_addr: SocketAddr,
     peer_addr: SocketAddr,
@@ -53,7 +54,7 @@ pub(crate) type SessionSlot = Arc<Mutex<Option<Arc<[u8]>>>>;
 
 impl ConnectionHandle {
     pub(crate) fn new(
-        ctrl_tx: mpsc::Sender<WorkerCommand>,
+        ctrl_tx: queue::Sender<WorkerCommand>,
         state_rx: watch::Receiver<ConnState>,
         local_addr: SocketAddr,
         peer_addr: SocketAddr,

@@ -1,7 +1,7 @@
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 
-use tokio::sync::{mpsc, oneshot};
-use tokio_util::sync::PollSender;
+use quic_app::queue;
+use tokio::sync::oneshot;
 
 use bytes::Bytes;
 
@@ -19,7 +19,7 @@ pub(crate) type ResponseTx = oneshot::Sender<Result<http::Response<RecvBody>, St
 /// One request stream as the driver sees it.
 pub(crate) struct Stream {
     /// Towards the stream's [`RecvBody`]; `None` once the inbound side ended.
-    body_tx: Option<PollSender<InResult>>,
+    body_tx: Option<queue::Sender<InResult>>,
     /// One frame waiting for room in `body_tx` (trailers, an error).
     pending_in: Option<InResult>,
     /// quiche has body bytes for us that we have not read.
@@ -29,7 +29,7 @@ pub(crate) struct Stream {
     /// Nothing more goes to the body.
     pub(crate) in_done: bool,
     /// From the sending handle; `None` once it ended.
-    pub(crate) out_rx: Option<mpsc::Receiver<OutFrame>>,
+    pub(crate) out_rx: Option<queue::Receiver<OutFrame>>,
     /// The frame being written.
     pub(crate) pending_out: Option<OutFrame>,
     /// The handle went away without finishing.
@@ -47,7 +47,7 @@ pub(crate) struct Stream {
     /// The most body bytes accepted, if limited.
     pub(crate) body_limit: Option<u64>,
     /// The client's channel for informational (1xx) responses, until the final one.
-    pub(crate) info_tx: Option<mpsc::Sender<http::Response<()>>>,
+    pub(crate) info_tx: Option<queue::Sender<http::Response<()>>>,
     /// The stream's HTTP Datagram flow (extended CONNECT only).
     pub(crate) flow: Option<FlowEnd>,
     /// A datagram taken from the flow that did not fit in quiche's queue yet.
@@ -55,7 +55,7 @@ pub(crate) struct Stream {
 }
 
 impl Stream {
-    pub(crate) fn new(out_rx: Option<mpsc::Receiver<OutFrame>>) -> Self {
+    pub(crate) fn new(out_rx: Option<queue::Receiver<OutFrame>>) -> Self {
         Self {
             body_tx: None,
             pending_in: None,
@@ -84,27 +84,21 @@ impl Stream {
             self.in_done = true;
             return RecvBody::empty();
         }
-        let (tx, rx) = mpsc::channel(crate::body::RECV_QUEUE);
-        self.body_tx = Some(PollSender::new(tx));
+        let (tx, rx) = queue::channel(crate::body::RECV_QUEUE);
+        self.body_tx = Some(tx);
         RecvBody::new(rx)
     }
 
-    /// Whether a frame can be handed to the body now (reserving room if so).
-    pub(crate) fn has_room(&mut self) -> bool {
-        if self.pending_in.is_some() {
-            return false;
-        }
-        let Some(tx) = self.body_tx.as_mut() else {
-            return false;
-        };
-        let mut cx = Context::from_waker(Waker::noop());
-        matches!(tx.poll_reserve(&mut cx), Poll::Ready(Ok(())))
+    /// Whether a frame can be handed to the body now.
+    pub(crate) fn has_room(&self) -> bool {
+        self.pending_in.is_none() && self.body_tx.as_ref().is_some_and(queue::Sender::has_room)
     }
 
-    /// Hands a frame on; room must have been reserved by [`has_room`](Self::has_room).
+    /// Hands a frame on; [`has_room`](Self::has_room) must have said there is room
+    /// (the driver is the body's only sender, so the room stays).
     pub(crate) fn push_in(&mut self, frame: InFrame) {
-        if let Some(tx) = self.body_tx.as_mut() {
-            let _ = tx.send_item(Ok(frame));
+        if let Some(tx) = self.body_tx.as_ref() {
+            let _ = tx.try_send(Ok(frame));
         }
     }
 
@@ -118,20 +112,15 @@ impl Stream {
         let Some(item) = self.pending_in.take() else {
             return;
         };
-        let Some(tx) = self.body_tx.as_mut() else {
+        let Some(tx) = self.body_tx.as_ref() else {
             return;
         };
-        let mut cx = Context::from_waker(Waker::noop());
-        match tx.poll_reserve(&mut cx) {
-            Poll::Ready(Ok(())) => {
-                let is_err = item.is_err();
-                let _ = tx.send_item(item);
-                if is_err {
-                    self.drop_body_tx();
-                }
-            }
-            Poll::Ready(Err(_)) => self.drop_body_tx(),
-            Poll::Pending => self.pending_in = Some(item),
+        let is_err = item.is_err();
+        match tx.try_send(item) {
+            Ok(()) if is_err => self.drop_body_tx(),
+            Ok(()) => {}
+            Err(queue::TrySendError::Closed(_)) => self.drop_body_tx(),
+            Err(queue::TrySendError::Full(item)) => self.pending_in = Some(item),
         }
     }
 
@@ -143,15 +132,13 @@ impl Stream {
     }
 
     pub(crate) fn drop_body_tx(&mut self) {
-        if let Some(mut tx) = self.body_tx.take() {
-            tx.close();
-        }
+        self.body_tx = None;
         self.in_done = true;
     }
 
     /// The reader dropped its [`RecvBody`].
     pub(crate) fn receiver_gone(&self) -> bool {
-        self.body_tx.as_ref().is_some_and(PollSender::is_closed)
+        self.body_tx.as_ref().is_some_and(queue::Sender::is_closed)
     }
 
     /// The inbound side failed: the body (or the response waiter) gets `err`.
@@ -174,12 +161,9 @@ impl Stream {
         if let Some(tx) = self.response_tx.take() {
             let _ = tx.send(Err(err.clone()));
         }
-        if let Some(mut tx) = self.body_tx.take() {
-            let mut cx = Context::from_waker(Waker::noop());
-            if let Poll::Ready(Ok(())) = tx.poll_reserve(&mut cx) {
-                let _ = tx.send_item(Err(err));
-            }
-            tx.close();
+        if let Some(tx) = self.body_tx.take() {
+            // Best effort: a full body learns of the end by the queue closing.
+            let _ = tx.try_send(Err(err));
         }
         self.out_rx = None;
         self.info_tx = None;
@@ -193,8 +177,8 @@ impl Stream {
         let rx = self.out_rx.as_mut()?;
         match rx.try_recv() {
             Ok(f) => Some(f),
-            Err(mpsc::error::TryRecvError::Empty) => None,
-            Err(mpsc::error::TryRecvError::Disconnected) => {
+            Err(queue::TryRecvError::Empty) => None,
+            Err(queue::TryRecvError::Disconnected) => {
                 self.out_rx = None;
                 if !self.out_done {
                     self.out_closed_early = true;
@@ -207,11 +191,11 @@ impl Stream {
     /// Polls the handles; true when there is work for the driver.
     pub(crate) fn poll_handles(&mut self, cx: &mut Context<'_>) -> bool {
         let mut ready = false;
-        if let Some(tx) = self.body_tx.as_mut()
+        if let Some(tx) = self.body_tx.as_ref()
             && (self.readable || self.pending_in.is_some())
         {
             // Waiting for the reader to make room.
-            ready |= tx.poll_reserve(cx).is_ready();
+            ready |= tx.poll_ready(cx).is_ready();
         }
         if self.pending_out.is_none()
             && let Some(rx) = self.out_rx.as_mut()

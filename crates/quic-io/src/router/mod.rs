@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use quic_app::queue;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -71,7 +72,7 @@ pub(crate) enum RouterCommand {
 struct ConnEntry {
     cids: Vec<Vec<u8>>,
     handshaking: bool,
-    ctrl_tx: mpsc::Sender<WorkerCommand>,
+    ctrl_tx: queue::Sender<WorkerCommand>,
 }
 
 /// What a listener's router has that a client's does not.
@@ -106,7 +107,7 @@ pub(crate) struct Router {
     receiver: Receiver,
     /// The datagrams of one receive batch; keeps its capacity between batches.
     batch: Vec<Datagram>,
-    routes: HashMap<Vec<u8>, (u64, mpsc::Sender<Datagram>)>,
+    routes: HashMap<Vec<u8>, (u64, queue::Sender<Datagram>)>,
     conns: HashMap<u64, ConnEntry>,
     /// Connections still in their handshake: kept as a count so the accept path does
     /// not walk every connection for each Initial.
@@ -160,11 +161,11 @@ impl Router {
     pub(crate) fn register(
         &mut self,
         cids: Vec<Vec<u8>>,
-        ctrl_tx: mpsc::Sender<WorkerCommand>,
-    ) -> (u64, mpsc::Receiver<Datagram>) {
+        ctrl_tx: queue::Sender<WorkerCommand>,
+    ) -> (u64, queue::Receiver<Datagram>) {
         let id = self.next_id;
         self.next_id += 1;
-        let (tx, rx) = mpsc::channel(WORKER_QUEUE);
+        let (tx, rx) = queue::channel(WORKER_QUEUE);
         for cid in &cids {
             self.routes.insert(cid.clone(), (id, tx.clone()));
         }
@@ -300,9 +301,9 @@ impl Router {
         if let Some((_, tx)) = route {
             match tx.try_send(dgram) {
                 Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(_)) => self.metrics.queue_full_drop(),
+                Err(queue::TrySendError::Full(_)) => self.metrics.queue_full_drop(),
                 // The worker ended and its Unregister is on the way.
-                Err(mpsc::error::TrySendError::Closed(_)) => {}
+                Err(queue::TrySendError::Closed(_)) => {}
             }
             return;
         }
@@ -337,7 +338,7 @@ impl Router {
         let route = self.routes.values().find(|(owner, _)| *owner == id);
         match route.map(|(_, tx)| tx.try_send(dgram)) {
             Some(Ok(())) => {}
-            Some(Err(mpsc::error::TrySendError::Full(_))) => self.metrics.queue_full_drop(),
+            Some(Err(queue::TrySendError::Full(_))) => self.metrics.queue_full_drop(),
             _ => self.metrics.datagram_dropped(DropReason::UnknownConnection),
         }
     }
@@ -518,7 +519,7 @@ impl Router {
             return self.reject(RejectReason::InvalidInitial);
         }
         let (local, peer) = (dgram.to, dgram.from);
-        let (ctrl_tx, ctrl_rx) = mpsc::channel(WORKER_COMMAND_QUEUE);
+        let (ctrl_tx, ctrl_rx) = queue::channel(WORKER_COMMAND_QUEUE);
         let mut cids = vec![scid.to_vec()];
         if client_dcid != cids[0] {
             cids.push(client_dcid);

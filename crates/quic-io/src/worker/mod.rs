@@ -15,6 +15,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use quic_app::queue;
 use quic_app::{AppDriver, ApplicationOverQuic, CloseReason, ConnectionStats, HandshakeInfo};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
@@ -77,9 +78,9 @@ pub(crate) struct WorkerSetup {
     pub(crate) conn: quiche::Connection,
     pub(crate) id: u64,
     pub(crate) socket: Arc<Socket>,
-    pub(crate) pkt_rx: mpsc::Receiver<Datagram>,
-    pub(crate) ctrl_rx: mpsc::Receiver<WorkerCommand>,
-    pub(crate) ctrl_tx: mpsc::Sender<WorkerCommand>,
+    pub(crate) pkt_rx: queue::Receiver<Datagram>,
+    pub(crate) ctrl_rx: queue::Receiver<WorkerCommand>,
+    pub(crate) ctrl_tx: queue::Sender<WorkerCommand>,
     pub(crate) router_tx: mpsc::Sender<RouterCommand>,
     pub(crate) shared: Arc<WorkerShared>,
     pub(crate) abort: CancellationToken,

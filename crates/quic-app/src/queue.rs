@@ -1,0 +1,459 @@
+//! A small bounded queue between tasks, for plumbing that exists once per connection
+//! or once per stream.
+//!
+//! A protocol driver keeps a few queues per connection (datagrams in, commands in,
+//! requests out) and one or two per request stream. `tokio::sync::mpsc` allocates a
+//! block of 32 slots and a cache-padded channel head up front (about 1–4 KB per
+//! channel, aligned allocations included), which dominates the memory of an idle
+//! connection and the allocations of a short request. This queue costs one small
+//! allocation (about 100 bytes) until the first item, and its storage grows only as
+//! far as the items actually queued.
+//!
+//! Any number of [`Sender`]s, one [`Receiver`]. Sending waits while the queue is full
+//! ([`Sender::send`]) or fails at once ([`Sender::try_send`]). When every sender is
+//! gone the receiver drains what is left and then sees the end; when the receiver is
+//! gone, sends fail and hand the item back.
+//!
+//! ```
+//! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+//! let (tx, mut rx) = quic_app::queue::channel(2);
+//! tx.send(1).await.unwrap();
+//! tx.try_send(2).unwrap();
+//! assert!(matches!(tx.try_send(3), Err(quic_app::queue::TrySendError::Full(3))));
+//! drop(tx);
+//! assert_eq!(rx.recv().await, Some(1));
+//! assert_eq!(rx.recv().await, Some(2));
+//! assert_eq!(rx.recv().await, None);
+//! # });
+//! ```
+
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+
+/// Creates a queue holding at most `capacity` items (at least one).
+pub fn channel<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
+    let shared = Arc::new(Shared {
+        state: Mutex::new(State {
+            items: VecDeque::new(),
+            capacity: capacity.max(1),
+            senders: 1,
+            receiver_alive: true,
+            receiver_waker: None,
+            sender_wakers: Vec::new(),
+        }),
+    });
+    (
+        Sender {
+            shared: Arc::clone(&shared),
+        },
+        Receiver { shared },
+    )
+}
+
+struct Shared<T> {
+    state: Mutex<State<T>>,
+}
+
+struct State<T> {
+    items: VecDeque<T>,
+    capacity: usize,
+    senders: usize,
+    receiver_alive: bool,
+    receiver_waker: Option<Waker>,
+    /// Senders waiting for room; woken (all of them) when an item leaves a full queue.
+    sender_wakers: Vec<Waker>,
+}
+
+impl<T> Shared<T> {
+    fn lock(&self) -> MutexGuard<'_, State<T>> {
+        // No code holding the lock can panic midway through an update, but a panic
+        // elsewhere must not make the queue unusable.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn register(slot: &mut Option<Waker>, waker: &Waker) {
+    match slot {
+        Some(w) if w.will_wake(waker) => {}
+        _ => *slot = Some(waker.clone()),
+    }
+}
+
+fn register_sender(wakers: &mut Vec<Waker>, waker: &Waker) {
+    if !wakers.iter().any(|w| w.will_wake(waker)) {
+        wakers.push(waker.clone());
+    }
+}
+
+/// Why [`Sender::try_send`] failed; either way the item comes back.
+#[derive(Debug, PartialEq, Eq)]
+pub enum TrySendError<T> {
+    /// The queue holds `capacity` items.
+    Full(T),
+    /// The receiver is gone.
+    Closed(T),
+}
+
+/// [`Sender::send`] failed: the receiver is gone. The item comes back.
+#[derive(Debug, PartialEq, Eq)]
+pub struct SendError<T>(pub T);
+
+/// Why [`Receiver::try_recv`] returned nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TryRecvError {
+    /// Nothing queued now; senders remain.
+    Empty,
+    /// Nothing queued, and every sender is gone.
+    Disconnected,
+}
+
+/// The sending side; clone it for more senders.
+pub struct Sender<T> {
+    shared: Arc<Shared<T>>,
+}
+
+impl<T> Sender<T> {
+    /// Queues `value` now, or says why not.
+    pub fn try_send(&self, value: T) -> Result<(), TrySendError<T>> {
+        let mut state = self.shared.lock();
+        if !state.receiver_alive {
+            return Err(TrySendError::Closed(value));
+        }
+        if state.items.len() >= state.capacity {
+            return Err(TrySendError::Full(value));
+        }
+        state.items.push_back(value);
+        let waker = state.receiver_waker.take();
+        drop(state);
+        if let Some(w) = waker {
+            w.wake();
+        }
+        Ok(())
+    }
+
+    /// Queues `value`, waiting while the queue is full. Cancel safe: dropped before it
+    /// completes, the value was not queued.
+    pub async fn send(&self, value: T) -> Result<(), SendError<T>> {
+        let mut value = Some(value);
+        poll_fn(|cx| {
+            let mut state = self.shared.lock();
+            if !state.receiver_alive {
+                return Poll::Ready(Err(SendError(value.take().expect("polled once more"))));
+            }
+            if state.items.len() >= state.capacity {
+                register_sender(&mut state.sender_wakers, cx.waker());
+                return Poll::Pending;
+            }
+            state
+                .items
+                .push_back(value.take().expect("polled once more"));
+            let waker = state.receiver_waker.take();
+            drop(state);
+            if let Some(w) = waker {
+                w.wake();
+            }
+            Poll::Ready(Ok(()))
+        })
+        .await
+    }
+
+    /// Ready when an item can be queued now (`Ok`) or never (`Err`: the receiver is
+    /// gone); otherwise registers `cx` to be woken when an item leaves.
+    pub fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<Result<(), ()>> {
+        let mut state = self.shared.lock();
+        if !state.receiver_alive {
+            return Poll::Ready(Err(()));
+        }
+        if state.items.len() < state.capacity {
+            return Poll::Ready(Ok(()));
+        }
+        register_sender(&mut state.sender_wakers, cx.waker());
+        Poll::Pending
+    }
+
+    /// Whether an item can be queued now.
+    pub fn has_room(&self) -> bool {
+        let state = self.shared.lock();
+        state.receiver_alive && state.items.len() < state.capacity
+    }
+
+    /// Whether the receiver is gone.
+    pub fn is_closed(&self) -> bool {
+        !self.shared.lock().receiver_alive
+    }
+}
+
+impl<T> Clone for Sender<T> {
+    fn clone(&self) -> Self {
+        self.shared.lock().senders += 1;
+        Self {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl<T> Drop for Sender<T> {
+    fn drop(&mut self) {
+        let mut state = self.shared.lock();
+        state.senders -= 1;
+        let waker = (state.senders == 0)
+            .then(|| state.receiver_waker.take())
+            .flatten();
+        drop(state);
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+}
+
+impl<T> std::fmt::Debug for Sender<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sender").finish_non_exhaustive()
+    }
+}
+
+/// The receiving side.
+pub struct Receiver<T> {
+    shared: Arc<Shared<T>>,
+}
+
+impl<T> Receiver<T> {
+    /// The next item, waiting for one; `None` once every sender is gone and the queue
+    /// is empty. Cancel safe.
+    pub async fn recv(&mut self) -> Option<T> {
+        poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    /// Polls for the next item; see [`recv`](Self::recv).
+    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<T>> {
+        let mut state = self.shared.lock();
+        if let Some(v) = self.pop(state.items.pop_front(), &mut state) {
+            return Poll::Ready(Some(v));
+        }
+        if state.senders == 0 {
+            return Poll::Ready(None);
+        }
+        register(&mut state.receiver_waker, cx.waker());
+        Poll::Pending
+    }
+
+    /// The next item if one is queued.
+    pub fn try_recv(&mut self) -> Result<T, TryRecvError> {
+        let mut state = self.shared.lock();
+        match self.pop(state.items.pop_front(), &mut state) {
+            Some(v) => Ok(v),
+            None if state.senders == 0 => Err(TryRecvError::Disconnected),
+            None => Err(TryRecvError::Empty),
+        }
+    }
+
+    /// Moves up to `max` queued items to the end of `out` under one lock; returns how
+    /// many.
+    pub fn recv_many(&mut self, out: &mut Vec<T>, max: usize) -> usize {
+        let mut state = self.shared.lock();
+        let n = state.items.len().min(max);
+        if n == 0 {
+            return 0;
+        }
+        let was_full = state.items.len() >= state.capacity;
+        out.extend(state.items.drain(..n));
+        let wakers = if was_full {
+            std::mem::take(&mut state.sender_wakers)
+        } else {
+            Vec::new()
+        };
+        drop(state);
+        wakers.into_iter().for_each(Waker::wake);
+        n
+    }
+
+    /// Refuses further items (sends fail from now on) while those already queued can
+    /// still be taken.
+    pub fn close(&mut self) {
+        let mut state = self.shared.lock();
+        state.receiver_alive = false;
+        let wakers = std::mem::take(&mut state.sender_wakers);
+        drop(state);
+        wakers.into_iter().for_each(Waker::wake);
+    }
+
+    /// Finishes taking `item` out: a sender waiting for room is woken.
+    fn pop(&self, item: Option<T>, state: &mut MutexGuard<'_, State<T>>) -> Option<T> {
+        let item = item?;
+        if state.items.len() + 1 == state.capacity {
+            state.sender_wakers.drain(..).for_each(Waker::wake);
+        }
+        Some(item)
+    }
+}
+
+impl<T> Drop for Receiver<T> {
+    fn drop(&mut self) {
+        let mut state = self.shared.lock();
+        state.receiver_alive = false;
+        let items = std::mem::take(&mut state.items);
+        let wakers = std::mem::take(&mut state.sender_wakers);
+        drop(state);
+        // Outside the lock: an item's drop may touch other queues.
+        drop(items);
+        wakers.into_iter().for_each(Waker::wake);
+    }
+}
+
+impl<T> std::fmt::Debug for Receiver<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Receiver").finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::Wake;
+
+    struct Count(AtomicUsize);
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn counter() -> (Arc<Count>, Waker) {
+        let c = Arc::new(Count(AtomicUsize::new(0)));
+        (Arc::clone(&c), Waker::from(c))
+    }
+
+    #[test]
+    fn items_come_out_in_order_and_the_end_follows_the_last_sender() {
+        let (tx, mut rx) = channel(4);
+        let tx2 = tx.clone();
+        tx.try_send(1).unwrap();
+        tx2.try_send(2).unwrap();
+        drop(tx);
+        assert_eq!(rx.try_recv(), Ok(1));
+        assert_eq!(rx.try_recv(), Ok(2));
+        assert_eq!(rx.try_recv(), Err(TryRecvError::Empty));
+        drop(tx2);
+        assert_eq!(rx.try_recv(), Err(TryRecvError::Disconnected));
+    }
+
+    #[test]
+    fn a_full_queue_refuses_and_returns_the_item() {
+        let (tx, mut rx) = channel(2);
+        tx.try_send("a").unwrap();
+        tx.try_send("b").unwrap();
+        assert!(!tx.has_room());
+        assert_eq!(tx.try_send("c"), Err(TrySendError::Full("c")));
+        assert_eq!(rx.try_recv(), Ok("a"));
+        assert!(tx.has_room());
+        drop(rx);
+        assert!(tx.is_closed());
+        assert_eq!(tx.try_send("d"), Err(TrySendError::Closed("d")));
+    }
+
+    #[test]
+    fn zero_capacity_holds_one_item() {
+        let (tx, _rx) = channel(0);
+        tx.try_send(()).unwrap();
+        assert_eq!(tx.try_send(()), Err(TrySendError::Full(())));
+    }
+
+    #[test]
+    fn the_receiver_is_woken_by_an_item_and_by_the_last_sender_leaving() {
+        let (tx, mut rx) = channel::<u8>(1);
+        let (count, waker) = counter();
+        let mut cx = Context::from_waker(&waker);
+        assert!(rx.poll_recv(&mut cx).is_pending());
+        tx.try_send(7).unwrap();
+        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        assert_eq!(rx.poll_recv(&mut cx), Poll::Ready(Some(7)));
+        assert!(rx.poll_recv(&mut cx).is_pending());
+        drop(tx);
+        assert_eq!(count.0.load(Ordering::SeqCst), 2);
+        assert_eq!(rx.poll_recv(&mut cx), Poll::Ready(None));
+    }
+
+    #[test]
+    fn a_waiting_sender_is_woken_when_room_appears_or_the_receiver_leaves() {
+        let (tx, mut rx) = channel(1);
+        tx.try_send(1).unwrap();
+        let (count, waker) = counter();
+        let mut cx = Context::from_waker(&waker);
+        assert!(tx.poll_ready(&mut cx).is_pending());
+        // Registering twice keeps one waker.
+        assert!(tx.poll_ready(&mut cx).is_pending());
+        assert_eq!(rx.try_recv(), Ok(1));
+        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        assert_eq!(tx.poll_ready(&mut cx), Poll::Ready(Ok(())));
+        tx.try_send(2).unwrap();
+        assert!(tx.poll_ready(&mut cx).is_pending());
+        drop(rx);
+        assert_eq!(count.0.load(Ordering::SeqCst), 2);
+        assert_eq!(tx.poll_ready(&mut cx), Poll::Ready(Err(())));
+    }
+
+    #[test]
+    fn recv_many_takes_a_bounded_batch_and_wakes_waiting_senders() {
+        let (tx, mut rx) = channel(3);
+        for i in 0..3 {
+            tx.try_send(i).unwrap();
+        }
+        let (count, waker) = counter();
+        assert!(tx.poll_ready(&mut Context::from_waker(&waker)).is_pending());
+        let mut out = Vec::new();
+        assert_eq!(rx.recv_many(&mut out, 2), 2);
+        assert_eq!(out, [0, 1]);
+        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        assert_eq!(rx.recv_many(&mut out, 10), 1);
+        assert_eq!(rx.recv_many(&mut out, 10), 0);
+        assert_eq!(out, [0, 1, 2]);
+    }
+
+    #[test]
+    fn a_closed_receiver_refuses_new_items_and_keeps_queued_ones() {
+        let (tx, mut rx) = channel(4);
+        tx.try_send(1).unwrap();
+        rx.close();
+        assert!(tx.is_closed());
+        assert_eq!(tx.try_send(2), Err(TrySendError::Closed(2)));
+        assert_eq!(rx.try_recv(), Ok(1));
+        assert_eq!(rx.try_recv(), Err(TryRecvError::Empty));
+        drop(tx);
+        assert_eq!(rx.try_recv(), Err(TryRecvError::Disconnected));
+    }
+
+    #[test]
+    fn items_left_behind_are_dropped_with_the_receiver() {
+        let item = Arc::new(());
+        let (tx, rx) = channel(2);
+        tx.try_send(Arc::clone(&item)).unwrap();
+        drop(rx);
+        assert_eq!(Arc::strong_count(&item), 1);
+    }
+
+    #[tokio::test]
+    async fn send_waits_for_room_across_tasks() {
+        let (tx, mut rx) = channel(1);
+        let producer = tokio::spawn(async move {
+            for i in 0..100u32 {
+                tx.send(i).await.unwrap();
+            }
+        });
+        let mut got = Vec::new();
+        while let Some(v) = rx.recv().await {
+            got.push(v);
+        }
+        producer.await.unwrap();
+        assert_eq!(got, (0..100).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn send_to_a_dropped_receiver_hands_the_item_back() {
+        let (tx, rx) = channel(1);
+        drop(rx);
+        assert_eq!(tx.send(5).await, Err(SendError(5)));
+    }
+}
