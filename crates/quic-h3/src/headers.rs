@@ -2,7 +2,7 @@
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
-use quiche::h3::{Header, NameValue};
+use quiche::h3::{HeaderRef, NameValue};
 
 /// Fields that are connection-specific in HTTP/1.1 and must not appear in HTTP/3
 /// (RFC 9114 §4.2).
@@ -14,21 +14,21 @@ const CONNECTION_SPECIFIC: [&str; 5] = [
     "upgrade",
 ];
 
-/// The field list of a request head.
-pub(crate) fn request_fields(parts: &http::request::Parts) -> Vec<Header> {
+/// The field list of a request head, borrowed from it.
+pub(crate) fn request_fields(parts: &http::request::Parts) -> Vec<HeaderRef<'_>> {
     let mut out = Vec::with_capacity(4 + parts.headers.len());
-    out.push(Header::new(b":method", parts.method.as_str().as_bytes()));
+    out.push(HeaderRef::new(b":method", parts.method.as_str().as_bytes()));
     let scheme = parts.uri.scheme_str().unwrap_or("https");
     if parts.method != Method::CONNECT || extended_protocol(parts).is_some() {
-        out.push(Header::new(b":scheme", scheme.as_bytes()));
+        out.push(HeaderRef::new(b":scheme", scheme.as_bytes()));
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        out.push(Header::new(b":path", path.as_bytes()));
+        out.push(HeaderRef::new(b":path", path.as_bytes()));
     }
     if let Some(authority) = parts.uri.authority() {
-        out.push(Header::new(b":authority", authority.as_str().as_bytes()));
+        out.push(HeaderRef::new(b":authority", authority.as_str().as_bytes()));
     }
     if let Some(protocol) = extended_protocol(parts) {
-        out.push(Header::new(b":protocol", protocol.as_bytes()));
+        out.push(HeaderRef::new(b":protocol", protocol.as_bytes()));
     }
     push_fields(&mut out, &parts.headers);
     out
@@ -45,34 +45,34 @@ fn extended_protocol(parts: &http::request::Parts) -> Option<&str> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Protocol(pub String);
 
-/// The field list of a response head.
-pub(crate) fn response_fields(parts: &http::response::Parts) -> Vec<Header> {
+/// The field list of a response head, borrowed from it.
+pub(crate) fn response_fields(parts: &http::response::Parts) -> Vec<HeaderRef<'_>> {
     let mut out = Vec::with_capacity(1 + parts.headers.len());
-    out.push(Header::new(b":status", parts.status.as_str().as_bytes()));
+    out.push(HeaderRef::new(b":status", parts.status.as_str().as_bytes()));
     push_fields(&mut out, &parts.headers);
     out
 }
 
-/// The field list of a trailer section.
-pub(crate) fn trailer_fields(trailers: &HeaderMap) -> Vec<Header> {
+/// The field list of a trailer section, borrowed from it.
+pub(crate) fn trailer_fields(trailers: &HeaderMap) -> Vec<HeaderRef<'_>> {
     let mut out = Vec::with_capacity(trailers.len());
     push_fields(&mut out, trailers);
     out
 }
 
-fn push_fields(out: &mut Vec<Header>, headers: &HeaderMap) {
+fn push_fields<'a>(out: &mut Vec<HeaderRef<'a>>, headers: &'a HeaderMap) {
     for (name, value) in headers {
         if CONNECTION_SPECIFIC.contains(&name.as_str()) {
             continue;
         }
         // `http` keeps names lowercase, as HTTP/3 requires (RFC 9114 §4.2).
-        out.push(Header::new(name.as_str().as_bytes(), value.as_bytes()));
+        out.push(HeaderRef::new(name.as_str().as_bytes(), value.as_bytes()));
     }
 }
 
 /// The size of a field section as RFC 9114 §4.2.2 counts it: name and value lengths
 /// plus 32 per field.
-pub(crate) fn section_size(fields: &[Header]) -> u64 {
+pub(crate) fn section_size(fields: &[impl NameValue]) -> u64 {
     fields
         .iter()
         .map(|f| (f.name().len() + f.value().len() + 32) as u64)
@@ -91,7 +91,7 @@ pub(crate) fn peer_field_section_limit(h3: &quiche::h3::Connection) -> Option<u6
 }
 
 /// Builds a request head from a received field list.
-pub(crate) fn parse_request(list: &[Header]) -> Result<http::request::Parts, &'static str> {
+pub(crate) fn parse_request(list: &[impl NameValue]) -> Result<http::request::Parts, &'static str> {
     let mut method = None;
     let mut scheme = None;
     let mut authority = None;
@@ -146,7 +146,9 @@ pub(crate) fn parse_request(list: &[Header]) -> Result<http::request::Parts, &'s
 }
 
 /// Builds a response head from a received field list.
-pub(crate) fn parse_response(list: &[Header]) -> Result<http::response::Parts, &'static str> {
+pub(crate) fn parse_response(
+    list: &[impl NameValue],
+) -> Result<http::response::Parts, &'static str> {
     let mut status = None;
     let headers = split_fields(list, |name, value| {
         if name != b":status" {
@@ -170,17 +172,22 @@ pub(crate) fn parse_response(list: &[Header]) -> Result<http::response::Parts, &
 }
 
 /// Builds a trailer section; pseudo-headers are not allowed in it.
-pub(crate) fn parse_trailers(list: &[Header]) -> Result<HeaderMap, &'static str> {
+pub(crate) fn parse_trailers(list: &[impl NameValue]) -> Result<HeaderMap, &'static str> {
     split_fields(list, |_, _| Err("pseudo-header in trailers"))
 }
 
 /// Splits pseudo-headers (handed to `pseudo`) from regular fields, enforcing that
 /// pseudo-headers come first (RFC 9114 §4.3) and names are valid lowercase tokens.
-fn split_fields<'a>(
-    list: &'a [Header],
+fn split_fields<'a, F: NameValue>(
+    list: &'a [F],
     mut pseudo: impl FnMut(&'a [u8], &'a [u8]) -> Result<(), &'static str>,
 ) -> Result<HeaderMap, &'static str> {
-    let mut headers = HeaderMap::with_capacity(list.len());
+    // Sized for the regular fields only: a head with none allocates no map.
+    let regular = list
+        .iter()
+        .filter(|f| f.name().first() != Some(&b':'))
+        .count();
+    let mut headers = HeaderMap::with_capacity(regular);
     let mut regular_seen = false;
     for field in list {
         let (name, value) = (field.name(), field.value());
@@ -210,8 +217,8 @@ fn split_fields<'a>(
 mod tests {
     use super::*;
 
-    fn h(n: &str, v: &str) -> Header {
-        Header::new(n.as_bytes(), v.as_bytes())
+    fn h(n: &str, v: &str) -> quiche::h3::Header {
+        quiche::h3::Header::new(n.as_bytes(), v.as_bytes())
     }
 
     #[test]

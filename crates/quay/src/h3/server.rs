@@ -227,7 +227,10 @@ async fn serve_connection<F, Fut, B, E>(
             }
             req = requests.next() => {
                 let Some(req) = req else { break };
-                in_flight.spawn(respond(req, handler.clone()));
+                // Boxed where it is built: the task then moves a pointer, not the
+                // whole future (handler state included) through every layer of the
+                // spawn.
+                in_flight.spawn(Box::pin(respond(req, handler.clone())));
             }
             Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
         }
