@@ -160,31 +160,7 @@ impl Core {
                 continue;
             }
             s.flush_pending_in();
-            while s.readable && s.has_room() {
-                match h3.recv_body(conn, id, scratch) {
-                    Ok(n) => {
-                        read_any = true;
-                        s.received += n as u64;
-                        if let Some(limit) = s.body_limit.filter(|l| s.received > *l) {
-                            // Refuse the rest; the reader learns why and may still
-                            // answer (a 413, say).
-                            let _ = conn.stream_shutdown(
-                                id,
-                                quiche::Shutdown::Read,
-                                H3Code::EXCESSIVE_LOAD.0,
-                            );
-                            s.fail_inbound(StreamError::BodyTooLarge { limit });
-                            break;
-                        }
-                        s.push_in(InFrame::Data(Bytes::copy_from_slice(&scratch[..n])));
-                    }
-                    Err(quiche::h3::Error::Done) => s.readable = false,
-                    Err(e) => {
-                        tracing::debug!(stream = id, error = %e, "body read failed");
-                        s.readable = false;
-                    }
-                }
-            }
+            read_any |= read_body(h3, conn, id, s, scratch);
             s.maybe_close_inbound();
         }
         read_any
@@ -339,6 +315,41 @@ thread_local! {
 /// Runs `f` with this thread's read buffer.
 fn with_scratch<R>(f: impl FnOnce(&mut [u8]) -> R) -> R {
     SCRATCH.with_borrow_mut(|b| f(b))
+}
+
+/// Reads stream `id`'s body while quiche has bytes and the body's queue has room;
+/// returns whether anything was read.
+fn read_body(
+    h3: &mut quiche::h3::Connection,
+    conn: &mut QuicConnection,
+    id: u64,
+    s: &mut Stream,
+    scratch: &mut [u8],
+) -> bool {
+    let mut read_any = false;
+    while s.readable && s.has_room() {
+        match h3.recv_body(conn, id, scratch) {
+            Ok(n) => {
+                read_any = true;
+                s.received += n as u64;
+                if let Some(limit) = s.body_limit.filter(|l| s.received > *l) {
+                    // Refuse the rest; the reader learns why and may still answer
+                    // (a 413, say).
+                    let _ =
+                        conn.stream_shutdown(id, quiche::Shutdown::Read, H3Code::EXCESSIVE_LOAD.0);
+                    s.fail_inbound(StreamError::BodyTooLarge { limit });
+                    break;
+                }
+                s.push_in(InFrame::Data(Bytes::copy_from_slice(&scratch[..n])));
+            }
+            Err(quiche::h3::Error::Done) => s.readable = false,
+            Err(e) => {
+                tracing::debug!(stream = id, error = %e, "body read failed");
+                s.readable = false;
+            }
+        }
+    }
+    read_any
 }
 
 enum Written {
@@ -499,6 +510,15 @@ impl<H: Hooks> H3Driver<H> {
                 quiche::h3::Event::Data => {
                     if let Some(s) = self.core.streams.get_mut(&id) {
                         s.readable = true;
+                        if !s.receiver_gone() {
+                            // Read now: a stream quiche still holds data for stays in
+                            // its readable set, which every later `poll` walks.
+                            with_scratch(|scratch| {
+                                s.flush_pending_in();
+                                read_body(h3, conn, id, s, scratch);
+                                s.maybe_close_inbound();
+                            });
+                        }
                     } else {
                         // Data for a stream we gave up on: drop it.
                         with_scratch(|scratch| {
