@@ -368,7 +368,7 @@ impl sealed::Sealed for ClientHooks {
                         stream.flow = Some(end);
                         let _ = flow_tx.send(flow);
                     }
-                    core.streams.insert(id, stream);
+                    core.streams.insert(id, Box::new(stream));
                 }
                 Err(
                     quiche::h3::Error::StreamBlocked

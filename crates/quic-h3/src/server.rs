@@ -235,7 +235,7 @@ impl sealed::Sealed for ServerHooks {
             stream.flow = Some(end);
             flow
         });
-        core.streams.insert(stream_id, stream);
+        core.streams.insert(stream_id, Box::new(stream));
         self.last_request = Some(self.last_request.map_or(stream_id, |l| l.max(stream_id)));
         self.first_request_timer = None;
         // Room was checked above, and the driver is the only sender.

@@ -63,7 +63,9 @@ pub struct H3Driver<H> {
 pub struct Core {
     pub(crate) h3: Option<quiche::h3::Connection>,
     pub(crate) settings: H3Settings,
-    pub(crate) streams: HashMap<u64, Stream>,
+    /// Boxed: an idle connection keeps its emptied table's buckets, which then hold a
+    /// pointer each rather than a whole stream.
+    pub(crate) streams: HashMap<u64, Box<Stream>>,
     /// The largest HTTP Datagram frame payload sendable now, shared with the flows.
     pub(crate) max_datagram: MaxDatagram,
     /// Where an outgoing datagram is assembled.
