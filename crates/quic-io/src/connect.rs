@@ -189,7 +189,7 @@ pub async fn connect<A: ApplicationOverQuic>(
     let (id, pkt_rx) = router.register(vec![scid.to_vec()], ctrl_tx.clone());
     let shared = WorkerShared::new(&params.settings, Arc::clone(&params.metrics));
     let setup = WorkerSetup {
-        conn,
+        conn: Box::new(conn),
         id,
         socket,
         pkt_rx,

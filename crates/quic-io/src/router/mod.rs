@@ -527,7 +527,7 @@ impl Router {
         let shared = Arc::clone(&accept.shared);
         let (id, pkt_rx) = self.register(cids, ctrl_tx.clone());
         let setup = WorkerSetup {
-            conn,
+            conn: Box::new(conn),
             id,
             socket: Arc::clone(&self.socket),
             pkt_rx,

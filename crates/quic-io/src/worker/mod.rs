@@ -75,7 +75,9 @@ impl WorkerShared {
 
 /// Everything a worker needs besides its application.
 pub(crate) struct WorkerSetup {
-    pub(crate) conn: quiche::Connection,
+    /// Boxed: the connection (several KB) then moves by pointer from the accept path
+    /// through the listener into the worker's task.
+    pub(crate) conn: Box<quiche::Connection>,
     pub(crate) id: u64,
     pub(crate) socket: Arc<Socket>,
     pub(crate) pkt_rx: queue::Receiver<Datagram>,
