@@ -93,6 +93,19 @@ pub trait ApplicationOverQuic: Send + 'static {
     /// ready to send. The loop then turns the connection's output into packets.
     fn process_writes(&mut self, conn: &mut QuicConnection) -> Result<(), AppError>;
 
+    /// Asked after [`process_writes`](Self::process_writes): whether this turn handed
+    /// work to other tasks that may answer at once (a request to its handler, say).
+    ///
+    /// When it returns `true`, the loop lets the runtime's ready tasks run (and those
+    /// they wake) before it sends, then calls [`process_reads`](Self::process_reads) and
+    /// [`process_writes`](Self::process_writes) once more. An answer produced meanwhile
+    /// then leaves in the same flight as the acknowledgement of what it answers,
+    /// instead of one packet (and one system call) later. Each call reports the turn
+    /// since the previous one. The default, `false`, sends at once.
+    fn handed_off_work(&mut self) -> bool {
+        false
+    }
+
     /// The connection closed; `reason` says who closed it and why. Called exactly once,
     /// also when the handshake never completed. The default does nothing.
     fn on_conn_close(&mut self, conn: &mut QuicConnection, reason: &CloseReason) {

@@ -105,6 +105,13 @@ impl<A: ApplicationOverQuic> AppDriver<A> {
         }
     }
 
+    /// Whether the last [`after_input`](Self::after_input) handed work to other tasks
+    /// ([`handed_off_work`](ApplicationOverQuic::handed_off_work)); if so, the loop
+    /// should let them run and call `after_input` again before it sends.
+    pub fn handed_off_work(&mut self) -> bool {
+        self.established && !self.closed && self.app.handed_off_work()
+    }
+
     /// Tells the application the connection closed; only the first call reaches it.
     pub fn on_close(&mut self, conn: &mut QuicConnection, reason: &CloseReason) {
         if !self.closed {

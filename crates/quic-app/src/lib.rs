@@ -3,7 +3,7 @@
 //! `quic-app` sits between [`quiche`]'s QUIC state machine and the protocols that run on
 //! it. A protocol implements [`ApplicationOverQuic`]; the I/O layer (`quic-io`, or the
 //! in-memory harness of this crate) owns the `quiche::Connection` and calls the trait's
-//! six callbacks in a fixed order on every turn of its loop. The protocol never sees a
+//! callbacks in a fixed order on every turn of its loop. The protocol never sees a
 //! socket, a timer or an event loop.
 //!
 //! The crate also holds the plain types such protocols and their users share:

@@ -268,6 +268,7 @@ impl sealed::Sealed for ClientHooks {
                     // A dropped waiter means nobody wants the response; the body's
                     // drop then stops the stream.
                     let _ = tx.send(Ok(http::Response::from_parts(parts, body)));
+                    core.handed_off = true;
                 }
             }
             Err(why) => {

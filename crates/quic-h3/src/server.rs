@@ -239,6 +239,7 @@ impl sealed::Sealed for ServerHooks {
         self.last_request = Some(self.last_request.map_or(stream_id, |l| l.max(stream_id)));
         self.first_request_timer = None;
         // Room was checked above, and the driver is the only sender.
+        core.handed_off = true;
         let _ = requests_tx.try_send(Box::new(IncomingRequest {
             request: http::Request::from_parts(parts, body),
             responder: Responder { tx: out_tx },

@@ -70,6 +70,8 @@ pub struct Core {
     pub(crate) max_datagram: MaxDatagram,
     /// Where an outgoing datagram is assembled.
     dgram_out: Vec<u8>,
+    /// A request (server) or a response head (client) went to the user this turn.
+    pub(crate) handed_off: bool,
 }
 
 impl std::fmt::Debug for Core {
@@ -95,6 +97,7 @@ impl Core {
             streams: HashMap::new(),
             max_datagram: MaxDatagram::default(),
             dgram_out: Vec::new(),
+            handed_off: false,
         }
     }
 
@@ -480,6 +483,10 @@ impl<H: Hooks> ApplicationOverQuic for H3Driver<H> {
         self.core.pump_outbound(conn);
         self.hooks.after_writes(&mut self.core, conn);
         Ok(())
+    }
+
+    fn handed_off_work(&mut self) -> bool {
+        std::mem::take(&mut self.core.handed_off)
     }
 
     fn on_conn_close(&mut self, _conn: &mut QuicConnection, _reason: &CloseReason) {
