@@ -62,6 +62,12 @@ pub struct QuicSettings {
     /// Use UDP generic segmentation offload when the kernel has it: many datagrams per
     /// `sendmsg`. Turning it off sends one datagram per call.
     pub enable_gso: bool,
+    /// When the application hands work to other tasks (an HTTP/3 request to its
+    /// handler), let those tasks run before sending, so a quick answer leaves with the
+    /// acknowledgement of its request: one packet and one system call instead of two
+    /// for a small exchange. Off, the acknowledgement leaves at once and the answer
+    /// follows in packets of its own, which can reach an idle peer a little sooner.
+    pub coalesce_answers: bool,
     /// Write a qlog file per connection into this directory.
     pub qlog_dir: Option<PathBuf>,
     /// Append TLS secrets in NSS key log format to this file (for packet captures).
@@ -87,6 +93,7 @@ impl Default for QuicSettings {
             enable_migration: true,
             max_send_udp_payload: 1350,
             enable_gso: true,
+            coalesce_answers: true,
             qlog_dir: None,
             keylog_file: None,
         }

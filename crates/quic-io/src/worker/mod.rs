@@ -60,6 +60,7 @@ pub(crate) struct WorkerShared {
     pub(crate) metrics: Arc<dyn Metrics>,
     pub(crate) max_payload: usize,
     pub(crate) pacing: bool,
+    pub(crate) coalesce_answers: bool,
     /// Send buffers, lent to a connection while it sends.
     pub(crate) send_buffers: Arc<batch::BufferPool>,
 }
@@ -73,6 +74,7 @@ impl WorkerShared {
             metrics,
             max_payload: settings.max_send_udp_payload,
             pacing: settings.pacing,
+            coalesce_answers: settings.coalesce_answers,
             send_buffers: Arc::default(),
         })
     }
@@ -253,7 +255,7 @@ impl<A: ApplicationOverQuic> Worker<A> {
             }
             if self.refuse.is_none() {
                 self.run_application();
-                if self.driver.handed_off_work() {
+                if self.driver.handed_off_work() && self.setup.shared.coalesce_answers {
                     // The tasks just handed work (a request's dispatcher, and the
                     // handler it starts) often answer at once. Letting them run first
                     // puts the answer in this flush, with the acknowledgements, instead
