@@ -133,6 +133,24 @@ impl<T> Sender<T> {
         Ok(())
     }
 
+    /// Queues `value` even when the queue is full: for the last item of a stream (the
+    /// error that ends it), which must not be lost to a full queue. Fails only when
+    /// the receiver is gone. Meant for once, at the end: each call may exceed the
+    /// capacity by one.
+    pub fn send_last(&self, value: T) -> Result<(), SendError<T>> {
+        let mut state = self.shared.lock();
+        if !state.receiver_alive {
+            return Err(SendError(value));
+        }
+        state.items.push_back(value);
+        let waker = state.receiver_waker.take();
+        drop(state);
+        if let Some(w) = waker {
+            w.wake();
+        }
+        Ok(())
+    }
+
     /// Queues `value`, waiting while the queue is full. Cancel safe: dropped before it
     /// completes, the value was not queued.
     pub async fn send(&self, value: T) -> Result<(), SendError<T>> {
@@ -352,6 +370,20 @@ mod tests {
         drop(rx);
         assert!(tx.is_closed());
         assert_eq!(tx.try_send("d"), Err(TrySendError::Closed("d")));
+    }
+
+    #[test]
+    fn the_last_item_goes_in_even_when_the_queue_is_full() {
+        let (tx, mut rx) = channel(1);
+        tx.try_send(1).unwrap();
+        tx.send_last(2).unwrap();
+        drop(tx);
+        assert_eq!(rx.try_recv(), Ok(1));
+        assert_eq!(rx.try_recv(), Ok(2));
+        assert_eq!(rx.try_recv(), Err(TryRecvError::Disconnected));
+        let (tx, rx) = channel(1);
+        drop(rx);
+        assert_eq!(tx.send_last(3), Err(SendError(3)));
     }
 
     #[test]

@@ -162,8 +162,9 @@ impl Stream {
             let _ = tx.send(Err(err.clone()));
         }
         if let Some(tx) = self.body_tx.take() {
-            // Best effort: a full body learns of the end by the queue closing.
-            let _ = tx.try_send(Err(err));
+            // Past the queue's bound if need be: a reader must see the failure, never
+            // an end that looks like a complete body.
+            let _ = tx.send_last(Err(err));
         }
         self.out_rx = None;
         self.info_tx = None;

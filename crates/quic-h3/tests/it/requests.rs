@@ -391,3 +391,50 @@ async fn a_request_body_over_the_limit_is_refused_and_can_be_answered() {
     assert_eq!(err, StreamError::BodyTooLarge { limit: 10_000 });
     assert!(got <= 10_000, "{got} bytes reached the handler");
 }
+
+#[tokio::test]
+async fn a_connection_lost_while_a_body_queue_is_full_reads_as_an_error_not_an_end() {
+    let (mut pair, send, mut requests) = pair(H3Settings::default());
+    let (got_request, request_seen) = tokio::sync::oneshot::channel();
+    let (go, read_now) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        let req = requests.next().await.unwrap();
+        let _ = got_request.send(());
+        // Read nothing until the connection is gone: the body's queue fills up.
+        let _ = read_now.await;
+        let mut body = req.request.into_body();
+        let mut got = 0;
+        loop {
+            match body.chunk().await {
+                Ok(Some(c)) => got += c.len(),
+                Ok(None) => return Ok(got),
+                Err(e) => return Err((e, got)),
+            }
+        }
+    });
+    pair.run_with(LIMIT, async {
+        let req = http::Request::post("https://localhost/upload")
+            .body(())
+            .unwrap();
+        let (mut body, _response) = send.send_request(req).await.unwrap();
+        body.send_data(pattern(512 * 1024)).await.unwrap();
+        request_seen.await.unwrap();
+        // Let the body arrive until flow control or the full queue holds it.
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        drop(body);
+    })
+    .await
+    .unwrap();
+    pair.client_mut()
+        .conn_mut()
+        .close(true, 0x100, b"gone")
+        .unwrap();
+    pair.run_until_closed(LIMIT).await.unwrap();
+    go.send(()).unwrap();
+    let (err, got) = server
+        .await
+        .unwrap()
+        .expect_err("a body cut by a lost connection must not look complete");
+    assert_eq!(err, StreamError::ConnectionClosed);
+    assert!(got > 0 && got < 512 * 1024, "{got} bytes before the error");
+}
