@@ -247,24 +247,27 @@ impl<T> Receiver<T> {
     /// Polls for the next item; see [`recv`](Self::recv).
     pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<T>> {
         let mut state = self.shared.lock();
-        if let Some(v) = self.pop(state.items.pop_front(), &mut state) {
-            return Poll::Ready(Some(v));
+        if state.items.is_empty() {
+            if state.senders == 0 {
+                return Poll::Ready(None);
+            }
+            register(&mut state.receiver_waker, cx.waker());
+            return Poll::Pending;
         }
-        if state.senders == 0 {
-            return Poll::Ready(None);
-        }
-        register(&mut state.receiver_waker, cx.waker());
-        Poll::Pending
+        Poll::Ready(Self::pop(state))
     }
 
     /// The next item if one is queued.
     pub fn try_recv(&mut self) -> Result<T, TryRecvError> {
-        let mut state = self.shared.lock();
-        match self.pop(state.items.pop_front(), &mut state) {
-            Some(v) => Ok(v),
-            None if state.senders == 0 => Err(TryRecvError::Disconnected),
-            None => Err(TryRecvError::Empty),
+        let state = self.shared.lock();
+        if state.items.is_empty() {
+            return Err(if state.senders == 0 {
+                TryRecvError::Disconnected
+            } else {
+                TryRecvError::Empty
+            });
         }
+        Self::pop(state).ok_or(TryRecvError::Empty)
     }
 
     /// Moves up to `max` queued items to the end of `out` under one lock; returns how
@@ -297,12 +300,18 @@ impl<T> Receiver<T> {
         wakers.into_iter().for_each(Waker::wake);
     }
 
-    /// Finishes taking `item` out: a sender waiting for room is woken.
-    fn pop(&self, item: Option<T>, state: &mut MutexGuard<'_, State<T>>) -> Option<T> {
-        let item = item?;
-        if state.items.len() + 1 == state.capacity {
-            state.sender_wakers.drain(..).for_each(Waker::wake);
-        }
+    /// Takes the first item (the caller saw one under this lock) and releases the
+    /// lock; senders waiting for room are woken, outside the lock, when the item leaves
+    /// a full queue.
+    fn pop(mut state: MutexGuard<'_, State<T>>) -> Option<T> {
+        let item = state.items.pop_front()?;
+        let wakers = if state.items.len() + 1 == state.capacity {
+            std::mem::take(&mut state.sender_wakers)
+        } else {
+            Vec::new()
+        };
+        drop(state);
+        wakers.into_iter().for_each(Waker::wake);
         Some(item)
     }
 }
@@ -480,6 +489,39 @@ mod tests {
         }
         producer.await.unwrap();
         assert_eq!(got, (0..100).collect::<Vec<_>>());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn many_senders_on_threads_lose_no_item_and_no_wakeup() {
+        let (tx, mut rx) = channel(8);
+        let producers: Vec<_> = (0..4u64)
+            .map(|p| {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    for i in 0..10_000u64 {
+                        tx.send(p * 1_000_000 + i).await.unwrap();
+                    }
+                })
+            })
+            .collect();
+        drop(tx);
+        let consume = async {
+            let (mut count, mut sum) = (0u64, 0u64);
+            while let Some(v) = rx.recv().await {
+                count += 1;
+                sum += v;
+            }
+            (count, sum)
+        };
+        let (count, sum) = tokio::time::timeout(std::time::Duration::from_secs(60), consume)
+            .await
+            .expect("no wakeup lost");
+        for p in producers {
+            p.await.unwrap();
+        }
+        let per_producer: u64 = (0..10_000u64).sum();
+        assert_eq!(count, 40_000);
+        assert_eq!(sum, 4 * per_producer + 10_000 * (1 + 2 + 3) * 1_000_000);
     }
 
     #[tokio::test]
