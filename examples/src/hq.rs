@@ -99,14 +99,6 @@ fn reset(conn: &mut QuicConnection, id: u64, code: u64) {
 }
 
 impl ApplicationOverQuic for HqServer {
-    fn on_conn_established(
-        &mut self,
-        _conn: &mut QuicConnection,
-        _info: &HandshakeInfo,
-    ) -> Result<(), AppError> {
-        Ok(())
-    }
-
     fn process_reads(&mut self, conn: &mut QuicConnection) -> Result<(), AppError> {
         for id in conn.readable() {
             if id % 4 != 0 {

@@ -5,7 +5,7 @@
 use std::collections::{HashMap, VecDeque};
 
 use bytes::Bytes;
-use quay::app::{AppError, ApplicationOverQuic, HandshakeInfo, QuicConnection};
+use quay::app::{AppError, ApplicationOverQuic, QuicConnection};
 use tokio::sync::{mpsc, oneshot};
 
 /// Requests queued per connection before senders wait.
@@ -70,14 +70,6 @@ impl RawClient {
 }
 
 impl ApplicationOverQuic for RawClient {
-    fn on_conn_established(
-        &mut self,
-        _conn: &mut QuicConnection,
-        _info: &HandshakeInfo,
-    ) -> Result<(), AppError> {
-        Ok(())
-    }
-
     fn should_act(&self) -> bool {
         true
     }

@@ -26,24 +26,29 @@ pub type QuicConnection = quiche::Connection;
 ///      connection;
 ///    - [`process_reads`](Self::process_reads), then
 ///      [`process_writes`](Self::process_writes);
+///    - if [`handed_off_work`](Self::handed_off_work) says so, the loop lets the tasks
+///      that work went to run, then calls `process_reads` and `process_writes` again;
 ///    - the connection's outgoing packets are sent.
 /// 3. [`on_conn_close`](Self::on_conn_close): once, when the connection has closed, for
 ///    whatever reason. The connection is still readable (stats, errors) but can no
 ///    longer send.
 ///
-/// Purely reactive protocols implement four methods: `should_act`, `wait_for_data`
-/// and `on_conn_close` have defaults for them.
+/// Purely reactive protocols implement two methods, `process_reads` and
+/// `process_writes`: the others have defaults for them.
 ///
 /// An `Err` from any method closes the connection: [`AppError::Close`] with the
 /// application's code and reason, [`AppError::Quic`] with the matching transport error.
 pub trait ApplicationOverQuic: Send + 'static {
     /// The handshake completed (or 0-RTT was accepted); the application may now open
-    /// streams and send.
+    /// streams and send. The default does nothing.
     fn on_conn_established(
         &mut self,
         conn: &mut QuicConnection,
         info: &HandshakeInfo,
-    ) -> Result<(), AppError>;
+    ) -> Result<(), AppError> {
+        let _ = (conn, info);
+        Ok(())
+    }
 
     /// Whether [`wait_for_data`](Self::wait_for_data) should be polled this turn.
     ///

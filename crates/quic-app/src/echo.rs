@@ -99,14 +99,6 @@ impl EchoServer {
 }
 
 impl ApplicationOverQuic for EchoServer {
-    fn on_conn_established(
-        &mut self,
-        _conn: &mut QuicConnection,
-        _info: &HandshakeInfo,
-    ) -> Result<(), AppError> {
-        Ok(())
-    }
-
     fn process_reads(&mut self, conn: &mut QuicConnection) -> Result<(), AppError> {
         for id in conn.readable() {
             self.echo(conn, id)?;

@@ -15,19 +15,11 @@
 //! A protocol that answers every bidirectional stream with the word `pong`:
 //!
 //! ```
-//! use quic_app::{AppError, ApplicationOverQuic, HandshakeInfo, QuicConnection};
+//! use quic_app::{AppError, ApplicationOverQuic, QuicConnection};
 //!
 //! struct Pong;
 //!
 //! impl ApplicationOverQuic for Pong {
-//!     fn on_conn_established(
-//!         &mut self,
-//!         _conn: &mut QuicConnection,
-//!         _info: &HandshakeInfo,
-//!     ) -> Result<(), AppError> {
-//!         Ok(())
-//!     }
-//!
 //!     fn process_reads(&mut self, conn: &mut QuicConnection) -> Result<(), AppError> {
 //!         let mut buf = [0u8; 1024];
 //!         for id in conn.readable() {
@@ -43,8 +35,8 @@
 //!     fn process_writes(&mut self, _conn: &mut QuicConnection) -> Result<(), AppError> {
 //!         Ok(())
 //!     }
-//!     // `should_act`, `wait_for_data` and `on_conn_close` keep their defaults: a
-//!     // purely reactive protocol has nothing to wait for besides the peer.
+//!     // The other methods keep their defaults: a purely reactive protocol has
+//!     // nothing to set up and nothing to wait for besides the peer.
 //! }
 //! ```
 //!

@@ -270,26 +270,6 @@ impl<T> Receiver<T> {
         Self::pop(state).ok_or(TryRecvError::Empty)
     }
 
-    /// Moves up to `max` queued items to the end of `out` under one lock; returns how
-    /// many.
-    pub fn recv_many(&mut self, out: &mut Vec<T>, max: usize) -> usize {
-        let mut state = self.shared.lock();
-        let n = state.items.len().min(max);
-        if n == 0 {
-            return 0;
-        }
-        let was_full = state.items.len() >= state.capacity;
-        out.extend(state.items.drain(..n));
-        let wakers = if was_full {
-            std::mem::take(&mut state.sender_wakers)
-        } else {
-            Vec::new()
-        };
-        drop(state);
-        wakers.into_iter().for_each(Waker::wake);
-        n
-    }
-
     /// Refuses further items (sends fail from now on) while those already queued can
     /// still be taken.
     pub fn close(&mut self) {
@@ -434,23 +414,6 @@ mod tests {
         drop(rx);
         assert_eq!(count.0.load(Ordering::SeqCst), 2);
         assert_eq!(tx.poll_ready(&mut cx), Poll::Ready(Err(())));
-    }
-
-    #[test]
-    fn recv_many_takes_a_bounded_batch_and_wakes_waiting_senders() {
-        let (tx, mut rx) = channel(3);
-        for i in 0..3 {
-            tx.try_send(i).unwrap();
-        }
-        let (count, waker) = counter();
-        assert!(tx.poll_ready(&mut Context::from_waker(&waker)).is_pending());
-        let mut out = Vec::new();
-        assert_eq!(rx.recv_many(&mut out, 2), 2);
-        assert_eq!(out, [0, 1]);
-        assert_eq!(count.0.load(Ordering::SeqCst), 1);
-        assert_eq!(rx.recv_many(&mut out, 10), 1);
-        assert_eq!(rx.recv_many(&mut out, 10), 0);
-        assert_eq!(out, [0, 1, 2]);
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use quic_app::testing::{Pair, PairConfig};
-use quic_app::{AppError, ApplicationOverQuic, HandshakeInfo, QuicConnection};
+use quic_app::{AppError, ApplicationOverQuic, QuicConnection};
 use quic_io::__private::GsoBatches;
 
 const BYTES: usize = 1024 * 1024;
@@ -18,14 +18,6 @@ const SEGMENTS: usize = 64;
 struct Quiet;
 
 impl ApplicationOverQuic for Quiet {
-    fn on_conn_established(
-        &mut self,
-        _conn: &mut QuicConnection,
-        _info: &HandshakeInfo,
-    ) -> Result<(), AppError> {
-        Ok(())
-    }
-
     fn process_reads(&mut self, _conn: &mut QuicConnection) -> Result<(), AppError> {
         Ok(())
     }

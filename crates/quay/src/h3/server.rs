@@ -136,63 +136,52 @@ impl Server {
         B::Error: std::fmt::Display + Send,
         E: std::fmt::Display + Send + 'static,
     {
-        let mut task = AbortOnDrop(tokio::spawn(self.run(handler, shutdown, deadline)));
+        let Server { mut listener, h3 } = self;
+        let accept_loop = async move {
+            let mut connections = JoinSet::new();
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    incoming = listener.accept() => {
+                        let Some(incoming) = incoming else { break };
+                        let (driver, requests) = ServerH3Driver::new(h3.clone());
+                        let handle = incoming.start(driver);
+                        let handler = handler.clone();
+                        let stop = shutdown.clone();
+                        connections.spawn(async move {
+                            serve_connection(requests, handler, stop).await;
+                            handle.closed().await;
+                        });
+                    }
+                    Some(_) = connections.join_next(), if !connections.is_empty() => {}
+                }
+            }
+            // Drain: every connection got GOAWAY from its task (the token is cancelled).
+            let drained = tokio::time::timeout(deadline, async {
+                while connections.join_next().await.is_some() {}
+            })
+            .await
+            .is_ok();
+            if !drained {
+                tracing::warn!(
+                    open = connections.len(),
+                    "requests still in flight at the shutdown deadline"
+                );
+            }
+            listener
+                .shutdown(
+                    H3Code::NO_ERROR.0,
+                    b"server shutting down",
+                    Duration::from_secs(1),
+                )
+                .await;
+        };
+        let mut task = AbortOnDrop(tokio::spawn(accept_loop));
         if let Err(e) = (&mut task.0).await
             && e.is_panic()
         {
             std::panic::resume_unwind(e.into_panic());
         }
-    }
-
-    async fn run<F, Fut, B, E>(
-        mut self,
-        handler: F,
-        shutdown: CancellationToken,
-        deadline: Duration,
-    ) where
-        F: Fn(http::Request<RecvBody>) -> Fut + Clone + Send + Sync + 'static,
-        Fut: Future<Output = Result<http::Response<B>, E>> + Send + 'static,
-        B: HttpBody<Data = Bytes> + Send + 'static,
-        B::Error: std::fmt::Display + Send,
-        E: std::fmt::Display + Send + 'static,
-    {
-        let mut connections = JoinSet::new();
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => break,
-                incoming = self.listener.accept() => {
-                    let Some(incoming) = incoming else { break };
-                    let (driver, requests) = ServerH3Driver::new(self.h3.clone());
-                    let handle = incoming.start(driver);
-                    let handler = handler.clone();
-                    let stop = shutdown.clone();
-                    connections.spawn(async move {
-                        serve_connection(requests, handler, stop).await;
-                        handle.closed().await;
-                    });
-                }
-                Some(_) = connections.join_next(), if !connections.is_empty() => {}
-            }
-        }
-        // Drain: every connection got GOAWAY from its task (the token is cancelled).
-        let drained = tokio::time::timeout(deadline, async {
-            while connections.join_next().await.is_some() {}
-        })
-        .await
-        .is_ok();
-        if !drained {
-            tracing::warn!(
-                open = connections.len(),
-                "requests still in flight at the shutdown deadline"
-            );
-        }
-        self.listener
-            .shutdown(
-                H3Code::NO_ERROR.0,
-                b"server shutting down",
-                Duration::from_secs(1),
-            )
-            .await;
     }
 }
 

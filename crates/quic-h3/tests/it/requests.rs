@@ -4,7 +4,7 @@ use quic_app::testing::{Pair, PairConfig};
 use quic_app::{AppError, ApplicationOverQuic, CloseReason, HandshakeInfo, QuicConnection};
 use quic_h3::{H3Code, H3Settings, StreamError};
 
-use super::util::{LIMIT, pair, pattern, sha256};
+use super::util::{LIMIT, pair, pattern, read_to_end, sha256};
 
 /// Serves every request by echoing its body back, with the request's trailers (if
 /// any) returned as response trailers.
@@ -145,15 +145,7 @@ async fn a_client_dropping_its_body_mid_way_is_seen_as_a_reset_by_the_server() {
     let (mut pair, send, mut requests) = pair(H3Settings::default());
     let server = tokio::spawn(async move {
         let req = requests.next().await.unwrap();
-        let mut body = req.request.into_body();
-        let mut got = 0;
-        loop {
-            match body.chunk().await {
-                Ok(Some(c)) => got += c.len(),
-                Ok(None) => return Ok(got),
-                Err(e) => return Err((e, got)),
-            }
-        }
+        read_to_end(&mut req.request.into_body()).await
     });
     pair.run_with(LIMIT, async {
         let req = http::Request::post("https://localhost/upload")
@@ -353,15 +345,9 @@ async fn a_request_body_over_the_limit_is_refused_and_can_be_answered() {
     let (mut pair, send, mut requests) = pair(settings);
     let server = tokio::spawn(async move {
         let req = requests.next().await.unwrap();
-        let mut body = req.request.into_body();
-        let mut got = 0;
-        let err = loop {
-            match body.chunk().await {
-                Ok(Some(c)) => got += c.len(),
-                Ok(None) => panic!("a body over the limit ended normally"),
-                Err(e) => break e,
-            }
-        };
+        let (err, got) = read_to_end(&mut req.request.into_body())
+            .await
+            .expect_err("a body over the limit must not end normally");
         let mut resp = http::Response::new(());
         *resp.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
         req.responder
@@ -402,15 +388,7 @@ async fn a_connection_lost_while_a_body_queue_is_full_reads_as_an_error_not_an_e
         let _ = got_request.send(());
         // Read nothing until the connection is gone: the body's queue fills up.
         let _ = read_now.await;
-        let mut body = req.request.into_body();
-        let mut got = 0;
-        loop {
-            match body.chunk().await {
-                Ok(Some(c)) => got += c.len(),
-                Ok(None) => return Ok(got),
-                Err(e) => return Err((e, got)),
-            }
-        }
+        read_to_end(&mut req.request.into_body()).await
     });
     pair.run_with(LIMIT, async {
         let req = http::Request::post("https://localhost/upload")

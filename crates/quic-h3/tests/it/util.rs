@@ -35,3 +35,17 @@ pub fn pattern(len: usize) -> Bytes {
 pub fn sha256(bytes: &[u8]) -> [u8; 32] {
     Sha256::digest(bytes).into()
 }
+
+/// Reads `body` to its end: the bytes read, or the error with the bytes read before it.
+pub async fn read_to_end(
+    body: &mut quic_h3::RecvBody,
+) -> Result<usize, (quic_h3::StreamError, usize)> {
+    let mut got = 0;
+    loop {
+        match body.chunk().await {
+            Ok(Some(c)) => got += c.len(),
+            Ok(None) => return Ok(got),
+            Err(e) => return Err((e, got)),
+        }
+    }
+}

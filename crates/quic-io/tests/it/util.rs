@@ -66,13 +66,6 @@ pub fn client_params(cert_pem: &str) -> ClientParams {
 pub struct Idle;
 
 impl quic_app::ApplicationOverQuic for Idle {
-    fn on_conn_established(
-        &mut self,
-        _conn: &mut quic_app::QuicConnection,
-        _info: &quic_app::HandshakeInfo,
-    ) -> Result<(), quic_app::AppError> {
-        Ok(())
-    }
     fn process_reads(
         &mut self,
         _conn: &mut quic_app::QuicConnection,
