@@ -111,6 +111,19 @@ pub trait ApplicationOverQuic: Send + 'static {
         false
     }
 
+    /// Whether the peer has acknowledged everything the application finished sending
+    /// (the stream data it ended with a FIN).
+    ///
+    /// A graceful close (a listener's `shutdown`) asks this after every turn and closes
+    /// the connection only once it returns `true` (or its deadline passes): a
+    /// CONNECTION_CLOSE stops retransmission, so closing earlier could cut off the
+    /// last bytes of a response that was lost on the way. The default, `true`, closes
+    /// at once.
+    fn delivered(&mut self, conn: &mut QuicConnection) -> bool {
+        let _ = conn;
+        true
+    }
+
     /// The connection closed; `reason` says who closed it and why. Called exactly once,
     /// also when the handshake never completed. The default does nothing.
     fn on_conn_close(&mut self, conn: &mut QuicConnection, reason: &CloseReason) {

@@ -86,9 +86,21 @@ impl<A: ApplicationOverQuic> AppDriver<A> {
     }
 
     /// Whether [`wait_for_data`](Self::wait_for_data) should take part in this turn's
-    /// wait: the connection is established and open, and the application wants it.
+    /// wait: the connection is established and open (not closing or draining, when
+    /// the application can no longer act on it), and the application wants it.
     pub fn wants_to_wait(&self, conn: &QuicConnection) -> bool {
-        self.established && !self.closed && !conn.is_closed() && self.app.should_act()
+        self.established
+            && !self.closed
+            && !conn.is_closed()
+            && !conn.is_draining()
+            && self.app.should_act()
+    }
+
+    /// Whether the peer has acknowledged what the application sent
+    /// ([`delivered`](ApplicationOverQuic::delivered)); `true` before the application
+    /// was told the connection is established, and after it was told it closed.
+    pub fn delivered(&mut self, conn: &mut QuicConnection) -> bool {
+        !self.established || self.closed || conn.is_closed() || self.app.delivered(conn)
     }
 
     /// Waits for the application's own work

@@ -259,9 +259,24 @@ impl sealed::Sealed for ClientHooks {
             }
             return;
         }
-        match parse_response(&list) {
-            Ok(parts) => {
+        let parsed = parse_response(&list).and_then(|parts| {
+            // RFC 9110 §8.6: after HEAD, and in 204 and 304, content-length describes
+            // no body of this message.
+            let bodiless = s.head_request || matches!(parts.status.as_u16(), 204 | 304);
+            let expected = if bodiless {
+                None
+            } else {
+                crate::headers::content_length(&parts.headers)?
+            };
+            if expected.is_some_and(|n| n > 0) && !more_frames {
+                return Err("no body after a content-length");
+            }
+            Ok((parts, expected))
+        });
+        match parsed {
+            Ok((parts, expected)) => {
                 s.head_received = true;
+                s.expected_len = expected;
                 s.info_tx = None;
                 let body = s.open_body(more_frames);
                 if let Some(tx) = s.response_tx.take() {
@@ -362,6 +377,7 @@ impl sealed::Sealed for ClientHooks {
             match h3.send_request(conn, &fields, false) {
                 Ok(id) => {
                     let mut stream = Stream::new(Some(req.body_rx));
+                    stream.head_request = req.head.method == http::Method::HEAD;
                     stream.response_tx = Some(req.response_tx);
                     stream.info_tx = Some(req.info_tx);
                     if let Some(flow_tx) = req.flow_tx {

@@ -113,6 +113,35 @@ pub(crate) fn parse_request(list: &[impl NameValue]) -> Result<http::request::Pa
     })?;
     let method =
         Method::from_bytes(method.ok_or("missing :method")?).map_err(|_| "invalid :method")?;
+    if protocol.is_some() && method != Method::CONNECT {
+        // RFC 9220 §4: :protocol only on an extended CONNECT.
+        return Err(":protocol in a request that is not CONNECT");
+    }
+    if authority.is_some_and(<[u8]>::is_empty) {
+        return Err("empty :authority");
+    }
+    // RFC 9114 §4.2: TE may only say "trailers".
+    if headers
+        .get_all(http::header::TE)
+        .iter()
+        .any(|v| !v.as_bytes().eq_ignore_ascii_case(b"trailers"))
+    {
+        return Err("te other than trailers");
+    }
+    // RFC 9114 §4.3.1: Host, when present with :authority, must carry the same value.
+    let mut hosts = headers.get_all(http::header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err("more than one host");
+    }
+    if let Some(host) = host {
+        if host.is_empty() {
+            return Err("empty host");
+        }
+        if authority.is_some_and(|a| a != host.as_bytes()) {
+            return Err("host disagrees with :authority");
+        }
+    }
     let mut uri = Uri::builder();
     if method == Method::CONNECT && protocol.is_none() {
         // RFC 9114 §4.4: a CONNECT request carries only :method and :authority.
@@ -122,11 +151,18 @@ pub(crate) fn parse_request(list: &[impl NameValue]) -> Result<http::request::Pa
         uri = uri.authority(authority.ok_or("missing :authority in CONNECT")?);
     } else {
         // RFC 9114 §4.3.1: :method, :scheme and :path are required.
+        let scheme = scheme.ok_or("missing :scheme")?;
         uri = uri
-            .scheme(scheme.ok_or("missing :scheme")?)
+            .scheme(scheme)
             .path_and_query(path.filter(|p| !p.is_empty()).ok_or("missing :path")?);
-        if let Some(a) = authority {
-            uri = uri.authority(a);
+        match authority.or(host.map(HeaderValue::as_bytes)) {
+            Some(a) => uri = uri.authority(a),
+            // RFC 9114 §4.3.1: http and https require an authority, in :authority or
+            // Host.
+            None if scheme == b"https" || scheme == b"http" => {
+                return Err("missing :authority and host");
+            }
+            None => {}
         }
     }
     let mut builder = http::Request::builder()
@@ -143,6 +179,29 @@ pub(crate) fn parse_request(list: &[impl NameValue]) -> Result<http::request::Pa
         .into_parts();
     parts.headers = headers;
     Ok(parts)
+}
+
+/// The `content-length` of a message head (RFC 9110 §8.6): `Ok(None)` without one,
+/// `Err` when it is not a number or its values disagree.
+pub(crate) fn content_length(headers: &HeaderMap) -> Result<Option<u64>, &'static str> {
+    let mut length = None;
+    for value in headers.get_all(http::header::CONTENT_LENGTH) {
+        // A list ("5, 5") is allowed if every member is the same number.
+        for member in value.as_bytes().split(|&b| b == b',') {
+            let member = member.trim_ascii();
+            if member.is_empty() || !member.iter().all(u8::is_ascii_digit) {
+                return Err("invalid content-length");
+            }
+            let n = std::str::from_utf8(member)
+                .ok()
+                .and_then(|m| m.parse::<u64>().ok())
+                .ok_or("invalid content-length")?;
+            if length.replace(n).is_some_and(|l| l != n) {
+                return Err("content-length values disagree");
+            }
+        }
+    }
+    Ok(length)
 }
 
 /// Builds a response head from a received field list.

@@ -3,7 +3,6 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use quic_app::{QuicConnection, queue};
 
@@ -30,11 +29,15 @@ pub struct ServerHooks {
     last_request: Option<u64>,
     /// The id our GOAWAY carried: requests at or above it are refused.
     goaway_id: Option<u64>,
-    /// When drained, the connection closes after this timer: long enough for the last
-    /// response bytes to be acknowledged (a close stops retransmissions).
-    close_timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Drained, the connection closes once the peer has acknowledged every response
+    /// (a close stops retransmission), or when this timer fires.
+    ack_deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The acknowledgement deadline passed: close with what is left.
+    ack_deadline_passed: bool,
     /// Closes a connection that sent no request in time; armed on the first turn.
     first_request_timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The first request did not come in time: close.
+    first_request_missed: bool,
 }
 
 #[derive(Debug)]
@@ -52,7 +55,8 @@ impl ServerControl {
     /// Starts a graceful drain (RFC 9114 §5.2): sends GOAWAY with the id of the first
     /// request not yet taken, refuses later requests with H3_REQUEST_REJECTED (safe for
     /// clients to retry), lets the requests already taken finish, then closes the
-    /// connection with H3_NO_ERROR.
+    /// connection with H3_NO_ERROR once the client has acknowledged every response
+    /// (at the latest [`H3Settings::drain_ack_timeout`] after the last one finished).
     pub async fn goaway(&self) {
         let _ = self.tx.send(ServerCommand::GoAway).await;
     }
@@ -73,8 +77,10 @@ impl ServerH3Driver {
                 pending: None,
                 last_request: None,
                 goaway_id: None,
-                close_timer: None,
+                ack_deadline: None,
+                ack_deadline_passed: false,
                 first_request_timer: None,
+                first_request_missed: false,
             },
         };
         let requests = RequestStream {
@@ -204,6 +210,18 @@ impl sealed::Sealed for ServerHooks {
                 return;
             }
         };
+        let expected_len = match crate::headers::content_length(&parts.headers) {
+            Ok(Some(n)) if n > 0 && !more_frames => Err("no body after a content-length"),
+            other => other,
+        };
+        let expected_len = match expected_len {
+            Ok(n) => n,
+            Err(why) => {
+                tracing::debug!(stream = stream_id, why, "malformed request");
+                core.abort_stream(conn, stream_id, H3Code::MESSAGE_ERROR);
+                return;
+            }
+        };
         let extended = parts.extensions.get::<Protocol>().is_some();
         if extended && !core.settings.enable_extended_connect {
             // RFC 9220 §3: :protocol without our SETTINGS_ENABLE_CONNECT_PROTOCOL is
@@ -229,6 +247,7 @@ impl sealed::Sealed for ServerHooks {
         let mut stream = Stream::new(Some(out_rx));
         stream.head_received = true;
         stream.body_limit = core.settings.max_request_body_size;
+        stream.expected_len = expected_len;
         let body = stream.open_body(more_frames);
         let datagrams = extended.then(|| {
             let (flow, end) = DatagramFlow::new(stream_id, core.max_datagram.clone());
@@ -254,25 +273,32 @@ impl sealed::Sealed for ServerHooks {
         cx: &mut Context<'_>,
     ) -> Poll<()> {
         if self.last_request.is_none()
+            && !self.first_request_missed
             && self.first_request_timer.is_none()
             && let Some(limit) = core.settings.first_request_timeout
         {
             self.first_request_timer = Some(Box::pin(tokio::time::sleep(limit)));
         }
+        // Each timer wakes the loop once: it is disarmed as it fires, and what it
+        // calls for is noted for `start_work`/`after_writes`.
         if let Some(t) = self.first_request_timer.as_mut()
             && t.as_mut().poll(cx).is_ready()
         {
+            self.first_request_timer = None;
+            self.first_request_missed = true;
+            return Poll::Ready(());
+        }
+        if let Some(t) = self.ack_deadline.as_mut()
+            && t.as_mut().poll(cx).is_ready()
+        {
+            self.ack_deadline = None;
+            self.ack_deadline_passed = true;
             return Poll::Ready(());
         }
         if self.pending.is_some() {
             // Taken but blocked: retried every turn, which the blocking (flow or
             // congestion control) ends with a packet.
             return Poll::Pending;
-        }
-        if let Some(t) = self.close_timer.as_mut()
-            && t.as_mut().poll(cx).is_ready()
-        {
-            return Poll::Ready(());
         }
         match self.control_rx.poll_recv(cx) {
             Poll::Ready(Some(cmd)) => {
@@ -284,16 +310,13 @@ impl sealed::Sealed for ServerHooks {
     }
 
     fn start_work(&mut self, core: &mut Core, conn: &mut QuicConnection) {
-        if self.last_request.is_none()
-            && self
-                .first_request_timer
-                .as_ref()
-                .is_some_and(|t| t.is_elapsed())
-            && !conn.is_closed()
-        {
-            tracing::debug!("no request in time; closing");
-            let _ = conn.close(true, H3Code::NO_ERROR.0, b"no request in time");
-            return;
+        if self.first_request_missed {
+            self.first_request_missed = false;
+            if self.last_request.is_none() && !conn.is_closed() {
+                tracing::debug!("no request in time; closing");
+                let _ = conn.close(true, H3Code::NO_ERROR.0, b"no request in time");
+                return;
+            }
         }
         // While datagrams keep arriving the loop may not poll `wait_for_data`: look
         // at the control queue here too.
@@ -326,20 +349,22 @@ impl sealed::Sealed for ServerHooks {
             return;
         }
         // Drained: every request taken before the GOAWAY has finished. Close once the
-        // last bytes had time to be acknowledged: three round trips and an ACK delay.
-        match &self.close_timer {
-            None => {
-                let rtt = conn
-                    .path_stats()
-                    .next()
-                    .map_or(Duration::from_millis(100), |p| p.rtt);
-                let at = tokio::time::Instant::now() + rtt * 3 + Duration::from_millis(25);
-                self.close_timer = Some(Box::pin(tokio::time::sleep_until(at)));
-            }
-            Some(t) if t.is_elapsed() => {
-                let _ = conn.close(true, H3Code::NO_ERROR.0, b"");
-            }
-            Some(_) => {}
+        // peer has acknowledged every response: a close stops retransmission, and a
+        // lost tail would leave the client with a truncated body.
+        if conn.is_closed() || conn.local_error().is_some() {
+            return;
+        }
+        if core.all_acknowledged(conn) {
+            let _ = conn.close(true, H3Code::NO_ERROR.0, b"");
+        } else if self.ack_deadline_passed {
+            tracing::warn!(
+                responses = core.unacknowledged(),
+                "drained connection closes before the client acknowledged every response"
+            );
+            let _ = conn.close(true, H3Code::NO_ERROR.0, b"");
+        } else if self.ack_deadline.is_none() {
+            let limit = core.settings.drain_ack_timeout;
+            self.ack_deadline = Some(Box::pin(tokio::time::sleep(limit)));
         }
     }
 

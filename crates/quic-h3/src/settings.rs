@@ -24,6 +24,12 @@ pub struct H3Settings {
     /// never asks for anything can hold. `None`: no limit (the idle timeout still
     /// applies, but PINGs defeat it).
     pub first_request_timeout: Option<Duration>,
+    /// After a graceful drain ([`ServerControl::goaway`](crate::ServerControl::goaway))
+    /// has finished every request, the server closes the connection as soon as the
+    /// client has acknowledged every response; if that takes longer than this (the
+    /// client is gone, the path is black-holed), it closes anyway and logs how many
+    /// responses may be cut short.
+    pub drain_ack_timeout: Duration,
 }
 
 impl Default for H3Settings {
@@ -34,6 +40,7 @@ impl Default for H3Settings {
             enable_extended_connect: false,
             max_request_body_size: None,
             first_request_timeout: Some(Duration::from_secs(10)),
+            drain_ack_timeout: Duration::from_secs(5),
         }
     }
 }

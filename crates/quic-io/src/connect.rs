@@ -10,7 +10,7 @@ use crate::cid::{DEFAULT_CID_LEN, ResetKey, random_cid};
 use crate::handle::{ConnectionClosed, ConnectionHandle};
 use crate::metrics::{Metrics, NoopMetrics};
 use crate::router::{Router, WORKER_COMMAND_QUEUE};
-use crate::settings::QuicSettings;
+use crate::settings::{QuicSettings, SettingError};
 use crate::socket::Socket;
 use crate::tls::{ClientTlsConfig, TlsError, alert_name};
 use crate::worker::{self, WorkerSetup, WorkerShared};
@@ -81,8 +81,8 @@ pub enum ConnectError {
     #[error("invalid client configuration")]
     Config(#[source] TlsError),
     /// A parameter is out of range (local fault).
-    #[error("invalid parameter: {0}")]
-    Invalid(&'static str),
+    #[error(transparent)]
+    Invalid(#[from] SettingError),
     /// No handshake completed in time: nothing answered, or too slowly.
     #[error("handshake with {addr} timed out after {timeout:?}")]
     HandshakeTimeout {
@@ -133,14 +133,9 @@ pub async fn connect<A: ApplicationOverQuic>(
     params: ClientParams,
     app: A,
 ) -> Result<ConnectionHandle, ConnectError> {
-    if !(1..=quiche::MAX_CONN_ID_LEN).contains(&params.cid_len) {
-        return Err(ConnectError::Invalid("cid_len must be 1..=20"));
-    }
-    if params.alpn.is_empty() {
-        return Err(ConnectError::Invalid(
-            "at least one ALPN protocol is required",
-        ));
-    }
+    params.settings.validate()?;
+    crate::listen::validate_cid_len(params.cid_len)?;
+    crate::listen::validate_alpn(&params.alpn)?;
     let bind = params.bind.unwrap_or_else(|| match addr {
         SocketAddr::V4(_) => SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
         SocketAddr::V6(_) => SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0),
@@ -186,16 +181,15 @@ pub async fn connect<A: ApplicationOverQuic>(
         abort.clone(),
     );
     let (ctrl_tx, ctrl_rx) = quic_app::queue::channel(WORKER_COMMAND_QUEUE);
-    let (id, pkt_rx) = router.register(vec![scid.to_vec()], ctrl_tx.clone());
+    let (registration, pkt_rx) = router.register(vec![scid.to_vec()], ctrl_tx.clone());
     let shared = WorkerShared::new(&params.settings, Arc::clone(&params.metrics));
     let setup = WorkerSetup {
         conn: Box::new(conn),
-        id,
+        registration,
         socket,
         pkt_rx,
         ctrl_rx,
         ctrl_tx,
-        router_tx: router.command_sender(),
         shared,
         abort,
         local,

@@ -91,6 +91,7 @@ impl ConnectionHandle {
             app: true,
             code,
             reason: reason.into(),
+            by: None,
         };
         let _ = self.ctrl_tx.send(cmd).await;
     }

@@ -65,7 +65,7 @@ pub use metrics::{
 };
 
 mod settings;
-pub use settings::{CongestionControl, QuicSettings};
+pub use settings::{CongestionControl, QuicSettings, SettingError};
 
 mod tls;
 pub use tls::{ClientTlsConfig, SelfSigned, TlsConfig, TlsError};
@@ -162,15 +162,21 @@ pub mod __private {
         /// A valid token.
         pub fn mint(&self) -> Vec<u8> {
             let mut buf = [0u8; crate::router::retry::MAX_TOKEN_LEN];
-            let len = self
-                .0
-                .mint(Self::PEER, b"original-dcid", Self::NOW, &mut buf);
+            let len = self.0.mint(
+                Self::PEER,
+                b"original-dcid",
+                b"retry-scid",
+                Self::NOW,
+                &mut buf,
+            );
             buf[..len].to_vec()
         }
 
         /// Whether `token` is accepted.
         pub fn accepts(&self, token: &[u8]) -> bool {
-            self.0.validate(token, Self::PEER, Self::NOW).is_ok()
+            self.0
+                .validate(token, Self::PEER, b"retry-scid", Self::NOW)
+                .is_ok()
         }
     }
 }

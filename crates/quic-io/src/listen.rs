@@ -15,7 +15,7 @@ use crate::metrics::{Metrics, NoopMetrics};
 use crate::router::reset_limiter;
 use crate::router::retry::RetryTokens;
 use crate::router::{Accept, Router, RouterCommand};
-use crate::settings::QuicSettings;
+use crate::settings::{QuicSettings, SettingError};
 use crate::socket::Socket;
 use crate::tls::{TlsConfig, TlsError};
 use crate::worker::{self, WorkerSetup, WorkerShared};
@@ -51,7 +51,8 @@ pub struct EndpointLimits {
     pub max_handshakes: usize,
     /// New connections waiting for the application to accept them.
     pub accept_backlog: usize,
-    /// Stateless resets per second, and the burst allowed above that rate.
+    /// Stateless resets per second, and the burst allowed above that rate. Closes
+    /// answering an invalid Retry token (INVALID_TOKEN) share this budget.
     pub resets_per_second: u32,
 }
 
@@ -120,6 +121,32 @@ impl ServerParams {
         }
     }
 
+    /// Checks every parameter against its range; the error names the first one out
+    /// of range. [`listen`] calls this before it starts.
+    pub fn validate(&self) -> Result<(), SettingError> {
+        let err = SettingError::new;
+        self.settings.validate()?;
+        validate_cid_len(self.cid_len)?;
+        validate_alpn(&self.alpn)?;
+        let l = &self.limits;
+        if l.max_connections == 0 {
+            return Err(err("limits.max_connections", "zero"));
+        }
+        if l.max_handshakes == 0 {
+            return Err(err("limits.max_handshakes", "zero"));
+        }
+        if l.accept_backlog == 0 {
+            return Err(err("limits.accept_backlog", "zero"));
+        }
+        if self.retry_token_lifetime.is_zero() {
+            return Err(err("retry_token_lifetime", "zero"));
+        }
+        if self.retry_token_lifetime > crate::settings::MAX_TIMEOUT {
+            return Err(err("retry_token_lifetime", "longer than 7 days"));
+        }
+        Ok(())
+    }
+
     fn quiche_config(&self) -> Result<quiche::Config, TlsError> {
         let ctx = self.tls.server_context()?;
         let mut cfg = quiche::Config::with_boring_ssl_ctx_builder(quiche::PROTOCOL_VERSION, ctx)
@@ -129,6 +156,32 @@ impl ServerParams {
         self.settings.apply(&mut cfg);
         Ok(cfg)
     }
+}
+
+/// Connection IDs are 1 to 20 bytes (RFC 9000 §17.2).
+pub(crate) fn validate_cid_len(len: usize) -> Result<(), SettingError> {
+    if (1..=quiche::MAX_CONN_ID_LEN).contains(&len) {
+        Ok(())
+    } else {
+        Err(SettingError::new("cid_len", "outside 1..=20"))
+    }
+}
+
+/// At least one protocol, each 1 to 255 bytes (RFC 7301 §3.1).
+pub(crate) fn validate_alpn(alpn: &[Vec<u8>]) -> Result<(), SettingError> {
+    if alpn.is_empty() {
+        return Err(SettingError::new(
+            "alpn",
+            "empty: at least one protocol is required",
+        ));
+    }
+    if alpn.iter().any(|a| a.is_empty() || a.len() > 255) {
+        return Err(SettingError::new(
+            "alpn",
+            "a protocol name outside 1..=255 bytes",
+        ));
+    }
+    Ok(())
 }
 
 /// Why a listener could not start.
@@ -151,31 +204,25 @@ pub enum ListenError {
     #[error("invalid server configuration")]
     Config(#[source] TlsError),
     /// A parameter is out of range.
-    #[error("invalid parameter: {0}")]
-    Invalid(&'static str),
+    #[error(transparent)]
+    Invalid(#[from] SettingError),
 }
 
 /// Binds `addr` and listens on it. Must be called within a tokio runtime.
 pub fn listen_on(addr: SocketAddr, params: ServerParams) -> Result<Listener, ListenError> {
+    params.validate()?;
     let socket = crate::socket::bind(addr).map_err(|source| ListenError::Bind { addr, source })?;
     listen(socket, params)
 }
 
 /// Listens on a bound UDP socket. Must be called within a tokio runtime.
 pub fn listen(socket: std::net::UdpSocket, params: ServerParams) -> Result<Listener, ListenError> {
-    if !(1..=quiche::MAX_CONN_ID_LEN).contains(&params.cid_len) {
-        return Err(ListenError::Invalid("cid_len must be 1..=20"));
-    }
-    if params.alpn.is_empty() {
-        return Err(ListenError::Invalid(
-            "at least one ALPN protocol is required",
-        ));
-    }
+    params.validate()?;
     let config = params.quiche_config().map_err(ListenError::Config)?;
     let socket =
         Arc::new(Socket::new(socket, params.settings.enable_gso).map_err(ListenError::Socket)?);
     let local_addr = socket.local_addr();
-    let (accept_tx, accept_rx) = mpsc::channel(params.limits.accept_backlog.max(1));
+    let (accept_tx, accept_rx) = mpsc::channel(params.limits.accept_backlog);
     let shared = WorkerShared::new(&params.settings, Arc::clone(&params.metrics));
     let abort = CancellationToken::new();
     let accept = Accept {
@@ -221,7 +268,7 @@ pub fn listen(socket: std::net::UdpSocket, params: ServerParams) -> Result<Liste
 #[derive(Debug)]
 pub struct Listener {
     accept_rx: mpsc::Receiver<IncomingConnection>,
-    cmd_tx: mpsc::Sender<RouterCommand>,
+    cmd_tx: mpsc::UnboundedSender<RouterCommand>,
     local_addr: SocketAddr,
     abort: CancellationToken,
     router: tokio::task::JoinHandle<()>,
@@ -245,24 +292,34 @@ impl Listener {
     /// Starts minting Retry tokens under a new key. Tokens minted under the previous
     /// key stay valid until they expire; those of older keys no longer are.
     pub async fn rotate_retry_key(&self) {
-        let _ = self.cmd_tx.send(RouterCommand::RotateRetryKey).await;
+        let _ = self.cmd_tx.send(RouterCommand::RotateRetryKey);
     }
 
     /// Stops accepting, closes every connection with application code `code`, and
     /// waits up to `deadline` for them to close; connections still open then are
     /// dropped. Returns whether every connection closed in time.
+    ///
+    /// A connection closes once the peer has acknowledged what its application
+    /// finished sending ([`ApplicationOverQuic::delivered`]: for HTTP/3, every
+    /// complete response), so a close does not cut off data that was lost on the way
+    /// and is being retransmitted; at the latest it closes when half of `deadline` has
+    /// passed, leaving the rest for the close itself.
     pub async fn shutdown(mut self, code: u64, reason: &[u8], deadline: Duration) -> bool {
         self.accept_rx.close();
         while let Ok(incoming) = self.accept_rx.try_recv() {
             incoming.refuse();
         }
         let (done_tx, done_rx) = oneshot::channel();
+        let by = std::time::Instant::now()
+            .checked_add(deadline / 2)
+            .unwrap_or_else(|| std::time::Instant::now() + Duration::from_secs(86_400));
         let cmd = RouterCommand::Shutdown {
             code,
             reason: reason.to_vec(),
+            by,
             done: done_tx,
         };
-        let graceful = if self.cmd_tx.send(cmd).await.is_ok() {
+        let graceful = if self.cmd_tx.send(cmd).is_ok() {
             matches!(tokio::time::timeout(deadline, done_rx).await, Ok(Ok(())))
         } else {
             true

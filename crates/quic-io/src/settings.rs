@@ -27,9 +27,11 @@ pub enum CongestionControl {
 #[non_exhaustive]
 pub struct QuicSettings {
     /// Close the connection after this long without hearing from the peer
-    /// (RFC 9000 §10.1). The effective value is the smaller of both sides'.
+    /// (RFC 9000 §10.1). The effective value is the smaller of both sides'. Zero
+    /// means none (only the peer's, if it has one, applies). At most 7 days.
     pub idle_timeout: Duration,
-    /// Give up a handshake that has not completed after this long.
+    /// Give up a handshake that has not completed after this long. More than zero, at
+    /// most 7 days.
     pub handshake_timeout: Duration,
     /// Connection-level receive window at the start (`initial_max_data`).
     pub initial_max_data: u64,
@@ -58,6 +60,7 @@ pub struct QuicSettings {
     /// `disable_active_migration` transport parameter is sent.
     pub enable_migration: bool,
     /// The largest UDP payload sent; 1350 fits common paths without fragmentation.
+    /// 1200 (QUIC's minimum) to 1500 (what quay receives).
     pub max_send_udp_payload: usize,
     /// Use UDP generic segmentation offload when the kernel has it: many datagrams per
     /// `sendmsg`. Turning it off sends one datagram per call.
@@ -70,7 +73,13 @@ pub struct QuicSettings {
     pub coalesce_answers: bool,
     /// Write a qlog file per connection into this directory.
     pub qlog_dir: Option<PathBuf>,
+    /// The most bytes written to one connection's qlog file; the rest of its trace is
+    /// dropped (with a warning), so a long or misbehaving connection cannot fill the
+    /// disk. Default 64 MiB.
+    pub qlog_max_bytes: u64,
     /// Append TLS secrets in NSS key log format to this file (for packet captures).
+    /// A file it creates is readable and writable by its owner only (mode 0600): the
+    /// secrets decrypt every connection they were logged for.
     pub keylog_file: Option<PathBuf>,
 }
 
@@ -95,6 +104,7 @@ impl Default for QuicSettings {
             enable_gso: true,
             coalesce_answers: true,
             qlog_dir: None,
+            qlog_max_bytes: 64 * 1024 * 1024,
             keylog_file: None,
         }
     }
@@ -130,5 +140,102 @@ impl QuicSettings {
         if self.keylog_file.is_some() {
             cfg.log_keys();
         }
+    }
+}
+
+/// A setting out of its range, found when a listener or a connection is built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid setting `{field}`: {problem}")]
+#[non_exhaustive]
+pub struct SettingError {
+    /// The field, as a path from the parameters (`settings.idle_timeout`).
+    pub field: &'static str,
+    /// What is wrong with its value.
+    pub problem: &'static str,
+}
+
+impl SettingError {
+    pub(crate) fn new(field: &'static str, problem: &'static str) -> Self {
+        Self { field, problem }
+    }
+}
+
+/// The largest value a QUIC variable-length integer carries (RFC 9000 §16): every
+/// transport parameter is one.
+const MAX_VARINT: u64 = (1 << 62) - 1;
+
+/// RFC 9000 §4.6: a stream count above 2^60 cannot be encoded as a stream ID.
+const MAX_STREAM_COUNT: u64 = 1 << 60;
+
+/// The longest timeout accepted (idle, handshake): beyond it a value is a mistake, and
+/// deadlines computed from it could overflow the clock.
+pub(crate) const MAX_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// RFC 9000 §14: every QUIC endpoint must be able to send datagrams of 1200 bytes.
+const MIN_UDP_PAYLOAD: usize = 1200;
+
+impl QuicSettings {
+    /// Checks every field against its range; the error names the first field out of
+    /// range. Listeners and connections call this before they start.
+    pub fn validate(&self) -> Result<(), SettingError> {
+        let err = SettingError::new;
+        if self.idle_timeout > MAX_TIMEOUT {
+            return Err(err(
+                "settings.idle_timeout",
+                "longer than 7 days (zero means no idle timeout)",
+            ));
+        }
+        if self.handshake_timeout.is_zero() {
+            return Err(err("settings.handshake_timeout", "zero"));
+        }
+        if self.handshake_timeout > MAX_TIMEOUT {
+            return Err(err("settings.handshake_timeout", "longer than 7 days"));
+        }
+        let varints = [
+            ("settings.initial_max_data", self.initial_max_data),
+            (
+                "settings.initial_max_stream_data",
+                self.initial_max_stream_data,
+            ),
+            ("settings.max_connection_window", self.max_connection_window),
+            ("settings.max_stream_window", self.max_stream_window),
+        ];
+        for (field, v) in varints {
+            if v > MAX_VARINT {
+                return Err(err(field, "above 2^62-1, the largest QUIC integer"));
+            }
+        }
+        if self.max_connection_window < self.initial_max_data {
+            return Err(err(
+                "settings.max_connection_window",
+                "smaller than settings.initial_max_data",
+            ));
+        }
+        if self.max_stream_window < self.initial_max_stream_data {
+            return Err(err(
+                "settings.max_stream_window",
+                "smaller than settings.initial_max_stream_data",
+            ));
+        }
+        if self.max_streams_bidi > MAX_STREAM_COUNT {
+            return Err(err("settings.max_streams_bidi", "above 2^60"));
+        }
+        if self.max_streams_uni > MAX_STREAM_COUNT {
+            return Err(err("settings.max_streams_uni", "above 2^60"));
+        }
+        if self.enable_datagrams && self.datagram_queue_len == 0 {
+            return Err(err(
+                "settings.datagram_queue_len",
+                "zero while datagrams are enabled",
+            ));
+        }
+        if !(MIN_UDP_PAYLOAD..=crate::socket::MAX_UDP_PAYLOAD).contains(&self.max_send_udp_payload)
+        {
+            return Err(err(
+                "settings.max_send_udp_payload",
+                "outside 1200..=1500 bytes",
+            ));
+        }
+        Ok(())
     }
 }

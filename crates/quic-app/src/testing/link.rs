@@ -1,4 +1,6 @@
 use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -22,6 +24,67 @@ pub struct LinkStats {
     pub reordered: u64,
 }
 
+/// Scripted faults on a [`Pair`](super::Pair)'s link, set while it runs: a test keeps a
+/// clone and cuts one direction off at the moment that matters (after a GOAWAY, say).
+///
+/// Clones share their state.
+#[derive(Debug, Clone, Default)]
+pub struct Faults {
+    state: Arc<Mutex<FaultState>>,
+}
+
+#[derive(Debug, Default)]
+struct FaultState {
+    /// Per direction: drop everything until then.
+    blackhole_until: [Option<Instant>; 2],
+    /// Per direction: datagrams dropped by these faults.
+    dropped: [u64; 2],
+}
+
+impl Faults {
+    /// No faults yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Drops every datagram the server sends during the next `d`.
+    pub fn blackhole_to_client(&self, d: Duration) {
+        self.blackhole(Direction::ToClient, d);
+    }
+
+    /// Drops every datagram the client sends during the next `d`.
+    pub fn blackhole_to_server(&self, d: Duration) {
+        self.blackhole(Direction::ToServer, d);
+    }
+
+    /// Datagrams these faults dropped: (client to server, server to client).
+    pub fn dropped(&self) -> (u64, u64) {
+        let s = self.lock();
+        (s.dropped[0], s.dropped[1])
+    }
+
+    fn blackhole(&self, dir: Direction, d: Duration) {
+        self.lock().blackhole_until[dir as usize] = Some(Instant::now() + d);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, FaultState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether a datagram going `dir` now is dropped.
+    fn drops(&self, dir: Direction) -> bool {
+        let mut s = self.lock();
+        let slot = dir as usize;
+        match s.blackhole_until[slot] {
+            Some(t) if Instant::now() < t => {
+                s.dropped[slot] += 1;
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
 /// A lossy, reordering, instant link. Buffers are recycled, so a long run does not
 /// allocate per datagram.
 #[derive(Debug)]
@@ -34,10 +97,11 @@ pub(super) struct Link {
     held: [Option<Vec<u8>>; 2],
     spare: Vec<Vec<u8>>,
     stats: LinkStats,
+    faults: Option<Faults>,
 }
 
 impl Link {
-    pub(super) fn new(seed: u64, loss: f64, reorder: f64) -> Self {
+    pub(super) fn new(seed: u64, loss: f64, reorder: f64, faults: Option<Faults>) -> Self {
         Self {
             rng: SmallRng::seed_from_u64(seed),
             loss,
@@ -46,10 +110,15 @@ impl Link {
             held: [None, None],
             spare: Vec::new(),
             stats: LinkStats::default(),
+            faults,
         }
     }
 
     pub(super) fn push(&mut self, dir: Direction, bytes: &[u8]) {
+        if self.faults.as_ref().is_some_and(|f| f.drops(dir)) {
+            self.stats.dropped += 1;
+            return;
+        }
         if self.loss > 0.0 && self.rng.random_bool(self.loss) {
             self.stats.dropped += 1;
             return;

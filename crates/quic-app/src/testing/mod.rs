@@ -39,8 +39,8 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use crate::{AppDriver, ApplicationOverQuic, CloseReason, HandshakeInfo, QuicConnection};
-pub use link::LinkStats;
 use link::{Direction, Link};
+pub use link::{Faults, LinkStats};
 
 /// The largest UDP payload either side sends.
 const MAX_DATAGRAM: usize = 1350;
@@ -78,6 +78,7 @@ pub struct PairConfig {
     loss: f64,
     reorder: f64,
     seed: u64,
+    faults: Option<Faults>,
     configure: Option<Configure>,
 }
 
@@ -100,6 +101,7 @@ impl PairConfig {
             loss: 0.0,
             reorder: 0.0,
             seed: 0,
+            faults: None,
             configure: None,
         }
     }
@@ -119,6 +121,12 @@ impl PairConfig {
     /// Seeds the link's loss and reorder decisions.
     pub fn seed(mut self, seed: u64) -> Self {
         self.seed = seed;
+        self
+    }
+
+    /// Lets `faults` (kept by the test) cut the link while the pair runs.
+    pub fn faults(mut self, faults: &Faults) -> Self {
+        self.faults = Some(faults.clone());
         self
     }
 
@@ -285,7 +293,7 @@ impl<C: ApplicationOverQuic, S: ApplicationOverQuic> Pair<C, S> {
             started: Instant::now(),
             close_reason: None,
         };
-        let mut link = Link::new(config.seed, config.loss, config.reorder);
+        let mut link = Link::new(config.seed, config.loss, config.reorder, config.faults);
         link.push(Direction::ToServer, &buf[..len]);
         Ok(Self {
             client,

@@ -72,7 +72,16 @@ pub struct Core {
     dgram_out: Vec<u8>,
     /// A request (server) or a response head (client) went to the user this turn.
     pub(crate) handed_off: bool,
+    /// Streams whose last bytes went to quiche, kept until the peer has acknowledged
+    /// them all (quiche then forgets the stream); pruned as the list grows.
+    unacked: Vec<u64>,
+    /// The length of `unacked` at which it is pruned next.
+    prune_at: usize,
 }
+
+/// The smallest length of [`Core`]'s list of unacknowledged streams at which it is
+/// pruned: pruning costs one lookup per entry, so it runs when the list has doubled.
+const PRUNE_MIN: usize = 32;
 
 impl std::fmt::Debug for Core {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -98,7 +107,26 @@ impl Core {
             max_datagram: MaxDatagram::default(),
             dgram_out: Vec::new(),
             handed_off: false,
+            unacked: Vec::new(),
+            prune_at: PRUNE_MIN,
         }
+    }
+
+    /// Forgets the streams whose data the peer has acknowledged; returns whether none
+    /// is left.
+    pub(crate) fn all_acknowledged(&mut self, conn: &mut QuicConnection) -> bool {
+        // quiche collects a stream once both sides are complete: everything read, and
+        // everything sent acknowledged. A collected stream (or one the peer stopped)
+        // has no capacity to report.
+        self.unacked.retain(|&id| conn.stream_capacity(id).is_ok());
+        self.prune_at = (self.unacked.len() * 2).max(PRUNE_MIN);
+        self.unacked.is_empty()
+    }
+
+    /// Streams whose last bytes the peer has not acknowledged yet (as of the last
+    /// pruning).
+    pub(crate) fn unacknowledged(&self) -> usize {
+        self.unacked.len()
     }
 
     /// A second field section on a known stream: trailers (RFC 9114 §4.1), queued for
@@ -128,6 +156,23 @@ impl Core {
         let _ = conn.stream_shutdown(stream_id, quiche::Shutdown::Write, code.0);
         if let Some(mut s) = self.streams.remove(&stream_id) {
             s.fail(StreamError::Reset(code));
+        }
+    }
+
+    /// Resets a malformed message's stream both ways with H3_MESSAGE_ERROR (RFC 9114
+    /// §4.1.2); its reader (request body, response waiter) gets the reason.
+    pub(crate) fn malformed(
+        &mut self,
+        conn: &mut QuicConnection,
+        stream_id: u64,
+        why: &'static str,
+    ) {
+        tracing::debug!(stream = stream_id, why, "malformed message");
+        let code = H3Code::MESSAGE_ERROR.0;
+        let _ = conn.stream_shutdown(stream_id, quiche::Shutdown::Read, code);
+        let _ = conn.stream_shutdown(stream_id, quiche::Shutdown::Write, code);
+        if let Some(mut s) = self.streams.remove(&stream_id) {
+            s.fail(StreamError::Malformed(why));
         }
     }
 
@@ -193,6 +238,7 @@ impl Core {
                         if ends {
                             s.out_done = true;
                             s.out_rx = None;
+                            self.unacked.push(id);
                         }
                     }
                     Written::Blocked(rest) => {
@@ -211,6 +257,9 @@ impl Core {
         }
         self.streams
             .retain(|_, s| !(s.in_done && s.out_done && s.response_tx.is_none()));
+        if self.unacked.len() >= self.prune_at {
+            self.all_acknowledged(conn);
+        }
     }
 
     /// Hands received HTTP Datagrams to their flows (RFC 9297 §2.1): by Quarter
@@ -343,6 +392,14 @@ fn read_body(
                     let _ =
                         conn.stream_shutdown(id, quiche::Shutdown::Read, H3Code::EXCESSIVE_LOAD.0);
                     s.fail_inbound(StreamError::BodyTooLarge { limit });
+                    break;
+                }
+                if s.expected_len.is_some_and(|e| s.received > e) {
+                    // RFC 9114 §4.1.2: more body than content-length said: malformed.
+                    let code = H3Code::MESSAGE_ERROR.0;
+                    let _ = conn.stream_shutdown(id, quiche::Shutdown::Read, code);
+                    let _ = conn.stream_shutdown(id, quiche::Shutdown::Write, code);
+                    s.fail(StreamError::Malformed("body longer than content-length"));
                     break;
                 }
                 s.push_in(InFrame::Data(Bytes::copy_from_slice(&scratch[..n])));
@@ -489,6 +546,10 @@ impl<H: Hooks> ApplicationOverQuic for H3Driver<H> {
         std::mem::take(&mut self.core.handed_off)
     }
 
+    fn delivered(&mut self, conn: &mut QuicConnection) -> bool {
+        self.core.all_acknowledged(conn)
+    }
+
     fn on_conn_close(&mut self, _conn: &mut QuicConnection, _reason: &CloseReason) {
         self.core.fail_all(StreamError::ConnectionClosed);
         self.hooks.on_close(&mut self.core);
@@ -541,6 +602,11 @@ impl<H: Hooks> H3Driver<H> {
                 }
                 quiche::h3::Event::Finished => {
                     if let Some(s) = self.core.streams.get_mut(&id) {
+                        if s.expected_len.is_some_and(|e| e != s.received) {
+                            self.core
+                                .malformed(conn, id, "body shorter than content-length");
+                            continue;
+                        }
                         s.in_finished = true;
                     }
                 }

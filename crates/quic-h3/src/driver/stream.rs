@@ -46,6 +46,10 @@ pub(crate) struct Stream {
     pub(crate) received: u64,
     /// The most body bytes accepted, if limited.
     pub(crate) body_limit: Option<u64>,
+    /// The body's length as its head's `content-length` announced it.
+    pub(crate) expected_len: Option<u64>,
+    /// A client's HEAD request: the response's `content-length` describes no body.
+    pub(crate) head_request: bool,
     /// The client's channel for informational (1xx) responses, until the final one.
     pub(crate) info_tx: Option<queue::Sender<http::Response<()>>>,
     /// The stream's HTTP Datagram flow (extended CONNECT only).
@@ -71,6 +75,8 @@ impl Stream {
             response_tx: None,
             received: 0,
             body_limit: None,
+            expected_len: None,
+            head_request: false,
             info_tx: None,
             flow: None,
             pending_dgram: None,

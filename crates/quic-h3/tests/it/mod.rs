@@ -1,4 +1,5 @@
 mod drain;
 mod extended;
+mod hardening;
 mod requests;
 mod util;

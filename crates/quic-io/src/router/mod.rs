@@ -34,10 +34,6 @@ pub(crate) const WORKER_QUEUE: usize = 1024;
 /// Commands to a worker (close, stats). Few are ever in flight.
 pub(crate) const WORKER_COMMAND_QUEUE: usize = 16;
 
-/// Commands to the router from workers and handles. Workers wait for room rather
-/// than lose a registration change.
-pub(crate) const ROUTER_COMMAND_QUEUE: usize = 1024;
-
 /// Receive batches the router reads before it checks its commands again.
 const RECV_BATCHES_PER_TURN: usize = 16;
 
@@ -45,12 +41,22 @@ const RECV_BATCHES_PER_TURN: usize = 16;
 /// than 1200 bytes; §6.1/§5.2.2: nor answer such a datagram with Version Negotiation.
 const MIN_INITIAL_DATAGRAM: usize = 1200;
 
+/// RFC 9000 §20.1: INVALID_TOKEN, "invalid packet token received".
+const INVALID_TOKEN: u64 = 0xb;
+
 /// Source ports of UDP services that reflection and amplification attacks abuse:
 /// tcpmux/echo/chargen, DNS, portmap, NTP, NetBIOS, SNMP, LDAP, IKE. Port 0 is never a
 /// real source. Nothing is sent in answer to them.
 const REFLECTION_PORTS: [u16; 12] = [0, 7, 17, 19, 53, 111, 123, 137, 138, 161, 389, 500];
 
 /// Messages into the router task.
+///
+/// Their channel is unbounded so that no message is ever lost or waited for (a lost
+/// `Established` would count a handshake forever; a lost `Unregister` would leak a
+/// connection's routes and slot), yet bounded in practice: each connection sends at
+/// most two (`Established`, `Unregister`), and connections are bounded by
+/// [`EndpointLimits::max_connections`](crate::EndpointLimits::max_connections);
+/// handles send the rare others.
 #[derive(Debug)]
 pub(crate) enum RouterCommand {
     /// The connection completed its handshake: it no longer counts as in flight.
@@ -59,12 +65,41 @@ pub(crate) enum RouterCommand {
     Unregister { id: u64 },
     /// Start minting Retry tokens under a new key.
     RotateRetryKey,
-    /// Stop accepting, close every connection; answer when none is left.
+    /// Stop accepting, close every connection once its data is acknowledged (at the
+    /// latest at `by`); answer when none is left.
     Shutdown {
         code: u64,
         reason: Vec<u8>,
+        by: Instant,
         done: oneshot::Sender<()>,
     },
+}
+
+/// A connection's place in its router, held by its worker: reports the end of the
+/// handshake once, and unregisters the connection when dropped, whichever way the
+/// worker ends (returned, panicked, aborted, or never started), so its routes and its
+/// slots are never leaked.
+#[derive(Debug)]
+pub(crate) struct Registration {
+    id: u64,
+    tx: mpsc::UnboundedSender<RouterCommand>,
+    established: bool,
+}
+
+impl Registration {
+    /// The handshake completed: the connection no longer counts as in flight.
+    pub(crate) fn established(&mut self) {
+        if !std::mem::replace(&mut self.established, true) {
+            let _ = self.tx.send(RouterCommand::Established { id: self.id });
+        }
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        // Fails only when the router is gone, and its table with it.
+        let _ = self.tx.send(RouterCommand::Unregister { id: self.id });
+    }
 }
 
 /// One connection as the router sees it.
@@ -114,8 +149,8 @@ pub(crate) struct Router {
     handshaking: usize,
     next_id: u64,
     cid_len: usize,
-    cmd_rx: mpsc::Receiver<RouterCommand>,
-    cmd_tx: mpsc::Sender<RouterCommand>,
+    cmd_rx: mpsc::UnboundedReceiver<RouterCommand>,
+    cmd_tx: mpsc::UnboundedSender<RouterCommand>,
     metrics: Arc<dyn Metrics>,
     reset_key: ResetKey,
     accept: Option<Accept>,
@@ -132,7 +167,7 @@ impl Router {
         accept: Option<Accept>,
         abort: CancellationToken,
     ) -> Self {
-        let (cmd_tx, cmd_rx) = mpsc::channel(ROUTER_COMMAND_QUEUE);
+        let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
         Self {
             receiver: Receiver::new(&socket),
             batch: Vec::with_capacity(quinn_udp::BATCH_SIZE * 64),
@@ -152,17 +187,16 @@ impl Router {
         }
     }
 
-    pub(crate) fn command_sender(&self) -> mpsc::Sender<RouterCommand> {
+    pub(crate) fn command_sender(&self) -> mpsc::UnboundedSender<RouterCommand> {
         self.cmd_tx.clone()
     }
 
-    /// Registers a connection created outside the router (a client's); returns its id
-    /// and queue.
+    /// Registers a connection; returns its registration and queue.
     pub(crate) fn register(
         &mut self,
         cids: Vec<Vec<u8>>,
         ctrl_tx: queue::Sender<WorkerCommand>,
-    ) -> (u64, queue::Receiver<Datagram>) {
+    ) -> (Registration, queue::Receiver<Datagram>) {
         let id = self.next_id;
         self.next_id += 1;
         let (tx, rx) = queue::channel(WORKER_QUEUE);
@@ -178,7 +212,12 @@ impl Router {
             },
         );
         self.handshaking += 1;
-        (id, rx)
+        let registration = Registration {
+            id,
+            tx: self.cmd_tx.clone(),
+            established: false,
+        };
+        (registration, rx)
     }
 
     /// Runs until aborted, or (a client's router, or a listener's whose application
@@ -248,7 +287,12 @@ impl Router {
                     a.retry.rotate();
                 }
             }
-            RouterCommand::Shutdown { code, reason, done } => {
+            RouterCommand::Shutdown {
+                code,
+                reason,
+                by,
+                done,
+            } => {
                 if let Some(a) = &mut self.accept {
                     a.shutting_down = true;
                     if self.conns.is_empty() {
@@ -262,6 +306,7 @@ impl Router {
                         app: true,
                         code,
                         reason: reason.clone(),
+                        by: Some(by),
                     };
                     // A full command queue means the worker is already closing or
                     // busy; the deadline in `Listener::shutdown` covers it.
@@ -407,6 +452,36 @@ impl Router {
         self.metrics.initial_rejected(reason);
     }
 
+    /// RFC 9000 §8.1.2: an Initial whose Retry token fails validation is answered
+    /// with CONNECTION_CLOSE (INVALID_TOKEN), so the client fails at once instead of
+    /// waiting out its handshake timeout (it will not accept a second Retry). Building
+    /// the close takes a throwaway connection that reads the client's Initial, so
+    /// these answers share the stateless reset rate limit.
+    fn refuse_token(&mut self, mut dgram: Datagram) {
+        let Some(accept) = self.accept.as_mut() else {
+            return;
+        };
+        if !accept.reset_limiter.try_take(Instant::now()) {
+            return;
+        }
+        let scid = random_cid(self.cid_len);
+        let info = quiche::RecvInfo {
+            from: dgram.from,
+            to: dgram.to,
+        };
+        let Ok(mut conn) = quiche::accept(&scid, None, dgram.to, dgram.from, &mut accept.config)
+        else {
+            return;
+        };
+        if conn.recv(&mut dgram.buf, info).is_err() {
+            return;
+        }
+        let _ = conn.close(false, INVALID_TOKEN, b"invalid retry token");
+        if let Ok((len, send)) = conn.send(&mut self.out) {
+            let _ = self.socket.try_send_one(send.to, &self.out[..len]);
+        }
+    }
+
     fn accept_initial(&mut self, mut dgram: Datagram) {
         let accept = self.accept.as_mut().expect("checked by the caller");
         if accept.shutting_down || accept.accept_tx.is_closed() {
@@ -440,11 +515,16 @@ impl Router {
         let odcid = if token.is_empty() {
             None
         } else {
-            match accept.retry.validate(token, dgram.from, now_secs) {
+            match accept
+                .retry
+                .validate(token, dgram.from, &hdr.dcid, now_secs)
+            {
                 Ok(odcid) => Some(quiche::ConnectionId::from_vec(odcid.to_vec())),
                 Err(e) => {
                     tracing::debug!(?e, peer = %dgram.from, "invalid Retry token");
-                    return self.reject(RejectReason::InvalidToken);
+                    drop(hdr);
+                    self.reject(RejectReason::InvalidToken);
+                    return self.refuse_token(dgram);
                 }
             }
         };
@@ -458,7 +538,7 @@ impl Router {
             let mut token = [0u8; MAX_TOKEN_LEN];
             let token_len = accept
                 .retry
-                .mint(dgram.from, &hdr.dcid, now_secs, &mut token);
+                .mint(dgram.from, &hdr.dcid, &new_scid, now_secs, &mut token);
             match quiche::retry(
                 &hdr.scid,
                 &hdr.dcid,
@@ -525,15 +605,14 @@ impl Router {
             cids.push(client_dcid);
         }
         let shared = Arc::clone(&accept.shared);
-        let (id, pkt_rx) = self.register(cids, ctrl_tx.clone());
+        let (registration, pkt_rx) = self.register(cids, ctrl_tx.clone());
         let setup = WorkerSetup {
             conn: Box::new(conn),
-            id,
+            registration,
             socket: Arc::clone(&self.socket),
             pkt_rx,
             ctrl_rx,
             ctrl_tx,
-            router_tx: self.cmd_tx.clone(),
             shared,
             abort: self.abort.child_token(),
             local,

@@ -1,7 +1,8 @@
 //! Retry tokens (RFC 9000 §8.1.2): stateless proof that a client owns its address.
 //!
 //! A token binds the client's address and port, the original destination connection
-//! ID and the time it was minted, under an HMAC key. Tokens expire; keys rotate, and a
+//! ID, the source connection ID of the Retry that carried it (which the client must
+//! use as its destination) and the time it was minted, under an HMAC key. Tokens expire; keys rotate, and a
 //! token minted under the previous key stays valid until it expires.
 
 use std::net::{IpAddr, SocketAddr};
@@ -55,12 +56,14 @@ impl RetryTokens {
         self.current = (id, key);
     }
 
-    /// Writes a token for `peer` and `odcid` minted at `now_secs` (Unix seconds) into
-    /// `out`; returns its length.
+    /// Writes a token for `peer` and `odcid`, sent in a Retry whose source connection
+    /// ID is `retry_scid`, minted at `now_secs` (Unix seconds) into `out`; returns its
+    /// length.
     pub(crate) fn mint(
         &self,
         peer: SocketAddr,
         odcid: &[u8],
+        retry_scid: &[u8],
         now_secs: u64,
         out: &mut [u8; MAX_TOKEN_LEN],
     ) -> usize {
@@ -72,17 +75,18 @@ impl RetryTokens {
         out[10] = odcid.len() as u8;
         let body_len = 11 + odcid.len();
         out[11..body_len].copy_from_slice(odcid);
-        let mac = mac(key, &out[..body_len], peer);
+        let mac = mac(key, &out[..body_len], retry_scid, peer);
         out[body_len..body_len + MAC_LEN].copy_from_slice(&mac);
         body_len + MAC_LEN
     }
 
-    /// Checks a token from `peer` at `now_secs`; returns the original destination
-    /// connection ID it carries.
+    /// Checks a token from `peer`, in an Initial sent to `dcid`, at `now_secs`;
+    /// returns the original destination connection ID it carries.
     pub(crate) fn validate<'t>(
         &self,
         token: &'t [u8],
         peer: SocketAddr,
+        dcid: &[u8],
         now_secs: u64,
     ) -> Result<&'t [u8], TokenError> {
         if token.len() < 11 + MAC_LEN || token[0] != TOKEN_VERSION {
@@ -101,7 +105,7 @@ impl RetryTokens {
                 _ => return Err(TokenError::UnknownKey),
             }
         };
-        verify_mac(key, &token[..body_len], peer, &token[body_len..])?;
+        verify_mac(key, &token[..body_len], dcid, peer, &token[body_len..])?;
         let minted = u64::from_be_bytes(token[2..10].try_into().expect("8-byte slice"));
         // A token from the future (clock stepped back) is as suspect as an old one.
         if minted > now_secs.saturating_add(1)
@@ -113,9 +117,12 @@ impl RetryTokens {
     }
 }
 
-fn keyed(key: &[u8; 32], body: &[u8], peer: SocketAddr) -> Hmac<Sha256> {
+fn keyed(key: &[u8; 32], body: &[u8], retry_scid: &[u8], peer: SocketAddr) -> Hmac<Sha256> {
     let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes keys of any length");
     mac.update(body);
+    // Length first: no two (id, address) pairs feed the MAC the same bytes.
+    mac.update(&[retry_scid.len() as u8]);
+    mac.update(retry_scid);
     match peer.ip() {
         IpAddr::V4(ip) => mac.update(&ip.octets()),
         IpAddr::V6(ip) => mac.update(&ip.octets()),
@@ -124,15 +131,21 @@ fn keyed(key: &[u8; 32], body: &[u8], peer: SocketAddr) -> Hmac<Sha256> {
     mac
 }
 
-fn mac(key: &[u8; 32], body: &[u8], peer: SocketAddr) -> [u8; MAC_LEN] {
-    let full = keyed(key, body, peer).finalize().into_bytes();
+fn mac(key: &[u8; 32], body: &[u8], retry_scid: &[u8], peer: SocketAddr) -> [u8; MAC_LEN] {
+    let full = keyed(key, body, retry_scid, peer).finalize().into_bytes();
     let mut out = [0u8; MAC_LEN];
     out.copy_from_slice(&full[..MAC_LEN]);
     out
 }
 
-fn verify_mac(key: &[u8; 32], body: &[u8], peer: SocketAddr, tag: &[u8]) -> Result<(), TokenError> {
-    keyed(key, body, peer)
+fn verify_mac(
+    key: &[u8; 32],
+    body: &[u8],
+    retry_scid: &[u8],
+    peer: SocketAddr,
+    tag: &[u8],
+) -> Result<(), TokenError> {
+    keyed(key, body, retry_scid, peer)
         .verify_truncated_left(tag)
         .map_err(|_| TokenError::BadMac)
 }
@@ -149,9 +162,9 @@ mod tests {
     fn a_minted_token_validates_and_returns_the_odcid() {
         let tokens = RetryTokens::new(Duration::from_secs(10));
         let mut buf = [0u8; MAX_TOKEN_LEN];
-        let len = tokens.mint(peer(), b"original-dcid", 1000, &mut buf);
+        let len = tokens.mint(peer(), b"original-dcid", b"retry-scid", 1000, &mut buf);
         assert_eq!(
-            tokens.validate(&buf[..len], peer(), 1005),
+            tokens.validate(&buf[..len], peer(), b"retry-scid", 1005),
             Ok(&b"original-dcid"[..])
         );
     }
@@ -160,25 +173,41 @@ mod tests {
     fn tokens_expire_and_bind_the_address() {
         let tokens = RetryTokens::new(Duration::from_secs(10));
         let mut buf = [0u8; MAX_TOKEN_LEN];
-        let len = tokens.mint(peer(), b"dcid", 1000, &mut buf);
+        let len = tokens.mint(peer(), b"dcid", b"retry-scid", 1000, &mut buf);
         assert_eq!(
-            tokens.validate(&buf[..len], peer(), 1011),
+            tokens.validate(&buf[..len], peer(), b"retry-scid", 1011),
             Err(TokenError::Expired)
         );
         let other: SocketAddr = "192.0.2.1:4434".parse().unwrap();
         assert_eq!(
-            tokens.validate(&buf[..len], other, 1001),
+            tokens.validate(&buf[..len], other, b"retry-scid", 1001),
             Err(TokenError::BadMac)
         );
         let mut flipped = buf;
         flipped[12] ^= 1;
         assert_eq!(
-            tokens.validate(&flipped[..len], peer(), 1001),
+            tokens.validate(&flipped[..len], peer(), b"retry-scid", 1001),
             Err(TokenError::BadMac)
         );
         assert_eq!(
-            tokens.validate(&buf[..5], peer(), 1001),
+            tokens.validate(&buf[..5], peer(), b"retry-scid", 1001),
             Err(TokenError::Malformed)
+        );
+    }
+
+    #[test]
+    fn tokens_bind_the_retry_source_connection_id() {
+        let tokens = RetryTokens::new(Duration::from_secs(10));
+        let mut buf = [0u8; MAX_TOKEN_LEN];
+        let len = tokens.mint(peer(), b"dcid", b"retry-scid", 1000, &mut buf);
+        assert_eq!(
+            tokens.validate(&buf[..len], peer(), b"other-scid", 1001),
+            Err(TokenError::BadMac)
+        );
+        assert!(
+            tokens
+                .validate(&buf[..len], peer(), b"retry-scid", 1001)
+                .is_ok()
         );
     }
 
@@ -186,12 +215,16 @@ mod tests {
     fn rotation_keeps_the_previous_key_until_the_next_rotation() {
         let mut tokens = RetryTokens::new(Duration::from_secs(10));
         let mut buf = [0u8; MAX_TOKEN_LEN];
-        let len = tokens.mint(peer(), b"dcid", 1000, &mut buf);
+        let len = tokens.mint(peer(), b"dcid", b"retry-scid", 1000, &mut buf);
         tokens.rotate();
-        assert!(tokens.validate(&buf[..len], peer(), 1001).is_ok());
+        assert!(
+            tokens
+                .validate(&buf[..len], peer(), b"retry-scid", 1001)
+                .is_ok()
+        );
         tokens.rotate();
         assert_eq!(
-            tokens.validate(&buf[..len], peer(), 1001),
+            tokens.validate(&buf[..len], peer(), b"retry-scid", 1001),
             Err(TokenError::UnknownKey)
         );
     }

@@ -129,6 +129,16 @@ impl SendBatcher {
 
     /// Fills a batch from `conn`. Call [`sent`](Self::sent) after sending it.
     pub(crate) fn fill(&mut self, conn: &mut quiche::Connection) -> (Option<Batch>, Next) {
+        self.fill_at_most(conn, usize::MAX)
+    }
+
+    /// Fills a batch of at most `max` datagrams (at least one) from `conn`.
+    pub(crate) fn fill_at_most(
+        &mut self,
+        conn: &mut quiche::Connection,
+        max: usize,
+    ) -> (Option<Batch>, Next) {
+        let max_segments = self.max_segments.min(max.max(1));
         let now = Instant::now();
         let buf_len = self.buf_len;
         let pool = &self.pool;
@@ -148,7 +158,7 @@ impl SendBatcher {
         }
         loop {
             let len = batch.map_or(0, |b| b.len);
-            if batch.is_some_and(|b| b.count == self.max_segments) {
+            if batch.is_some_and(|b| b.count >= max_segments) {
                 return (batch, Next::More);
             }
             let (n, info) = match conn.send(&mut buf[len..len + self.max_payload]) {

@@ -17,13 +17,13 @@ use std::time::{Duration, Instant};
 
 use quic_app::queue;
 use quic_app::{AppDriver, ApplicationOverQuic, CloseReason, ConnectionStats, HandshakeInfo};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::handle::{ConnState, ConnectionClosed, ConnectionHandle, SessionSlot};
 use crate::metrics::Metrics;
-use crate::router::RouterCommand;
+use crate::router::Registration;
 use crate::socket::{Datagram, Socket};
 use batch::{Next, SendBatcher};
 
@@ -34,6 +34,19 @@ const MAX_DATAGRAMS_PER_TURN: usize = 256;
 /// Send batches per flush before the worker yields to other tasks.
 const BATCHES_BEFORE_YIELD: usize = 16;
 
+/// Datagrams one flush may send while the connection is closing (a close is pending
+/// but quiche is not yet draining). A close takes one or two; more means quiche
+/// cannot send its CONNECTION_CLOSE and keeps producing packets that carry nothing
+/// new (an ACK-only Handshake packet each time, when the application closed while a
+/// Handshake probe was due), which would otherwise go out as fast as the socket
+/// takes them.
+const CLOSING_DATAGRAMS_PER_FLUSH: usize = 8;
+
+/// How long a close may stay unsent (see [`CLOSING_DATAGRAMS_PER_FLUSH`]) before the
+/// worker gives the connection up without one; the peer then learns of it from its
+/// idle timeout, or from a stateless reset.
+const CLOSE_STALL_LIMIT: Duration = Duration::from_secs(2);
+
 /// Times the worker goes to the back of the run queue after handing work to other
 /// tasks, before it sends: one pass for the task it woke, one for a task that one
 /// starts (a dispatcher spawning a request handler).
@@ -42,11 +55,14 @@ const HANDOFF_PASSES: usize = 2;
 /// Messages into a worker from its handles and its router.
 #[derive(Debug)]
 pub(crate) enum WorkerCommand {
-    /// Close the connection with this error.
+    /// Close the connection with this error: at once, or with `by`, once the
+    /// application's data has been acknowledged
+    /// ([`ApplicationOverQuic::delivered`]) and at the latest at `by`.
     Close {
         app: bool,
         code: u64,
         reason: Vec<u8>,
+        by: Option<Instant>,
     },
     /// Report the connection's counters now.
     Stats(oneshot::Sender<ConnectionStats>),
@@ -56,6 +72,7 @@ pub(crate) enum WorkerCommand {
 pub(crate) struct WorkerShared {
     pub(crate) handshake_timeout: Duration,
     pub(crate) qlog_dir: Option<PathBuf>,
+    pub(crate) qlog_max_bytes: u64,
     pub(crate) keylog_file: Option<PathBuf>,
     pub(crate) metrics: Arc<dyn Metrics>,
     pub(crate) max_payload: usize,
@@ -70,6 +87,7 @@ impl WorkerShared {
         Arc::new(Self {
             handshake_timeout: settings.handshake_timeout,
             qlog_dir: settings.qlog_dir.clone(),
+            qlog_max_bytes: settings.qlog_max_bytes,
             keylog_file: settings.keylog_file.clone(),
             metrics,
             max_payload: settings.max_send_udp_payload,
@@ -85,12 +103,13 @@ pub(crate) struct WorkerSetup {
     /// Boxed: the connection (several KB) then moves by pointer from the accept path
     /// through the listener into the worker's task.
     pub(crate) conn: Box<quiche::Connection>,
-    pub(crate) id: u64,
+    /// Unregisters the connection from its router when the worker ends, however it
+    /// ends.
+    pub(crate) registration: Registration,
     pub(crate) socket: Arc<Socket>,
     pub(crate) pkt_rx: queue::Receiver<Datagram>,
     pub(crate) ctrl_rx: queue::Receiver<WorkerCommand>,
     pub(crate) ctrl_tx: queue::Sender<WorkerCommand>,
-    pub(crate) router_tx: mpsc::Sender<RouterCommand>,
     pub(crate) shared: Arc<WorkerShared>,
     pub(crate) abort: CancellationToken,
     pub(crate) local: SocketAddr,
@@ -146,6 +165,8 @@ pub(crate) fn spawn<A: ApplicationOverQuic>(
         early_data_noted: false,
         session,
         session_seen: None,
+        closing: None,
+        close_stalled_at: None,
     };
     // The task's future holds the worker once: `run` borrows it from the block's
     // capture. An async fn taking `self` by value (or a block that moves its capture
@@ -171,6 +192,18 @@ struct Worker<A> {
     session: SessionSlot,
     /// Address and length of the ticket last published.
     session_seen: Option<(usize, usize)>,
+    /// A graceful close waiting for the application's data to be acknowledged.
+    closing: Option<PendingClose>,
+    /// When a flush first found the connection's close unsendable.
+    close_stalled_at: Option<Instant>,
+}
+
+/// A close that waits for [`ApplicationOverQuic::delivered`].
+struct PendingClose {
+    app: bool,
+    code: u64,
+    reason: Vec<u8>,
+    by: Instant,
 }
 
 impl<A: ApplicationOverQuic> Worker<A> {
@@ -197,6 +230,8 @@ impl<A: ApplicationOverQuic> Worker<A> {
                 self.setup.conn.timeout_instant(),
                 (!established).then_some(self.handshake_deadline),
                 self.batcher.holding(),
+                self.closing.as_ref().map(|c| c.by),
+                self.close_stalled_at.map(|t| t + CLOSE_STALL_LIMIT),
             ]
             .into_iter()
             .flatten()
@@ -267,8 +302,16 @@ impl<A: ApplicationOverQuic> Worker<A> {
                 }
             }
             self.note_established();
+            self.close_when_delivered(now);
             self.flush().await;
             if self.setup.conn.is_closed() {
+                break self.close_reason();
+            }
+            if self
+                .close_stalled_at
+                .is_some_and(|t| now >= t + CLOSE_STALL_LIMIT)
+            {
+                tracing::debug!("close could not be sent; connection given up");
                 break self.close_reason();
             }
         };
@@ -318,7 +361,23 @@ impl<A: ApplicationOverQuic> Worker<A> {
 
     fn command(&mut self, cmd: WorkerCommand) {
         match cmd {
-            WorkerCommand::Close { app, code, reason } => {
+            WorkerCommand::Close {
+                app,
+                code,
+                reason,
+                by: Some(by),
+            } => {
+                self.closing = Some(PendingClose {
+                    app,
+                    code,
+                    reason,
+                    by,
+                });
+                self.close_when_delivered(Instant::now());
+            }
+            WorkerCommand::Close {
+                app, code, reason, ..
+            } => {
                 // RFC 9000 §10.2.3: before the handshake is confirmed an application
                 // close travels as a transport APPLICATION_ERROR; quiche does this.
                 let _ = self.setup.conn.close(app, code, &reason);
@@ -327,6 +386,20 @@ impl<A: ApplicationOverQuic> Worker<A> {
                 let _ = reply.send(ConnectionStats::from_connection(&self.setup.conn));
             }
         }
+    }
+
+    /// Carries out a graceful close once the application's data is acknowledged, or
+    /// its deadline has come.
+    fn close_when_delivered(&mut self, now: Instant) {
+        let Some(c) = &self.closing else { return };
+        if now < c.by && !self.driver.delivered(&mut self.setup.conn) {
+            return;
+        }
+        if now >= c.by {
+            tracing::debug!("closing before the peer acknowledged all data");
+        }
+        let c = self.closing.take().expect("checked above");
+        let _ = self.setup.conn.close(c.app, c.code, &c.reason);
     }
 
     /// A server that accepted 0-RTT data, before the handshake completed.
@@ -394,19 +467,35 @@ impl<A: ApplicationOverQuic> Worker<A> {
         );
         tracing::debug!(?duration, alpn = %String::from_utf8_lossy(&info.alpn), "handshake complete");
         self.state_tx.send_replace(ConnState::Established(info));
-        // Best effort: a full router queue only delays the in-flight count.
-        let _ = self
-            .setup
-            .router_tx
-            .try_send(RouterCommand::Established { id: self.setup.id });
+        self.setup.registration.established();
     }
 
     /// Sends everything the connection has to send now.
     async fn flush(&mut self) {
         let mut batches = 0;
+        let mut closing_datagrams = 0;
         loop {
-            let (batch, next) = self.batcher.fill(&mut self.setup.conn);
+            let mut max = usize::MAX;
+            if self.setup.conn.local_error().is_some() && !self.setup.conn.is_draining() {
+                // A close is pending; see `CLOSING_DATAGRAMS_PER_FLUSH`. Once it
+                // stalled, one datagram per turn (a timer or a datagram) is plenty.
+                let cap = if self.close_stalled_at.is_some() {
+                    1
+                } else {
+                    CLOSING_DATAGRAMS_PER_FLUSH
+                };
+                if closing_datagrams >= cap {
+                    self.close_stalled_at.get_or_insert_with(Instant::now);
+                    self.batcher.release();
+                    return;
+                }
+                max = cap - closing_datagrams;
+            }
+            let (batch, next) = self.batcher.fill_at_most(&mut self.setup.conn, max);
             if let Some(b) = batch {
+                if max != usize::MAX {
+                    closing_datagrams += b.count;
+                }
                 let r = self
                     .setup
                     .socket
@@ -460,12 +549,7 @@ impl<A: ApplicationOverQuic> Worker<A> {
             }),
             established,
         ));
-        // Waiting for room: losing this would leave the connection's IDs routed.
-        let _ = self
-            .setup
-            .router_tx
-            .send(RouterCommand::Unregister { id: self.setup.id })
-            .await;
+        // The registration unregisters the connection when the worker is dropped.
     }
 }
 
@@ -506,7 +590,11 @@ fn setup_logging(setup: &mut WorkerSetup, scid: &str) {
         let path = dir.join(format!("{scid}-{role}.sqlog"));
         match std::fs::create_dir_all(dir).and_then(|()| std::fs::File::create(&path)) {
             Ok(f) => setup.conn.set_qlog(
-                Box::new(BufWriter::new(f)),
+                Box::new(CappedWriter::new(
+                    BufWriter::new(f),
+                    setup.shared.qlog_max_bytes,
+                    path,
+                )),
                 "quay".to_owned(),
                 format!("{role} connection {scid}"),
             ),
@@ -514,10 +602,56 @@ fn setup_logging(setup: &mut WorkerSetup, scid: &str) {
         }
     }
     if let Some(path) = &setup.shared.keylog_file {
-        match OpenOptions::new().create(true).append(true).open(path) {
+        let mut options = OpenOptions::new();
+        options.create(true).append(true);
+        // The file holds the connection's secrets: readable by its owner only.
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        match options.open(path) {
             Ok(f) => setup.conn.set_keylog(Box::new(f)),
             Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot write key log"),
         }
+    }
+}
+
+/// A qlog writer that stops writing after `max` bytes, so one connection's trace
+/// cannot fill the disk (a connection stuck sending can log gigabytes).
+struct CappedWriter<W> {
+    inner: W,
+    left: u64,
+    path: PathBuf,
+}
+
+impl<W> CappedWriter<W> {
+    fn new(inner: W, max: u64, path: PathBuf) -> Self {
+        Self {
+            inner,
+            left: max,
+            path,
+        }
+    }
+}
+
+impl<W: std::io::Write> std::io::Write for CappedWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.left == 0 {
+            // Claimed written: quiche stops logging on an error, and a cut trace is
+            // what the cap asks for.
+            return Ok(buf.len());
+        }
+        if buf.len() as u64 > self.left {
+            self.left = 0;
+            tracing::warn!(path = %self.path.display(), "qlog size cap reached; the rest is not written");
+            let _ = self.inner.flush();
+            return Ok(buf.len());
+        }
+        let n = self.inner.write(buf)?;
+        self.left -= n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
     }
 }
 

@@ -1,5 +1,6 @@
 mod echo;
 mod errors;
+mod hardening;
 mod hostile;
 mod lifecycle;
 mod resume;
