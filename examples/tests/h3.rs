@@ -15,7 +15,7 @@ struct Running {
     addr: std::net::SocketAddr,
     cert_pem: String,
     shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
+    task: tokio::task::JoinHandle<Result<(), quay::h3::ServeError>>,
 }
 
 fn start(root: Option<PathBuf>) -> Running {
@@ -151,7 +151,7 @@ async fn every_route_over_loopback() {
     );
 
     server.shutdown.cancel();
-    server.task.await.unwrap();
+    server.task.await.unwrap().unwrap();
     let _ = std::fs::remove_dir_all(&root);
 }
 
@@ -179,7 +179,7 @@ async fn graceful_shutdown_lets_in_flight_downloads_complete() {
     }
     assert_eq!(total, n);
     let after = url(&server, "/bytes/10");
-    server.task.await.unwrap();
+    server.task.await.unwrap().unwrap();
     // New requests no longer get through: the listener is gone.
     match client.get(&after).await {
         Err(quay::h3::ClientError::Connect(quay::io::ConnectError::HandshakeTimeout {

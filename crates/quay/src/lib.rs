@@ -28,7 +28,7 @@
 //!     quay::io::listen_on("127.0.0.1:0".parse()?, ServerParams::new(identity.config, &[ALPN]))?;
 //! let addr = listener.local_addr();
 //! tokio::spawn(async move {
-//!     while let Some(incoming) = listener.accept().await {
+//!     while let Ok(incoming) = listener.accept().await {
 //!         incoming.start(EchoServer::new());
 //!     }
 //! });

@@ -111,8 +111,8 @@ pub trait ApplicationOverQuic: Send + 'static {
         false
     }
 
-    /// Whether the peer has acknowledged everything the application finished sending
-    /// (the stream data it ended with a FIN).
+    /// Whether the application's exchanges are over: nothing in progress, and the
+    /// peer has acknowledged everything it sent (the stream data it ended with a FIN).
     ///
     /// A graceful close (a listener's `shutdown`) asks this after every turn and closes
     /// the connection only once it returns `true` (or its deadline passes): a

@@ -27,7 +27,7 @@
 //! let mut listener = quic_io::listen_on("127.0.0.1:0".parse()?, server)?;
 //! let addr = listener.local_addr();
 //! tokio::spawn(async move {
-//!     while let Some(incoming) = listener.accept().await {
+//!     while let Ok(incoming) = listener.accept().await {
 //!         incoming.start(EchoServer::new());
 //!     }
 //! });
@@ -55,8 +55,8 @@ pub use handle::{ConnectionClosed, ConnectionHandle};
 
 mod listen;
 pub use listen::{
-    EndpointLimits, IncomingConnection, ListenError, Listener, RetryPolicy, ServerParams, listen,
-    listen_on,
+    AcceptError, EndpointLimits, IncomingConnection, ListenError, Listener, RetryPolicy,
+    ServerParams, listen, listen_on,
 };
 
 mod metrics;

@@ -14,7 +14,7 @@ use crate::handle::ConnectionHandle;
 use crate::metrics::{Metrics, NoopMetrics};
 use crate::router::reset_limiter;
 use crate::router::retry::RetryTokens;
-use crate::router::{Accept, Router, RouterCommand};
+use crate::router::{Accept, Failure, Router, RouterCommand, RouterFailure};
 use crate::settings::{QuicSettings, SettingError};
 use crate::socket::Socket;
 use crate::tls::{TlsConfig, TlsError};
@@ -244,6 +244,7 @@ pub fn listen(socket: std::net::UdpSocket, params: ServerParams) -> Result<Liste
         abort.clone(),
     );
     let cmd_tx = router.command_sender();
+    let failure = router.failure();
     let span = tracing::info_span!("quic_listener", local = %local_addr);
     let router = crate::spawn::task(router.run().instrument(span));
     Ok(Listener {
@@ -252,7 +253,23 @@ pub fn listen(socket: std::net::UdpSocket, params: ServerParams) -> Result<Liste
         local_addr,
         abort,
         router,
+        failure,
     })
+}
+
+/// Why [`Listener::accept`] returned no connection.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum AcceptError {
+    /// The listener stopped accepting: it was shut down or aborted.
+    #[error("the listener stopped")]
+    Stopped,
+    /// The listener's UDP socket failed; every connection on it was stopped.
+    #[error("the listener's UDP socket failed")]
+    Socket(#[source] Arc<std::io::Error>),
+    /// The listener's router task panicked; every connection on it was stopped.
+    #[error("the listener's router task panicked")]
+    RouterPanicked,
 }
 
 /// A listening endpoint: yields the connections clients start.
@@ -272,16 +289,30 @@ pub struct Listener {
     local_addr: SocketAddr,
     abort: CancellationToken,
     router: tokio::task::JoinHandle<()>,
+    failure: Failure,
 }
 
 impl Listener {
-    /// The next connection a client started; `None` once the listener has stopped.
+    /// The next connection a client started; once the listener has stopped, why.
     ///
     /// # Cancel safety
     ///
     /// Cancel safe: a connection is only taken from the queue when this resolves.
-    pub async fn accept(&mut self) -> Option<IncomingConnection> {
-        self.accept_rx.recv().await
+    pub async fn accept(&mut self) -> Result<IncomingConnection, AcceptError> {
+        match self.accept_rx.recv().await {
+            Some(incoming) => Ok(incoming),
+            None => Err(match self.failure.get() {
+                Some(RouterFailure::Socket(e)) => AcceptError::Socket(Arc::clone(e)),
+                Some(RouterFailure::Panicked) => AcceptError::RouterPanicked,
+                None => AcceptError::Stopped,
+            }),
+        }
+    }
+
+    #[doc(hidden)]
+    /// Makes the router task panic, for the project's tests.
+    pub fn fail_router_for_test(&self) {
+        let _ = self.cmd_tx.send(RouterCommand::FailForTest);
     }
 
     /// The bound address.
@@ -299,11 +330,12 @@ impl Listener {
     /// waits up to `deadline` for them to close; connections still open then are
     /// dropped. Returns whether every connection closed in time.
     ///
-    /// A connection closes once the peer has acknowledged what its application
-    /// finished sending ([`ApplicationOverQuic::delivered`]: for HTTP/3, every
-    /// complete response), so a close does not cut off data that was lost on the way
-    /// and is being retransmitted; at the latest it closes when half of `deadline` has
-    /// passed, leaving the rest for the close itself.
+    /// A connection closes once its application's exchanges are over and the peer
+    /// has acknowledged what it sent ([`ApplicationOverQuic::delivered`]: for HTTP/3,
+    /// every request finished and every response acknowledged), so a close does not
+    /// cut off data that was lost on the way and is being retransmitted; at the latest
+    /// it closes when half of `deadline` has passed, leaving the rest for the close
+    /// itself.
     pub async fn shutdown(mut self, code: u64, reason: &[u8], deadline: Duration) -> bool {
         self.accept_rx.close();
         while let Ok(incoming) = self.accept_rx.try_recv() {

@@ -61,7 +61,11 @@ async fn main() -> anyhow::Result<()> {
     loop {
         tokio::select! {
             incoming = listener.accept() => {
-                let Some(incoming) = incoming else { break };
+                let incoming = match incoming {
+                    Ok(incoming) => incoming,
+                    Err(quay::io::AcceptError::Stopped) => break,
+                    Err(e) => return Err(e.into()),
+                };
                 let handle = incoming.start(EchoServer::new());
                 tokio::spawn(async move {
                     let closed = handle.closed().await;

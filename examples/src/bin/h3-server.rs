@@ -83,6 +83,6 @@ async fn main() -> anyhow::Result<()> {
             shutdown,
             Duration::from_secs(10),
         )
-        .await;
+        .await?;
     Ok(())
 }

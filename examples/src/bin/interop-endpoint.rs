@@ -179,7 +179,7 @@ async fn server(case: &str) -> anyhow::Result<()> {
             async move { quay_examples::routes::handle(req, root.as_deref()).await }
         });
         tokio::select! {
-            () = serve => {}
+            r = serve => r?,
             r = stop => r?,
         }
         return Ok(());
@@ -195,7 +195,7 @@ async fn server(case: &str) -> anyhow::Result<()> {
     println!("listening on {}", listener.local_addr());
     let root = Arc::new(www);
     let accept = async {
-        while let Some(incoming) = listener.accept().await {
+        while let Ok(incoming) = listener.accept().await {
             incoming.start(HqServer::new(Arc::clone(&root)));
         }
     };

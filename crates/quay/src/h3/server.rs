@@ -5,7 +5,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body::Body as HttpBody;
 use quic_h3::{H3Code, H3Settings, IncomingRequest, RecvBody, ServerH3Driver, StreamError};
-use quic_io::{ListenError, Listener, QuicSettings, ServerParams, TlsConfig};
+use quic_io::{AcceptError, ListenError, Listener, QuicSettings, ServerParams, TlsConfig};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -19,6 +19,10 @@ pub enum ServeError {
     /// Binding or setting up the listener failed.
     #[error(transparent)]
     Listen(#[from] ListenError),
+    /// The listener failed while serving (its socket, or its router task); the
+    /// connections it carried were stopped.
+    #[error(transparent)]
+    Accept(#[from] AcceptError),
 }
 
 /// Builds a [`Server`]: TLS identity, settings, address.
@@ -83,7 +87,7 @@ impl ServerBuilder {
 ///     .serve(|_req: http::Request<quay::h3::RecvBody>| async move {
 ///         Ok::<_, std::convert::Infallible>(http::Response::new(Body::from("hello")))
 ///     })
-///     .await;
+///     .await?;
 /// # Ok(()) }
 /// ```
 #[derive(Debug)]
@@ -103,8 +107,9 @@ impl Server {
         self.listener.local_addr()
     }
 
-    /// Serves every request with `handler` until the listener stops.
-    pub async fn serve<F, Fut, B, E>(self, handler: F)
+    /// Serves every request with `handler` until the listener stops; an error if it
+    /// failed.
+    pub async fn serve<F, Fut, B, E>(self, handler: F) -> Result<(), ServeError>
     where
         F: Fn(http::Request<RecvBody>) -> Fut + Clone + Send + Sync + 'static,
         Fut: Future<Output = Result<http::Response<B>, E>> + Send + 'static,
@@ -113,7 +118,7 @@ impl Server {
         E: std::fmt::Display + Send + 'static,
     {
         self.serve_with_shutdown(handler, CancellationToken::new(), Duration::ZERO)
-            .await;
+            .await
     }
 
     /// Serves until `shutdown` is cancelled, then drains gracefully: stops accepting,
@@ -124,12 +129,15 @@ impl Server {
     /// future (often `main`, outside the runtime's workers), so that accepting and
     /// reaping connections never wakes a thread of its own. Dropping this future stops
     /// the server as before: the task is aborted with it.
+    ///
+    /// Returns an error if the listener failed (its socket, or its router task).
     pub async fn serve_with_shutdown<F, Fut, B, E>(
         self,
         handler: F,
         shutdown: CancellationToken,
         deadline: Duration,
-    ) where
+    ) -> Result<(), ServeError>
+    where
         F: Fn(http::Request<RecvBody>) -> Fut + Clone + Send + Sync + 'static,
         Fut: Future<Output = Result<http::Response<B>, E>> + Send + 'static,
         B: HttpBody<Data = Bytes> + Send + 'static,
@@ -139,11 +147,22 @@ impl Server {
         let Server { mut listener, h3 } = self;
         let accept_loop = async move {
             let mut connections = JoinSet::new();
+            let mut failure = None;
             loop {
                 tokio::select! {
                     () = shutdown.cancelled() => break,
                     incoming = listener.accept() => {
-                        let Some(incoming) = incoming else { break };
+                        let incoming = match incoming {
+                            Ok(incoming) => incoming,
+                            Err(AcceptError::Stopped) => break,
+                            Err(e) => {
+                                tracing::error!(error = %e, "listener failed");
+                                failure = Some(e);
+                                // Its connections are gone: no drain to wait for.
+                                shutdown.cancel();
+                                break;
+                            }
+                        };
                         let (driver, requests) = ServerH3Driver::new(h3.clone());
                         let handle = incoming.start(driver);
                         let handler = handler.clone();
@@ -175,20 +194,25 @@ impl Server {
                     Duration::from_secs(1),
                 )
                 .await;
+            match failure {
+                Some(e) => Err(ServeError::Accept(e)),
+                None => Ok(()),
+            }
         };
         let mut task = AbortOnDrop(tokio::spawn(accept_loop));
-        if let Err(e) = (&mut task.0).await
-            && e.is_panic()
-        {
-            std::panic::resume_unwind(e.into_panic());
+        match (&mut task.0).await {
+            Ok(result) => result,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            // Aborted: only when this future is dropped, so never seen here.
+            Err(_) => Ok(()),
         }
     }
 }
 
 /// Aborts the task when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
 
-impl Drop for AbortOnDrop {
+impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
         self.0.abort();
     }

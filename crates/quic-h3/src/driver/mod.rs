@@ -546,8 +546,10 @@ impl<H: Hooks> ApplicationOverQuic for H3Driver<H> {
         std::mem::take(&mut self.core.handed_off)
     }
 
+    /// Every request has finished both ways and the peer has acknowledged every
+    /// stream's last bytes.
     fn delivered(&mut self, conn: &mut QuicConnection) -> bool {
-        self.core.all_acknowledged(conn)
+        self.core.streams.is_empty() && self.core.all_acknowledged(conn)
     }
 
     fn on_conn_close(&mut self, _conn: &mut QuicConnection, _reason: &CloseReason) {

@@ -65,6 +65,9 @@ pub(crate) enum RouterCommand {
     Unregister { id: u64 },
     /// Start minting Retry tokens under a new key.
     RotateRetryKey,
+    /// Panic: lets the project's tests check what a dying router leaves behind.
+    #[doc(hidden)]
+    FailForTest,
     /// Stop accepting, close every connection once its data is acknowledged (at the
     /// latest at `by`); answer when none is left.
     Shutdown {
@@ -73,6 +76,35 @@ pub(crate) enum RouterCommand {
         by: Instant,
         done: oneshot::Sender<()>,
     },
+}
+
+/// Why a router stopped without being asked to; set once, read by its listener.
+pub(crate) type Failure = Arc<std::sync::OnceLock<RouterFailure>>;
+
+/// What ended a router abnormally.
+#[derive(Debug, Clone)]
+pub(crate) enum RouterFailure {
+    /// Its socket failed.
+    Socket(Arc<std::io::Error>),
+    /// The task panicked.
+    Panicked,
+}
+
+/// Held by a running router: if the task unwinds, the failure is recorded and every
+/// connection's worker is told to stop, instead of waiting for an idle timeout that
+/// no datagram can reset any more.
+struct PanicGuard {
+    failure: Failure,
+    abort: CancellationToken,
+}
+
+impl Drop for PanicGuard {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let _ = self.failure.set(RouterFailure::Panicked);
+            self.abort.cancel();
+        }
+    }
 }
 
 /// A connection's place in its router, held by its worker: reports the end of the
@@ -155,6 +187,7 @@ pub(crate) struct Router {
     reset_key: ResetKey,
     accept: Option<Accept>,
     abort: CancellationToken,
+    failure: Failure,
     out: Box<[u8]>,
 }
 
@@ -183,12 +216,18 @@ impl Router {
             reset_key,
             accept,
             abort,
+            failure: Failure::default(),
             out: vec![0; crate::socket::MAX_UDP_PAYLOAD].into_boxed_slice(),
         }
     }
 
     pub(crate) fn command_sender(&self) -> mpsc::UnboundedSender<RouterCommand> {
         self.cmd_tx.clone()
+    }
+
+    /// Where the router records why it failed, if it does.
+    pub(crate) fn failure(&self) -> Failure {
+        Arc::clone(&self.failure)
     }
 
     /// Registers a connection; returns its registration and queue.
@@ -223,6 +262,10 @@ impl Router {
     /// Runs until aborted, or (a client's router, or a listener's whose application
     /// stopped accepting) until no connection is left.
     pub(crate) async fn run(mut self) {
+        let _guard = PanicGuard {
+            failure: Arc::clone(&self.failure),
+            abort: self.abort.clone(),
+        };
         loop {
             tokio::select! {
                 // Commands first: registration changes must apply before datagrams for
@@ -238,6 +281,8 @@ impl Router {
                 r = self.socket.readable() => {
                     if let Err(e) = r {
                         tracing::error!(error = %e, "UDP socket failed; router stops");
+                        let _ = self.failure.set(RouterFailure::Socket(Arc::new(e)));
+                        self.abort.cancel();
                         return;
                     }
                     self.read_batches();
@@ -282,6 +327,7 @@ impl Router {
                     let _ = done.send(());
                 }
             }
+            RouterCommand::FailForTest => panic!("router failure requested by a test"),
             RouterCommand::RotateRetryKey => {
                 if let Some(a) = &mut self.accept {
                     a.retry.rotate();
@@ -639,4 +685,50 @@ impl Router {
 /// same size.
 pub(crate) fn reset_limiter(rate: u32) -> RateLimiter {
     RateLimiter::new(rate, rate)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::NoopMetrics;
+
+    /// Registration messages go through however many are pending: a bounded queue
+    /// that drops on full would leave handshakes counted (and Retry or
+    /// `HandshakeLimit` for everyone) or routes leaked.
+    #[tokio::test]
+    async fn registration_messages_are_never_lost_however_many_are_pending() {
+        let std = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let socket = Arc::new(Socket::new(std, false).unwrap());
+        let mut router = Router::new(
+            socket,
+            8,
+            Arc::new(NoopMetrics),
+            ResetKey::random(),
+            None,
+            CancellationToken::new(),
+        );
+        let mut registrations = Vec::new();
+        for i in 0..5_000u64 {
+            let (ctrl_tx, _ctrl_rx) = queue::channel(1);
+            let (r, _pkt_rx) = router.register(vec![i.to_be_bytes().to_vec()], ctrl_tx);
+            registrations.push(r);
+        }
+        assert_eq!(router.handshaking, 5_000);
+        // Every worker reports its handshake before the router gets to run.
+        for r in &mut registrations {
+            r.established();
+            r.established();
+        }
+        while let Ok(cmd) = router.cmd_rx.try_recv() {
+            router.handle(cmd);
+        }
+        assert_eq!(router.handshaking, 0);
+        assert_eq!(router.conns.len(), 5_000);
+        drop(registrations);
+        while let Ok(cmd) = router.cmd_rx.try_recv() {
+            router.handle(cmd);
+        }
+        assert!(router.conns.is_empty());
+        assert!(router.routes.is_empty());
+    }
 }

@@ -40,7 +40,7 @@ async fn a_worker_that_panics_gives_its_connection_slot_back() {
     let count = Arc::clone(&panicked);
     tokio::spawn(async move {
         let mut n = 0;
-        while let Some(incoming) = listener.accept().await {
+        while let Ok(incoming) = listener.accept().await {
             n += 1;
             incoming.start(Panicky {
                 panics: n <= 2,
@@ -307,4 +307,25 @@ async fn an_invalid_retry_token_is_answered_with_invalid_token() {
             .rejected(quic_io::RejectReason::InvalidToken),
         1
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_router_that_dies_ends_the_listener_with_an_error_and_stops_its_connections() {
+    let (params, cert_pem, _metrics) = server_params();
+    let mut listener = quic_io::listen_on("127.0.0.1:0".parse().unwrap(), params).unwrap();
+    let addr = listener.local_addr();
+    let client = tokio::spawn(quic_io::connect(addr, client_params(&cert_pem), Idle));
+    let server_conn = listener.accept().await.unwrap().start(Idle);
+    server_conn.established().await.unwrap();
+    let _client = client.await.unwrap().unwrap();
+    listener.fail_router_for_test();
+    match listener.accept().await {
+        Err(quic_io::AcceptError::RouterPanicked) => {}
+        other => panic!("{other:?}"),
+    }
+    // The connection stops at once rather than at its idle timeout (30 s).
+    let closed = tokio::time::timeout(Duration::from_secs(5), server_conn.closed())
+        .await
+        .expect("the connection outlived its router");
+    assert_eq!(closed.reason, quic_app::CloseReason::Aborted);
 }

@@ -28,7 +28,7 @@ async fn a_refused_connection_is_closed_with_connection_refused() {
     let mut listener = quic_io::listen_on("127.0.0.1:0".parse().unwrap(), params).unwrap();
     let addr = listener.local_addr();
     tokio::spawn(async move {
-        while let Some(incoming) = listener.accept().await {
+        while let Ok(incoming) = listener.accept().await {
             incoming.refuse();
         }
     });

@@ -23,7 +23,7 @@ fn listener(
     let addr = listener.local_addr();
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
-        while let Some(incoming) = listener.accept().await {
+        while let Ok(incoming) = listener.accept().await {
             let _ = tx.send(incoming.start(EchoServer::new()));
         }
     });

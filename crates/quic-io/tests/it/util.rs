@@ -33,7 +33,7 @@ pub fn server_params() -> (ServerParams, String, Arc<CountingMetrics>) {
 /// Serves echo on `listener` until it stops.
 pub fn serve_echo(mut listener: Listener) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        while let Some(incoming) = listener.accept().await {
+        while let Ok(incoming) = listener.accept().await {
             incoming.start(EchoServer::new());
         }
     })
