@@ -34,9 +34,23 @@ use std::task::{Context, Poll, Waker};
 
 /// Creates a queue holding at most `capacity` items (at least one).
 pub fn channel<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
+    weighted(capacity, usize::MAX, |_| 0)
+}
+
+/// Creates a queue holding at most `capacity` items (at least one) whose weights, as
+/// `weigh` tells them (bytes, say), add up to at most `max_weight`. An item heavier
+/// than `max_weight` still fits into an empty queue, so nothing is refused forever.
+pub fn weighted<T>(
+    capacity: usize,
+    max_weight: usize,
+    weigh: fn(&T) -> usize,
+) -> (Sender<T>, Receiver<T>) {
     let shared = Arc::new(Shared {
         state: Mutex::new(State {
             items: VecDeque::new(),
+            weight: 0,
+            max_weight,
+            weigh,
             capacity: capacity.max(1),
             senders: 1,
             receiver_alive: true,
@@ -58,12 +72,37 @@ struct Shared<T> {
 
 struct State<T> {
     items: VecDeque<T>,
+    /// The weight of the items queued.
+    weight: usize,
+    max_weight: usize,
+    weigh: fn(&T) -> usize,
     capacity: usize,
     senders: usize,
     receiver_alive: bool,
     receiver_waker: Option<Waker>,
     /// Senders waiting for room; woken (all of them) when an item leaves a full queue.
     sender_wakers: Vec<Waker>,
+}
+
+impl<T> State<T> {
+    /// Whether an item of weight `w` fits now.
+    fn fits(&self, w: usize) -> bool {
+        self.items.is_empty()
+            || (self.items.len() < self.capacity
+                && self.weight.saturating_add(w) <= self.max_weight)
+    }
+
+    /// Whether the queue is full for any item (the item count is at its bound, or the
+    /// weight is).
+    fn full(&self) -> bool {
+        !self.items.is_empty()
+            && (self.items.len() >= self.capacity || self.weight >= self.max_weight)
+    }
+
+    fn push(&mut self, value: T) {
+        self.weight = self.weight.saturating_add((self.weigh)(&value));
+        self.items.push_back(value);
+    }
 }
 
 impl<T> Shared<T> {
@@ -121,10 +160,10 @@ impl<T> Sender<T> {
         if !state.receiver_alive {
             return Err(TrySendError::Closed(value));
         }
-        if state.items.len() >= state.capacity {
+        if !state.fits((state.weigh)(&value)) {
             return Err(TrySendError::Full(value));
         }
-        state.items.push_back(value);
+        state.push(value);
         let waker = state.receiver_waker.take();
         drop(state);
         if let Some(w) = waker {
@@ -142,7 +181,7 @@ impl<T> Sender<T> {
         if !state.receiver_alive {
             return Err(SendError(value));
         }
-        state.items.push_back(value);
+        state.push(value);
         let waker = state.receiver_waker.take();
         drop(state);
         if let Some(w) = waker {
@@ -160,13 +199,12 @@ impl<T> Sender<T> {
             if !state.receiver_alive {
                 return Poll::Ready(Err(SendError(value.take().expect("polled once more"))));
             }
-            if state.items.len() >= state.capacity {
+            let w = (state.weigh)(value.as_ref().expect("polled once more"));
+            if !state.fits(w) {
                 register_sender(&mut state.sender_wakers, cx.waker());
                 return Poll::Pending;
             }
-            state
-                .items
-                .push_back(value.take().expect("polled once more"));
+            state.push(value.take().expect("polled once more"));
             let waker = state.receiver_waker.take();
             drop(state);
             if let Some(w) = waker {
@@ -184,17 +222,17 @@ impl<T> Sender<T> {
         if !state.receiver_alive {
             return Poll::Ready(Err(()));
         }
-        if state.items.len() < state.capacity {
+        if !state.full() {
             return Poll::Ready(Ok(()));
         }
         register_sender(&mut state.sender_wakers, cx.waker());
         Poll::Pending
     }
 
-    /// Whether an item can be queued now.
+    /// Whether an item can be queued now (of weight zero, in a weighted queue).
     pub fn has_room(&self) -> bool {
         let state = self.shared.lock();
-        state.receiver_alive && state.items.len() < state.capacity
+        state.receiver_alive && !state.full()
     }
 
     /// Whether the receiver is gone.
@@ -285,10 +323,11 @@ impl<T> Receiver<T> {
     /// a full queue.
     fn pop(mut state: MutexGuard<'_, State<T>>) -> Option<T> {
         let item = state.items.pop_front()?;
-        let wakers = if state.items.len() + 1 == state.capacity {
-            std::mem::take(&mut state.sender_wakers)
-        } else {
+        state.weight = state.weight.saturating_sub((state.weigh)(&item));
+        let wakers = if state.sender_wakers.is_empty() {
             Vec::new()
+        } else {
+            std::mem::take(&mut state.sender_wakers)
         };
         drop(state);
         wakers.into_iter().for_each(Waker::wake);
@@ -301,6 +340,7 @@ impl<T> Drop for Receiver<T> {
         let mut state = self.shared.lock();
         state.receiver_alive = false;
         let items = std::mem::take(&mut state.items);
+        state.weight = 0;
         let wakers = std::mem::take(&mut state.sender_wakers);
         drop(state);
         // Outside the lock: an item's drop may touch other queues.
@@ -492,5 +532,30 @@ mod tests {
         let (tx, rx) = channel(1);
         drop(rx);
         assert_eq!(tx.send(5).await, Err(SendError(5)));
+    }
+
+    #[test]
+    fn a_weighted_queue_is_bounded_by_weight_as_well_as_count() {
+        let (tx, mut rx) = weighted(100, 10, |v: &Vec<u8>| v.len());
+        tx.try_send(vec![0; 6]).unwrap();
+        tx.try_send(vec![0; 4]).unwrap();
+        // Full by weight with two items of a hundred.
+        assert!(matches!(
+            tx.try_send(vec![0; 1]),
+            Err(TrySendError::Full(_))
+        ));
+        assert!(!tx.has_room());
+        assert_eq!(rx.try_recv().unwrap().len(), 6);
+        tx.try_send(vec![0; 6]).unwrap();
+        assert_eq!(rx.try_recv().unwrap().len(), 4);
+        assert_eq!(rx.try_recv().unwrap().len(), 6);
+        // An item heavier than the bound still goes into an empty queue, alone.
+        tx.try_send(vec![0; 50]).unwrap();
+        assert!(matches!(
+            tx.try_send(Vec::new()),
+            Err(TrySendError::Full(_))
+        ));
+        assert_eq!(rx.try_recv().unwrap().len(), 50);
+        tx.try_send(Vec::new()).unwrap();
     }
 }

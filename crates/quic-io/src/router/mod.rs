@@ -31,6 +31,12 @@ use retry::{MAX_TOKEN_LEN, RetryTokens};
 /// full receive batch many times over for a worker that is briefly busy.
 pub(crate) const WORKER_QUEUE: usize = 1024;
 
+/// Bytes queued for one connection's worker, whatever the datagrams' count: GRO can
+/// deliver datagrams far larger than a packet, and a queue of them must not hold tens
+/// of megabytes. 2 MiB is more than a full queue of 1024 ordinary datagrams; a full
+/// queue drops and counts as above.
+pub(crate) const WORKER_QUEUE_BYTES: usize = 2 * 1024 * 1024;
+
 /// Commands to a worker (close, stats). Few are ever in flight.
 pub(crate) const WORKER_COMMAND_QUEUE: usize = 16;
 
@@ -238,7 +244,8 @@ impl Router {
     ) -> (Registration, queue::Receiver<Datagram>) {
         let id = self.next_id;
         self.next_id += 1;
-        let (tx, rx) = queue::channel(WORKER_QUEUE);
+        let (tx, rx) =
+            queue::weighted(WORKER_QUEUE, WORKER_QUEUE_BYTES, |d: &Datagram| d.buf.len());
         for cid in &cids {
             self.routes.insert(cid.clone(), (id, tx.clone()));
         }

@@ -131,10 +131,12 @@ pub(crate) struct Datagram {
 
 /// The receive side: a fixed buffer carved into slots for one `recvmmsg`.
 ///
-/// After each call, the bytes received (not the slots) are copied into one fresh
-/// buffer that the batch's datagrams split among themselves: one allocation and one
-/// copy per batch, never per datagram, and a datagram waiting in a queue pins only its
-/// own batch's bytes, not the receive buffer.
+/// After each call, the bytes received (not the slots) are copied into fresh buffers,
+/// one per run of consecutive messages from the same sender, which that run's
+/// datagrams split among themselves: one allocation and one copy per run (a bulk flow
+/// arrives as one run per batch), never per datagram. A datagram waiting in a queue
+/// then pins only bytes of its own sender, which went to the same connection's queue
+/// and are counted there, not the receive buffer nor other senders' datagrams.
 #[derive(Debug)]
 pub(crate) struct Receiver {
     buf: Box<[u8]>,
@@ -178,15 +180,28 @@ impl Receiver {
                 state.recv((&socket.io).into(), &mut slices[..self.slots], meta)
             })?
         };
-        let total: usize = self.meta[..msgs].iter().map(|m| m.len).sum();
-        let mut batch = BytesMut::with_capacity(total);
-        for (i, meta) in self.meta[..msgs].iter().enumerate() {
-            batch.extend_from_slice(&self.buf[i * self.slot..i * self.slot + meta.len]);
-        }
         let local = socket.local_addr;
         let mut count = 0;
-        for meta in &self.meta[..msgs] {
-            let mut slot = batch.split_to(meta.len);
+        let mut run = BytesMut::new();
+        for (i, meta) in self.meta[..msgs].iter().enumerate() {
+            if run.is_empty() {
+                // A new run: this message and those after it from the same sender.
+                let len: usize = self.meta[i..msgs]
+                    .iter()
+                    .take_while(|m| m.addr == meta.addr)
+                    .map(|m| m.len)
+                    .sum();
+                run = BytesMut::with_capacity(len);
+                for (j, m) in self.meta[i..msgs]
+                    .iter()
+                    .enumerate()
+                    .take_while(|(_, m)| m.addr == meta.addr)
+                {
+                    let at = (i + j) * self.slot;
+                    run.extend_from_slice(&self.buf[at..at + m.len]);
+                }
+            }
+            let mut slot = run.split_to(meta.len);
             let to = meta
                 .dst_ip
                 .map_or(local, |ip| SocketAddr::new(ip, local.port()));
