@@ -336,3 +336,55 @@ fn quay_load_counts_http3_and_raw_requests() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn sigterm_drains_the_server_and_a_download_in_flight_completes() {
+    let dir = std::env::temp_dir().join(format!("quay-term-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cert = dir.join("cert.pem");
+    let (mut server, addr) = start_binary(env!("CARGO_BIN_EXE_h3-server"), &cert);
+    let port = addr.rsplit(':').next().unwrap();
+    let out = dir.join("download.bin");
+    const LEN: usize = 30_000_000;
+    let mut client = Command::new(env!("CARGO_BIN_EXE_h3-client"))
+        .arg("--ca")
+        .arg(&cert)
+        .arg("-o")
+        .arg(&out)
+        .arg(format!("https://localhost:{port}/bytes/{LEN}"))
+        .spawn()
+        .unwrap();
+    // Under way (the first bytes are written), then the signal a container runtime
+    // sends to stop a process.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::fs::metadata(&out).map_or(0, |m| m.len()) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the download never started"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let killed = Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    assert!(client.wait().unwrap().success(), "the download failed");
+    let bytes = std::fs::read(&out).unwrap();
+    assert_eq!(bytes.len(), LEN);
+    assert!(bytes.iter().enumerate().all(|(i, b)| *b == (i % 256) as u8));
+    // The server drained and exited on its own, successfully.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = server.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still running after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,5 +1,6 @@
 //! The server variant: every request arrives as its own [`IncomingRequest`].
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -27,6 +28,8 @@ pub struct ServerHooks {
     pending: Option<ServerCommand>,
     /// The highest request stream id handed to the application.
     last_request: Option<u64>,
+    /// Requests taken on this connection.
+    requests_taken: u64,
     /// The id our GOAWAY carried: requests at or above it are refused.
     goaway_id: Option<u64>,
     /// Drained, the connection closes once the peer has acknowledged every response
@@ -38,6 +41,15 @@ pub struct ServerHooks {
     first_request_timer: Option<Pin<Box<tokio::time::Sleep>>>,
     /// The first request did not come in time: close.
     first_request_missed: bool,
+    /// Request streams the client opened whose header section has not arrived, with
+    /// the time it must have arrived by; in stream order.
+    heads_pending: VecDeque<(u64, tokio::time::Instant)>,
+    /// The next client stream id to look for: every lower one was seen opened.
+    next_stream: u64,
+    /// Fires at the first deadline of `heads_pending`.
+    head_timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// `head_timer` fired: reset the streams that are late.
+    head_timer_fired: bool,
 }
 
 #[derive(Debug)]
@@ -76,11 +88,16 @@ impl ServerH3Driver {
                 control_rx,
                 pending: None,
                 last_request: None,
+                requests_taken: 0,
                 goaway_id: None,
                 ack_deadline: None,
                 ack_deadline_passed: false,
                 first_request_timer: None,
                 first_request_missed: false,
+                heads_pending: VecDeque::new(),
+                next_stream: 0,
+                head_timer: None,
+                head_timer_fired: false,
             },
         };
         let requests = RequestStream {
@@ -178,6 +195,51 @@ impl Responder {
     }
 }
 
+impl ServerHooks {
+    /// The header section of `stream_id` arrived: it is no longer waited for.
+    fn head_arrived(&mut self, stream_id: u64) {
+        if let Some(at) = self
+            .heads_pending
+            .iter()
+            .position(|(id, _)| *id == stream_id)
+        {
+            self.heads_pending.remove(at);
+        }
+        self.next_stream = self.next_stream.max(stream_id + 4);
+    }
+
+    /// Notes the request streams the client opened since the last turn, and resets
+    /// those whose header section is late (RFC 9114 §4.1.2 lets a server reset a
+    /// request it will not process; H3_REQUEST_INCOMPLETE says why).
+    fn watch_heads(&mut self, conn: &mut QuicConnection, limit: std::time::Duration) {
+        // quiche knows a stream once the client sent anything on it; one lookup a turn
+        // when none is new.
+        while conn.stream_capacity(self.next_stream).is_ok() {
+            let deadline = tokio::time::Instant::now() + limit;
+            self.heads_pending.push_back((self.next_stream, deadline));
+            self.next_stream += 4;
+        }
+        if std::mem::take(&mut self.head_timer_fired) {
+            let now = tokio::time::Instant::now();
+            while let Some(&(id, deadline)) = self.heads_pending.front() {
+                if deadline > now {
+                    break;
+                }
+                self.heads_pending.pop_front();
+                tracing::debug!(stream = id, "request header section not complete in time");
+                let code = H3Code::REQUEST_INCOMPLETE.0;
+                let _ = conn.stream_shutdown(id, quiche::Shutdown::Read, code);
+                let _ = conn.stream_shutdown(id, quiche::Shutdown::Write, code);
+            }
+        }
+        if self.head_timer.is_none()
+            && let Some(&(_, deadline)) = self.heads_pending.front()
+        {
+            self.head_timer = Some(Box::pin(tokio::time::sleep_until(deadline)));
+        }
+    }
+}
+
 impl sealed::Sealed for ServerHooks {
     fn on_headers(
         &mut self,
@@ -195,7 +257,12 @@ impl sealed::Sealed for ServerHooks {
             core.abort_stream(conn, stream_id, H3Code::MESSAGE_ERROR);
             return;
         }
-        if self.goaway_id.is_some_and(|g| stream_id >= g) {
+        self.head_arrived(stream_id);
+        let over_limit = core
+            .settings
+            .max_requests_per_connection
+            .is_some_and(|max| self.requests_taken >= max);
+        if over_limit || self.goaway_id.is_some_and(|g| stream_id >= g) {
             // RFC 9114 §5.2: above our GOAWAY id, not processed; the client may retry.
             core.abort_stream(conn, stream_id, H3Code::REQUEST_REJECTED);
             return;
@@ -257,6 +324,17 @@ impl sealed::Sealed for ServerHooks {
         core.streams.insert(stream_id, Box::new(stream));
         self.last_request = Some(self.last_request.map_or(stream_id, |l| l.max(stream_id)));
         self.first_request_timer = None;
+        self.requests_taken += 1;
+        if core
+            .settings
+            .max_requests_per_connection
+            .is_some_and(|max| self.requests_taken >= max)
+            && self.goaway_id.is_none()
+            && self.pending.is_none()
+        {
+            // The last request this connection takes: drain after it.
+            self.pending = Some(ServerCommand::GoAway);
+        }
         // Room was checked above, and the driver is the only sender.
         core.handed_off = true;
         let _ = requests_tx.try_send(Box::new(IncomingRequest {
@@ -295,6 +373,13 @@ impl sealed::Sealed for ServerHooks {
             self.ack_deadline_passed = true;
             return Poll::Ready(());
         }
+        if let Some(t) = self.head_timer.as_mut()
+            && t.as_mut().poll(cx).is_ready()
+        {
+            self.head_timer = None;
+            self.head_timer_fired = true;
+            return Poll::Ready(());
+        }
         if self.pending.is_some() {
             // Taken but blocked: retried every turn, which the blocking (flow or
             // congestion control) ends with a packet.
@@ -310,6 +395,9 @@ impl sealed::Sealed for ServerHooks {
     }
 
     fn start_work(&mut self, core: &mut Core, conn: &mut QuicConnection) {
+        if let Some(limit) = core.settings.request_header_timeout {
+            self.watch_heads(conn, limit);
+        }
         if self.first_request_missed {
             self.first_request_missed = false;
             if self.last_request.is_none() && !conn.is_closed() {

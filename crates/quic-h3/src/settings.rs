@@ -30,6 +30,16 @@ pub struct H3Settings {
     /// client is gone, the path is black-holed), it closes anyway and logs how many
     /// responses may be cut short.
     pub drain_ack_timeout: Duration,
+    /// Requests a server takes on one connection; with the last one it sends GOAWAY
+    /// and drains (later requests are refused with H3_REQUEST_REJECTED, which clients
+    /// retry on a new connection), so long-lived connections are recycled and spread
+    /// over servers and restarts. `None`: no limit. Default 100,000.
+    pub max_requests_per_connection: Option<u64>,
+    /// How long a server waits for a request's header section once the client has
+    /// opened its stream; then it resets the stream (H3_REQUEST_INCOMPLETE). Bounds
+    /// what a client that trickles headers, or never finishes them, can hold.
+    /// `None`: no limit. Default 10 s.
+    pub request_header_timeout: Option<Duration>,
 }
 
 impl Default for H3Settings {
@@ -41,6 +51,8 @@ impl Default for H3Settings {
             max_request_body_size: None,
             first_request_timeout: Some(Duration::from_secs(10)),
             drain_ack_timeout: Duration::from_secs(5),
+            max_requests_per_connection: Some(100_000),
+            request_header_timeout: Some(Duration::from_secs(10)),
         }
     }
 }

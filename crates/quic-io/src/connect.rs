@@ -181,7 +181,7 @@ pub async fn connect<A: ApplicationOverQuic>(
         abort.clone(),
     );
     let (ctrl_tx, ctrl_rx) = quic_app::queue::channel(WORKER_COMMAND_QUEUE);
-    let (registration, pkt_rx) = router.register(vec![scid.to_vec()], ctrl_tx.clone());
+    let (registration, pkt_rx) = router.register(vec![scid.to_vec()], ctrl_tx.clone(), None);
     let shared = WorkerShared::new(&params.settings, Arc::clone(&params.metrics));
     let setup = WorkerSetup {
         conn: Box::new(conn),

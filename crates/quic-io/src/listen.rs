@@ -42,17 +42,29 @@ pub enum RetryPolicy {
 }
 
 /// Limits that keep a listener's memory and work bounded under load and attack.
+///
+/// A client refused by a connection limit is told so at once (CONNECTION_REFUSED)
+/// rather than left to time out; an address that has not proven itself is first sent
+/// a Retry, so refusals (which cost the server a TLS read of the client's first
+/// message) go only to real addresses, at most `resets_per_second` of them.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct EndpointLimits {
-    /// Connections at once; new Initials beyond it are dropped and counted.
+    /// Connections at once. Default 10,000.
     pub max_connections: usize,
-    /// Handshakes in flight at once.
+    /// Connections at once from one source: one IPv4 address, or one IPv6 /64 (what
+    /// one host usually holds). Default 256, room for many users behind one NAT.
+    pub max_connections_per_ip: usize,
+    /// Handshakes in flight at once. Default 1,000.
     pub max_handshakes: usize,
-    /// New connections waiting for the application to accept them.
+    /// Handshakes in flight at once from one source (as above). Default 32.
+    pub max_handshakes_per_ip: usize,
+    /// New connections waiting for the application to accept them; beyond it new
+    /// Initials are dropped. Default 1,024.
     pub accept_backlog: usize,
     /// Stateless resets per second, and the burst allowed above that rate. Closes
-    /// answering an invalid Retry token (INVALID_TOKEN) share this budget.
+    /// answering an invalid Retry token (INVALID_TOKEN) or a limit
+    /// (CONNECTION_REFUSED) share this budget. Default 100.
     pub resets_per_second: u32,
 }
 
@@ -60,7 +72,9 @@ impl Default for EndpointLimits {
     fn default() -> Self {
         Self {
             max_connections: 10_000,
+            max_connections_per_ip: 256,
             max_handshakes: 1_000,
+            max_handshakes_per_ip: 32,
             accept_backlog: 1_024,
             resets_per_second: 100,
         }
@@ -134,6 +148,12 @@ impl ServerParams {
         }
         if l.max_handshakes == 0 {
             return Err(err("limits.max_handshakes", "zero"));
+        }
+        if l.max_connections_per_ip == 0 {
+            return Err(err("limits.max_connections_per_ip", "zero"));
+        }
+        if l.max_handshakes_per_ip == 0 {
+            return Err(err("limits.max_handshakes_per_ip", "zero"));
         }
         if l.accept_backlog == 0 {
             return Err(err("limits.accept_backlog", "zero"));

@@ -22,6 +22,11 @@ pub enum RejectReason {
     ConnectionLimit,
     /// The endpoint has its maximum number of handshakes in flight.
     HandshakeLimit,
+    /// The client's address (IPv4 address, IPv6 /64) has its maximum number of
+    /// connections.
+    SourceConnectionLimit,
+    /// The client's address has its maximum number of handshakes in flight.
+    SourceHandshakeLimit,
     /// The accept backlog was full: the application is not accepting fast enough.
     BacklogFull,
     /// The endpoint is shutting down.
@@ -85,7 +90,7 @@ impl Metrics for NoopMetrics {}
 #[derive(Debug, Default)]
 pub struct CountingMetrics {
     accepted: AtomicU64,
-    rejected: [AtomicU64; 9],
+    rejected: [AtomicU64; 11],
     dropped: [AtomicU64; 4],
     retries: AtomicU64,
     version_negotiations: AtomicU64,
@@ -143,12 +148,14 @@ impl MetricsSnapshot {
     }
 }
 
-const REJECT_REASONS: [RejectReason; 9] = [
+const REJECT_REASONS: [RejectReason; 11] = [
     RejectReason::TooShort,
     RejectReason::ReflectionPort,
     RejectReason::InvalidToken,
     RejectReason::ConnectionLimit,
     RejectReason::HandshakeLimit,
+    RejectReason::SourceConnectionLimit,
+    RejectReason::SourceHandshakeLimit,
     RejectReason::BacklogFull,
     RejectReason::ShuttingDown,
     RejectReason::AcceptFailed,

@@ -2,13 +2,14 @@
 //!
 //! ```text
 //! h3-server [--listen ADDR] [--root DIR] [--cert PEM --key PEM] [--write-cert PATH]
-//!           [--retry]
+//!           [--retry] [--max-connections-per-ip N] [--max-handshakes-per-ip N]
+//!           [--max-requests-per-connection N]
 //! ```
 //!
 //! Routes: `GET /bytes/N`, `POST /echo`, `POST /sha256`, `GET /trailers`, and
 //! `GET /path` for files under `--root`. Without `--cert`/`--key` a self-signed
 //! certificate is generated (`--write-cert` saves it for clients). Prints
-//! `listening on ADDR` when ready; Ctrl-C drains gracefully.
+//! `listening on ADDR` when ready; Ctrl-C or SIGTERM drains gracefully.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -16,7 +17,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use quay::h3::Server;
+use quay::h3::{H3Settings, Server};
+use quay::io::EndpointLimits;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser, Debug)]
@@ -40,6 +42,15 @@ struct Args {
     /// Validate every client's address with a Retry first.
     #[arg(long)]
     retry: bool,
+    /// Connections at once from one IPv4 address or IPv6 /64.
+    #[arg(long, default_value_t = EndpointLimits::default().max_connections_per_ip)]
+    max_connections_per_ip: usize,
+    /// Handshakes in flight at once from one IPv4 address or IPv6 /64.
+    #[arg(long, default_value_t = EndpointLimits::default().max_handshakes_per_ip)]
+    max_handshakes_per_ip: usize,
+    /// Requests one connection may carry before the server drains it (0: no limit).
+    #[arg(long, default_value_t = H3Settings::default().max_requests_per_connection.unwrap_or(0))]
+    max_requests_per_connection: u64,
 }
 
 #[tokio::main]
@@ -56,21 +67,35 @@ async fn main() -> anyhow::Result<()> {
         args.key.as_deref(),
         args.write_cert.as_deref(),
     )?;
-    let retry: fn(&mut quay::io::ServerParams) = if args.retry {
-        |p| p.retry = quay::io::RetryPolicy::Always
-    } else {
-        |p| p.retry = quay::io::RetryPolicy::Never
-    };
+    let retry = args.retry;
+    let (per_ip, handshakes_per_ip) = (args.max_connections_per_ip, args.max_handshakes_per_ip);
+    let mut h3 = H3Settings::default();
+    h3.max_requests_per_connection = Some(args.max_requests_per_connection).filter(|&n| n > 0);
     let server = Server::builder()
         .tls(tls)
-        .configure(retry)
+        .h3_settings(h3)
+        .configure(move |p| {
+            p.retry = if retry {
+                quay::io::RetryPolicy::Always
+            } else {
+                quay::io::RetryPolicy::Never
+            };
+            p.limits.max_connections_per_ip = per_ip;
+            p.limits.max_handshakes_per_ip = handshakes_per_ip;
+        })
         .bind(args.listen)?;
-    println!("listening on {}", server.local_addr());
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();
+    // Containers and service managers stop a process with SIGTERM; a terminal with
+    // Ctrl-C (SIGINT). Either drains. Handled from before the address is announced.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    println!("listening on {}", server.local_addr());
     tokio::spawn(async move {
-        let _ = tokio::signal::ctrl_c().await;
-        tracing::info!("draining");
+        let signal = tokio::select! {
+            _ = tokio::signal::ctrl_c() => "SIGINT",
+            _ = term.recv() => "SIGTERM",
+        };
+        tracing::info!(signal, "draining");
         stop.cancel();
     });
     let root = Arc::new(args.root);

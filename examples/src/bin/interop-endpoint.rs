@@ -157,10 +157,10 @@ async fn server(case: &str) -> anyhow::Result<()> {
         }
     };
     if use_h3(case) {
-        let retry: fn(&mut ServerParams) = if case == "retry" {
-            |p| p.retry = RetryPolicy::Always
+        let retry = if case == "retry" {
+            RetryPolicy::Always
         } else {
-            |p| p.retry = RetryPolicy::Never
+            RetryPolicy::Never
         };
         // As patient for the first request as the idle timeout: under the loss
         // cases a request can take that long to get through.
@@ -170,7 +170,7 @@ async fn server(case: &str) -> anyhow::Result<()> {
             .tls(tls)
             .settings(settings)
             .h3_settings(h3)
-            .configure(retry)
+            .configure(move |p| p.retry = retry)
             .bind(addr)?;
         println!("listening on {}", server.local_addr());
         let root = Arc::new(Some(www));

@@ -25,13 +25,26 @@ pub enum ServeError {
     Accept(#[from] AcceptError),
 }
 
+/// Adjusts a listener's parameters before it binds.
+type Configure = Box<dyn FnOnce(&mut ServerParams) + Send>;
+
 /// Builds a [`Server`]: TLS identity, settings, address.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct ServerBuilder {
     tls: Option<TlsConfig>,
     settings: QuicSettings,
     h3: H3Settings,
-    configure: Option<fn(&mut ServerParams)>,
+    configure: Vec<Configure>,
+}
+
+impl std::fmt::Debug for ServerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerBuilder")
+            .field("settings", &self.settings)
+            .field("h3", &self.h3)
+            .field("configure", &self.configure.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl ServerBuilder {
@@ -53,9 +66,10 @@ impl ServerBuilder {
         self
     }
 
-    /// Adjusts the listener's parameters (limits, Retry, metrics) before binding.
-    pub fn configure(mut self, f: fn(&mut ServerParams)) -> Self {
-        self.configure = Some(f);
+    /// Adjusts the listener's parameters (limits, Retry, metrics) before binding;
+    /// several calls apply in order.
+    pub fn configure(mut self, f: impl FnOnce(&mut ServerParams) + Send + 'static) -> Self {
+        self.configure.push(Box::new(f));
         self
     }
 
@@ -64,7 +78,7 @@ impl ServerBuilder {
         let tls = self.tls.ok_or(ServeError::NoTls)?;
         let mut params = ServerParams::new(tls, &[quic_h3::ALPN]);
         params.settings = self.settings;
-        if let Some(f) = self.configure {
+        for f in self.configure {
             f(&mut params);
         }
         let listener = quic_io::listen_on(addr, params)?;

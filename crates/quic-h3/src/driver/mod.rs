@@ -552,7 +552,19 @@ impl<H: Hooks> ApplicationOverQuic for H3Driver<H> {
         self.core.streams.is_empty() && self.core.all_acknowledged(conn)
     }
 
-    fn on_conn_close(&mut self, _conn: &mut QuicConnection, _reason: &CloseReason) {
+    fn on_conn_close(&mut self, conn: &mut QuicConnection, _reason: &CloseReason) {
+        // What the peer sent before the close was acknowledged, and the peer may have
+        // closed because of it (a drained server closes once its responses are): it
+        // still reaches the bodies, past their queues' bound, and a body whose end
+        // arrived ends cleanly. Bounded by what the flow control windows let quiche
+        // hold.
+        for s in self.core.streams.values_mut() {
+            s.last_pass = true;
+        }
+        let _ = self.process_reads(conn);
+        for s in self.core.streams.values_mut() {
+            s.maybe_close_inbound();
+        }
         self.core.fail_all(StreamError::ConnectionClosed);
         self.hooks.on_close(&mut self.core);
     }

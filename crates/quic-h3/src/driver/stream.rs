@@ -50,6 +50,9 @@ pub(crate) struct Stream {
     pub(crate) expected_len: Option<u64>,
     /// A client's HEAD request: the response's `content-length` describes no body.
     pub(crate) head_request: bool,
+    /// The connection closed: what quiche still holds for the body goes to it past
+    /// the queue's bound, in one last pass.
+    pub(crate) last_pass: bool,
     /// The client's channel for informational (1xx) responses, until the final one.
     pub(crate) info_tx: Option<queue::Sender<http::Response<()>>>,
     /// The stream's HTTP Datagram flow (extended CONNECT only).
@@ -77,6 +80,7 @@ impl Stream {
             body_limit: None,
             expected_len: None,
             head_request: false,
+            last_pass: false,
             info_tx: None,
             flow: None,
             pending_dgram: None,
@@ -97,14 +101,22 @@ impl Stream {
 
     /// Whether a frame can be handed to the body now.
     pub(crate) fn has_room(&self) -> bool {
-        self.pending_in.is_none() && self.body_tx.as_ref().is_some_and(queue::Sender::has_room)
+        self.pending_in.is_none()
+            && self
+                .body_tx
+                .as_ref()
+                .is_some_and(|tx| self.last_pass || tx.has_room())
     }
 
     /// Hands a frame on; [`has_room`](Self::has_room) must have said there is room
     /// (the driver is the body's only sender, so the room stays).
     pub(crate) fn push_in(&mut self, frame: InFrame) {
         if let Some(tx) = self.body_tx.as_ref() {
-            let _ = tx.try_send(Ok(frame));
+            if self.last_pass {
+                let _ = tx.send_last(Ok(frame));
+            } else {
+                let _ = tx.try_send(Ok(frame));
+            }
         }
     }
 
@@ -122,7 +134,13 @@ impl Stream {
             return;
         };
         let is_err = item.is_err();
-        match tx.try_send(item) {
+        let sent = if self.last_pass {
+            tx.send_last(item)
+                .map_err(|e| queue::TrySendError::Closed(e.0))
+        } else {
+            tx.try_send(item)
+        };
+        match sent {
             Ok(()) if is_err => self.drop_body_tx(),
             Ok(()) => {}
             Err(queue::TrySendError::Closed(_)) => self.drop_body_tx(),

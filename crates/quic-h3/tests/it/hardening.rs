@@ -488,3 +488,147 @@ async fn a_response_body_that_disagrees_with_its_content_length_fails_at_the_cli
         Ok(Vec::new())
     );
 }
+
+#[tokio::test]
+async fn a_connection_takes_at_most_its_request_limit_then_drains() {
+    let mut settings = H3Settings::default();
+    settings.max_requests_per_connection = Some(3);
+    let (mut pair, send, mut requests) = super::util::pair(settings);
+    let server = tokio::spawn(async move {
+        let mut served = 0;
+        while let Some(req) = requests.next().await {
+            let out = req
+                .responder
+                .send_response(http::Response::new(()))
+                .await
+                .unwrap();
+            out.finish().await.unwrap();
+            served += 1;
+        }
+        served
+    });
+    let results = pair
+        .run_with(LIMIT, async {
+            let mut results = Vec::new();
+            for i in 0..5 {
+                let req = http::Request::get(format!("https://localhost/{i}"))
+                    .body(Bytes::new())
+                    .unwrap();
+                results.push(send.send(req).await.map(|r| r.status()));
+            }
+            results
+        })
+        .await
+        .unwrap();
+    for r in &results[..3] {
+        assert_eq!(r, &Ok(http::StatusCode::OK));
+    }
+    // Refused (safe to retry), or sent after the drained connection closed.
+    for r in &results[3..] {
+        match r {
+            Err(e) if e.is_retryable() => {}
+            Err(quic_h3::StreamError::ConnectionClosed) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    pair.run_until_closed(LIMIT).await.unwrap();
+    assert_eq!(
+        pair.client().close_reason().and_then(CloseReason::app_code),
+        Some(H3Code::NO_ERROR.0)
+    );
+    assert_eq!(pair.run_with(LIMIT, server).await.unwrap().unwrap(), 3);
+}
+
+/// Opens request stream 0 and sends the start of a HEADERS frame that never ends;
+/// records how the server ends the stream.
+struct SlowHeaders {
+    reset: Arc<std::sync::Mutex<Option<u64>>>,
+}
+
+impl ApplicationOverQuic for SlowHeaders {
+    fn on_conn_established(
+        &mut self,
+        conn: &mut QuicConnection,
+        _info: &HandshakeInfo,
+    ) -> Result<(), AppError> {
+        // HEADERS (type 0x01) announcing 80 bytes, of which none follow.
+        conn.stream_send(0, &[0x01, 0x40, 0x50], false).unwrap();
+        Ok(())
+    }
+    fn process_reads(&mut self, conn: &mut QuicConnection) -> Result<(), AppError> {
+        let mut buf = [0u8; 256];
+        if let Err(quiche::Error::StreamReset(code)) = conn.stream_recv(0, &mut buf) {
+            *self.reset.lock().unwrap() = Some(code);
+        }
+        Ok(())
+    }
+    fn process_writes(&mut self, _conn: &mut QuicConnection) -> Result<(), AppError> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_request_whose_headers_never_end_is_reset_after_the_header_timeout() {
+    let mut settings = H3Settings::default();
+    settings.request_header_timeout = Some(Duration::from_millis(200));
+    // Only the header limit is under test.
+    settings.first_request_timeout = None;
+    let (server, _requests) = ServerH3Driver::new(settings);
+    let reset = Arc::new(std::sync::Mutex::new(None));
+    let client = SlowHeaders {
+        reset: Arc::clone(&reset),
+    };
+    let mut pair = Pair::new(PairConfig::new(quic_h3::ALPN), client, server).unwrap();
+    let started = std::time::Instant::now();
+    pair.run_until(Duration::from_secs(10), |_| reset.lock().unwrap().is_some())
+        .await
+        .unwrap();
+    assert_eq!(*reset.lock().unwrap(), Some(H3Code::REQUEST_INCOMPLETE.0));
+    assert!(started.elapsed() >= Duration::from_millis(200));
+}
+
+#[tokio::test]
+async fn a_body_received_before_the_peer_closed_is_still_read_whole() {
+    let (client, send) = ClientH3Driver::new(H3Settings::default());
+    let (server, mut requests) = ServerH3Driver::new(H3Settings::default());
+    // Windows that hold the whole body: the client acknowledges all of it before its
+    // application reads any.
+    let config = PairConfig::new(quic_h3::ALPN).configure(|c| {
+        c.set_initial_max_stream_data_bidi_local(2 << 20);
+        c.set_initial_max_data(4 << 20);
+    });
+    let mut pair = Pair::new(config, client, server).unwrap();
+    let body = pattern(1 << 20);
+    let expected = sha256(&body);
+    let server = tokio::spawn(async move {
+        let req = requests.next().await.unwrap();
+        requests.control().goaway().await;
+        let mut out = req
+            .responder
+            .send_response(http::Response::new(()))
+            .await
+            .unwrap();
+        out.send_data(body).await.unwrap();
+        out.finish().await.unwrap();
+    });
+    let mut resp = pair
+        .run_with(LIMIT, async {
+            let req = http::Request::get("https://localhost/big")
+                .body(Bytes::new())
+                .unwrap();
+            send.send(req).await.unwrap()
+        })
+        .await
+        .unwrap();
+    // Nobody reads while the server drains and closes (everything was acknowledged).
+    pair.run_until(LIMIT, |p| p.client().close_reason().is_some())
+        .await
+        .unwrap();
+    server.await.unwrap();
+    let got = read_all(resp.body_mut()).await;
+    let got = match got {
+        Ok(data) => data,
+        Err((e, n)) => panic!("the body ended in {e} after {n} of {} bytes", 1 << 20),
+    };
+    assert_eq!(sha256(&got), expected);
+}

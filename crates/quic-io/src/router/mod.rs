@@ -50,6 +50,36 @@ const MIN_INITIAL_DATAGRAM: usize = 1200;
 /// RFC 9000 §20.1: INVALID_TOKEN, "invalid packet token received".
 const INVALID_TOKEN: u64 = 0xb;
 
+/// RFC 9000 §20.1: CONNECTION_REFUSED, "the server refused to accept a new connection".
+const CONNECTION_REFUSED: u64 = 0x2;
+
+/// The unit the per-source limits count: one IPv4 address, or one IPv6 /64 (what one
+/// host usually holds; an attacker has the whole prefix).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum SourceKey {
+    V4(u32),
+    V6(u64),
+}
+
+impl SourceKey {
+    pub(crate) fn of(ip: std::net::IpAddr) -> Self {
+        match ip {
+            std::net::IpAddr::V4(a) => Self::V4(a.into()),
+            std::net::IpAddr::V6(a) => match a.to_ipv4_mapped() {
+                Some(v4) => Self::V4(v4.into()),
+                None => Self::V6((u128::from(a) >> 64) as u64),
+            },
+        }
+    }
+}
+
+/// What one source holds.
+#[derive(Debug, Clone, Copy, Default)]
+struct SourceCount {
+    conns: usize,
+    handshakes: usize,
+}
+
 /// Source ports of UDP services that reflection and amplification attacks abuse:
 /// tcpmux/echo/chargen, DNS, portmap, NTP, NetBIOS, SNMP, LDAP, IKE. Port 0 is never a
 /// real source. Nothing is sent in answer to them.
@@ -145,6 +175,8 @@ impl Drop for Registration {
 struct ConnEntry {
     cids: Vec<Vec<u8>>,
     handshaking: bool,
+    /// Where a server's connection came from, for the per-source limits.
+    source: Option<SourceKey>,
     ctrl_tx: queue::Sender<WorkerCommand>,
 }
 
@@ -185,6 +217,9 @@ pub(crate) struct Router {
     /// Connections still in their handshake: kept as a count so the accept path does
     /// not walk every connection for each Initial.
     handshaking: usize,
+    /// Connections and handshakes per source; a source leaves with its last
+    /// connection.
+    sources: HashMap<SourceKey, SourceCount>,
     next_id: u64,
     cid_len: usize,
     cmd_rx: mpsc::UnboundedReceiver<RouterCommand>,
@@ -214,6 +249,7 @@ impl Router {
             routes: HashMap::new(),
             conns: HashMap::new(),
             handshaking: 0,
+            sources: HashMap::new(),
             next_id: 0,
             cid_len,
             cmd_rx,
@@ -241,6 +277,7 @@ impl Router {
         &mut self,
         cids: Vec<Vec<u8>>,
         ctrl_tx: queue::Sender<WorkerCommand>,
+        source: Option<SourceKey>,
     ) -> (Registration, queue::Receiver<Datagram>) {
         let id = self.next_id;
         self.next_id += 1;
@@ -254,10 +291,16 @@ impl Router {
             ConnEntry {
                 cids,
                 handshaking: true,
+                source,
                 ctrl_tx,
             },
         );
         self.handshaking += 1;
+        if let Some(key) = source {
+            let count = self.sources.entry(key).or_default();
+            count.conns += 1;
+            count.handshakes += 1;
+        }
         let registration = Registration {
             id,
             tx: self.cmd_tx.clone(),
@@ -315,12 +358,26 @@ impl Router {
                 {
                     c.handshaking = false;
                     self.handshaking -= 1;
+                    if let Some(count) = c.source.and_then(|k| self.sources.get_mut(&k)) {
+                        count.handshakes -= 1;
+                    }
                 }
             }
             RouterCommand::Unregister { id } => {
                 if let Some(entry) = self.conns.remove(&id) {
                     if entry.handshaking {
                         self.handshaking -= 1;
+                    }
+                    if let Some(key) = entry.source
+                        && let Some(count) = self.sources.get_mut(&key)
+                    {
+                        count.conns -= 1;
+                        if entry.handshaking {
+                            count.handshakes -= 1;
+                        }
+                        if count.conns == 0 {
+                            self.sources.remove(&key);
+                        }
                     }
                     for cid in entry.cids {
                         if self.routes.get(&cid).is_some_and(|(owner, _)| *owner == id) {
@@ -505,12 +562,13 @@ impl Router {
         self.metrics.initial_rejected(reason);
     }
 
-    /// RFC 9000 §8.1.2: an Initial whose Retry token fails validation is answered
-    /// with CONNECTION_CLOSE (INVALID_TOKEN), so the client fails at once instead of
-    /// waiting out its handshake timeout (it will not accept a second Retry). Building
-    /// the close takes a throwaway connection that reads the client's Initial, so
-    /// these answers share the stateless reset rate limit.
-    fn refuse_token(&mut self, mut dgram: Datagram) {
+    /// Answers a client's Initial with CONNECTION_CLOSE carrying transport error
+    /// `code`, keeping no state: INVALID_TOKEN when its Retry token fails validation
+    /// (RFC 9000 §8.1.2: it will not accept a second Retry), CONNECTION_REFUSED when a
+    /// limit is reached. The client then fails at once instead of waiting out its
+    /// handshake timeout. Building the close takes a throwaway connection that reads
+    /// the client's Initial, so these answers share the stateless reset rate limit.
+    fn close_statelessly(&mut self, mut dgram: Datagram, code: u64, reason: &[u8]) {
         let Some(accept) = self.accept.as_mut() else {
             return;
         };
@@ -529,7 +587,7 @@ impl Router {
         if conn.recv(&mut dgram.buf, info).is_err() {
             return;
         }
-        let _ = conn.close(false, INVALID_TOKEN, b"invalid retry token");
+        let _ = conn.close(false, code, reason);
         if let Ok((len, send)) = conn.send(&mut self.out) {
             let _ = self.socket.try_send_one(send.to, &self.out[..len]);
         }
@@ -546,13 +604,21 @@ impl Router {
         if REFLECTION_PORTS.contains(&dgram.from.port()) {
             return self.reject(RejectReason::ReflectionPort);
         }
-        let limits = &accept.params.limits;
-        if self.conns.len() >= limits.max_connections {
-            return self.reject(RejectReason::ConnectionLimit);
-        }
         if accept.accept_tx.capacity() == 0 {
             return self.reject(RejectReason::BacklogFull);
         }
+        let limits = &accept.params.limits;
+        let source = SourceKey::of(dgram.from.ip());
+        let from_source = self.sources.get(&source).copied().unwrap_or_default();
+        let over_limit = if self.conns.len() >= limits.max_connections {
+            Some(RejectReason::ConnectionLimit)
+        } else if from_source.conns >= limits.max_connections_per_ip {
+            Some(RejectReason::SourceConnectionLimit)
+        } else if from_source.handshakes >= limits.max_handshakes_per_ip {
+            Some(RejectReason::SourceHandshakeLimit)
+        } else {
+            None
+        };
         let handshaking = self.handshaking;
 
         // The full parse (with the token) happens only here, once per new connection.
@@ -577,15 +643,30 @@ impl Router {
                     tracing::debug!(?e, peer = %dgram.from, "invalid Retry token");
                     drop(hdr);
                     self.reject(RejectReason::InvalidToken);
-                    return self.refuse_token(dgram);
+                    return self.close_statelessly(dgram, INVALID_TOKEN, b"invalid retry token");
                 }
             }
         };
-        let want_retry = match accept.params.retry {
-            RetryPolicy::Never => false,
-            RetryPolicy::Always => true,
-            RetryPolicy::UnderLoad { handshakes } => handshaking >= handshakes,
-        };
+        if let Some(reason) = over_limit
+            && odcid.is_some()
+        {
+            // A proven address over a limit: told at once, so it fails fast.
+            drop(hdr);
+            self.reject(reason);
+            return self.close_statelessly(dgram, CONNECTION_REFUSED, b"connection limit");
+        }
+        let want_retry = over_limit.is_some()
+            || match accept.params.retry {
+                RetryPolicy::Never => false,
+                RetryPolicy::Always => true,
+                RetryPolicy::UnderLoad { handshakes } => handshaking >= handshakes,
+            };
+        if let Some(reason) = over_limit {
+            // Refused after it proves its address: a Retry first, so a spoofed flood
+            // costs one stateless packet each and no TLS work.
+            tracing::trace!(?reason, "Initial over a limit: Retry first");
+            self.metrics.initial_rejected(reason);
+        }
         if odcid.is_none() && want_retry {
             let new_scid = random_cid(self.cid_len);
             let mut token = [0u8; MAX_TOKEN_LEN];
@@ -658,7 +739,7 @@ impl Router {
             cids.push(client_dcid);
         }
         let shared = Arc::clone(&accept.shared);
-        let (registration, pkt_rx) = self.register(cids, ctrl_tx.clone());
+        let (registration, pkt_rx) = self.register(cids, ctrl_tx.clone(), Some(source));
         let setup = WorkerSetup {
             conn: Box::new(conn),
             registration,
@@ -717,7 +798,8 @@ mod tests {
         let mut registrations = Vec::new();
         for i in 0..5_000u64 {
             let (ctrl_tx, _ctrl_rx) = queue::channel(1);
-            let (r, _pkt_rx) = router.register(vec![i.to_be_bytes().to_vec()], ctrl_tx);
+            let source = Some(SourceKey::of([10, 0, (i / 256) as u8, i as u8].into()));
+            let (r, _pkt_rx) = router.register(vec![i.to_be_bytes().to_vec()], ctrl_tx, source);
             registrations.push(r);
         }
         assert_eq!(router.handshaking, 5_000);
@@ -731,11 +813,13 @@ mod tests {
         }
         assert_eq!(router.handshaking, 0);
         assert_eq!(router.conns.len(), 5_000);
+        assert!(router.sources.values().all(|c| c.handshakes == 0));
         drop(registrations);
         while let Ok(cmd) = router.cmd_rx.try_recv() {
             router.handle(cmd);
         }
         assert!(router.conns.is_empty());
         assert!(router.routes.is_empty());
+        assert!(router.sources.is_empty());
     }
 }

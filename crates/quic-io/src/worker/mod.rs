@@ -167,6 +167,7 @@ pub(crate) fn spawn<A: ApplicationOverQuic>(
         session_seen: None,
         closing: None,
         close_stalled_at: None,
+        reported: false,
     };
     // The task's future holds the worker once: `run` borrows it from the block's
     // capture. An async fn taking `self` by value (or a block that moves its capture
@@ -196,6 +197,8 @@ struct Worker<A> {
     closing: Option<PendingClose>,
     /// When a flush first found the connection's close unsendable.
     close_stalled_at: Option<Instant>,
+    /// The application and the handles were told the connection closed.
+    reported: bool,
 }
 
 /// A close that waits for [`ApplicationOverQuic::delivered`].
@@ -307,6 +310,18 @@ impl<A: ApplicationOverQuic> Worker<A> {
             if self.setup.conn.is_closed() {
                 break self.close_reason();
             }
+            if !self.reported
+                && self.setup.conn.is_draining()
+                && self.setup.conn.peer_error().is_some()
+            {
+                // The peer closed: nothing more can be sent or read, so the handles
+                // (a `connect` waiting for its handshake, say) learn of it now, not
+                // at the end of the draining period (three probe timeouts, seconds
+                // before the first RTT sample). The worker stays to absorb late
+                // packets until then.
+                let reason = self.close_reason();
+                self.report_closed(reason);
+            }
             if self
                 .close_stalled_at
                 .is_some_and(|t| now >= t + CLOSE_STALL_LIMIT)
@@ -315,7 +330,8 @@ impl<A: ApplicationOverQuic> Worker<A> {
                 break self.close_reason();
             }
         };
-        self.finish(reason).await;
+        self.report_closed(reason);
+        // The registration unregisters the connection when the worker is dropped.
     }
 
     /// Feeds one datagram to the connection.
@@ -528,7 +544,12 @@ impl<A: ApplicationOverQuic> Worker<A> {
         }
     }
 
-    async fn finish(&mut self, reason: CloseReason) {
+    /// Tells the application and every handle that the connection closed; once.
+    fn report_closed(&mut self, reason: CloseReason) {
+        if self.reported {
+            return;
+        }
+        self.reported = true;
         let stats = ConnectionStats::from_connection(&self.setup.conn);
         let metrics = &self.setup.shared.metrics;
         if self.established_at.is_none() {
@@ -549,7 +570,6 @@ impl<A: ApplicationOverQuic> Worker<A> {
             }),
             established,
         ));
-        // The registration unregisters the connection when the worker is dropped.
     }
 }
 

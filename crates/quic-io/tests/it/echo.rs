@@ -27,7 +27,11 @@ async fn one_connection_echoes_streams_and_reports_live_stats() {
 async fn two_hundred_concurrent_connections_echo_64_kib_each() {
     const CONNS: usize = 200;
     const BYTES: u64 = 64 * 1024;
-    let server = echo_listener(|p| p.retry = RetryPolicy::Never);
+    let server = echo_listener(|p| {
+        p.retry = RetryPolicy::Never;
+        // Every client comes from 127.0.0.1.
+        p.limits.max_handshakes_per_ip = CONNS;
+    });
     let mut tasks = Vec::new();
     for _ in 0..CONNS {
         let params = client_params(&server.cert_pem);

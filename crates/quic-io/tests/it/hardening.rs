@@ -329,3 +329,81 @@ async fn a_router_that_dies_ends_the_listener_with_an_error_and_stops_its_connec
         .expect("the connection outlived its router");
     assert_eq!(closed.reason, quic_app::CloseReason::Aborted);
 }
+
+/// Client parameters that connect from `ip` (any address of 127.0.0.0/8).
+fn from(ip: [u8; 4], cert_pem: &str) -> quic_io::ClientParams {
+    let mut params = client_params(cert_pem);
+    params.bind = Some(SocketAddr::from((ip, 0)));
+    params
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_per_source_address_are_limited_and_refused_promptly() {
+    let server = super::util::echo_listener(|p| p.limits.max_connections_per_ip = 2);
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let c = quic_io::connect(server.addr, from([127, 0, 0, 1], &server.cert_pem), Idle);
+        held.push(c.await.unwrap());
+    }
+    let started = std::time::Instant::now();
+    let err = quic_io::connect(server.addr, from([127, 0, 0, 1], &server.cert_pem), Idle)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ConnectError::Refused { .. }), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    // Another address is not affected.
+    let other = quic_io::connect(server.addr, from([127, 0, 0, 2], &server.cert_pem), Idle);
+    held.push(other.await.unwrap());
+    let m = server.metrics.snapshot();
+    assert!(
+        m.rejected(quic_io::RejectReason::SourceConnectionLimit) >= 1,
+        "{m:?}"
+    );
+    // Closing one frees its slot.
+    let first = held.remove(0);
+    first.close(0, "done").await;
+    first.closed().await;
+    let again = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let c = quic_io::connect(server.addr, from([127, 0, 0, 1], &server.cert_pem), Idle);
+            match c.await {
+                Ok(c) => return c,
+                // The server may not have seen the close yet.
+                Err(ConnectError::Refused { .. }) => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+    })
+    .await
+    .expect("the slot was never given back");
+    drop((again, held));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshakes_per_source_address_are_limited() {
+    let server = super::util::echo_listener(|p| p.limits.max_handshakes_per_ip = 1);
+    // A handshake that never completes, from 127.0.0.1.
+    let sock = super::util::raw_socket();
+    sock.send_to(&super::util::real_initial(), server.addr)
+        .unwrap();
+    let mut buf = [0u8; 1500];
+    sock.recv_from(&mut buf)
+        .expect("the server answers the Initial");
+    let err = quic_io::connect(server.addr, from([127, 0, 0, 1], &server.cert_pem), Idle)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ConnectError::Refused { .. }), "{err}");
+    let other = quic_io::connect(server.addr, from([127, 0, 0, 3], &server.cert_pem), Idle);
+    other.await.unwrap();
+    let m = server.metrics.snapshot();
+    assert!(
+        m.rejected(quic_io::RejectReason::SourceHandshakeLimit) >= 1,
+        "{m:?}"
+    );
+}
