@@ -4,6 +4,7 @@
 //! machine and can install the native prerequisites (cmake, libclang) before anything
 //! links BoringSSL.
 
+mod attack;
 mod bench;
 mod interop;
 mod prereqs;
@@ -23,7 +24,7 @@ commands:
   test    install native prerequisites if missing, then fmt check, clippy -D warnings,
           every test (unit, integration, doc), rustdoc -D warnings, the
           examples end to end, an HTTP/3 interop smoke test against aioquic,
-          `interop --quick` and `bench --quick`
+          `interop --quick`, `bench --quick` and `attack --quick`
   demo    release build, start h3-server, fetch a page and 100 MiB, upload to /sha256
           and check the digest with h3-client, report, stop
   interop the QUIC Interop Runner's cases against independent implementations
@@ -31,6 +32,9 @@ commands:
   bench   the field's benchmark scenarios against h3-server (and, with --vs, tokio-quiche
           and quinn): goodput, requests/s, latency, handshakes/s, server CPU and memory
           (`cargo xtask bench --help`)
+  attack  bounded attacks on h3-server (garbage, Initial flood, slowloris, request
+          flood, connection churn, SIGTERM under loss) while legitimate clients work,
+          every legitimate transfer checked (`cargo xtask attack --help`)
 ";
 
 fn main() -> ExitCode {
@@ -40,6 +44,7 @@ fn main() -> ExitCode {
         Some("demo") => demo(),
         Some("interop") => interop::run(&args[1..]),
         Some("bench") => bench::run(&args[1..]),
+        Some("attack") => attack::run(&args[1..]),
         Some("-h" | "--help" | "help") => {
             print!("{USAGE}");
             Ok(())
@@ -137,6 +142,7 @@ fn test() -> Result {
     interop::smoke(&root().join("target/debug"))?;
     interop::run(&["--quick".to_owned()])?;
     bench::run(&["--quick".to_owned()])?;
+    attack::run(&["--quick".to_owned()])?;
     println!(
         "\nxtask test: every step passed in {:.0} s",
         started.elapsed().as_secs_f64()

@@ -61,6 +61,19 @@ impl Server {
         self.child.id()
     }
 
+    /// Waits up to `limit` for the server to exit on its own; its exit status, or
+    /// `None` (and the server killed) if it is still running then.
+    pub fn wait_exit(mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
     /// Asks the server to stop (SIGINT, so it closes its connections), then waits.
     pub fn stop(mut self) -> Result {
         let pid = self.child.id().to_string();

@@ -55,8 +55,8 @@ pub use handle::{ConnectionClosed, ConnectionHandle};
 
 mod listen;
 pub use listen::{
-    AcceptError, EndpointLimits, IncomingConnection, ListenError, Listener, RetryPolicy,
-    ServerParams, listen, listen_on,
+    AcceptError, EndpointLimits, EndpointStats, IncomingConnection, ListenError, Listener,
+    RetryPolicy, ServerParams, StatsHandle, listen, listen_on,
 };
 
 mod metrics;

@@ -277,6 +277,36 @@ pub fn listen(socket: std::net::UdpSocket, params: ServerParams) -> Result<Liste
     })
 }
 
+/// A listener's tables, as its router sees them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct EndpointStats {
+    /// Connections the router knows (open, closing or draining).
+    pub connections: usize,
+    /// Of those, the ones still in their handshake.
+    pub handshakes: usize,
+    /// Connection IDs routed.
+    pub routes: usize,
+    /// Source addresses (IPv4, IPv6 /64) holding connections.
+    pub sources: usize,
+}
+
+/// Reads a listener's [`EndpointStats`]; cloneable, and usable after the listener
+/// moved into a server.
+#[derive(Debug, Clone)]
+pub struct StatsHandle {
+    cmd_tx: mpsc::UnboundedSender<RouterCommand>,
+}
+
+impl StatsHandle {
+    /// The listener's tables now; `None` once it has stopped.
+    pub async fn get(&self) -> Option<EndpointStats> {
+        let (tx, rx) = oneshot::channel();
+        self.cmd_tx.send(RouterCommand::Stats(tx)).ok()?;
+        rx.await.ok()
+    }
+}
+
 /// Why [`Listener::accept`] returned no connection.
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
@@ -326,6 +356,13 @@ impl Listener {
                 Some(RouterFailure::Panicked) => AcceptError::RouterPanicked,
                 None => AcceptError::Stopped,
             }),
+        }
+    }
+
+    /// A handle that reads the listener's tables (connections, routes, sources).
+    pub fn stats_handle(&self) -> StatsHandle {
+        StatsHandle {
+            cmd_tx: self.cmd_tx.clone(),
         }
     }
 

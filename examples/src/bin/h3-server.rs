@@ -3,11 +3,13 @@
 //! ```text
 //! h3-server [--listen ADDR] [--root DIR] [--cert PEM --key PEM] [--write-cert PATH]
 //!           [--retry] [--max-connections-per-ip N] [--max-handshakes-per-ip N]
-//!           [--max-requests-per-connection N]
+//!           [--max-requests-per-connection N] [--first-request-timeout SECS]
+//!           [--request-header-timeout SECS] [--stats-route]
 //! ```
 //!
 //! Routes: `GET /bytes/N`, `POST /echo`, `POST /sha256`, `GET /trailers`, and
-//! `GET /path` for files under `--root`. Without `--cert`/`--key` a self-signed
+//! `GET /path` for files under `--root`; with `--stats-route`, `GET /_quay/stats`
+//! answers the listener's tables as JSON (connections, handshakes, routes, sources). Without `--cert`/`--key` a self-signed
 //! certificate is generated (`--write-cert` saves it for clients). Prints
 //! `listening on ADDR` when ready; Ctrl-C or SIGTERM drains gracefully.
 
@@ -39,7 +41,8 @@ struct Args {
     /// Write the generated self-signed certificate (PEM) here.
     #[arg(long, conflicts_with = "cert")]
     write_cert: Option<PathBuf>,
-    /// Validate every client's address with a Retry first.
+    /// Validate every client's address with a Retry first (by default, only under
+    /// load: from 200 handshakes in flight).
     #[arg(long)]
     retry: bool,
     /// Connections at once from one IPv4 address or IPv6 /64.
@@ -51,6 +54,24 @@ struct Args {
     /// Requests one connection may carry before the server drains it (0: no limit).
     #[arg(long, default_value_t = H3Settings::default().max_requests_per_connection.unwrap_or(0))]
     max_requests_per_connection: u64,
+    /// Seconds a connection may go without its first request (0: no limit).
+    #[arg(long, default_value_t = 10.0)]
+    first_request_timeout: f64,
+    /// Seconds a request's header section may take to arrive (0: no limit).
+    #[arg(long, default_value_t = 10.0)]
+    request_header_timeout: f64,
+    /// Answer `GET /_quay/stats` with the listener's tables (for tests and tools; it
+    /// tells anyone how loaded the server is).
+    #[arg(long)]
+    stats_route: bool,
+}
+
+/// `secs` as a limit: zero is none; at most a day.
+fn limit(secs: f64) -> anyhow::Result<Option<Duration>> {
+    if !secs.is_finite() || !(0.0..=86_400.0).contains(&secs) {
+        anyhow::bail!("{secs} s is not a usable timeout (0 to 86400)");
+    }
+    Ok((secs > 0.0).then(|| Duration::from_secs_f64(secs)))
 }
 
 #[tokio::main]
@@ -71,15 +92,15 @@ async fn main() -> anyhow::Result<()> {
     let (per_ip, handshakes_per_ip) = (args.max_connections_per_ip, args.max_handshakes_per_ip);
     let mut h3 = H3Settings::default();
     h3.max_requests_per_connection = Some(args.max_requests_per_connection).filter(|&n| n > 0);
+    h3.first_request_timeout = limit(args.first_request_timeout)?;
+    h3.request_header_timeout = limit(args.request_header_timeout)?;
     let server = Server::builder()
         .tls(tls)
         .h3_settings(h3)
         .configure(move |p| {
-            p.retry = if retry {
-                quay::io::RetryPolicy::Always
-            } else {
-                quay::io::RetryPolicy::Never
-            };
+            if retry {
+                p.retry = quay::io::RetryPolicy::Always;
+            }
             p.limits.max_connections_per_ip = per_ip;
             p.limits.max_handshakes_per_ip = handshakes_per_ip;
         })
@@ -99,15 +120,41 @@ async fn main() -> anyhow::Result<()> {
         stop.cancel();
     });
     let root = Arc::new(args.root);
+    let stats = args.stats_route.then(|| server.stats_handle());
     server
         .serve_with_shutdown(
-            move |req| {
+            move |req: http::Request<quay::h3::RecvBody>| {
                 let root = Arc::clone(&root);
-                async move { quay_examples::routes::handle(req, root.as_deref()).await }
+                let stats = stats.clone().filter(|_| req.uri().path() == "/_quay/stats");
+                async move {
+                    match stats {
+                        Some(stats) => Ok(stats_response(&stats).await),
+                        None => quay_examples::routes::handle(req, root.as_deref()).await,
+                    }
+                }
             },
             shutdown,
             Duration::from_secs(10),
         )
         .await?;
     Ok(())
+}
+
+/// The listener's tables as JSON.
+async fn stats_response(
+    stats: &quay::io::StatsHandle,
+) -> http::Response<quay_examples::routes::RouteBody> {
+    let body = match stats.get().await {
+        Some(s) => format!(
+            "{{\"connections\":{},\"handshakes\":{},\"routes\":{},\"sources\":{}}}\n",
+            s.connections, s.handshakes, s.routes, s.sources
+        ),
+        None => "{}\n".to_owned(),
+    };
+    let mut resp = http::Response::new(quay_examples::routes::RouteBody::Full(body.into()));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    resp
 }

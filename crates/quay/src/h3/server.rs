@@ -121,6 +121,12 @@ impl Server {
         self.listener.local_addr()
     }
 
+    /// A handle that reads the listener's tables (connections, routes, sources) while
+    /// the server runs.
+    pub fn stats_handle(&self) -> quic_io::StatsHandle {
+        self.listener.stats_handle()
+    }
+
     /// Serves every request with `handler` until the listener stops; an error if it
     /// failed.
     pub async fn serve<F, Fut, B, E>(self, handler: F) -> Result<(), ServeError>

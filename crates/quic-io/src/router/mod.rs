@@ -101,6 +101,8 @@ pub(crate) enum RouterCommand {
     Unregister { id: u64 },
     /// Start minting Retry tokens under a new key.
     RotateRetryKey,
+    /// Report the router's tables.
+    Stats(oneshot::Sender<crate::listen::EndpointStats>),
     /// Panic: lets the project's tests check what a dying router leaves behind.
     #[doc(hidden)]
     FailForTest,
@@ -392,6 +394,14 @@ impl Router {
                 }
             }
             RouterCommand::FailForTest => panic!("router failure requested by a test"),
+            RouterCommand::Stats(reply) => {
+                let _ = reply.send(crate::listen::EndpointStats {
+                    connections: self.conns.len(),
+                    handshakes: self.handshaking,
+                    routes: self.routes.len(),
+                    sources: self.sources.len(),
+                });
+            }
             RouterCommand::RotateRetryKey => {
                 if let Some(a) = &mut self.accept {
                     a.retry.rotate();
