@@ -22,7 +22,8 @@ usage: cargo xtask <command>
 
 commands:
   test    install native prerequisites if missing, then fmt check, clippy -D warnings,
-          every test (unit, integration, doc), rustdoc -D warnings, the
+          every test (unit, integration, property, doc), the loom model of the
+          queue, rustdoc -D warnings, the
           examples end to end, an HTTP/3 interop smoke test against aioquic,
           `interop --quick`, `bench --quick` and `attack --quick`
   demo    release build, start h3-server, fetch a page and 100 MiB, upload to /sha256
@@ -135,6 +136,19 @@ fn test() -> Result {
             "--no-deps",
             "--all-features",
             "--locked",
+        ],
+    )?;
+    // The loom model of quic_app::queue: its own small crate, so `--cfg loom` does not
+    // rebuild the rest.
+    run(
+        &env.with("RUSTFLAGS", "--cfg loom"),
+        "cargo",
+        &[
+            "test",
+            "--release",
+            "--locked",
+            "--manifest-path",
+            "loom/Cargo.toml",
         ],
     )?;
     run(&env, "cargo", &["build", "--locked", "-p", "quay-examples"])?;

@@ -10,7 +10,9 @@
 //! far as the items actually queued.
 //!
 //! Any number of [`Sender`]s, one [`Receiver`]. Sending waits while the queue is full
-//! ([`Sender::send`]) or fails at once ([`Sender::try_send`]). When every sender is
+//! ([`Sender::send`]) or fails at once ([`Sender::try_send`]). Waiting senders are
+//! served in order: each item taken out wakes the first waiting sender only, and a
+//! sender dropped after it was woken passes its turn on. When every sender is
 //! gone the receiver drains what is left and then sees the end; when the receiver is
 //! gone, sends fail and hand the item back.
 //!
@@ -28,9 +30,14 @@
 //! ```
 
 use std::collections::VecDeque;
-use std::future::poll_fn;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::future::{Future, poll_fn};
+use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
+
+#[cfg(loom)]
+use loom::sync::{Arc, Mutex, MutexGuard};
+#[cfg(not(loom))]
+use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Creates a queue holding at most `capacity` items (at least one).
 pub fn channel<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
@@ -55,7 +62,9 @@ pub fn weighted<T>(
             senders: 1,
             receiver_alive: true,
             receiver_waker: None,
-            sender_wakers: Vec::new(),
+            waiters: VecDeque::new(),
+            next_waiter: 0,
+            ready_wakers: Vec::new(),
         }),
     });
     (
@@ -80,8 +89,19 @@ struct State<T> {
     senders: usize,
     receiver_alive: bool,
     receiver_waker: Option<Waker>,
-    /// Senders waiting for room; woken (all of them) when an item leaves a full queue.
-    sender_wakers: Vec<Waker>,
+    /// [`Sender::send`] calls waiting for room, first come first served.
+    waiters: VecDeque<Waiter>,
+    next_waiter: u64,
+    /// [`Sender::poll_ready`] callers, woken (all) whenever an item leaves.
+    ready_wakers: Vec<Waker>,
+}
+
+/// A [`Sender::send`] waiting for room.
+struct Waiter {
+    id: u64,
+    waker: Waker,
+    /// Woken for a free slot and not yet back: its turn.
+    notified: bool,
 }
 
 impl<T> State<T> {
@@ -102,6 +122,25 @@ impl<T> State<T> {
     fn push(&mut self, value: T) {
         self.weight = self.weight.saturating_add((self.weigh)(&value));
         self.items.push_back(value);
+    }
+
+    /// Gives the next waiting sender its turn, if there is room: returns its waker,
+    /// to wake outside the lock.
+    fn notify_next(&mut self) -> Option<Waker> {
+        if self.full() || self.waiters.iter().any(|w| w.notified) {
+            // No room, or a turn is already out.
+            return None;
+        }
+        let w = self.waiters.iter_mut().find(|w| !w.notified)?;
+        w.notified = true;
+        Some(w.waker.clone())
+    }
+
+    /// Everyone waiting for room, to wake outside the lock (the receiver left).
+    fn take_all_wakers(&mut self) -> Vec<Waker> {
+        let mut all: Vec<Waker> = self.waiters.drain(..).map(|w| w.waker).collect();
+        all.append(&mut self.ready_wakers);
+        all
     }
 }
 
@@ -190,28 +229,15 @@ impl<T> Sender<T> {
         Ok(())
     }
 
-    /// Queues `value`, waiting while the queue is full. Cancel safe: dropped before it
-    /// completes, the value was not queued.
+    /// Queues `value`, waiting while the queue is full; senders that wait are served
+    /// in the order they started waiting. Cancel safe: dropped before it completes,
+    /// the value was not queued (and a turn it was given passes to the next sender).
     pub async fn send(&self, value: T) -> Result<(), SendError<T>> {
-        let mut value = Some(value);
-        poll_fn(|cx| {
-            let mut state = self.shared.lock();
-            if !state.receiver_alive {
-                return Poll::Ready(Err(SendError(value.take().expect("polled once more"))));
-            }
-            let w = (state.weigh)(value.as_ref().expect("polled once more"));
-            if !state.fits(w) {
-                register_sender(&mut state.sender_wakers, cx.waker());
-                return Poll::Pending;
-            }
-            state.push(value.take().expect("polled once more"));
-            let waker = state.receiver_waker.take();
-            drop(state);
-            if let Some(w) = waker {
-                w.wake();
-            }
-            Poll::Ready(Ok(()))
-        })
+        SendFut {
+            shared: &self.shared,
+            value: Some(value),
+            id: None,
+        }
         .await
     }
 
@@ -225,7 +251,7 @@ impl<T> Sender<T> {
         if !state.full() {
             return Poll::Ready(Ok(()));
         }
-        register_sender(&mut state.sender_wakers, cx.waker());
+        register_sender(&mut state.ready_wakers, cx.waker());
         Poll::Pending
     }
 
@@ -238,6 +264,94 @@ impl<T> Sender<T> {
     /// Whether the receiver is gone.
     pub fn is_closed(&self) -> bool {
         !self.shared.lock().receiver_alive
+    }
+}
+
+/// The future of [`Sender::send`].
+struct SendFut<'a, T> {
+    shared: &'a Shared<T>,
+    value: Option<T>,
+    /// Its place among the waiting senders, once it waits.
+    id: Option<u64>,
+}
+
+// The value is never pinned: it is only moved out by `take`.
+impl<T> Unpin for SendFut<'_, T> {}
+
+impl<T> Future for SendFut<'_, T> {
+    type Output = Result<(), SendError<T>>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        let mut state = this.shared.lock();
+        let value = this.value.as_ref().expect("polled after completion");
+        if !state.receiver_alive {
+            this.id = None;
+            return Poll::Ready(Err(SendError(this.value.take().expect("checked above"))));
+        }
+        // Its turn: it was woken for a slot, or nobody waits before it.
+        let at = this
+            .id
+            .and_then(|id| state.waiters.iter().position(|w| w.id == id));
+        let turn = match at {
+            Some(i) => state.waiters[i].notified,
+            None => state.waiters.is_empty(),
+        };
+        if turn && state.fits((state.weigh)(value)) {
+            if let Some(i) = at {
+                state.waiters.remove(i);
+            }
+            this.id = None;
+            state.push(this.value.take().expect("checked above"));
+            let receiver = state.receiver_waker.take();
+            // Room left: the next waiting sender's turn.
+            let next = state.notify_next();
+            drop(state);
+            receiver.into_iter().chain(next).for_each(Waker::wake);
+            return Poll::Ready(Ok(()));
+        }
+        match at {
+            Some(i) => {
+                let w = &mut state.waiters[i];
+                w.notified = false;
+                if !w.waker.will_wake(cx.waker()) {
+                    w.waker = cx.waker().clone();
+                }
+            }
+            None => {
+                let id = state.next_waiter;
+                state.next_waiter += 1;
+                state.waiters.push_back(Waiter {
+                    id,
+                    waker: cx.waker().clone(),
+                    notified: false,
+                });
+                this.id = Some(id);
+            }
+        }
+        // A turn it declined (its item does not fit yet) goes to the next in line.
+        let next = state.notify_next();
+        drop(state);
+        if let Some(w) = next {
+            w.wake();
+        }
+        Poll::Pending
+    }
+}
+
+impl<T> Drop for SendFut<'_, T> {
+    fn drop(&mut self) {
+        let Some(id) = self.id else { return };
+        let mut state = self.shared.lock();
+        if let Some(i) = state.waiters.iter().position(|w| w.id == id) {
+            state.waiters.remove(i);
+        }
+        // If it held the turn, the next sender gets it.
+        let next = state.notify_next();
+        drop(state);
+        if let Some(w) = next {
+            w.wake();
+        }
     }
 }
 
@@ -313,7 +427,7 @@ impl<T> Receiver<T> {
     pub fn close(&mut self) {
         let mut state = self.shared.lock();
         state.receiver_alive = false;
-        let wakers = std::mem::take(&mut state.sender_wakers);
+        let wakers = state.take_all_wakers();
         drop(state);
         wakers.into_iter().for_each(Waker::wake);
     }
@@ -324,13 +438,10 @@ impl<T> Receiver<T> {
     fn pop(mut state: MutexGuard<'_, State<T>>) -> Option<T> {
         let item = state.items.pop_front()?;
         state.weight = state.weight.saturating_sub((state.weigh)(&item));
-        let wakers = if state.sender_wakers.is_empty() {
-            Vec::new()
-        } else {
-            std::mem::take(&mut state.sender_wakers)
-        };
+        let next = state.notify_next();
+        let ready = std::mem::take(&mut state.ready_wakers);
         drop(state);
-        wakers.into_iter().for_each(Waker::wake);
+        next.into_iter().chain(ready).for_each(Waker::wake);
         Some(item)
     }
 }
@@ -341,7 +452,7 @@ impl<T> Drop for Receiver<T> {
         state.receiver_alive = false;
         let items = std::mem::take(&mut state.items);
         state.weight = 0;
-        let wakers = std::mem::take(&mut state.sender_wakers);
+        let wakers = state.take_all_wakers();
         drop(state);
         // Outside the lock: an item's drop may touch other queues.
         drop(items);
@@ -355,7 +466,7 @@ impl<T> std::fmt::Debug for Receiver<T> {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -557,5 +668,41 @@ mod tests {
         ));
         assert_eq!(rx.try_recv().unwrap().len(), 50);
         tx.try_send(Vec::new()).unwrap();
+    }
+
+    #[test]
+    fn waiting_senders_are_served_in_order_one_wake_per_free_slot() {
+        let (tx, mut rx) = channel(1);
+        tx.try_send(0).unwrap();
+        let (c1, w1) = counter();
+        let (c2, w2) = counter();
+        let (c3, w3) = counter();
+        type Send<'a> = Pin<Box<dyn Future<Output = Result<(), SendError<i32>>> + 'a>>;
+        let mut f1: Send<'_> = Box::pin(tx.send(1));
+        let mut f2: Send<'_> = Box::pin(tx.send(2));
+        let mut f3: Send<'_> = Box::pin(tx.send(3));
+        let poll =
+            |f: &mut Send<'_>, w: &Waker| f.as_mut().poll(&mut Context::from_waker(w)).is_ready();
+        assert!(!poll(&mut f1, &w1));
+        assert!(!poll(&mut f2, &w2));
+        assert!(!poll(&mut f3, &w3));
+        assert_eq!(rx.try_recv(), Ok(0));
+        // One slot, one wake: the first in line.
+        let counts = |c: &[&Arc<Count>]| {
+            c.iter()
+                .map(|c| c.0.load(Ordering::SeqCst))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(counts(&[&c1, &c2, &c3]), [1, 0, 0]);
+        // A later sender polled meanwhile does not jump the line.
+        assert!(!poll(&mut f3, &w3));
+        assert!(poll(&mut f1, &w1));
+        assert_eq!(rx.try_recv(), Ok(1));
+        assert_eq!(counts(&[&c1, &c2, &c3]), [1, 1, 0]);
+        // Dropped with its turn, the second sender passes it on.
+        drop(f2);
+        assert_eq!(counts(&[&c1, &c2, &c3]), [1, 1, 1]);
+        assert!(poll(&mut f3, &w3));
+        assert_eq!(rx.try_recv(), Ok(3));
     }
 }

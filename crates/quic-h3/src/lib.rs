@@ -85,3 +85,54 @@ pub use settings::H3Settings;
 
 /// The ALPN token of HTTP/3 (RFC 9114 §3.1).
 pub const ALPN: &[u8] = b"h3";
+
+#[doc(hidden)]
+pub mod __private {
+    //! Internals exposed for the project's own tests and fuzz targets; not a stable API.
+
+    /// A field list as HTTP/3 carries it.
+    fn fields(list: &[(&[u8], &[u8])]) -> Vec<quiche::h3::Header> {
+        list.iter()
+            .map(|(n, v)| quiche::h3::Header::new(n, v))
+            .collect()
+    }
+
+    /// A request head from a received field list, as the server parses it.
+    pub fn parse_request(list: &[(&[u8], &[u8])]) -> Result<http::request::Parts, &'static str> {
+        crate::headers::parse_request(&fields(list))
+    }
+
+    /// A response head from a received field list, as the client parses it.
+    pub fn parse_response(list: &[(&[u8], &[u8])]) -> Result<http::response::Parts, &'static str> {
+        crate::headers::parse_response(&fields(list))
+    }
+
+    /// A trailer section from a received field list.
+    pub fn parse_trailers(list: &[(&[u8], &[u8])]) -> Result<http::HeaderMap, &'static str> {
+        crate::headers::parse_trailers(&fields(list))
+    }
+
+    /// The `content-length` of a head, as the drivers read it.
+    pub fn content_length(headers: &http::HeaderMap) -> Result<Option<u64>, &'static str> {
+        crate::headers::content_length(headers)
+    }
+
+    /// The field list sent for a request head: what `parse_request` must read back.
+    pub fn request_fields(parts: &http::request::Parts) -> Vec<(Vec<u8>, Vec<u8>)> {
+        use quiche::h3::NameValue;
+        crate::headers::request_fields(parts)
+            .iter()
+            .map(|f| (f.name().to_vec(), f.value().to_vec()))
+            .collect()
+    }
+
+    /// Appends `v` as a QUIC variable-length integer (RFC 9000 §16).
+    pub fn put_varint(out: &mut Vec<u8>, v: u64) {
+        crate::datagram::put_varint(out, v);
+    }
+
+    /// Reads a variable-length integer: its value and length.
+    pub fn get_varint(buf: &[u8]) -> Option<(u64, usize)> {
+        crate::datagram::get_varint(buf)
+    }
+}

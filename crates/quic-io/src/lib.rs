@@ -135,6 +135,60 @@ pub mod __private {
         }
     }
 
+    /// Writes a stateless reset (RFC 9000 §10.3) answering a packet of `received_len`
+    /// bytes into `out`; its length, or `None` when none may be sent.
+    pub fn write_reset(token: &[u8; 16], received_len: usize, out: &mut [u8]) -> Option<usize> {
+        crate::router::reset::write_reset(token, received_len, out)
+    }
+
+    /// A listener's router on a loopback socket, driven by hand: every datagram given
+    /// to [`route`](Self::route) takes the path a received one takes (routing,
+    /// accept path, Retry, stateless reset, version negotiation), answers included.
+    pub struct RouterHarness {
+        router: crate::router::Router,
+        _accept: tokio::sync::mpsc::Receiver<crate::IncomingConnection>,
+        rt: tokio::runtime::Runtime,
+    }
+
+    impl std::fmt::Debug for RouterHarness {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("RouterHarness").finish_non_exhaustive()
+        }
+    }
+
+    impl RouterHarness {
+        /// A router for `params` on a fresh socket at 127.0.0.1.
+        pub fn new(params: crate::ServerParams) -> Result<Self, crate::ListenError> {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(crate::ListenError::Socket)?;
+            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+            let socket = crate::socket::bind(addr)
+                .map_err(|source| crate::ListenError::Bind { addr, source })?;
+            let (router, accept, _abort) = {
+                let _g = rt.enter();
+                crate::listen::listener_router(socket, &params)?
+            };
+            Ok(Self {
+                router,
+                _accept: accept,
+                rt,
+            })
+        }
+
+        /// Routes `datagram`, received from `from`.
+        pub fn route(&mut self, datagram: &[u8], from: std::net::SocketAddr) {
+            let _g = self.rt.enter();
+            self.router.route_for_test(datagram, from);
+        }
+
+        /// Connections the router knows.
+        pub fn connections(&self) -> usize {
+            self.router.connection_count()
+        }
+    }
+
     /// Mints and checks Retry tokens for one fixed client address, for fuzzing.
     #[derive(Debug)]
     pub struct RetryTokenCheck(crate::router::retry::RetryTokens);

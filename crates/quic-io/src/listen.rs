@@ -237,11 +237,39 @@ pub fn listen_on(addr: SocketAddr, params: ServerParams) -> Result<Listener, Lis
 
 /// Listens on a bound UDP socket. Must be called within a tokio runtime.
 pub fn listen(socket: std::net::UdpSocket, params: ServerParams) -> Result<Listener, ListenError> {
+    let (router, accept_rx, abort) = listener_router(socket, &params)?;
+    let local_addr = router.local_addr();
+    let cmd_tx = router.command_sender();
+    let failure = router.failure();
+    let span = tracing::info_span!("quic_listener", local = %local_addr);
+    let router = crate::spawn::task(router.run().instrument(span));
+    Ok(Listener {
+        accept_rx,
+        cmd_tx,
+        local_addr,
+        abort,
+        router,
+        failure,
+    })
+}
+
+/// A listener's router, not yet running, with the receiving end of its accept
+/// backlog and the token that stops its connections. Within a tokio runtime.
+pub(crate) fn listener_router(
+    socket: std::net::UdpSocket,
+    params: &ServerParams,
+) -> Result<
+    (
+        Router,
+        mpsc::Receiver<IncomingConnection>,
+        CancellationToken,
+    ),
+    ListenError,
+> {
     params.validate()?;
     let config = params.quiche_config().map_err(ListenError::Config)?;
     let socket =
         Arc::new(Socket::new(socket, params.settings.enable_gso).map_err(ListenError::Socket)?);
-    let local_addr = socket.local_addr();
     let (accept_tx, accept_rx) = mpsc::channel(params.limits.accept_backlog);
     let shared = WorkerShared::new(&params.settings, Arc::clone(&params.metrics));
     let abort = CancellationToken::new();
@@ -263,18 +291,7 @@ pub fn listen(socket: std::net::UdpSocket, params: ServerParams) -> Result<Liste
         Some(accept),
         abort.clone(),
     );
-    let cmd_tx = router.command_sender();
-    let failure = router.failure();
-    let span = tracing::info_span!("quic_listener", local = %local_addr);
-    let router = crate::spawn::task(router.run().instrument(span));
-    Ok(Listener {
-        accept_rx,
-        cmd_tx,
-        local_addr,
-        abort,
-        router,
-        failure,
-    })
+    Ok((router, accept_rx, abort))
 }
 
 /// A listener's tables, as its router sees them.

@@ -1,5 +1,6 @@
 mod drain;
 mod extended;
 mod hardening;
+mod props;
 mod requests;
 mod util;

@@ -6,7 +6,7 @@
 //! then a new connection offered to the application; or get a stateless reset.
 
 pub(crate) mod header;
-mod reset;
+pub(crate) mod reset;
 pub(crate) mod retry;
 
 use std::collections::HashMap;
@@ -267,6 +267,27 @@ impl Router {
 
     pub(crate) fn command_sender(&self) -> mpsc::UnboundedSender<RouterCommand> {
         self.cmd_tx.clone()
+    }
+
+    /// The socket's local address.
+    pub(crate) fn local_addr(&self) -> std::net::SocketAddr {
+        self.socket.local_addr()
+    }
+
+    /// Routes one datagram as if the socket had just read it.
+    #[doc(hidden)]
+    pub(crate) fn route_for_test(&mut self, buf: &[u8], from: std::net::SocketAddr) {
+        let to = self.socket.local_addr();
+        self.route(Datagram {
+            buf: bytes::BytesMut::from(buf),
+            from,
+            to,
+        });
+    }
+
+    /// Connections the router knows.
+    pub(crate) fn connection_count(&self) -> usize {
+        self.conns.len()
     }
 
     /// Where the router records why it failed, if it does.

@@ -3,5 +3,6 @@ mod errors;
 mod hardening;
 mod hostile;
 mod lifecycle;
+mod props;
 mod resume;
 mod util;
