@@ -407,3 +407,38 @@ async fn handshakes_per_source_address_are_limited() {
         "{m:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_key_log_is_private_and_qlog_files_are_capped() {
+    let dir = std::env::temp_dir().join(format!("quay-logs-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let keylog = dir.join("keys.log");
+    let qlogs = dir.join("qlog");
+    let (mut params, cert_pem, _metrics) = server_params();
+    params.settings.keylog_file = Some(keylog.clone());
+    params.settings.qlog_dir = Some(qlogs.clone());
+    params.settings.qlog_max_bytes = 2_000;
+    let listener = quic_io::listen_on("127.0.0.1:0".parse().unwrap(), params).unwrap();
+    let addr = listener.local_addr();
+    let _server = super::util::serve_echo(listener);
+    let (app, report) = quic_app::echo::EchoClient::new(2, 200_000);
+    let conn = quic_io::connect(addr, client_params(&cert_pem), app)
+        .await
+        .unwrap();
+    assert!(report.await.unwrap().is_ok());
+    conn.closed().await;
+    // The server's side of the connection has closed too, its files flushed.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&keylog).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "key log mode {mode:o}");
+    assert!(std::fs::metadata(&keylog).unwrap().len() > 0);
+    let files: Vec<_> = std::fs::read_dir(&qlogs).unwrap().flatten().collect();
+    assert!(!files.is_empty());
+    for f in files {
+        let len = f.metadata().unwrap().len();
+        assert!(len > 0 && len <= 2_000, "{}: {len} bytes", f.path().display());
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
