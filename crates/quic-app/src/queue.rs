@@ -100,6 +100,8 @@ struct State<T> {
 struct Waiter {
     id: u64,
     waker: Waker,
+    /// The weight of the item it waits to queue.
+    weight: usize,
     /// Woken for a free slot and not yet back: its turn.
     notified: bool,
 }
@@ -124,16 +126,28 @@ impl<T> State<T> {
         self.items.push_back(value);
     }
 
-    /// Gives the next waiting sender its turn, if there is room: returns its waker,
-    /// to wake outside the lock.
-    fn notify_next(&mut self) -> Option<Waker> {
-        if self.full() || self.waiters.iter().any(|w| w.notified) {
-            // No room, or a turn is already out.
-            return None;
+    /// Gives waiting senders, in order, as many turns as there is room for (the turns
+    /// already out counted); returns their wakers, to wake outside the lock. A sender
+    /// whose item does not fit yet stops the handing out: those behind it wait too.
+    fn notify_next(&mut self) -> Vec<Waker> {
+        let (mut count, mut weight) = (self.items.len(), self.weight);
+        for w in self.waiters.iter().filter(|w| w.notified) {
+            count += 1;
+            weight = weight.saturating_add(w.weight);
         }
-        let w = self.waiters.iter_mut().find(|w| !w.notified)?;
-        w.notified = true;
-        Some(w.waker.clone())
+        let mut wake = Vec::new();
+        for w in self.waiters.iter_mut().filter(|w| !w.notified) {
+            let fits = count == 0
+                || (count < self.capacity && weight.saturating_add(w.weight) <= self.max_weight);
+            if !fits {
+                break;
+            }
+            count += 1;
+            weight = weight.saturating_add(w.weight);
+            w.notified = true;
+            wake.push(w.waker.clone());
+        }
+        wake
     }
 
     /// Everyone waiting for room, to wake outside the lock (the receiver left).
@@ -202,6 +216,31 @@ impl<T> Sender<T> {
         if !state.fits((state.weigh)(&value)) {
             return Err(TrySendError::Full(value));
         }
+        state.push(value);
+        let waker = state.receiver_waker.take();
+        drop(state);
+        if let Some(w) = waker {
+            w.wake();
+        }
+        Ok(())
+    }
+
+    /// Queues `value` now, or says why not, after `prepare` has seen it with the
+    /// number of items queued before it (under the queue's lock: keep it short, and
+    /// keep the value's weight).
+    pub fn try_send_with(
+        &self,
+        value: T,
+        prepare: impl FnOnce(T, usize) -> T,
+    ) -> Result<(), TrySendError<T>> {
+        let mut state = self.shared.lock();
+        if !state.receiver_alive {
+            return Err(TrySendError::Closed(value));
+        }
+        if !state.fits((state.weigh)(&value)) {
+            return Err(TrySendError::Full(value));
+        }
+        let value = prepare(value, state.items.len());
         state.push(value);
         let waker = state.receiver_waker.take();
         drop(state);
@@ -304,14 +343,17 @@ impl<T> Future for SendFut<'_, T> {
             this.id = None;
             state.push(this.value.take().expect("checked above"));
             let receiver = state.receiver_waker.take();
-            // Room left: the next waiting sender's turn.
-            let next = state.notify_next();
             drop(state);
-            receiver.into_iter().chain(next).for_each(Waker::wake);
+            if let Some(w) = receiver {
+                w.wake();
+            }
             return Poll::Ready(Ok(()));
         }
+        let weight = (state.weigh)(value);
         match at {
             Some(i) => {
+                // Its turn came but its item does not fit (another sender's
+                // `try_send` took the room): it waits again, first in line.
                 let w = &mut state.waiters[i];
                 w.notified = false;
                 if !w.waker.will_wake(cx.waker()) {
@@ -324,16 +366,11 @@ impl<T> Future for SendFut<'_, T> {
                 state.waiters.push_back(Waiter {
                     id,
                     waker: cx.waker().clone(),
+                    weight,
                     notified: false,
                 });
                 this.id = Some(id);
             }
-        }
-        // A turn it declined (its item does not fit yet) goes to the next in line.
-        let next = state.notify_next();
-        drop(state);
-        if let Some(w) = next {
-            w.wake();
         }
         Poll::Pending
     }
@@ -346,12 +383,10 @@ impl<T> Drop for SendFut<'_, T> {
         if let Some(i) = state.waiters.iter().position(|w| w.id == id) {
             state.waiters.remove(i);
         }
-        // If it held the turn, the next sender gets it.
+        // If it held a turn, the next sender gets it.
         let next = state.notify_next();
         drop(state);
-        if let Some(w) = next {
-            w.wake();
-        }
+        next.into_iter().for_each(Waker::wake);
     }
 }
 
@@ -438,10 +473,10 @@ impl<T> Receiver<T> {
     fn pop(mut state: MutexGuard<'_, State<T>>) -> Option<T> {
         let item = state.items.pop_front()?;
         state.weight = state.weight.saturating_sub((state.weigh)(&item));
-        let next = state.notify_next();
-        let ready = std::mem::take(&mut state.ready_wakers);
+        let mut wake = state.notify_next();
+        wake.append(&mut state.ready_wakers);
         drop(state);
-        next.into_iter().chain(ready).for_each(Waker::wake);
+        wake.into_iter().for_each(Waker::wake);
         Some(item)
     }
 }
@@ -704,5 +739,21 @@ mod tests {
         assert_eq!(counts(&[&c1, &c2, &c3]), [1, 1, 1]);
         assert!(poll(&mut f3, &w3));
         assert_eq!(rx.try_recv(), Ok(3));
+    }
+
+    #[test]
+    fn a_waiting_sender_whose_item_does_not_fit_waits_without_spinning() {
+        let (tx, mut rx) = weighted(10, 10, |v: &Vec<u8>| v.len());
+        tx.try_send(vec![0; 6]).unwrap();
+        let (c, w) = counter();
+        let mut f = Box::pin(tx.send(vec![0; 6]));
+        let mut cx = Context::from_waker(&w);
+        assert!(f.as_mut().poll(&mut cx).is_pending());
+        // Room for weight 4 only: polled again, it neither fits nor wakes itself.
+        assert!(f.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(c.0.load(Ordering::SeqCst), 0);
+        assert_eq!(rx.try_recv().unwrap().len(), 6);
+        assert_eq!(c.0.load(Ordering::SeqCst), 1);
+        assert!(f.as_mut().poll(&mut cx).is_ready());
     }
 }

@@ -46,6 +46,11 @@ pub struct ServerHooks {
     heads_pending: VecDeque<(u64, tokio::time::Instant)>,
     /// The next client stream id to look for: every lower one was seen opened.
     next_stream: u64,
+    /// Streams at or above `next_stream` whose header section arrived before the
+    /// stream was looked for: not to be waited for.
+    early_heads: Vec<u64>,
+    /// When the streams were last looked for.
+    heads_probed: Option<tokio::time::Instant>,
     /// Fires at the first deadline of `heads_pending`.
     head_timer: Option<Pin<Box<tokio::time::Sleep>>>,
     /// `head_timer` fired: reset the streams that are late.
@@ -96,6 +101,8 @@ impl ServerH3Driver {
                 first_request_missed: false,
                 heads_pending: VecDeque::new(),
                 next_stream: 0,
+                early_heads: Vec::new(),
+                heads_probed: None,
                 head_timer: None,
                 head_timer_fired: false,
             },
@@ -195,32 +202,52 @@ impl Responder {
     }
 }
 
+/// Request stream ids looked at past the next expected one, for clients that skip
+/// ids.
+const HEAD_LOOKAHEAD: u64 = 16;
+
+/// How often a server looks for request streams whose header section is pending.
+const HEAD_PROBE_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
+
 impl ServerHooks {
     /// The header section of `stream_id` arrived: it is no longer waited for.
     fn head_arrived(&mut self, stream_id: u64) {
-        if let Some(at) = self
+        if stream_id == self.next_stream {
+            // In order, as requests usually come: nothing to remember.
+            self.next_stream += 4;
+            while let Some(at) = self.early_heads.iter().position(|&h| h == self.next_stream) {
+                self.early_heads.swap_remove(at);
+                self.next_stream += 4;
+            }
+        } else if stream_id > self.next_stream {
+            // Ahead of a stream still without its header section: at most as many
+            // as the client may have streams open.
+            self.early_heads.push(stream_id);
+        } else if let Some(at) = self
             .heads_pending
             .iter()
             .position(|(id, _)| *id == stream_id)
         {
             self.heads_pending.remove(at);
         }
-        self.next_stream = self.next_stream.max(stream_id + 4);
     }
 
-    /// Notes the request streams the client opened since the last turn, and resets
-    /// those whose header section is late (RFC 9114 §4.1.2 lets a server reset a
-    /// request it will not process; H3_REQUEST_INCOMPLETE says why).
+    /// Notes the request streams the client opened, and resets those whose header
+    /// section is late (RFC 9114 §4.1.2 lets a server reset a request it will not
+    /// process; H3_REQUEST_INCOMPLETE says why).
     fn watch_heads(&mut self, conn: &mut QuicConnection, limit: std::time::Duration) {
-        // quiche knows a stream once the client sent anything on it; one lookup a turn
-        // when none is new.
-        while conn.stream_capacity(self.next_stream).is_ok() {
-            let deadline = tokio::time::Instant::now() + limit;
-            self.heads_pending.push_back((self.next_stream, deadline));
-            self.next_stream += 4;
+        let now = tokio::time::Instant::now();
+        // Looked for every `HEAD_PROBE_INTERVAL` (a deadline is then at most that
+        // late), not every turn.
+        if self.head_timer_fired
+            || self
+                .heads_probed
+                .is_none_or(|t| now.duration_since(t) >= HEAD_PROBE_INTERVAL)
+        {
+            self.heads_probed = Some(now);
+            self.probe_heads(conn, now + limit);
         }
         if std::mem::take(&mut self.head_timer_fired) {
-            let now = tokio::time::Instant::now();
             while let Some(&(id, deadline)) = self.heads_pending.front() {
                 if deadline > now {
                     break;
@@ -238,6 +265,41 @@ impl ServerHooks {
             self.head_timer = Some(Box::pin(tokio::time::sleep_until(deadline)));
         }
     }
+
+    /// Looks for request streams opened since the last look: they must have their
+    /// header section by `deadline`.
+    fn probe_heads(&mut self, conn: &mut QuicConnection, deadline: tokio::time::Instant) {
+        // quiche knows a stream once the client sent anything on it (or stopped it):
+        // only an unknown one is `InvalidStreamState`. A client may skip ids: a few
+        // ahead are looked at too.
+        let known = |conn: &mut QuicConnection, id: u64| {
+            !matches!(
+                conn.stream_capacity(id),
+                Err(quiche::Error::InvalidStreamState(_))
+            )
+        };
+        loop {
+            let next = self.next_stream;
+            let Some(found) = (0..HEAD_LOOKAHEAD)
+                .map(|i| next + 4 * i)
+                .find(|&id| self.early_heads.contains(&id) || known(conn, id))
+            else {
+                break;
+            };
+            let mut id = next;
+            while id <= found {
+                if let Some(at) = self.early_heads.iter().position(|&h| h == id) {
+                    self.early_heads.swap_remove(at);
+                } else if id == found || known(conn, id) {
+                    self.heads_pending.push_back((id, deadline));
+                }
+                id += 4;
+            }
+            self.next_stream = found + 4;
+        }
+        let next = self.next_stream;
+        self.early_heads.retain(|&h| h >= next);
+    }
 }
 
 impl sealed::Sealed for ServerHooks {
@@ -251,6 +313,10 @@ impl sealed::Sealed for ServerHooks {
     ) {
         if core.streams.contains_key(&stream_id) {
             core.receive_trailers(conn, stream_id, &list);
+            return;
+        }
+        if core.closing {
+            // A request that arrived with the peer's close: nobody can answer it.
             return;
         }
         if is_informational(&list) {

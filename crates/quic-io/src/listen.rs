@@ -62,9 +62,9 @@ pub struct EndpointLimits {
     /// New connections waiting for the application to accept them; beyond it new
     /// Initials are dropped. Default 1,024.
     pub accept_backlog: usize,
-    /// Stateless resets per second, and the burst allowed above that rate. Closes
+    /// Stateless resets per second, and the burst allowed above that rate; closes
     /// answering an invalid Retry token (INVALID_TOKEN) or a limit
-    /// (CONNECTION_REFUSED) share this budget. Default 100.
+    /// (CONNECTION_REFUSED) have a budget of the same size of their own. Default 100.
     pub resets_per_second: u32,
 }
 
@@ -277,6 +277,7 @@ pub(crate) fn listener_router(
         config,
         retry: RetryTokens::new(params.retry_token_lifetime),
         reset_limiter: reset_limiter(params.limits.resets_per_second),
+        close_limiter: reset_limiter(params.limits.resets_per_second),
         accept_tx,
         shared,
         shutdown: None,

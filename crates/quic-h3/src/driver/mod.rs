@@ -77,6 +77,8 @@ pub struct Core {
     unacked: Vec<u64>,
     /// The length of `unacked` at which it is pruned next.
     prune_at: usize,
+    /// The connection closed: the last read hands on what arrived, starts nothing.
+    pub(crate) closing: bool,
 }
 
 /// The smallest length of [`Core`]'s list of unacknowledged streams at which it is
@@ -109,6 +111,7 @@ impl Core {
             handed_off: false,
             unacked: Vec::new(),
             prune_at: PRUNE_MIN,
+            closing: false,
         }
     }
 
@@ -558,6 +561,7 @@ impl<H: Hooks> ApplicationOverQuic for H3Driver<H> {
         // still reaches the bodies, past their queues' bound, and a body whose end
         // arrived ends cleanly. Bounded by what the flow control windows let quiche
         // hold.
+        self.core.closing = true;
         for s in self.core.streams.values_mut() {
             s.last_pass = true;
         }

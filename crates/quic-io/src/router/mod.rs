@@ -24,7 +24,7 @@ use crate::socket::{Datagram, Receiver, Socket};
 use crate::worker::{WorkerCommand, WorkerSetup, WorkerShared};
 use header::Routing;
 use reset::RateLimiter;
-use retry::{MAX_TOKEN_LEN, RetryTokens};
+use retry::{MAX_TOKEN_LEN, RetryTokens, TokenError};
 
 /// Datagrams queued for one connection's worker. A full queue drops the datagram and
 /// counts it ([`Metrics::queue_full_drop`]); QUIC recovers it as a loss. 1024 covers a
@@ -36,6 +36,11 @@ pub(crate) const WORKER_QUEUE: usize = 1024;
 /// of megabytes. 2 MiB is more than a full queue of 1024 ordinary datagrams; a full
 /// queue drops and counts as above.
 pub(crate) const WORKER_QUEUE_BYTES: usize = 2 * 1024 * 1024;
+
+/// Datagrams queued for a worker beyond which a datagram whose bytes share an
+/// allocation with other senders' is copied out before it joins them: a worker this
+/// far behind may hold it long. Below it (a worker keeping up) nothing is copied.
+const COPY_SHARED_AFTER: usize = 64;
 
 /// Commands to a worker (close, stats). Few are ever in flight.
 pub(crate) const WORKER_COMMAND_QUEUE: usize = 16;
@@ -188,6 +193,8 @@ pub(crate) struct Accept {
     pub(crate) params: ServerParams,
     pub(crate) retry: RetryTokens,
     pub(crate) reset_limiter: RateLimiter,
+    /// Stateless closes (INVALID_TOKEN, CONNECTION_REFUSED): each costs a TLS read.
+    pub(crate) close_limiter: RateLimiter,
     pub(crate) accept_tx: mpsc::Sender<IncomingConnection>,
     pub(crate) shared: Arc<WorkerShared>,
     pub(crate) shutdown: Option<oneshot::Sender<()>>,
@@ -280,6 +287,7 @@ impl Router {
         let to = self.socket.local_addr();
         self.route(Datagram {
             buf: bytes::BytesMut::from(buf),
+            shared: false,
             from,
             to,
         });
@@ -485,7 +493,16 @@ impl Router {
             return;
         };
         if let Some((_, tx)) = route {
-            match tx.try_send(dgram) {
+            let queued = tx.try_send_with(dgram, |mut d, queued| {
+                if d.shared && queued >= COPY_SHARED_AFTER {
+                    // Behind many others it may wait long: it stops keeping the rest
+                    // of its receive batch (other senders' bytes) alive.
+                    d.buf = bytes::BytesMut::from(&d.buf[..]);
+                    d.shared = false;
+                }
+                d
+            });
+            match queued {
                 Ok(()) => {}
                 Err(queue::TrySendError::Full(_)) => self.metrics.queue_full_drop(),
                 // The worker ended and its Unregister is on the way.
@@ -598,12 +615,13 @@ impl Router {
     /// (RFC 9000 §8.1.2: it will not accept a second Retry), CONNECTION_REFUSED when a
     /// limit is reached. The client then fails at once instead of waiting out its
     /// handshake timeout. Building the close takes a throwaway connection that reads
-    /// the client's Initial, so these answers share the stateless reset rate limit.
+    /// the client's Initial, so these answers have a rate limit of their own (as many
+    /// per second as stateless resets).
     fn close_statelessly(&mut self, mut dgram: Datagram, code: u64, reason: &[u8]) {
         let Some(accept) = self.accept.as_mut() else {
             return;
         };
-        if !accept.reset_limiter.try_take(Instant::now()) {
+        if !accept.close_limiter.try_take(Instant::now()) {
             return;
         }
         let scid = random_cid(self.cid_len);
@@ -670,6 +688,9 @@ impl Router {
                 .validate(token, dgram.from, &hdr.dcid, now_secs)
             {
                 Ok(odcid) => Some(quiche::ConnectionId::from_vec(odcid.to_vec())),
+                // Not one of ours (a NEW_TOKEN token of another server, say): the
+                // client is unvalidated, as if it had sent none (RFC 9000 §8.1.3).
+                Err(TokenError::Malformed) => None,
                 Err(e) => {
                     tracing::debug!(?e, peer = %dgram.from, "invalid Retry token");
                     drop(hdr);
@@ -694,9 +715,8 @@ impl Router {
             };
         if let Some(reason) = over_limit {
             // Refused after it proves its address: a Retry first, so a spoofed flood
-            // costs one stateless packet each and no TLS work.
+            // costs one stateless packet each and no TLS work. Counted when refused.
             tracing::trace!(?reason, "Initial over a limit: Retry first");
-            self.metrics.initial_rejected(reason);
         }
         if odcid.is_none() && want_retry {
             let new_scid = random_cid(self.cid_len);

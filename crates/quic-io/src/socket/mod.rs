@@ -18,6 +18,9 @@ use tokio::io::Interest;
 /// authentication.
 pub(crate) const MAX_UDP_PAYLOAD: usize = 1500;
 
+/// Bytes from one sender in a row from which a run gets a receive buffer of its own.
+const OWN_BUFFER_RUN: usize = 16 * 1024;
+
 /// Receive slot size without GRO: one datagram of up to [`MAX_UDP_PAYLOAD`] bytes,
 /// rounded up.
 const SLOT_PLAIN: usize = 2048;
@@ -125,18 +128,22 @@ impl Socket {
 #[derive(Debug)]
 pub(crate) struct Datagram {
     pub(crate) buf: BytesMut,
+    /// Its bytes share one allocation with other senders' datagrams of its receive
+    /// batch: kept waiting long, it keeps theirs alive too.
+    pub(crate) shared: bool,
     pub(crate) from: SocketAddr,
     pub(crate) to: SocketAddr,
 }
 
 /// The receive side: a fixed buffer carved into slots for one `recvmmsg`.
 ///
-/// After each call, the bytes received (not the slots) are copied into fresh buffers,
-/// one per run of consecutive messages from the same sender, which that run's
-/// datagrams split among themselves: one allocation and one copy per run (a bulk flow
-/// arrives as one run per batch), never per datagram. A datagram waiting in a queue
-/// then pins only bytes of its own sender, which went to the same connection's queue
-/// and are counted there, not the receive buffer nor other senders' datagrams.
+/// After each call, the bytes received (not the slots) are copied into fresh buffers
+/// that the datagrams split among themselves: a run of consecutive messages from one
+/// sender of at least [`OWN_BUFFER_RUN`] bytes (a bulk flow, GRO) gets a buffer of its
+/// own, the rest of the batch shares one. At most a few allocations per batch, never
+/// one per datagram; a datagram of a long run pins only its own sender's bytes, and
+/// the router copies a shared one out before it queues behind many others (see
+/// `router::COPY_SHARED_AFTER`).
 #[derive(Debug)]
 pub(crate) struct Receiver {
     buf: Box<[u8]>,
@@ -181,18 +188,40 @@ impl Receiver {
             })?
         };
         let local = socket.local_addr;
+        let metas = &self.meta[..msgs];
+        // Runs of messages from one sender; a long one (a bulk flow, GRO) gets a buffer
+        // of its own, the short ones share one.
+        let mut long = [false; quinn_udp::BATCH_SIZE];
+        let mut shared_len = 0;
+        let mut i = 0;
+        while i < msgs {
+            let j = i + metas[i..]
+                .iter()
+                .take_while(|m| m.addr == metas[i].addr)
+                .count();
+            let len: usize = metas[i..j].iter().map(|m| m.len).sum();
+            if len >= OWN_BUFFER_RUN {
+                long[i..j].fill(true);
+            } else {
+                shared_len += len;
+            }
+            i = j;
+        }
+        let mut shared = BytesMut::with_capacity(shared_len);
+        for (k, m) in metas.iter().enumerate().filter(|(k, _)| !long[*k]) {
+            shared.extend_from_slice(&self.buf[k * self.slot..k * self.slot + m.len]);
+        }
         let mut count = 0;
         let mut run = BytesMut::new();
-        for (i, meta) in self.meta[..msgs].iter().enumerate() {
-            if run.is_empty() {
-                // A new run: this message and those after it from the same sender.
-                let len: usize = self.meta[i..msgs]
+        for (i, meta) in metas.iter().enumerate() {
+            if long[i] && run.is_empty() {
+                let len: usize = metas[i..]
                     .iter()
                     .take_while(|m| m.addr == meta.addr)
                     .map(|m| m.len)
                     .sum();
                 run = BytesMut::with_capacity(len);
-                for (j, m) in self.meta[i..msgs]
+                for (j, m) in metas[i..]
                     .iter()
                     .enumerate()
                     .take_while(|(_, m)| m.addr == meta.addr)
@@ -201,7 +230,12 @@ impl Receiver {
                     run.extend_from_slice(&self.buf[at..at + m.len]);
                 }
             }
-            let mut slot = run.split_to(meta.len);
+            let from_shared = !long[i];
+            let mut slot = if from_shared {
+                shared.split_to(meta.len)
+            } else {
+                run.split_to(meta.len)
+            };
             let to = meta
                 .dst_ip
                 .map_or(local, |ip| SocketAddr::new(ip, local.port()));
@@ -211,6 +245,7 @@ impl Receiver {
                 count += 1;
                 out.push(Datagram {
                     buf: seg,
+                    shared: from_shared,
                     from: meta.addr,
                     to,
                 });

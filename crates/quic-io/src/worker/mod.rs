@@ -322,6 +322,10 @@ impl<A: ApplicationOverQuic> Worker<A> {
                 let reason = self.close_reason();
                 self.report_closed(reason);
             }
+            if self.setup.conn.is_draining() {
+                // The close went out after all.
+                self.close_stalled_at = None;
+            }
             if self
                 .close_stalled_at
                 .is_some_and(|t| now >= t + CLOSE_STALL_LIMIT)

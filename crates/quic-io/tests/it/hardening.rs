@@ -438,7 +438,11 @@ async fn the_key_log_is_private_and_qlog_files_are_capped() {
     assert!(!files.is_empty());
     for f in files {
         let len = f.metadata().unwrap().len();
-        assert!(len > 0 && len <= 2_000, "{}: {len} bytes", f.path().display());
+        assert!(
+            len > 0 && len <= 2_000,
+            "{}: {len} bytes",
+            f.path().display()
+        );
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
