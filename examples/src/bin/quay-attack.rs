@@ -437,12 +437,13 @@ async fn initial_flood(ctx: Arc<Ctx>) -> anyhow::Result<Report> {
     );
     // Each Initial is a fresh client connection (its key share included): making them
     // is the flood's own cost.
-    let count: u64 = if ctx.quick { 1_500 } else { 30_000 };
+    let count: u64 = if ctx.quick { 1_500 } else { 10_000 };
     let target = ctx.target;
     let sent = Arc::new(AtomicU64::new(0));
     let s = Arc::clone(&sent);
     let flooding = Arc::new(AtomicBool::new(true));
     let f = Arc::clone(&flooding);
+    let flood_started = Instant::now();
     let flood = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
         let socks = attack_sockets(2, 100)?;
         let mut rng = Rng(0x5eed_0002);
@@ -490,6 +491,10 @@ async fn initial_flood(ctx: Arc<Ctx>) -> anyhow::Result<Report> {
     flood.await??;
     report.absorb(legit);
     report.sent("initials", sent.load(Ordering::Relaxed));
+    report.figure(
+        "initials_per_second",
+        sent.load(Ordering::Relaxed) as f64 / flood_started.elapsed().as_secs_f64(),
+    );
     times.sort_by(f64::total_cmp);
     let pct = |p: f64| times[((times.len() - 1) as f64 * p).round() as usize];
     report.figure("legit_handshakes", times.len() as f64);
