@@ -209,20 +209,7 @@ pub struct Sender<T> {
 impl<T> Sender<T> {
     /// Queues `value` now, or says why not.
     pub fn try_send(&self, value: T) -> Result<(), TrySendError<T>> {
-        let mut state = self.shared.lock();
-        if !state.receiver_alive {
-            return Err(TrySendError::Closed(value));
-        }
-        if !state.fits((state.weigh)(&value)) {
-            return Err(TrySendError::Full(value));
-        }
-        state.push(value);
-        let waker = state.receiver_waker.take();
-        drop(state);
-        if let Some(w) = waker {
-            w.wake();
-        }
-        Ok(())
+        self.try_send_with(value, |v, _| v)
     }
 
     /// Queues `value` now, or says why not, after `prepare` has seen it with the
