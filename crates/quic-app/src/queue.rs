@@ -258,13 +258,12 @@ impl<T> Sender<T> {
     /// Queues `value`, waiting while the queue is full; senders that wait are served
     /// in the order they started waiting. Cancel safe: dropped before it completes,
     /// the value was not queued (and a turn it was given passes to the next sender).
-    pub async fn send(&self, value: T) -> Result<(), SendError<T>> {
+    pub fn send(&self, value: T) -> impl Future<Output = Result<(), SendError<T>>> + '_ {
         SendFut {
             shared: &self.shared,
             value: Some(value),
             id: None,
         }
-        .await
     }
 
     /// Ready when an item can be queued now (`Ok`) or never (`Err`: the receiver is
