@@ -5,7 +5,7 @@
 //! quay-load --connect 127.0.0.1:4433 [--server-name localhost] [--ca PEM | --insecure]
 //!           [--connections N] [--inflight M] [--requests COUNT | --duration SECS]
 //!           [--request-size B] [--response-size B] [--warmup SECS] [--json PATH]
-//!           [--handshakes | --idle-connections N] [--raw]
+//!           [--handshakes | --idle-connections N [--no-request]] [--raw]
 //! ```
 //!
 //! N connections, each with M requests in flight. A request is `GET /bytes/R` when the
@@ -79,6 +79,10 @@ struct Args {
     /// connection.
     #[arg(long, conflicts_with_all = ["requests", "handshakes"])]
     idle_connections: Option<usize>,
+    /// With `--idle-connections`: send no request at all, as a loiterer would (the
+    /// server then closes them after its first-request timeout).
+    #[arg(long, requires = "idle_connections")]
+    no_request: bool,
     /// Raw QUIC against `echo-server` (ALPN quay-echo) instead of HTTP/3: each request
     /// is a stream carrying the request bytes, and the response is their echo (the
     /// response size is the request size).
@@ -325,9 +329,13 @@ async fn hold_idle(n: usize, args: &Args, params: ClientParams) -> anyhow::Resul
     while handles.len() < n {
         while opened < n && set.len() < 32 {
             let (addr, params) = (args.connect, params.clone());
+            let no_request = args.no_request;
             set.spawn(async move {
                 let (driver, send) = ClientH3Driver::new(H3Settings::default());
                 let handle = quay::io::connect(addr, params, driver).await?;
+                if no_request {
+                    return anyhow::Ok((send, handle));
+                }
                 // One request, so the server counts it as a client, not a loiterer.
                 let req =
                     http::Request::get(format!("https://{addr}/bytes/0")).body(Bytes::new())?;
