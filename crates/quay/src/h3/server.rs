@@ -75,17 +75,28 @@ impl ServerBuilder {
 
     /// Binds `addr` and starts listening. Must be called within a tokio runtime.
     pub fn bind(self, addr: SocketAddr) -> Result<Server, ServeError> {
+        let (params, h3) = self.params()?;
+        let listener = quic_io::listen_on(addr, params)?;
+        Ok(Server { listener, h3 })
+    }
+
+    /// Listens on a UDP socket bound elsewhere (handed over by a service manager, or
+    /// bound with options of the caller's). Must be called within a tokio runtime.
+    pub fn bind_socket(self, socket: std::net::UdpSocket) -> Result<Server, ServeError> {
+        let (params, h3) = self.params()?;
+        let listener = quic_io::listen(socket, params)?;
+        Ok(Server { listener, h3 })
+    }
+
+    /// The listener's parameters, configured, and the HTTP/3 settings.
+    fn params(self) -> Result<(ServerParams, H3Settings), ServeError> {
         let tls = self.tls.ok_or(ServeError::NoTls)?;
         let mut params = ServerParams::new(tls, &[quic_h3::ALPN]);
         params.settings = self.settings;
         for f in self.configure {
             f(&mut params);
         }
-        let listener = quic_io::listen_on(addr, params)?;
-        Ok(Server {
-            listener,
-            h3: self.h3,
-        })
+        Ok((params, self.h3))
     }
 }
 
@@ -139,6 +150,32 @@ impl Server {
     {
         self.serve_with_shutdown(handler, CancellationToken::new(), Duration::ZERO)
             .await
+    }
+
+    /// Serves until `signal` completes (a Ctrl-C future, a oneshot receiver, ...),
+    /// then drains as [`serve_with_shutdown`](Self::serve_with_shutdown) does.
+    pub async fn serve_with_graceful_shutdown<F, Fut, B, E>(
+        self,
+        handler: F,
+        signal: impl Future<Output = ()> + Send + 'static,
+        deadline: Duration,
+    ) -> Result<(), ServeError>
+    where
+        F: Fn(http::Request<RecvBody>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Result<http::Response<B>, E>> + Send + 'static,
+        B: HttpBody<Data = Bytes> + Send + 'static,
+        B::Error: std::fmt::Display + Send,
+        E: std::fmt::Display + Send + 'static,
+    {
+        let shutdown = CancellationToken::new();
+        let stop = shutdown.clone();
+        let watch = AbortOnDrop(tokio::spawn(async move {
+            signal.await;
+            stop.cancel();
+        }));
+        let result = self.serve_with_shutdown(handler, shutdown, deadline).await;
+        drop(watch);
+        result
     }
 
     /// Serves until `shutdown` is cancelled, then drains gracefully: stops accepting,

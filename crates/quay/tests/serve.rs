@@ -1,0 +1,52 @@
+//! The facade's server: built from a socket bound elsewhere, stopped by any future.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use bytes::Bytes;
+use quay::h3::{Body, ClientH3Driver, H3Settings, Server};
+use quay::io::{ClientParams, ClientTlsConfig, TlsConfig};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_on_a_given_socket_serves_until_its_shutdown_future_completes() {
+    let identity = TlsConfig::self_signed(&["localhost"]).unwrap();
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = socket.local_addr().unwrap();
+    let server = Server::builder()
+        .tls(identity.config)
+        .bind_socket(socket)
+        .unwrap();
+    assert_eq!(server.local_addr(), addr);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(server.serve_with_graceful_shutdown(
+        |_req| async { Ok::<_, Infallible>(http::Response::new(Body::from("hello"))) },
+        async {
+            let _ = stop_rx.await;
+        },
+        Duration::from_secs(5),
+    ));
+
+    let mut params = ClientParams::new(&[quay::h3::ALPN]);
+    params.tls = ClientTlsConfig::new()
+        .add_root_pem(identity.cert_pem.as_bytes())
+        .unwrap();
+    params.server_name = Some("localhost".into());
+    let (driver, send) = ClientH3Driver::new(H3Settings::default());
+    let conn = quay::io::connect(addr, params, driver).await.unwrap();
+    let req = http::Request::get("https://localhost/")
+        .body(Bytes::new())
+        .unwrap();
+    let mut resp = send.send(req).await.unwrap();
+    assert_eq!(resp.body_mut().collect(64).await.unwrap(), "hello");
+
+    stop_tx.send(()).unwrap();
+    let result = tokio::time::timeout(Duration::from_secs(10), serving)
+        .await
+        .expect("the server stopped after its signal");
+    assert!(result.unwrap().is_ok());
+    // The drain closed the connection from the server's side.
+    let closed = tokio::time::timeout(Duration::from_secs(10), conn.closed())
+        .await
+        .unwrap();
+    assert_eq!(closed.reason.app_code(), Some(quay::h3::H3Code::NO_ERROR.0));
+}
