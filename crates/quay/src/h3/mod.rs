@@ -8,6 +8,11 @@ mod client;
 pub use client::{Client, ClientBuilder, ClientError};
 
 mod server;
-pub use server::{ServeError, Server, ServerBuilder};
+pub use server::{Handler, ServeError, Server, ServerBuilder};
 
-pub use quic_h3::*;
+// The drivers and their handles; the driver core and its hooks stay internal.
+pub use quic_h3::{
+    ALPN, ClientH3Driver, ConnectStream, DatagramError, DatagramFlow, DatagramSender, EarlyData,
+    H3Code, H3Settings, IncomingRequest, Protocol, RecvBody, RequestStream, Responder,
+    ResponseFuture, SendBody, SendRequest, ServerControl, ServerH3Driver, StreamError,
+};

@@ -140,33 +140,19 @@ impl Server {
 
     /// Serves every request with `handler` until the listener stops; an error if it
     /// failed.
-    pub async fn serve<F, Fut, B, E>(self, handler: F) -> Result<(), ServeError>
-    where
-        F: Fn(http::Request<RecvBody>) -> Fut + Clone + Send + Sync + 'static,
-        Fut: Future<Output = Result<http::Response<B>, E>> + Send + 'static,
-        B: HttpBody<Data = Bytes> + Send + 'static,
-        B::Error: std::fmt::Display + Send,
-        E: std::fmt::Display + Send + 'static,
-    {
+    pub async fn serve<H: Handler>(self, handler: H) -> Result<(), ServeError> {
         self.serve_with_shutdown(handler, CancellationToken::new(), Duration::ZERO)
             .await
     }
 
     /// Serves until `signal` completes (a Ctrl-C future, a oneshot receiver, ...),
     /// then drains as [`serve_with_shutdown`](Self::serve_with_shutdown) does.
-    pub async fn serve_with_graceful_shutdown<F, Fut, B, E>(
+    pub async fn serve_with_graceful_shutdown<H: Handler>(
         self,
-        handler: F,
+        handler: H,
         signal: impl Future<Output = ()> + Send + 'static,
         deadline: Duration,
-    ) -> Result<(), ServeError>
-    where
-        F: Fn(http::Request<RecvBody>) -> Fut + Clone + Send + Sync + 'static,
-        Fut: Future<Output = Result<http::Response<B>, E>> + Send + 'static,
-        B: HttpBody<Data = Bytes> + Send + 'static,
-        B::Error: std::fmt::Display + Send,
-        E: std::fmt::Display + Send + 'static,
-    {
+    ) -> Result<(), ServeError> {
         let shutdown = CancellationToken::new();
         let stop = shutdown.clone();
         let watch = AbortOnDrop(tokio::spawn(async move {
@@ -188,19 +174,12 @@ impl Server {
     /// the server as before: the task is aborted with it.
     ///
     /// Returns an error if the listener failed (its socket, or its router task).
-    pub async fn serve_with_shutdown<F, Fut, B, E>(
+    pub async fn serve_with_shutdown<H: Handler>(
         self,
-        handler: F,
+        handler: H,
         shutdown: CancellationToken,
         deadline: Duration,
-    ) -> Result<(), ServeError>
-    where
-        F: Fn(http::Request<RecvBody>) -> Fut + Clone + Send + Sync + 'static,
-        Fut: Future<Output = Result<http::Response<B>, E>> + Send + 'static,
-        B: HttpBody<Data = Bytes> + Send + 'static,
-        B::Error: std::fmt::Display + Send,
-        E: std::fmt::Display + Send + 'static,
-    {
+    ) -> Result<(), ServeError> {
         let Server { mut listener, h3 } = self;
         let accept_loop = async move {
             let mut connections = JoinSet::new();
@@ -266,6 +245,38 @@ impl Server {
     }
 }
 
+/// What [`Server::serve`] accepts: any `Fn(http::Request<RecvBody>) -> Future` of a
+/// `Result<http::Response<B>, E>`, cloneable and sendable, whose body `B` yields
+/// `Bytes` and whose errors can be displayed (they are logged; the client gets a 500
+/// for a handler error, a reset stream for a body error). Implemented for every such
+/// closure or function; not meant to be implemented by hand.
+pub trait Handler: Clone + Send + Sync + 'static {
+    /// The response body.
+    type Body: HttpBody<Data = Bytes, Error: std::fmt::Display + Send> + Send + 'static;
+    /// The handler's error.
+    type Error: std::fmt::Display + Send + 'static;
+    /// The future of one request's response.
+    type Future: Future<Output = Result<http::Response<Self::Body>, Self::Error>> + Send + 'static;
+    /// Handles one request.
+    fn call(&self, req: http::Request<RecvBody>) -> Self::Future;
+}
+
+impl<F, Fut, B, E> Handler for F
+where
+    F: Fn(http::Request<RecvBody>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<http::Response<B>, E>> + Send + 'static,
+    B: HttpBody<Data = Bytes> + Send + 'static,
+    B::Error: std::fmt::Display + Send,
+    E: std::fmt::Display + Send + 'static,
+{
+    type Body = B;
+    type Error = E;
+    type Future = Fut;
+    fn call(&self, req: http::Request<RecvBody>) -> Fut {
+        self(req)
+    }
+}
+
 /// Aborts the task when dropped.
 struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
 
@@ -275,17 +286,11 @@ impl<T> Drop for AbortOnDrop<T> {
     }
 }
 
-async fn serve_connection<F, Fut, B, E>(
+async fn serve_connection<H: Handler>(
     mut requests: quic_h3::RequestStream,
-    handler: F,
+    handler: H,
     shutdown: CancellationToken,
-) where
-    F: Fn(http::Request<RecvBody>) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Result<http::Response<B>, E>> + Send + 'static,
-    B: HttpBody<Data = Bytes> + Send + 'static,
-    B::Error: std::fmt::Display + Send,
-    E: std::fmt::Display + Send + 'static,
-{
+) {
     let control = requests.control();
     let mut in_flight = JoinSet::new();
     let mut draining = false;
@@ -309,18 +314,11 @@ async fn serve_connection<F, Fut, B, E>(
 }
 
 /// Runs the handler for one request and streams its response.
-async fn respond<F, Fut, B, E>(req: IncomingRequest, handler: F)
-where
-    F: Fn(http::Request<RecvBody>) -> Fut,
-    Fut: Future<Output = Result<http::Response<B>, E>>,
-    B: HttpBody<Data = Bytes>,
-    B::Error: std::fmt::Display,
-    E: std::fmt::Display,
-{
+async fn respond<H: Handler>(req: IncomingRequest, handler: H) {
     let method = req.request.method().clone();
     let path = req.request.uri().path().to_owned();
     let started = std::time::Instant::now();
-    let response = match handler(req.request).await {
+    let response = match handler.call(req.request).await {
         Ok(r) => r,
         Err(e) => {
             tracing::warn!(%method, %path, error = %e, "handler failed");
