@@ -459,10 +459,11 @@ impl<T> Receiver<T> {
     fn pop(mut state: MutexGuard<'_, State<T>>) -> Option<T> {
         let item = state.items.pop_front()?;
         state.weight = state.weight.saturating_sub((state.weigh)(&item));
-        let mut wake = state.notify_next();
-        wake.append(&mut state.ready_wakers);
+        let next = state.notify_next();
+        // Moved out, not copied: no allocation when only `poll_ready` waits.
+        let ready = std::mem::take(&mut state.ready_wakers);
         drop(state);
-        wake.into_iter().for_each(Waker::wake);
+        next.into_iter().chain(ready).for_each(Waker::wake);
         Some(item)
     }
 }

@@ -9,7 +9,9 @@ use quic_app::{QuicConnection, queue};
 
 use crate::body::{OutFrame, SEND_QUEUE};
 use crate::datagram::DatagramFlow;
-use crate::driver::{Core, H3Driver, Hooks, Stream, is_informational, response_frame, sealed};
+use crate::driver::{
+    Core, H3Driver, Hooks, Stream, is_informational, reset_both_ways, response_frame, sealed,
+};
 use crate::headers::{Protocol, parse_request};
 use crate::{H3Code, H3Settings, RecvBody, SendBody, StreamError};
 
@@ -254,9 +256,7 @@ impl ServerHooks {
                 }
                 self.heads_pending.pop_front();
                 tracing::debug!(stream = id, "request header section not complete in time");
-                let code = H3Code::REQUEST_INCOMPLETE.0;
-                let _ = conn.stream_shutdown(id, quiche::Shutdown::Read, code);
-                let _ = conn.stream_shutdown(id, quiche::Shutdown::Write, code);
+                reset_both_ways(conn, id, H3Code::REQUEST_INCOMPLETE);
             }
         }
         if self.head_timer.is_none()
@@ -315,6 +315,7 @@ impl sealed::Sealed for ServerHooks {
             core.receive_trailers(conn, stream_id, &list);
             return;
         }
+        self.head_arrived(stream_id);
         if core.closing {
             // A request that arrived with the peer's close: nobody can answer it.
             return;
@@ -323,7 +324,6 @@ impl sealed::Sealed for ServerHooks {
             core.abort_stream(conn, stream_id, H3Code::MESSAGE_ERROR);
             return;
         }
-        self.head_arrived(stream_id);
         let over_limit = core
             .settings
             .max_requests_per_connection

@@ -159,6 +159,7 @@ pub mod __private {
     impl RouterHarness {
         /// A router for `params` on a fresh socket at 127.0.0.1.
         pub fn new(params: crate::ServerParams) -> Result<Self, crate::ListenError> {
+            params.validate()?;
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()

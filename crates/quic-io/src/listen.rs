@@ -14,14 +14,11 @@ use crate::handle::ConnectionHandle;
 use crate::metrics::{Metrics, NoopMetrics};
 use crate::router::reset_limiter;
 use crate::router::retry::RetryTokens;
-use crate::router::{Accept, Failure, Router, RouterCommand, RouterFailure};
+use crate::router::{Accept, CONNECTION_REFUSED, Failure, Router, RouterCommand, RouterFailure};
 use crate::settings::{QuicSettings, SettingError};
 use crate::socket::Socket;
 use crate::tls::{TlsConfig, TlsError};
 use crate::worker::{self, WorkerSetup, WorkerShared};
-
-/// RFC 9000 §20.1: CONNECTION_REFUSED, "the server refused to accept a new connection".
-const CONNECTION_REFUSED: u64 = 0x2;
 
 /// When a listener answers a new client with Retry (RFC 9000 §8.1.2) to prove the
 /// client's address before it spends any state on it.
@@ -230,14 +227,21 @@ pub enum ListenError {
 
 /// Binds `addr` and listens on it. Must be called within a tokio runtime.
 pub fn listen_on(addr: SocketAddr, params: ServerParams) -> Result<Listener, ListenError> {
+    // Checked before binding: a bad parameter takes no port.
     params.validate()?;
     let socket = crate::socket::bind(addr).map_err(|source| ListenError::Bind { addr, source })?;
-    listen(socket, params)
+    start(socket, &params)
 }
 
 /// Listens on a bound UDP socket. Must be called within a tokio runtime.
 pub fn listen(socket: std::net::UdpSocket, params: ServerParams) -> Result<Listener, ListenError> {
-    let (router, accept_rx, abort) = listener_router(socket, &params)?;
+    params.validate()?;
+    start(socket, &params)
+}
+
+/// Starts a listener on validated parameters.
+fn start(socket: std::net::UdpSocket, params: &ServerParams) -> Result<Listener, ListenError> {
+    let (router, accept_rx, abort) = listener_router(socket, params)?;
     let local_addr = router.local_addr();
     let cmd_tx = router.command_sender();
     let failure = router.failure();
@@ -253,8 +257,9 @@ pub fn listen(socket: std::net::UdpSocket, params: ServerParams) -> Result<Liste
     })
 }
 
-/// A listener's router, not yet running, with the receiving end of its accept
-/// backlog and the token that stops its connections. Within a tokio runtime.
+/// A listener's router on validated parameters, not yet running, with the receiving
+/// end of its accept backlog and the token that stops its connections. Within a tokio
+/// runtime.
 pub(crate) fn listener_router(
     socket: std::net::UdpSocket,
     params: &ServerParams,
@@ -266,7 +271,6 @@ pub(crate) fn listener_router(
     ),
     ListenError,
 > {
-    params.validate()?;
     let config = params.quiche_config().map_err(ListenError::Config)?;
     let socket =
         Arc::new(Socket::new(socket, params.settings.enable_gso).map_err(ListenError::Socket)?);

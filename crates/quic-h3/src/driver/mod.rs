@@ -155,8 +155,7 @@ impl Core {
 
     /// Resets a stream both ways with `code`, and forgets it.
     pub(crate) fn abort_stream(&mut self, conn: &mut QuicConnection, stream_id: u64, code: H3Code) {
-        let _ = conn.stream_shutdown(stream_id, quiche::Shutdown::Read, code.0);
-        let _ = conn.stream_shutdown(stream_id, quiche::Shutdown::Write, code.0);
+        reset_both_ways(conn, stream_id, code);
         if let Some(mut s) = self.streams.remove(&stream_id) {
             s.fail(StreamError::Reset(code));
         }
@@ -171,9 +170,7 @@ impl Core {
         why: &'static str,
     ) {
         tracing::debug!(stream = stream_id, why, "malformed message");
-        let code = H3Code::MESSAGE_ERROR.0;
-        let _ = conn.stream_shutdown(stream_id, quiche::Shutdown::Read, code);
-        let _ = conn.stream_shutdown(stream_id, quiche::Shutdown::Write, code);
+        reset_both_ways(conn, stream_id, H3Code::MESSAGE_ERROR);
         if let Some(mut s) = self.streams.remove(&stream_id) {
             s.fail(StreamError::Malformed(why));
         }
@@ -362,6 +359,12 @@ impl Core {
     }
 }
 
+/// Stops both directions of stream `id` with `code` (STOP_SENDING and RESET_STREAM).
+pub(crate) fn reset_both_ways(conn: &mut QuicConnection, id: u64, code: H3Code) {
+    let _ = conn.stream_shutdown(id, quiche::Shutdown::Read, code.0);
+    let _ = conn.stream_shutdown(id, quiche::Shutdown::Write, code.0);
+}
+
 thread_local! {
     /// Where body bytes and datagrams are read before they are handed on: one buffer
     /// per thread, not per connection, since no read spans an await.
@@ -399,9 +402,7 @@ fn read_body(
                 }
                 if s.expected_len.is_some_and(|e| s.received > e) {
                     // RFC 9114 §4.1.2: more body than content-length said: malformed.
-                    let code = H3Code::MESSAGE_ERROR.0;
-                    let _ = conn.stream_shutdown(id, quiche::Shutdown::Read, code);
-                    let _ = conn.stream_shutdown(id, quiche::Shutdown::Write, code);
+                    reset_both_ways(conn, id, H3Code::MESSAGE_ERROR);
                     s.fail(StreamError::Malformed("body longer than content-length"));
                     break;
                 }

@@ -56,7 +56,7 @@ const MIN_INITIAL_DATAGRAM: usize = 1200;
 const INVALID_TOKEN: u64 = 0xb;
 
 /// RFC 9000 §20.1: CONNECTION_REFUSED, "the server refused to accept a new connection".
-const CONNECTION_REFUSED: u64 = 0x2;
+pub(crate) const CONNECTION_REFUSED: u64 = 0x2;
 
 /// The unit the per-source limits count: one IPv4 address, or one IPv6 /64 (what one
 /// host usually holds; an attacker has the whole prefix).
@@ -109,7 +109,6 @@ pub(crate) enum RouterCommand {
     /// Report the router's tables.
     Stats(oneshot::Sender<crate::listen::EndpointStats>),
     /// Panic: lets the project's tests check what a dying router leaves behind.
-    #[doc(hidden)]
     FailForTest,
     /// Stop accepting, close every connection once its data is acknowledged (at the
     /// latest at `by`); answer when none is left.
@@ -282,7 +281,6 @@ impl Router {
     }
 
     /// Routes one datagram as if the socket had just read it.
-    #[doc(hidden)]
     pub(crate) fn route_for_test(&mut self, buf: &[u8], from: std::net::SocketAddr) {
         let to = self.socket.local_addr();
         self.route(Datagram {
@@ -707,17 +705,14 @@ impl Router {
             self.reject(reason);
             return self.close_statelessly(dgram, CONNECTION_REFUSED, b"connection limit");
         }
+        // Over a limit, an unproven address gets a Retry first: a spoofed flood then
+        // costs one stateless packet each and no TLS work. Counted when refused.
         let want_retry = over_limit.is_some()
             || match accept.params.retry {
                 RetryPolicy::Never => false,
                 RetryPolicy::Always => true,
                 RetryPolicy::UnderLoad { handshakes } => handshaking >= handshakes,
             };
-        if let Some(reason) = over_limit {
-            // Refused after it proves its address: a Retry first, so a spoofed flood
-            // costs one stateless packet each and no TLS work. Counted when refused.
-            tracing::trace!(?reason, "Initial over a limit: Retry first");
-        }
         if odcid.is_none() && want_retry {
             let new_scid = random_cid(self.cid_len);
             let mut token = [0u8; MAX_TOKEN_LEN];

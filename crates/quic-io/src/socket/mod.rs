@@ -189,9 +189,10 @@ impl Receiver {
         };
         let local = socket.local_addr;
         let metas = &self.meta[..msgs];
-        // Runs of messages from one sender; a long one (a bulk flow, GRO) gets a buffer
-        // of its own, the short ones share one.
-        let mut long = [false; quinn_udp::BATCH_SIZE];
+        // Runs of messages from one sender. A long one (a bulk flow, GRO) gets a buffer
+        // of its own: `long[i]` is (its end, its bytes) at its first message. The
+        // short ones share one buffer.
+        let mut long = [(0usize, 0usize); quinn_udp::BATCH_SIZE];
         let mut shared_len = 0;
         let mut i = 0;
         while i < msgs {
@@ -201,41 +202,27 @@ impl Receiver {
                 .count();
             let len: usize = metas[i..j].iter().map(|m| m.len).sum();
             if len >= OWN_BUFFER_RUN {
-                long[i..j].fill(true);
+                long[i] = (j, len);
             } else {
                 shared_len += len;
             }
             i = j;
         }
         let mut shared = BytesMut::with_capacity(shared_len);
-        for (k, m) in metas.iter().enumerate().filter(|(k, _)| !long[*k]) {
-            shared.extend_from_slice(&self.buf[k * self.slot..k * self.slot + m.len]);
-        }
-        let mut count = 0;
         let mut run = BytesMut::new();
+        let mut run_end = 0;
+        let mut count = 0;
         for (i, meta) in metas.iter().enumerate() {
-            if long[i] && run.is_empty() {
-                let len: usize = metas[i..]
-                    .iter()
-                    .take_while(|m| m.addr == meta.addr)
-                    .map(|m| m.len)
-                    .sum();
+            let (end, len) = long[i];
+            if end != 0 {
                 run = BytesMut::with_capacity(len);
-                for (j, m) in metas[i..]
-                    .iter()
-                    .enumerate()
-                    .take_while(|(_, m)| m.addr == meta.addr)
-                {
-                    let at = (i + j) * self.slot;
-                    run.extend_from_slice(&self.buf[at..at + m.len]);
-                }
+                run_end = end;
             }
-            let from_shared = !long[i];
-            let mut slot = if from_shared {
-                shared.split_to(meta.len)
-            } else {
-                run.split_to(meta.len)
-            };
+            let from_shared = i >= run_end;
+            // Appended to its buffer, then split off: the buffer keeps one allocation.
+            let buf = if from_shared { &mut shared } else { &mut run };
+            buf.extend_from_slice(&self.buf[i * self.slot..i * self.slot + meta.len]);
+            let mut slot = buf.split_to(meta.len);
             let to = meta
                 .dst_ip
                 .map_or(local, |ip| SocketAddr::new(ip, local.port()));
