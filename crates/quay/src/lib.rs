@@ -45,6 +45,11 @@
 //!
 //! # Feature flags
 //!
+//! - `tower` (default): [`h3::Server::serve_service`] for any tower `Service`, an
+//!   axum `Router` as it is, and [`h3::AltSvcLayer`] for the TCP side of a
+//!   deployment;
+//! - `metrics` (default): HTTP and transport metrics through the `metrics` crate's
+//!   facade; the names are listed in [`metrics`];
 //! - `testing`: enables `quay::app::testing`, the in-memory harness.
 #![warn(missing_docs)]
 
@@ -56,4 +61,7 @@ struct ReadmeDoctests;
 pub use quic_app as app;
 pub mod h3;
 pub use quic_io as io;
+#[cfg(feature = "metrics")]
+pub mod metrics;
+mod observe;
 pub use quiche;

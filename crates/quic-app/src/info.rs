@@ -23,6 +23,13 @@ pub struct HandshakeInfo {
     /// Whether 0-RTT data was offered and accepted. Known on both sides once the
     /// handshake completed; `false` before, and whenever 0-RTT was not used.
     pub early_data_accepted: bool,
+    /// The certificate chain the peer presented, DER, leaf first; empty when it
+    /// presented none (a client without a certificate, or a server whose certificate
+    /// was not checked).
+    pub peer_certificates: Vec<Vec<u8>>,
+    /// The connection's id for logs: this side's first source connection ID in hex,
+    /// as the connection's tracing span (`quic_conn{scid=...}`) shows it.
+    pub trace_id: String,
 }
 
 /// BoringSSL's `ssl_early_data_accepted` reason.
@@ -47,6 +54,83 @@ impl HandshakeInfo {
             early_data: conn.is_in_early_data() && !conn.is_established(),
             early_data_accepted: conn.is_established()
                 && conn.early_data_reason() == EARLY_DATA_ACCEPTED,
+            peer_certificates: conn
+                .peer_cert_chain()
+                .map(|chain| chain.into_iter().map(<[u8]>::to_vec).collect())
+                .unwrap_or_default(),
+            trace_id: conn.trace_id().to_owned(),
         }
+    }
+}
+
+/// The connection a request (or any unit of an application's work) arrived on, for
+/// handlers: addresses, server name, ALPN, the peer's certificates, 0-RTT, and an id
+/// for logs.
+///
+/// Cheap to clone: the connection's part is shared. The HTTP/3 server puts one in the
+/// extensions of every request it hands out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionInfo {
+    handshake: std::sync::Arc<HandshakeInfo>,
+    early_data: bool,
+}
+
+impl ConnectionInfo {
+    /// The info of a connection whose handshake produced `handshake`; not in 0-RTT.
+    pub fn new(handshake: std::sync::Arc<HandshakeInfo>) -> Self {
+        Self {
+            handshake,
+            early_data: false,
+        }
+    }
+
+    /// The same connection, marked as carrying this unit of work in 0-RTT data (or
+    /// not).
+    pub fn with_early_data(mut self, early_data: bool) -> Self {
+        self.early_data = early_data;
+        self
+    }
+
+    /// The peer's address when the connection started.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.handshake.peer_addr
+    }
+
+    /// The local address the connection arrived on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.handshake.local_addr
+    }
+
+    /// The server name (SNI) the client asked for, if any.
+    pub fn server_name(&self) -> Option<&str> {
+        self.handshake.server_name.as_deref()
+    }
+
+    /// The negotiated ALPN protocol (`b"h3"` for HTTP/3).
+    pub fn alpn(&self) -> &[u8] {
+        &self.handshake.alpn
+    }
+
+    /// Whether this arrived in 0-RTT data: an attacker can replay it, so only
+    /// idempotent work should be done for it.
+    pub fn early_data(&self) -> bool {
+        self.early_data
+    }
+
+    /// The certificate chain the peer presented and the server verified (DER, leaf
+    /// first): a client's, under mutual TLS. Empty when there was none.
+    pub fn peer_certificates(&self) -> &[Vec<u8>] {
+        &self.handshake.peer_certificates
+    }
+
+    /// The connection's id for logs (its first source connection ID, hex), as the
+    /// connection's tracing span shows it.
+    pub fn id(&self) -> &str {
+        &self.handshake.trace_id
+    }
+
+    /// Everything the handshake established.
+    pub fn handshake(&self) -> &HandshakeInfo {
+        &self.handshake
     }
 }

@@ -58,7 +58,7 @@ mod driver;
 pub use driver::AppDriver;
 
 mod info;
-pub use info::HandshakeInfo;
+pub use info::{ConnectionInfo, HandshakeInfo};
 
 mod stats;
 pub use stats::ConnectionStats;

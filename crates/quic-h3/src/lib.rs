@@ -74,6 +74,9 @@ pub use error::{H3Code, StreamError};
 mod headers;
 pub use headers::Protocol;
 
+/// The connection a request arrived on; every request's extensions hold one.
+pub use quic_app::ConnectionInfo;
+
 mod server;
 pub use server::{
     EarlyData, IncomingRequest, RequestStream, Responder, ServerControl, ServerH3Driver,

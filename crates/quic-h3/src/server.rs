@@ -145,8 +145,9 @@ impl RequestStream {
 #[non_exhaustive]
 pub struct IncomingRequest {
     /// The request: method, URI (scheme, authority, path), headers, streaming body.
-    /// Its extensions hold the [`Protocol`] of an extended CONNECT request, and
-    /// [`EarlyData`] when it arrived in 0-RTT.
+    /// Its extensions hold the connection's [`ConnectionInfo`](quic_app::ConnectionInfo)
+    /// (addresses, server name, client certificate, ...), the [`Protocol`] of an
+    /// extended CONNECT request, and [`EarlyData`] when it arrived in 0-RTT.
     pub request: http::Request<RecvBody>,
     /// Sends the response.
     pub responder: Responder,
@@ -362,8 +363,12 @@ impl sealed::Sealed for ServerHooks {
             core.abort_stream(conn, stream_id, H3Code::MESSAGE_ERROR);
             return;
         }
-        if conn.is_in_early_data() && !conn.is_established() {
+        let early = conn.is_in_early_data() && !conn.is_established();
+        if early {
             parts.extensions.insert(EarlyData);
+        }
+        if let Some(info) = &core.info {
+            parts.extensions.insert(info.clone().with_early_data(early));
         }
         let Some(requests_tx) = self.requests_tx.as_ref() else {
             return;

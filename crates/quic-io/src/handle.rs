@@ -47,6 +47,7 @@ pub struct ConnectionHandle {
     peer_addr: SocketAddr,
     scid: Arc<str>,
     session: SessionSlot,
+    span: tracing::Span,
 }
 
 /// The latest resumable session of a client connection, as its worker publishes it.
@@ -60,6 +61,7 @@ impl ConnectionHandle {
         peer_addr: SocketAddr,
         scid: String,
         session: SessionSlot,
+        span: tracing::Span,
     ) -> Self {
         Self {
             ctrl_tx,
@@ -68,6 +70,7 @@ impl ConnectionHandle {
             peer_addr,
             scid: scid.into(),
             session,
+            span,
         }
     }
 
@@ -194,5 +197,11 @@ impl ConnectionHandle {
     /// tracing span.
     pub fn scid(&self) -> &str {
         &self.scid
+    }
+
+    /// The connection's tracing span (`quic_conn`): work done for the connection
+    /// elsewhere (a request's handler, say) can run in a child of it.
+    pub fn span(&self) -> &tracing::Span {
+        &self.span
     }
 }

@@ -56,7 +56,8 @@ pub use handle::{ConnectionClosed, ConnectionHandle};
 mod listen;
 pub use listen::{
     AcceptError, EndpointLimits, EndpointStats, IncomingConnection, ListenError, Listener,
-    RetryPolicy, ServerParams, StatsHandle, listen, listen_on,
+    PreparedTls, ReloadError, RetryPolicy, ServerParams, StatsHandle, TlsReloader, listen,
+    listen_on,
 };
 
 mod metrics;
@@ -68,7 +69,7 @@ mod settings;
 pub use settings::{CongestionControl, QuicSettings, SettingError};
 
 mod tls;
-pub use tls::{ClientTlsConfig, SelfSigned, TlsConfig, TlsError};
+pub use tls::{ClientAuth, ClientTlsConfig, SelfSigned, TlsConfig, TlsError};
 
 mod router;
 mod socket;

@@ -254,6 +254,7 @@ fn start(socket: std::net::UdpSocket, params: &ServerParams) -> Result<Listener,
         abort,
         router,
         failure,
+        params: Arc::new(params.clone()),
     })
 }
 
@@ -329,6 +330,62 @@ impl StatsHandle {
     }
 }
 
+/// Replaces a running listener's TLS identity (certificates, server names, client
+/// authentication); made by [`Listener::tls_reloader`], cloneable.
+///
+/// Connections accepted from then on get the new identity; established ones keep
+/// theirs and run on. Sessions resumed across a reload start with a full handshake.
+#[derive(Debug, Clone)]
+pub struct TlsReloader {
+    cmd_tx: mpsc::UnboundedSender<RouterCommand>,
+    params: Arc<ServerParams>,
+}
+
+/// A new identity, checked and ready to install; see [`TlsReloader::prepare`].
+pub struct PreparedTls(pub(crate) Box<quiche::Config>);
+
+impl std::fmt::Debug for PreparedTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PreparedTls").finish_non_exhaustive()
+    }
+}
+
+/// Why a TLS identity was not installed; the listener keeps its current one.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReloadError {
+    /// The new identity was refused: nothing changed.
+    #[error("the new TLS identity was refused")]
+    Tls(#[source] TlsError),
+    /// The listener has stopped.
+    #[error("the listener has stopped")]
+    Stopped,
+}
+
+impl TlsReloader {
+    /// Checks `tls` and installs it for new connections.
+    pub fn reload(&self, tls: &TlsConfig) -> Result<(), ReloadError> {
+        let prepared = self.prepare(tls)?;
+        self.install(prepared)
+    }
+
+    /// Builds the listener's configuration with `tls` without installing it: to
+    /// check a new identity, or several listeners' at once before any changes.
+    pub fn prepare(&self, tls: &TlsConfig) -> Result<PreparedTls, ReloadError> {
+        let mut params = (*self.params).clone();
+        params.tls = tls.clone();
+        let config = params.quiche_config().map_err(ReloadError::Tls)?;
+        Ok(PreparedTls(Box::new(config)))
+    }
+
+    /// Installs an identity [`prepare`](Self::prepare) checked.
+    pub fn install(&self, prepared: PreparedTls) -> Result<(), ReloadError> {
+        self.cmd_tx
+            .send(RouterCommand::ReplaceConfig(prepared))
+            .map_err(|_| ReloadError::Stopped)
+    }
+}
+
 /// Why [`Listener::accept`] returned no connection.
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
@@ -362,6 +419,8 @@ pub struct Listener {
     abort: CancellationToken,
     router: tokio::task::JoinHandle<()>,
     failure: Failure,
+    /// What the listener was started with, for a new TLS identity.
+    params: Arc<ServerParams>,
 }
 
 impl Listener {
@@ -371,13 +430,22 @@ impl Listener {
     ///
     /// Cancel safe: a connection is only taken from the queue when this resolves.
     pub async fn accept(&mut self) -> Result<IncomingConnection, AcceptError> {
-        match self.accept_rx.recv().await {
-            Some(incoming) => Ok(incoming),
-            None => Err(match self.failure.get() {
+        std::future::poll_fn(|cx| self.poll_accept(cx)).await
+    }
+
+    /// Polls for the next connection, as [`accept`](Self::accept) waits for it: for
+    /// callers that wait on several listeners at once.
+    pub fn poll_accept(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<IncomingConnection, AcceptError>> {
+        match std::task::ready!(self.accept_rx.poll_recv(cx)) {
+            Some(incoming) => Poll::Ready(Ok(incoming)),
+            None => Poll::Ready(Err(match self.failure.get() {
                 Some(RouterFailure::Socket(e)) => AcceptError::Socket(Arc::clone(e)),
                 Some(RouterFailure::Panicked) => AcceptError::RouterPanicked,
                 None => AcceptError::Stopped,
-            }),
+            })),
         }
     }
 
@@ -385,6 +453,14 @@ impl Listener {
     pub fn stats_handle(&self) -> StatsHandle {
         StatsHandle {
             cmd_tx: self.cmd_tx.clone(),
+        }
+    }
+
+    /// A handle that replaces the listener's TLS identity while it runs.
+    pub fn tls_reloader(&self) -> TlsReloader {
+        TlsReloader {
+            cmd_tx: self.cmd_tx.clone(),
+            params: Arc::clone(&self.params),
         }
     }
 

@@ -8,8 +8,9 @@ use std::fmt;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
+use boring::error::ErrorStack;
 use boring::pkey::{PKey, Private};
-use boring::ssl::{SslContextBuilder, SslMethod, SslVerifyMode};
+use boring::ssl::{NameType, SelectCertError, SslContextBuilder, SslMethod, SslRef, SslVerifyMode};
 use boring::x509::X509;
 
 /// Why a TLS configuration could not be built.
@@ -51,9 +52,33 @@ pub enum TlsError {
     Quic(#[source] quiche::Error),
 }
 
-/// A server's identity: a certificate chain (leaf first) and its private key.
+/// A server's TLS configuration: its identity (a certificate chain, leaf first, and
+/// its private key), optionally more identities chosen by the server name the client
+/// asks for (SNI), and optionally client certificates required or accepted (mutual
+/// TLS).
+///
+/// ```
+/// use quic_io::TlsConfig;
+///
+/// # fn main() -> Result<(), quic_io::TlsError> {
+/// let a = TlsConfig::self_signed(&["a.example"])?.config;
+/// let b = TlsConfig::self_signed(&["b.example", "*.b.example"])?.config;
+/// // `a` for every name but b.example and its subdomains.
+/// let tls = a.with_server_name("b.example", b.clone()).with_server_name("*.b.example", b);
+/// # let _ = tls; Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct TlsConfig {
+    identity: Identity,
+    /// Identities by server name: exact names (lowercase), and wildcards
+    /// (`*.example.com`) that match one label.
+    names: Vec<(String, Identity)>,
+    client_auth: Option<ClientAuth>,
+}
+
+/// One certificate chain (leaf first) and its key.
+#[derive(Clone)]
+struct Identity {
     chain: Vec<X509>,
     key: PKey<Private>,
 }
@@ -61,7 +86,16 @@ pub struct TlsConfig {
 impl fmt::Debug for TlsConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TlsConfig")
-            .field("chain_len", &self.chain.len())
+            .field("chain_len", &self.identity.chain.len())
+            .field(
+                "server_names",
+                &self
+                    .names
+                    .iter()
+                    .map(|(n, _)| n.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .field("client_auth", &self.client_auth)
             .finish_non_exhaustive()
     }
 }
@@ -126,22 +160,176 @@ impl TlsConfig {
         if !leaf_key.public_eq(&key) {
             return Err(TlsError::KeyMismatch(boring::error::ErrorStack::get()));
         }
-        Ok(Self { chain, key })
+        Ok(Self {
+            identity: Identity { chain, key },
+            names: Vec::new(),
+            client_auth: None,
+        })
     }
 
-    /// A server context holding this identity.
+    /// Serves `identity`'s certificate chain and key to clients that ask for
+    /// `name` (SNI); this configuration's own identity stays the default, for every
+    /// other name and for clients that send none. `name` is a DNS name, matched
+    /// without regard to case, or a wildcard `*.example.com` that matches one label;
+    /// an exact name wins over a wildcard, and the first entry added wins among
+    /// equals. Only `identity`'s certificate and key are used.
+    pub fn with_server_name(mut self, name: &str, identity: TlsConfig) -> Self {
+        self.names.push((
+            name.trim_end_matches('.').to_ascii_lowercase(),
+            identity.identity,
+        ));
+        self
+    }
+
+    /// Asks clients for a certificate and verifies it against `auth`'s roots (mutual
+    /// TLS). The verified chain reaches the application in
+    /// [`HandshakeInfo::peer_certificates`](quic_app::HandshakeInfo::peer_certificates).
+    pub fn with_client_auth(mut self, auth: ClientAuth) -> Self {
+        self.client_auth = Some(auth);
+        self
+    }
+
+    /// The default certificate's subject, one line (`CN=example.com, O=...`).
+    pub fn subject(&self) -> String {
+        name_line(self.identity.chain[0].subject_name())
+    }
+
+    /// When the default certificate expires, as BoringSSL prints it
+    /// (`Dec  2 03:47:33 2027 GMT`).
+    pub fn not_after(&self) -> String {
+        self.identity.chain[0].not_after().to_string()
+    }
+
+    /// A server context holding this configuration.
     pub(crate) fn server_context(&self) -> Result<SslContextBuilder, TlsError> {
         let mut ctx = SslContextBuilder::new(SslMethod::tls()).map_err(TlsError::Context)?;
-        ctx.set_certificate(&self.chain[0])
+        let default = &self.identity;
+        ctx.set_certificate(&default.chain[0])
             .map_err(TlsError::Context)?;
-        for extra in &self.chain[1..] {
-            ctx.add_extra_chain_cert(extra.clone())
-                .map_err(TlsError::Context)?;
-        }
-        ctx.set_private_key(&self.key).map_err(TlsError::Context)?;
+        ctx.set_private_key(&default.key)
+            .map_err(TlsError::Context)?;
         ctx.check_private_key().map_err(TlsError::KeyMismatch)?;
+        if self.names.is_empty() {
+            for extra in &default.chain[1..] {
+                ctx.add_extra_chain_cert(extra.clone())
+                    .map_err(TlsError::Context)?;
+            }
+        } else {
+            // The context holds the default leaf only; each handshake gets its chain
+            // (default or by name) when its ClientHello is read.
+            let default = default.clone();
+            let names = self.names.clone();
+            ctx.set_select_certificate_callback(move |mut hello| {
+                let chosen = hello
+                    .servername(NameType::HOST_NAME)
+                    .and_then(|name| pick_identity(&names, name))
+                    .unwrap_or(&default);
+                install_identity(hello.ssl_mut(), chosen).map_err(|_| SelectCertError::ERROR)
+            });
+        }
+        if let Some(auth) = &self.client_auth {
+            let mut mode = SslVerifyMode::PEER;
+            if auth.required {
+                mode |= SslVerifyMode::FAIL_IF_NO_PEER_CERT;
+            }
+            for root in &auth.roots {
+                ctx.cert_store_mut()
+                    .add_cert(root.clone())
+                    .map_err(TlsError::Context)?;
+                ctx.add_client_ca(root).map_err(TlsError::Context)?;
+            }
+            ctx.set_verify_callback(mode, record_verify_error);
+        }
         Ok(ctx)
     }
+}
+
+/// The identity for `name`: an exact entry first, then a wildcard one label up.
+fn pick_identity<'a>(names: &'a [(String, Identity)], name: &str) -> Option<&'a Identity> {
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    if let Some((_, id)) = names.iter().find(|(n, _)| *n == name) {
+        return Some(id);
+    }
+    let (_, parent) = name.split_once('.')?;
+    names
+        .iter()
+        .find(|(n, _)| n.strip_prefix("*.") == Some(parent))
+        .map(|(_, id)| id)
+}
+
+/// Puts `identity` on one handshake: leaf, key, then the rest of the chain.
+fn install_identity(ssl: &mut SslRef, identity: &Identity) -> Result<(), ErrorStack> {
+    ssl.set_certificate(&identity.chain[0])?;
+    ssl.set_private_key(&identity.key)?;
+    for extra in &identity.chain[1..] {
+        ssl.add_chain_cert(extra)?;
+    }
+    Ok(())
+}
+
+/// An X.509 name on one line: `CN=example.com, O=Example`.
+fn name_line(name: &boring::x509::X509NameRef) -> String {
+    name.entries()
+        .map(|e| {
+            let key = e.object().nid().short_name().unwrap_or("?");
+            let value = e
+                .data()
+                .as_utf8()
+                .map(|v| v.to_string())
+                .unwrap_or_else(|_| "?".to_owned());
+            format!("{key}={value}")
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Client certificates a server asks for (mutual TLS), verified against given roots.
+#[derive(Clone)]
+pub struct ClientAuth {
+    roots: Vec<X509>,
+    required: bool,
+}
+
+impl fmt::Debug for ClientAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientAuth")
+            .field("roots", &self.roots.len())
+            .field("required", &self.required)
+            .finish()
+    }
+}
+
+impl ClientAuth {
+    /// Requires a client certificate that chains to one of the CA certificates in
+    /// this PEM text; a client without one, or with another, fails the handshake
+    /// (alert `certificate_required` or `unknown_ca`).
+    pub fn from_pem(roots: &[u8]) -> Result<Self, TlsError> {
+        Ok(Self {
+            roots: parse_pem_certs(roots, "client CA certificate")?,
+            required: true,
+        })
+    }
+
+    /// As [`from_pem`](Self::from_pem), from a file.
+    pub fn from_pem_file(path: impl AsRef<Path>) -> Result<Self, TlsError> {
+        Self::from_pem(&read(path.as_ref())?)
+    }
+
+    /// Lets clients without a certificate in; one that presents a certificate must
+    /// still present a valid one.
+    pub fn optional(mut self) -> Self {
+        self.required = false;
+        self
+    }
+}
+
+/// Keeps the reason a peer's certificate failed verification, for the worker.
+fn record_verify_error(ok: bool, store: &mut boring::x509::X509StoreContextRef) -> bool {
+    if let Err(e) = store.verify_result() {
+        let reason = e.error_string().to_owned();
+        LAST_VERIFY_ERROR.with(|slot| *slot.borrow_mut() = Some(reason));
+    }
+    ok
 }
 
 /// A generated self-signed identity, with its PEM text so clients can trust it.
@@ -165,6 +353,7 @@ pub struct ClientTlsConfig {
     roots: Vec<X509>,
     system_roots: Option<bool>,
     insecure: bool,
+    identity: Option<TlsConfig>,
 }
 
 impl fmt::Debug for ClientTlsConfig {
@@ -173,6 +362,7 @@ impl fmt::Debug for ClientTlsConfig {
             .field("roots", &self.roots.len())
             .field("system_roots", &self.uses_system_roots())
             .field("insecure", &self.insecure)
+            .field("identity", &self.identity.is_some())
             .finish()
     }
 }
@@ -223,6 +413,13 @@ impl ClientTlsConfig {
         }
     }
 
+    /// Presents this certificate chain and key when a server asks for one (mutual
+    /// TLS). Only its default identity is used.
+    pub fn with_identity(mut self, identity: TlsConfig) -> Self {
+        self.identity = Some(identity);
+        self
+    }
+
     /// Whether certificate checks are off.
     pub fn is_insecure(&self) -> bool {
         self.insecure
@@ -236,6 +433,17 @@ impl ClientTlsConfig {
     /// so the certificate must then name that address.
     pub(crate) fn client_context(&self, ip: Option<IpAddr>) -> Result<SslContextBuilder, TlsError> {
         let mut ctx = SslContextBuilder::new(SslMethod::tls()).map_err(TlsError::Context)?;
+        if let Some(identity) = &self.identity {
+            let identity = &identity.identity;
+            ctx.set_certificate(&identity.chain[0])
+                .map_err(TlsError::Context)?;
+            for extra in &identity.chain[1..] {
+                ctx.add_extra_chain_cert(extra.clone())
+                    .map_err(TlsError::Context)?;
+            }
+            ctx.set_private_key(&identity.key)
+                .map_err(TlsError::Context)?;
+        }
         if self.insecure {
             tracing::warn!(
                 "TLS certificate verification is OFF for this connection: the server is not authenticated"
@@ -257,13 +465,7 @@ impl ClientTlsConfig {
                 .set_ip(ip)
                 .map_err(TlsError::Context)?;
         }
-        ctx.set_verify_callback(SslVerifyMode::PEER, |ok, store| {
-            if let Err(e) = store.verify_result() {
-                let reason = e.error_string().to_owned();
-                LAST_VERIFY_ERROR.with(|slot| *slot.borrow_mut() = Some(reason));
-            }
-            ok
-        });
+        ctx.set_verify_callback(SslVerifyMode::PEER, record_verify_error);
         Ok(ctx)
     }
 }

@@ -62,6 +62,20 @@ impl ClientBuilder {
         self
     }
 
+    /// The whole TLS configuration: roots, verification, client identity. Replaces
+    /// what earlier calls set.
+    pub fn tls(mut self, tls: ClientTlsConfig) -> Self {
+        self.tls = tls;
+        self
+    }
+
+    /// Presents this certificate chain and key to servers that ask for one (mutual
+    /// TLS).
+    pub fn identity(mut self, identity: quic_io::TlsConfig) -> Self {
+        self.tls = self.tls.with_identity(identity);
+        self
+    }
+
     /// QUIC transport settings.
     pub fn settings(mut self, settings: QuicSettings) -> Self {
         self.settings = settings;

@@ -8,11 +8,17 @@ mod client;
 pub use client::{Client, ClientBuilder, ClientError};
 
 mod server;
-pub use server::{Handler, ServeError, Server, ServerBuilder};
+pub use server::{BoxError, Handler, ServeError, Server, ServerBuilder, TlsReloader};
+
+#[cfg(feature = "tower")]
+mod alt_svc;
+#[cfg(feature = "tower")]
+pub use alt_svc::{AltSvcFuture, AltSvcLayer, AltSvcService, alt_svc_value};
 
 // The drivers and their handles; the driver core and its hooks stay internal.
 pub use quic_h3::{
-    ALPN, ClientH3Driver, ConnectStream, DatagramError, DatagramFlow, DatagramSender, EarlyData,
-    H3Code, H3Settings, IncomingRequest, Protocol, RecvBody, RequestStream, Responder,
-    ResponseFuture, SendBody, SendRequest, ServerControl, ServerH3Driver, StreamError,
+    ALPN, ClientH3Driver, ConnectStream, ConnectionInfo, DatagramError, DatagramFlow,
+    DatagramSender, EarlyData, H3Code, H3Settings, IncomingRequest, Protocol, RecvBody,
+    RequestStream, Responder, ResponseFuture, SendBody, SendRequest, ServerControl, ServerH3Driver,
+    StreamError,
 };

@@ -1,13 +1,18 @@
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::Body as HttpBody;
 use quic_h3::{H3Code, H3Settings, IncomingRequest, RecvBody, ServerH3Driver, StreamError};
-use quic_io::{AcceptError, ListenError, Listener, QuicSettings, ServerParams, TlsConfig};
+use quic_io::{
+    AcceptError, IncomingConnection, ListenError, Listener, QuicSettings, ServerParams, TlsConfig,
+};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// Why serving stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +28,9 @@ pub enum ServeError {
     /// connections it carried were stopped.
     #[error(transparent)]
     Accept(#[from] AcceptError),
+    /// [`ServerBuilder::bind_all`] was given no address.
+    #[error("no address to listen on")]
+    NoAddress,
 }
 
 /// Adjusts a listener's parameters before it binds.
@@ -74,10 +82,29 @@ impl ServerBuilder {
     }
 
     /// Binds `addr` and starts listening. Must be called within a tokio runtime.
+    ///
+    /// An IPv6 wildcard (`[::]:PORT`) is a dual-stack socket: it also takes IPv4
+    /// clients, where the system allows it.
     pub fn bind(self, addr: SocketAddr) -> Result<Server, ServeError> {
+        self.bind_all([addr])
+    }
+
+    /// Binds every address of `addrs` and serves them all as one server (one
+    /// router task per socket): `127.0.0.1:443` and `[::1]:443`, say. Must be called
+    /// within a tokio runtime. Fails, binding nothing, if any address fails.
+    pub fn bind_all(
+        self,
+        addrs: impl IntoIterator<Item = SocketAddr>,
+    ) -> Result<Server, ServeError> {
         let (params, h3) = self.params()?;
-        let listener = quic_io::listen_on(addr, params)?;
-        Ok(Server { listener, h3 })
+        let listeners = addrs
+            .into_iter()
+            .map(|addr| quic_io::listen_on(addr, params.clone()))
+            .collect::<Result<Vec<_>, _>>()?;
+        if listeners.is_empty() {
+            return Err(ServeError::NoAddress);
+        }
+        Ok(Server::new(listeners, h3))
     }
 
     /// Listens on a UDP socket bound elsewhere (handed over by a service manager, or
@@ -85,7 +112,7 @@ impl ServerBuilder {
     pub fn bind_socket(self, socket: std::net::UdpSocket) -> Result<Server, ServeError> {
         let (params, h3) = self.params()?;
         let listener = quic_io::listen(socket, params)?;
-        Ok(Server { listener, h3 })
+        Ok(Server::new(vec![listener], h3))
     }
 
     /// The listener's parameters, configured, and the HTTP/3 settings.
@@ -93,6 +120,10 @@ impl ServerBuilder {
         let tls = self.tls.ok_or(ServeError::NoTls)?;
         let mut params = ServerParams::new(tls, &[quic_h3::ALPN]);
         params.settings = self.settings;
+        #[cfg(feature = "metrics")]
+        {
+            params.metrics = std::sync::Arc::new(crate::metrics::TransportMetrics);
+        }
         for f in self.configure {
             f(&mut params);
         }
@@ -100,7 +131,8 @@ impl ServerBuilder {
     }
 }
 
-/// An HTTP/3 server: every request goes to one handler function.
+/// An HTTP/3 server: every request goes to one handler function, or to a tower
+/// `Service` such as an axum `Router`.
 ///
 /// ```no_run
 /// use quay::h3::{Body, Server};
@@ -115,79 +147,218 @@ impl ServerBuilder {
 ///     .await?;
 /// # Ok(()) }
 /// ```
-#[derive(Debug)]
+///
+/// Every request carries the [`ConnectionInfo`](crate::h3::ConnectionInfo) of its
+/// connection in its extensions, and is handled inside a `request` tracing span (a
+/// child of its connection's `quic_conn` span) that records the method, path, status
+/// and duration.
 pub struct Server {
-    listener: Listener,
+    listeners: Vec<Listener>,
     h3: H3Settings,
+    shutdown: Option<Shutdown>,
+}
+
+/// When a server stops accepting and drains, and how long the drain may take.
+struct Shutdown {
+    token: CancellationToken,
+    /// Cancels `token` when it completes.
+    signal: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    deadline: Duration,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("local_addrs", &self.local_addrs())
+            .field("h3", &self.h3)
+            .field("graceful_shutdown", &self.shutdown.is_some())
+            .finish()
+    }
 }
 
 impl Server {
+    fn new(listeners: Vec<Listener>, h3: H3Settings) -> Self {
+        Self {
+            listeners,
+            h3,
+            shutdown: None,
+        }
+    }
+
     /// A builder with default settings.
     pub fn builder() -> ServerBuilder {
         ServerBuilder::default()
     }
 
-    /// The bound address.
+    /// The bound address (the first one, when the server listens on several).
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr()
+        self.listeners[0].local_addr()
+    }
+
+    /// Every bound address, in the order they were bound.
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners.iter().map(Listener::local_addr).collect()
     }
 
     /// A handle that reads the listener's tables (connections, routes, sources) while
-    /// the server runs.
+    /// the server runs (the first listener's, when there are several).
     pub fn stats_handle(&self) -> quic_io::StatsHandle {
-        self.listener.stats_handle()
+        self.listeners[0].stats_handle()
     }
 
-    /// Serves every request with `handler` until the listener stops; an error if it
-    /// failed.
+    /// A handle that replaces the server's TLS identity while it runs (on every
+    /// socket): new connections get the new certificate; established ones keep theirs.
+    pub fn tls_reloader(&self) -> TlsReloader {
+        TlsReloader {
+            inner: self.listeners.iter().map(Listener::tls_reloader).collect(),
+        }
+    }
+
+    /// Drains gracefully once `signal` completes (a Ctrl-C future, a oneshot
+    /// receiver, ...), like axum's `with_graceful_shutdown`: stops accepting, sends
+    /// GOAWAY on every connection, lets requests in flight finish for up to
+    /// `deadline`, and closes what is left. Applies to [`serve`](Self::serve) and
+    /// [`serve_service`](Self::serve_service).
+    pub fn with_graceful_shutdown(
+        mut self,
+        signal: impl Future<Output = ()> + Send + 'static,
+        deadline: Duration,
+    ) -> Self {
+        self.shutdown = Some(Shutdown {
+            token: CancellationToken::new(),
+            signal: Some(Box::pin(signal)),
+            deadline,
+        });
+        self
+    }
+
+    /// Drains gracefully, as [`with_graceful_shutdown`](Self::with_graceful_shutdown)
+    /// does, once `token` is cancelled.
+    pub fn with_shutdown_token(mut self, token: CancellationToken, deadline: Duration) -> Self {
+        self.shutdown = Some(Shutdown {
+            token,
+            signal: None,
+            deadline,
+        });
+        self
+    }
+
+    /// Serves every request with `handler` until the listener stops (or the shutdown
+    /// set with [`with_graceful_shutdown`](Self::with_graceful_shutdown) drains it);
+    /// an error if it failed.
     pub async fn serve<H: Handler>(self, handler: H) -> Result<(), ServeError> {
-        self.serve_with_shutdown(handler, CancellationToken::new(), Duration::ZERO)
-            .await
+        self.run(HandlerService(handler)).await
     }
 
-    /// Serves until `signal` completes (a Ctrl-C future, a oneshot receiver, ...),
-    /// then drains as [`serve_with_shutdown`](Self::serve_with_shutdown) does.
+    /// Serves every request with a tower `Service`: an axum `Router` as it is, or any
+    /// `Service<http::Request<RecvBody>>` that is `Clone + Send` and answers with an
+    /// `http::Response` whose body yields data convertible to `Bytes`.
+    ///
+    /// Each request goes to a clone of the service, which is polled for readiness
+    /// first. An error from the service is logged and answered with 500; an error
+    /// from a response body resets the stream.
+    ///
+    /// ```no_run
+    /// use axum::{Extension, Router, routing::get};
+    /// use quay::h3::{ConnectionInfo, Server};
+    ///
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// let app = Router::new().route(
+    ///     "/whoami",
+    ///     get(|Extension(conn): Extension<ConnectionInfo>| async move {
+    ///         format!("{} over HTTP/3\n", conn.peer_addr())
+    ///     }),
+    /// );
+    /// let identity = quay::io::TlsConfig::from_pem_files("cert.pem", "key.pem")?;
+    /// Server::builder()
+    ///     .tls(identity)
+    ///     .bind("[::]:443".parse()?)?
+    ///     .serve_service(app)
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "tower")]
+    pub async fn serve_service<S, B>(self, service: S) -> Result<(), ServeError>
+    where
+        S: tower_service::Service<http::Request<RecvBody>, Response = http::Response<B>>
+            + Clone
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+        B: HttpBody + Send + 'static,
+        B::Data: Into<Bytes>,
+        B::Error: Into<BoxError>,
+    {
+        self.run(service).await
+    }
+
+    /// Serves until `signal` completes, then drains; the same as
+    /// `self.with_graceful_shutdown(signal, deadline).serve(handler)`.
     pub async fn serve_with_graceful_shutdown<H: Handler>(
         self,
         handler: H,
         signal: impl Future<Output = ()> + Send + 'static,
         deadline: Duration,
     ) -> Result<(), ServeError> {
-        let shutdown = CancellationToken::new();
-        let stop = shutdown.clone();
-        let watch = AbortOnDrop(tokio::spawn(async move {
-            signal.await;
-            stop.cancel();
-        }));
-        let result = self.serve_with_shutdown(handler, shutdown, deadline).await;
-        drop(watch);
-        result
+        self.with_graceful_shutdown(signal, deadline)
+            .serve(handler)
+            .await
     }
 
-    /// Serves until `shutdown` is cancelled, then drains gracefully: stops accepting,
-    /// sends GOAWAY on every connection, lets requests in flight finish for up to
-    /// `deadline`, and closes what is left.
-    ///
-    /// The accept loop runs as a task of the runtime, whichever thread polls this
-    /// future (often `main`, outside the runtime's workers), so that accepting and
-    /// reaping connections never wakes a thread of its own. Dropping this future stops
-    /// the server as before: the task is aborted with it.
-    ///
-    /// Returns an error if the listener failed (its socket, or its router task).
+    /// Serves until `shutdown` is cancelled, then drains gracefully; the same as
+    /// `self.with_shutdown_token(shutdown, deadline).serve(handler)`.
     pub async fn serve_with_shutdown<H: Handler>(
         self,
         handler: H,
         shutdown: CancellationToken,
         deadline: Duration,
     ) -> Result<(), ServeError> {
-        let Server { mut listener, h3 } = self;
+        self.with_shutdown_token(shutdown, deadline)
+            .serve(handler)
+            .await
+    }
+
+    /// The accept loop, run as a task of the runtime whichever thread polls this
+    /// future (often `main`, outside the runtime's workers), so that accepting and
+    /// reaping connections never wakes a thread of its own. Dropping the future stops
+    /// the server: the task is aborted with it.
+    async fn run<S, B>(self, service: S) -> Result<(), ServeError>
+    where
+        S: tower_service::Service<http::Request<RecvBody>, Response = http::Response<B>>
+            + Clone
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+        B: HttpBody + Send + 'static,
+        B::Data: Into<Bytes>,
+        B::Error: Into<BoxError>,
+    {
+        let Server {
+            mut listeners,
+            h3,
+            shutdown,
+        } = self;
+        let (shutdown, signal, deadline) = match shutdown {
+            Some(s) => (s.token, s.signal, s.deadline),
+            None => (CancellationToken::new(), None, Duration::ZERO),
+        };
+        let watch = signal.map(|signal| {
+            let stop = shutdown.clone();
+            AbortOnDrop(tokio::spawn(async move {
+                signal.await;
+                stop.cancel();
+            }))
+        });
         let accept_loop = async move {
             let mut connections = JoinSet::new();
             let mut failure = None;
+            let mut next = 0;
             loop {
                 tokio::select! {
                     () = shutdown.cancelled() => break,
-                    incoming = listener.accept() => {
+                    incoming = std::future::poll_fn(|cx| accept_any(&mut listeners, &mut next, cx)) => {
                         let incoming = match incoming {
                             Ok(incoming) => incoming,
                             Err(AcceptError::Stopped) => break,
@@ -201,11 +372,13 @@ impl Server {
                         };
                         let (driver, requests) = ServerH3Driver::new(h3.clone());
                         let handle = incoming.start(driver);
-                        let handler = handler.clone();
+                        let service = service.clone();
                         let stop = shutdown.clone();
                         connections.spawn(async move {
-                            serve_connection(requests, handler, stop).await;
-                            handle.closed().await;
+                            let opened = crate::observe::ConnectionOpened::new();
+                            serve_connection(requests, service, stop, handle.span().clone()).await;
+                            let closed = handle.closed().await;
+                            opened.closed(&closed);
                         });
                     }
                     Some(_) = connections.join_next(), if !connections.is_empty() => {}
@@ -223,38 +396,88 @@ impl Server {
                     "requests still in flight at the shutdown deadline"
                 );
             }
-            listener
-                .shutdown(
+            let closes = listeners.into_iter().map(|listener| {
+                listener.shutdown(
                     H3Code::NO_ERROR.0,
                     b"server shutting down",
                     Duration::from_secs(1),
                 )
-                .await;
+            });
+            for close in closes {
+                close.await;
+            }
             match failure {
                 Some(e) => Err(ServeError::Accept(e)),
                 None => Ok(()),
             }
         };
         let mut task = AbortOnDrop(tokio::spawn(accept_loop));
-        match (&mut task.0).await {
+        let result = match (&mut task.0).await {
             Ok(result) => result,
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
             // Aborted: only when this future is dropped, so never seen here.
             Err(_) => Ok(()),
-        }
+        };
+        drop(watch);
+        result
     }
 }
 
+/// The next connection from any of `listeners`, starting the search at `next` so no
+/// socket starves the others; the first failure of any of them.
+fn accept_any(
+    listeners: &mut [Listener],
+    next: &mut usize,
+    cx: &mut Context<'_>,
+) -> Poll<Result<IncomingConnection, AcceptError>> {
+    let n = listeners.len();
+    for i in 0..n {
+        let at = (*next + i) % n;
+        if let Poll::Ready(result) = listeners[at].poll_accept(cx) {
+            *next = (at + 1) % n;
+            return Poll::Ready(result);
+        }
+    }
+    Poll::Pending
+}
+
+/// Replaces a running server's TLS identity; see [`Server::tls_reloader`].
+#[derive(Debug, Clone)]
+pub struct TlsReloader {
+    inner: Vec<quic_io::TlsReloader>,
+}
+
+impl TlsReloader {
+    /// Serves `tls` to every new connection from now on. The identity is checked
+    /// (certificate and key must match, the context must build) before anything
+    /// changes: on an error the server keeps its current identity.
+    pub fn reload(&self, tls: &TlsConfig) -> Result<(), quic_io::ReloadError> {
+        let configs = self
+            .inner
+            .iter()
+            .map(|r| r.prepare(tls))
+            .collect::<Result<Vec<_>, _>>()?;
+        for (reloader, config) in self.inner.iter().zip(configs) {
+            reloader.install(config)?;
+        }
+        Ok(())
+    }
+}
+
+/// A boxed error, as tower and axum use.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// What [`Server::serve`] accepts: any `Fn(http::Request<RecvBody>) -> Future` of a
-/// `Result<http::Response<B>, E>`, cloneable and sendable, whose body `B` yields
-/// `Bytes` and whose errors can be displayed (they are logged; the client gets a 500
-/// for a handler error, a reset stream for a body error). Implemented for every such
-/// closure or function; not meant to be implemented by hand.
+/// `Result<http::Response<B>, E>`, cloneable and sendable, whose body `B` yields data
+/// convertible to `Bytes` and whose errors convert into a [`BoxError`] (they are
+/// logged; the client gets a 500 for a handler error, a reset stream for a body
+/// error). Implemented for every such closure or function; not meant to be
+/// implemented by hand.
 pub trait Handler: Clone + Send + Sync + 'static {
     /// The response body.
-    type Body: HttpBody<Data = Bytes, Error: std::fmt::Display + Send> + Send + 'static;
+    type Body: HttpBody<Data: Into<Bytes>, Error: Into<BoxError>> + Send + 'static;
     /// The handler's error.
-    type Error: std::fmt::Display + Send + 'static;
+    type Error: Into<BoxError> + Send + 'static;
     /// The future of one request's response.
     type Future: Future<Output = Result<http::Response<Self::Body>, Self::Error>> + Send + 'static;
     /// Handles one request.
@@ -265,15 +488,34 @@ impl<F, Fut, B, E> Handler for F
 where
     F: Fn(http::Request<RecvBody>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<http::Response<B>, E>> + Send + 'static,
-    B: HttpBody<Data = Bytes> + Send + 'static,
-    B::Error: std::fmt::Display + Send,
-    E: std::fmt::Display + Send + 'static,
+    B: HttpBody + Send + 'static,
+    B::Data: Into<Bytes>,
+    B::Error: Into<BoxError>,
+    E: Into<BoxError> + Send + 'static,
 {
     type Body = B;
     type Error = E;
     type Future = Fut;
     fn call(&self, req: http::Request<RecvBody>) -> Fut {
         self(req)
+    }
+}
+
+/// A [`Handler`] as a tower `Service`: the one path every request takes.
+#[derive(Clone)]
+struct HandlerService<H>(H);
+
+impl<H: Handler> tower_service::Service<http::Request<RecvBody>> for HandlerService<H> {
+    type Response = http::Response<H::Body>;
+    type Error = H::Error;
+    type Future = H::Future;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<RecvBody>) -> Self::Future {
+        self.0.call(req)
     }
 }
 
@@ -286,11 +528,22 @@ impl<T> Drop for AbortOnDrop<T> {
     }
 }
 
-async fn serve_connection<H: Handler>(
+async fn serve_connection<S, B>(
     mut requests: quic_h3::RequestStream,
-    handler: H,
+    service: S,
     shutdown: CancellationToken,
-) {
+    conn_span: tracing::Span,
+) where
+    S: tower_service::Service<http::Request<RecvBody>, Response = http::Response<B>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: HttpBody + Send + 'static,
+    B::Data: Into<Bytes>,
+    B::Error: Into<BoxError>,
+{
     let control = requests.control();
     let mut in_flight = JoinSet::new();
     let mut draining = false;
@@ -302,10 +555,18 @@ async fn serve_connection<H: Handler>(
             }
             req = requests.next() => {
                 let Some(req) = req else { break };
+                let span = tracing::info_span!(
+                    parent: &conn_span,
+                    "request",
+                    method = %req.request.method(),
+                    path = req.request.uri().path(),
+                    status = tracing::field::Empty,
+                    ms = tracing::field::Empty,
+                );
                 // Boxed where it is built: the task then moves a pointer, not the
-                // whole future (handler state included) through every layer of the
+                // whole future (service state included) through every layer of the
                 // spawn.
-                in_flight.spawn(Box::pin(respond(req, handler.clone())));
+                in_flight.spawn(Box::pin(respond(req, service.clone()).instrument(span)));
             }
             Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
         }
@@ -313,34 +574,48 @@ async fn serve_connection<H: Handler>(
     while in_flight.join_next().await.is_some() {}
 }
 
-/// Runs the handler for one request and streams its response.
-async fn respond<H: Handler>(req: IncomingRequest, handler: H) {
-    let method = req.request.method().clone();
-    let path = req.request.uri().path().to_owned();
-    let started = std::time::Instant::now();
-    let response = match handler.call(req.request).await {
+/// Runs the service for one request and streams its response, inside the request's
+/// span.
+async fn respond<S, B>(req: IncomingRequest, mut service: S)
+where
+    S: tower_service::Service<http::Request<RecvBody>, Response = http::Response<B>>,
+    S::Error: Into<BoxError>,
+    B: HttpBody,
+    B::Data: Into<Bytes>,
+    B::Error: Into<BoxError>,
+{
+    let started = crate::observe::RequestStarted::new();
+    // Errors become boxed before the next await: the service's own error type need
+    // not be `Send`.
+    let ready: Result<(), BoxError> = std::future::poll_fn(|cx| service.poll_ready(cx))
+        .await
+        .map_err(Into::into);
+    let response = match ready {
+        Ok(()) => service.call(req.request).await.map_err(Into::into),
+        Err(e) => Err(e),
+    };
+    let response = match response {
         Ok(r) => r,
         Err(e) => {
-            tracing::warn!(%method, %path, error = %e, "handler failed");
+            tracing::warn!(error = %e, "handler failed");
+            let status = http::StatusCode::INTERNAL_SERVER_ERROR;
             let mut resp = http::Response::new(());
-            *resp.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
+            *resp.status_mut() = status;
             if let Ok(body) = req.responder.send_response(resp).await {
                 let _ = body.finish().await;
             }
+            started.finished(status, &tracing::Span::current());
             return;
         }
     };
     let (parts, body) = response.into_parts();
     let status = parts.status;
     let result = send_body(req.responder, http::Response::from_parts(parts, ()), body).await;
+    let span = tracing::Span::current();
+    started.finished(status, &span);
     match result {
-        Ok(bytes) => tracing::debug!(
-            %method, %path, status = status.as_u16(), bytes,
-            ms = started.elapsed().as_secs_f64() * 1000.0, "request"
-        ),
-        Err(e) => {
-            tracing::debug!(%method, %path, status = status.as_u16(), error = %e, "request failed")
-        }
+        Ok(bytes) => tracing::debug!(bytes, "request"),
+        Err(e) => tracing::debug!(error = %e, "request failed"),
     }
 }
 
@@ -350,35 +625,57 @@ async fn send_body<B>(
     body: B,
 ) -> Result<u64, StreamError>
 where
-    B: HttpBody<Data = Bytes>,
-    B::Error: std::fmt::Display,
+    B: HttpBody,
+    B::Data: Into<Bytes>,
+    B::Error: Into<BoxError>,
 {
     let mut out = responder.send_response(head).await?;
     let mut body = std::pin::pin!(body);
     let mut bytes = 0u64;
     loop {
-        match std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
-            None => {
+        // Frames are taken apart before any await: the body's own data and error
+        // types need not be `Send`.
+        let next = match std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
+            None => Next::End,
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => Next::Data(data.into()),
+                Err(frame) => match frame.into_trailers() {
+                    Ok(trailers) => Next::Trailers(trailers),
+                    // A frame of a kind this server does not know: skipped.
+                    Err(_) => continue,
+                },
+            },
+            Some(Err(e)) => Next::Failed(e.into()),
+        };
+        match next {
+            Next::End => {
                 out.finish().await?;
                 return Ok(bytes);
             }
-            Some(Ok(frame)) => match frame.into_data() {
-                Ok(data) => {
-                    bytes += data.len() as u64;
-                    out.send_data(data).await?;
+            Next::Data(data) => {
+                if data.is_empty() {
+                    continue;
                 }
-                Err(frame) => {
-                    if let Ok(trailers) = frame.into_trailers() {
-                        out.send_trailers(trailers).await?;
-                        return Ok(bytes);
-                    }
-                }
-            },
-            Some(Err(e)) => {
+                bytes += data.len() as u64;
+                out.send_data(data).await?;
+            }
+            Next::Trailers(trailers) => {
+                out.send_trailers(trailers).await?;
+                return Ok(bytes);
+            }
+            Next::Failed(e) => {
                 // Dropping `out` resets the stream: the client sees the body failed.
                 tracing::warn!(error = %e, "response body failed");
                 return Err(StreamError::Cancelled);
             }
         }
     }
+}
+
+/// One step of a response body.
+enum Next {
+    End,
+    Data(Bytes),
+    Trailers(http::HeaderMap),
+    Failed(BoxError),
 }

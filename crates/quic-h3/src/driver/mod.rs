@@ -79,6 +79,8 @@ pub struct Core {
     prune_at: usize,
     /// The connection closed: the last read hands on what arrived, starts nothing.
     pub(crate) closing: bool,
+    /// What the handshake established, for the requests' extensions.
+    pub(crate) info: Option<quic_app::ConnectionInfo>,
 }
 
 /// The smallest length of [`Core`]'s list of unacknowledged streams at which it is
@@ -112,6 +114,7 @@ impl Core {
             unacked: Vec::new(),
             prune_at: PRUNE_MIN,
             closing: false,
+            info: None,
         }
     }
 
@@ -499,8 +502,11 @@ impl<H: Hooks> ApplicationOverQuic for H3Driver<H> {
     fn on_conn_established(
         &mut self,
         conn: &mut QuicConnection,
-        _info: &HandshakeInfo,
+        info: &HandshakeInfo,
     ) -> Result<(), AppError> {
+        self.core.info = Some(quic_app::ConnectionInfo::new(std::sync::Arc::new(
+            info.clone(),
+        )));
         let mut cfg = quiche::h3::Config::new().map_err(h3_to_app)?;
         cfg.set_max_field_section_size(self.core.settings.max_field_section_size);
         cfg.enable_extended_connect(self.core.settings.enable_extended_connect);

@@ -106,6 +106,8 @@ pub(crate) enum RouterCommand {
     Unregister { id: u64 },
     /// Start minting Retry tokens under a new key.
     RotateRetryKey,
+    /// Accept new connections with this configuration (a new TLS identity).
+    ReplaceConfig(crate::listen::PreparedTls),
     /// Report the router's tables.
     Stats(oneshot::Sender<crate::listen::EndpointStats>),
     /// Panic: lets the project's tests check what a dying router leaves behind.
@@ -432,6 +434,11 @@ impl Router {
             RouterCommand::RotateRetryKey => {
                 if let Some(a) = &mut self.accept {
                     a.retry.rotate();
+                }
+            }
+            RouterCommand::ReplaceConfig(config) => {
+                if let Some(a) = &mut self.accept {
+                    a.config = *config.0;
                 }
             }
             RouterCommand::Shutdown {

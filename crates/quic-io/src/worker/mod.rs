@@ -144,6 +144,7 @@ pub(crate) fn spawn<A: ApplicationOverQuic>(
         setup.peer,
         scid,
         Arc::clone(&session),
+        span.clone(),
     );
     let batcher = SendBatcher::new(
         setup.shared.max_payload,

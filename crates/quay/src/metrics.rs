@@ -1,0 +1,151 @@
+//! Metrics through the [`metrics`](https://docs.rs/metrics) crate's facade (feature
+//! `metrics`, on by default).
+//!
+//! [`h3::Server`](crate::h3::Server) records the metrics below into whatever recorder
+//! the application installed (`metrics-exporter-prometheus`, StatsD, ...); with none
+//! installed, recording costs a few loads and nothing is kept. Its listener reports
+//! the transport's events through [`TransportMetrics`]; a listener built directly
+//! with `quay::io` can use it too (`params.metrics = Arc::new(TransportMetrics)`).
+//!
+//! | name | kind | labels | what |
+//! |---|---|---|---|
+//! | `quay_http_requests_total` | counter | | requests handed to the handler |
+//! | `quay_http_responses_total` | counter | `class` (`1xx`..`5xx`) | final responses sent |
+//! | `quay_http_request_duration_seconds` | histogram | | request start to response end |
+//! | `quay_http_requests_active` | gauge | | requests being handled |
+//! | `quay_connections_active` | gauge | | connections being served |
+//! | `quay_connections_closed_total` | counter | `reason` | closes: `local`, `local_error`, `peer`, `peer_error`, `idle_timeout`, `handshake_timeout`, `stateless_reset`, `aborted` |
+//! | `quay_bytes_received_total` | counter | | UDP payload bytes of closed connections, received |
+//! | `quay_bytes_sent_total` | counter | | UDP payload bytes of closed connections, sent |
+//! | `quay_handshakes_total` | counter | | handshakes completed |
+//! | `quay_handshake_duration_seconds` | histogram | | first packet to completed handshake |
+//! | `quay_handshakes_failed_total` | counter | | handshakes failed or timed out |
+//! | `quay_initials_accepted_total` | counter | | Initials that started a connection |
+//! | `quay_initials_rejected_total` | counter | `reason` | Initials turned away ([`RejectReason`], snake case) |
+//! | `quay_datagrams_dropped_total` | counter | `reason` | datagrams the router dropped ([`DropReason`], snake case) |
+//! | `quay_retries_sent_total` | counter | | Retry packets sent |
+//! | `quay_version_negotiations_sent_total` | counter | | Version Negotiation packets sent |
+//! | `quay_stateless_resets_sent_total` | counter | | stateless resets sent |
+//! | `quay_queue_full_drops_total` | counter | | datagrams dropped on a full connection queue |
+//!
+//! Bytes are counted when a connection closes, from its final statistics.
+
+use std::time::Duration;
+
+use metrics::{counter, gauge, histogram};
+use quic_app::CloseReason;
+use quic_io::{ConnectionClosed, DropReason, Metrics, RejectReason};
+
+/// Reports a listener's transport events to the `metrics` facade; the default of
+/// [`h3::Server`](crate::h3::Server) when the feature is on.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct TransportMetrics;
+
+impl Metrics for TransportMetrics {
+    fn initial_accepted(&self) {
+        counter!("quay_initials_accepted_total").increment(1);
+    }
+    fn initial_rejected(&self, reason: RejectReason) {
+        counter!("quay_initials_rejected_total", "reason" => reject_label(reason)).increment(1);
+    }
+    fn datagram_dropped(&self, reason: DropReason) {
+        counter!("quay_datagrams_dropped_total", "reason" => drop_label(reason)).increment(1);
+    }
+    fn retry_sent(&self) {
+        counter!("quay_retries_sent_total").increment(1);
+    }
+    fn version_negotiation_sent(&self) {
+        counter!("quay_version_negotiations_sent_total").increment(1);
+    }
+    fn stateless_reset_sent(&self) {
+        counter!("quay_stateless_resets_sent_total").increment(1);
+    }
+    fn queue_full_drop(&self) {
+        counter!("quay_queue_full_drops_total").increment(1);
+    }
+    fn handshake_completed(&self, duration: Duration) {
+        counter!("quay_handshakes_total").increment(1);
+        histogram!("quay_handshake_duration_seconds").record(duration.as_secs_f64());
+    }
+    fn handshake_failed(&self) {
+        counter!("quay_handshakes_failed_total").increment(1);
+    }
+}
+
+fn reject_label(reason: RejectReason) -> &'static str {
+    match reason {
+        RejectReason::TooShort => "too_short",
+        RejectReason::ReflectionPort => "reflection_port",
+        RejectReason::InvalidToken => "invalid_token",
+        RejectReason::ConnectionLimit => "connection_limit",
+        RejectReason::HandshakeLimit => "handshake_limit",
+        RejectReason::SourceConnectionLimit => "source_connection_limit",
+        RejectReason::SourceHandshakeLimit => "source_handshake_limit",
+        RejectReason::BacklogFull => "backlog_full",
+        RejectReason::ShuttingDown => "shutting_down",
+        RejectReason::AcceptFailed => "accept_failed",
+        RejectReason::InvalidInitial => "invalid_initial",
+        _ => "other",
+    }
+}
+
+fn drop_label(reason: DropReason) -> &'static str {
+    match reason {
+        DropReason::Malformed => "malformed",
+        DropReason::UnknownConnection => "unknown_connection",
+        DropReason::ResetSuppressed => "reset_suppressed",
+        DropReason::VersionNegotiationSuppressed => "version_negotiation_suppressed",
+        _ => "other",
+    }
+}
+
+fn close_label(reason: &CloseReason) -> &'static str {
+    match reason {
+        CloseReason::Local { .. } if reason.is_clean() => "local",
+        CloseReason::Local { .. } => "local_error",
+        CloseReason::Peer { .. } if reason.is_clean() => "peer",
+        CloseReason::Peer { .. } => "peer_error",
+        CloseReason::IdleTimeout => "idle_timeout",
+        CloseReason::HandshakeTimeout => "handshake_timeout",
+        CloseReason::StatelessReset => "stateless_reset",
+        _ => "aborted",
+    }
+}
+
+fn status_class(status: http::StatusCode) -> &'static str {
+    match status.as_u16() / 100 {
+        1 => "1xx",
+        2 => "2xx",
+        3 => "3xx",
+        4 => "4xx",
+        _ => "5xx",
+    }
+}
+
+pub(crate) fn request_started() {
+    counter!("quay_http_requests_total").increment(1);
+    gauge!("quay_http_requests_active").increment(1.0);
+}
+
+pub(crate) fn response_sent(status: http::StatusCode, elapsed: Duration) {
+    counter!("quay_http_responses_total", "class" => status_class(status)).increment(1);
+    histogram!("quay_http_request_duration_seconds").record(elapsed.as_secs_f64());
+}
+
+pub(crate) fn request_ended() {
+    gauge!("quay_http_requests_active").decrement(1.0);
+}
+
+pub(crate) fn connection_opened() {
+    gauge!("quay_connections_active").increment(1.0);
+}
+
+pub(crate) fn connection_ended() {
+    gauge!("quay_connections_active").decrement(1.0);
+}
+
+pub(crate) fn connection_closed(closed: &ConnectionClosed) {
+    counter!("quay_connections_closed_total", "reason" => close_label(&closed.reason)).increment(1);
+    counter!("quay_bytes_received_total").increment(closed.stats.bytes_recv);
+    counter!("quay_bytes_sent_total").increment(closed.stats.bytes_sent);
+}

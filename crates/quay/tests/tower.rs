@@ -1,0 +1,110 @@
+//! An axum `Router` served over HTTP/3 as it is, reading the connection's info from
+//! its extensions; and the Alt-Svc layer on a plain tower service.
+
+use std::time::Duration;
+
+use axum::extract::{Extension, Path};
+use axum::routing::{get, post};
+use bytes::Bytes;
+use quay::h3::{AltSvcLayer, Client, ConnectionInfo, Server};
+use quay::io::TlsConfig;
+use tower::{Layer, ServiceExt};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_axum_router_is_served_as_it_is_and_sees_the_connection() {
+    let identity = TlsConfig::self_signed(&["localhost"]).unwrap();
+    let app = axum::Router::new()
+        .route(
+            "/whoami",
+            get(|Extension(conn): Extension<ConnectionInfo>| async move {
+                format!(
+                    "{} {} {} {}",
+                    conn.peer_addr(),
+                    conn.server_name().unwrap_or("-"),
+                    String::from_utf8_lossy(conn.alpn()),
+                    conn.id().len(),
+                )
+            }),
+        )
+        .route(
+            "/hello/{name}",
+            get(|Path(name): Path<String>| async move { format!("hello {name}") }),
+        )
+        .route("/echo", post(|body: Bytes| async move { body }));
+    let server = Server::builder()
+        .tls(identity.config)
+        .bind("127.0.0.1:0".parse().unwrap())
+        .unwrap();
+    let port = server.local_addr().port();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(
+        server
+            .with_graceful_shutdown(
+                async {
+                    let _ = stop_rx.await;
+                },
+                Duration::from_secs(5),
+            )
+            .serve_service(app),
+    );
+
+    let client = Client::builder()
+        .add_root_certificate_pem(identity.cert_pem.as_bytes())
+        .unwrap()
+        .build();
+    let base = format!("https://localhost:{port}");
+    let mut resp = client.get(&format!("{base}/whoami")).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let text = resp.body_mut().collect(1024).await.unwrap();
+    let text = String::from_utf8(text.to_vec()).unwrap();
+    let fields: Vec<&str> = text.split(' ').collect();
+    assert!(fields[0].starts_with("127.0.0.1:"), "{text}");
+    assert_eq!(fields[1..], ["localhost", "h3", "32"], "{text}");
+
+    let mut resp = client.get(&format!("{base}/hello/quay")).await.unwrap();
+    assert_eq!(resp.body_mut().collect(1024).await.unwrap(), "hello quay");
+
+    let body = Bytes::from(vec![7u8; 300_000]);
+    let mut resp = client
+        .post(&format!("{base}/echo"), body.clone())
+        .await
+        .unwrap();
+    assert_eq!(resp.body_mut().collect(1 << 20).await.unwrap(), body);
+
+    let resp = client.get(&format!("{base}/nowhere")).await.unwrap();
+    assert_eq!(resp.status(), 404);
+
+    stop_tx.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), serving)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn the_alt_svc_layer_adds_its_header_unless_the_response_has_one() {
+    let svc = tower::service_fn(|req: http::Request<()>| async move {
+        let mut resp = http::Response::new(());
+        if req.uri().path() == "/own" {
+            resp.headers_mut()
+                .insert(http::header::ALT_SVC, "clear".parse().unwrap());
+        }
+        Ok::<_, std::convert::Infallible>(resp)
+    });
+    let svc = AltSvcLayer::new(4433, Duration::from_secs(3600)).layer(svc);
+    let resp = svc
+        .clone()
+        .oneshot(http::Request::get("/").body(()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.headers()[http::header::ALT_SVC],
+        "h3=\":4433\"; ma=3600"
+    );
+    let resp = svc
+        .oneshot(http::Request::get("/own").body(()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()[http::header::ALT_SVC], "clear");
+}
