@@ -1,7 +1,8 @@
 //! An HTTP/3 server: files from a directory plus test routes.
 //!
 //! ```text
-//! h3-server [--listen ADDR] [--root DIR] [--cert PEM --key PEM] [--write-cert PATH]
+//! h3-server [--listen ADDR]... [--root DIR] [--cert PEM --key PEM] [--write-cert PATH]
+//!           [--client-ca PEM [--client-cert-optional]] [--metrics-listen ADDR]
 //!           [--retry] [--max-connections-per-ip N] [--max-handshakes-per-ip N]
 //!           [--max-requests-per-connection N] [--first-request-timeout SECS]
 //!           [--request-header-timeout SECS] [--stats-route]
@@ -10,8 +11,14 @@
 //! Routes: `GET /bytes/N`, `POST /echo`, `POST /sha256`, `GET /trailers`, and
 //! `GET /path` for files under `--root`; with `--stats-route`, `GET /_quay/stats`
 //! answers the listener's tables as JSON (connections, handshakes, routes, sources). Without `--cert`/`--key` a self-signed
-//! certificate is generated (`--write-cert` saves it for clients). Prints
-//! `listening on ADDR` when ready; Ctrl-C or SIGTERM drains gracefully.
+//! certificate is generated (`--write-cert` saves it for clients). Without
+//! `--listen` it listens on 127.0.0.1:4433 and [::1]:4433 (the latter skipped on a
+//! host without IPv6); `[::]:PORT` is one dual-stack socket. Prints
+//! `listening on ADDR` for each socket when ready; Ctrl-C or SIGTERM drains
+//! gracefully; SIGHUP reloads `--cert`/`--key` (and `--client-ca`) for new
+//! connections, keeping the current identity if the new files are refused.
+//! `--metrics-listen` serves the metrics in Prometheus text format at
+//! `http://ADDR/metrics`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -20,15 +27,16 @@ use std::time::Duration;
 
 use clap::Parser;
 use quay::h3::{H3Settings, Server};
-use quay::io::EndpointLimits;
+use quay::io::{ClientAuth, EndpointLimits, TlsConfig};
 use tokio_util::sync::CancellationToken;
 
-#[derive(Parser, Debug)]
+#[derive(Parser, Debug, Clone)]
 #[command(about = "HTTP/3 server: files and test routes")]
 struct Args {
-    /// Address to listen on.
-    #[arg(long, default_value = "127.0.0.1:4433")]
-    listen: SocketAddr,
+    /// Address to listen on; repeat for several sockets [default: 127.0.0.1:4433
+    /// and [::1]:4433].
+    #[arg(long)]
+    listen: Vec<SocketAddr>,
     /// Serve files from this directory.
     #[arg(long)]
     root: Option<PathBuf>,
@@ -41,6 +49,16 @@ struct Args {
     /// Write the generated self-signed certificate (PEM) here.
     #[arg(long, conflicts_with = "cert")]
     write_cert: Option<PathBuf>,
+    /// Require client certificates issued by these CAs (PEM): mutual TLS.
+    #[arg(long)]
+    client_ca: Option<PathBuf>,
+    /// With `--client-ca`: let clients without a certificate in too.
+    #[arg(long, requires = "client_ca")]
+    client_cert_optional: bool,
+    /// Serve metrics in Prometheus text format on this address (plain HTTP, any
+    /// path; `/metrics` by convention).
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
     /// Validate every client's address with a Retry first (by default, only under
     /// load: from 200 handshakes in flight).
     #[arg(long)]
@@ -66,6 +84,47 @@ struct Args {
     stats_route: bool,
 }
 
+/// The server's TLS configuration from the command line: identity, client CAs.
+fn load_tls(args: &Args) -> anyhow::Result<TlsConfig> {
+    let mut tls = quay_examples::server_identity(
+        args.cert.as_deref(),
+        args.key.as_deref(),
+        args.write_cert.as_deref(),
+    )?;
+    if let Some(ca) = &args.client_ca {
+        let mut auth = ClientAuth::from_pem_file(ca)?;
+        if args.client_cert_optional {
+            auth = auth.optional();
+        }
+        tls = tls.with_client_auth(auth);
+    }
+    Ok(tls)
+}
+
+/// Reads `--cert`/`--key` again and serves them to new connections; on any error the
+/// current identity stays.
+fn reload(args: &Args, reloader: &quay::h3::TlsReloader) {
+    if args.cert.is_none() {
+        tracing::warn!("SIGHUP: nothing to reload (no --cert/--key: the certificate is generated)");
+        return;
+    }
+    let result = load_tls(args).and_then(|tls| {
+        reloader.reload(&tls)?;
+        Ok(tls)
+    });
+    match result {
+        Ok(tls) => tracing::info!(
+            subject = %tls.subject(),
+            not_after = %tls.not_after(),
+            "SIGHUP: TLS identity reloaded for new connections"
+        ),
+        Err(e) => tracing::error!(
+            error = format!("{e:#}"),
+            "SIGHUP: TLS reload refused; keeping the current identity"
+        ),
+    }
+}
+
 /// `secs` as a limit: zero is none; at most a day.
 fn limit(secs: f64) -> anyhow::Result<Option<Duration>> {
     if !secs.is_finite() || !(0.0..=86_400.0).contains(&secs) {
@@ -83,18 +142,21 @@ async fn main() -> anyhow::Result<()> {
     {
         anyhow::bail!("--root {} is not a directory", root.display());
     }
-    let tls = quay_examples::server_identity(
-        args.cert.as_deref(),
-        args.key.as_deref(),
-        args.write_cert.as_deref(),
-    )?;
+    let tls = load_tls(&args)?;
+    if let Some(addr) = args.metrics_listen {
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .with_http_listener(addr)
+            .install()
+            .map_err(|e| anyhow::anyhow!("cannot serve metrics on {addr}: {e}"))?;
+        println!("metrics on http://{addr}/metrics");
+    }
     let retry = args.retry;
     let (per_ip, handshakes_per_ip) = (args.max_connections_per_ip, args.max_handshakes_per_ip);
     let mut h3 = H3Settings::default();
     h3.max_requests_per_connection = Some(args.max_requests_per_connection).filter(|&n| n > 0);
     h3.first_request_timeout = limit(args.first_request_timeout)?;
     h3.request_header_timeout = limit(args.request_header_timeout)?;
-    let server = Server::builder()
+    let builder = Server::builder()
         .tls(tls)
         .h3_settings(h3)
         .configure(move |p| {
@@ -103,14 +165,21 @@ async fn main() -> anyhow::Result<()> {
             }
             p.limits.max_connections_per_ip = per_ip;
             p.limits.max_handshakes_per_ip = handshakes_per_ip;
-        })
-        .bind(args.listen)?;
+        });
+    let server = if args.listen.is_empty() {
+        quay_examples::bind_server(builder, &quay_examples::default_listen(4433), true)?
+    } else {
+        quay_examples::bind_server(builder, &args.listen, false)?
+    };
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();
     // Containers and service managers stop a process with SIGTERM; a terminal with
     // Ctrl-C (SIGINT). Either drains. Handled from before the address is announced.
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    println!("listening on {}", server.local_addr());
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    for addr in server.local_addrs() {
+        println!("listening on {addr}");
+    }
     tokio::spawn(async move {
         let signal = tokio::select! {
             _ = tokio::signal::ctrl_c() => "SIGINT",
@@ -119,23 +188,27 @@ async fn main() -> anyhow::Result<()> {
         tracing::info!(signal, "draining");
         stop.cancel();
     });
+    let reloader = server.tls_reloader();
+    let reload_args = Arc::new(args.clone());
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            reload(&reload_args, &reloader);
+        }
+    });
     let root = Arc::new(args.root);
     let stats = args.stats_route.then(|| server.stats_handle());
     server
-        .serve_with_shutdown(
-            move |req: http::Request<quay::h3::RecvBody>| {
-                let root = Arc::clone(&root);
-                let stats = stats.clone().filter(|_| req.uri().path() == "/_quay/stats");
-                async move {
-                    match stats {
-                        Some(stats) => Ok(stats_response(&stats).await),
-                        None => quay_examples::routes::handle(req, root.as_deref()).await,
-                    }
+        .with_shutdown_token(shutdown, Duration::from_secs(10))
+        .serve(move |req: http::Request<quay::h3::RecvBody>| {
+            let root = Arc::clone(&root);
+            let stats = stats.clone().filter(|_| req.uri().path() == "/_quay/stats");
+            async move {
+                match stats {
+                    Some(stats) => Ok(stats_response(&stats).await),
+                    None => quay_examples::routes::handle(req, root.as_deref()).await,
                 }
-            },
-            shutdown,
-            Duration::from_secs(10),
-        )
+            }
+        })
         .await?;
     Ok(())
 }

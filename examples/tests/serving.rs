@@ -1,0 +1,417 @@
+//! The serving binaries as a deployment runs them: several sockets, a certificate
+//! reloaded on SIGHUP, metrics scraped over HTTP, and axum-h3 answering over HTTP/3,
+//! HTTP/2 and HTTP/1.1 on one port.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use quay::h3::{Client, ClientH3Driver, H3Settings};
+use quay::io::{ClientParams, ClientTlsConfig, TlsConfig};
+
+/// A scratch directory, removed when dropped.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("quay-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A child process, killed when dropped.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `bin` with `args`; returns it, the addresses of its `listening on` lines
+/// (`n` of them) and its other stdout lines before them. Its log goes to `log`.
+fn start(bin: &str, args: &[&str], n: usize, log: &Path) -> (Proc, Vec<SocketAddr>, Vec<String>) {
+    let mut child = Command::new(bin)
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let proc = Proc(child);
+    let (mut addrs, mut other) = (Vec::new(), Vec::new());
+    while addrs.len() < n {
+        let mut line = String::new();
+        let read = out.read_line(&mut line).unwrap();
+        assert!(
+            read > 0,
+            "{bin} ended: {}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        match line.trim().strip_prefix("listening on ") {
+            Some(addr) => addrs.push(addr.parse().unwrap()),
+            None => other.push(line.trim().to_owned()),
+        }
+    }
+    (proc, addrs, other)
+}
+
+fn write_identity(dir: &Path, name: &str) -> (PathBuf, PathBuf, Vec<u8>) {
+    let generated = TlsConfig::self_signed(&["localhost", "127.0.0.1", "::1"]).unwrap();
+    let cert = dir.join(format!("{name}.pem"));
+    let key = dir.join(format!("{name}.key"));
+    std::fs::write(&cert, &generated.cert_pem).unwrap();
+    std::fs::write(&key, &generated.key_pem).unwrap();
+    let der = boring::x509::X509::from_pem(generated.cert_pem.as_bytes())
+        .unwrap()
+        .to_der()
+        .unwrap();
+    (cert, key, der)
+}
+
+/// The leaf certificate a server at `addr` presents now (not verified).
+async fn served_leaf(addr: SocketAddr) -> Vec<u8> {
+    let mut params = ClientParams::new(&[quay::h3::ALPN]);
+    params.tls = ClientTlsConfig::insecure();
+    params.server_name = Some("localhost".into());
+    let (driver, _send) = ClientH3Driver::new(H3Settings::default());
+    let conn = quay::io::connect(addr, params, driver).await.unwrap();
+    let leaf = conn.handshake_info().unwrap().peer_certificates[0].clone();
+    conn.close(0, b"").await;
+    leaf
+}
+
+async fn get_text(client: &Client, url: &str) -> (u16, String) {
+    let mut resp = client.get(url).await.unwrap();
+    let body = resp.body_mut().collect(1 << 20).await.unwrap();
+    (
+        resp.status().as_u16(),
+        String::from_utf8(body.to_vec()).unwrap(),
+    )
+}
+
+fn client(ca: &Path) -> Client {
+    Client::builder()
+        .add_root_certificate_pem(&std::fs::read(ca).unwrap())
+        .unwrap()
+        .build()
+}
+
+fn signal(proc: &Proc, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &proc.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+}
+
+/// Polls `f` every 50 ms until it returns `Some`, for up to 20 s.
+async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
+    what: &str,
+    mut f: impl FnMut() -> F,
+) -> T {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h3_server_listens_on_several_sockets_and_dual_stack() {
+    let dir = Scratch::new("listen");
+    let cert = dir.0.join("cert.pem");
+    let log = dir.0.join("server.log");
+    let cert_arg = cert.to_str().unwrap();
+    let (server, addrs, _) = start(
+        env!("CARGO_BIN_EXE_h3-server"),
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--listen",
+            "[::1]:0",
+            "--write-cert",
+            cert_arg,
+        ],
+        2,
+        &log,
+    );
+    assert!(addrs[0].is_ipv4() && addrs[1].is_ipv6(), "{addrs:?}");
+    let c = client(&cert);
+    let (status, body) = get_text(
+        &c,
+        &format!("https://127.0.0.1:{}/bytes/5", addrs[0].port()),
+    )
+    .await;
+    assert_eq!((status, body.as_bytes()), (200, &[0u8, 1, 2, 3, 4][..]));
+    let (status, body) = get_text(&c, &format!("https://[::1]:{}/bytes/3", addrs[1].port())).await;
+    assert_eq!((status, body.as_bytes()), (200, &[0u8, 1, 2][..]));
+    drop(server);
+
+    // One [::] socket takes IPv4 and IPv6 clients alike.
+    let (_server, addrs, _) = start(
+        env!("CARGO_BIN_EXE_h3-server"),
+        &["--listen", "[::]:0", "--write-cert", cert_arg],
+        1,
+        &log,
+    );
+    let port = addrs[0].port();
+    let c = client(&cert);
+    for host in ["127.0.0.1", "[::1]"] {
+        let (status, body) = get_text(&c, &format!("https://{host}:{port}/bytes/2")).await;
+        assert_eq!((status, body.as_bytes()), (200, &[0u8, 1][..]), "{host}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_certificate_and_a_bad_file_keeps_the_old_one() {
+    let dir = Scratch::new("reload");
+    let (cert, key, first) = write_identity(&dir.0, "first");
+    let log = dir.0.join("server.log");
+    let (server, addrs, _) = start(
+        env!("CARGO_BIN_EXE_h3-server"),
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--cert",
+            cert.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+        ],
+        1,
+        &log,
+    );
+    let addr = addrs[0];
+    assert_eq!(served_leaf(addr).await, first);
+
+    // The files are replaced in place, as a certificate renewal does.
+    let (new_cert, new_key, second) = write_identity(&dir.0, "second");
+    std::fs::copy(&new_cert, &cert).unwrap();
+    std::fs::copy(&new_key, &key).unwrap();
+    signal(&server, "-HUP");
+    eventually("the new certificate served", || async {
+        (served_leaf(addr).await == second).then_some(())
+    })
+    .await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("TLS identity reloaded"), "{text}");
+    assert!(text.contains("CN=") || text.contains("subject="), "{text}");
+
+    // A broken key: refused, with the reason, and the current identity stays.
+    std::fs::write(&key, "not a key").unwrap();
+    signal(&server, "-HUP");
+    eventually("the refusal logged", || async {
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .contains("TLS reload refused")
+            .then_some(())
+    })
+    .await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("private key"), "{text}");
+    assert_eq!(served_leaf(addr).await, second);
+}
+
+/// The value of the Prometheus sample `name` (with its labels, as printed).
+fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// GET `path` from a plain HTTP server, as a scraper does.
+fn http_get(addr: SocketAddr, path: &str) -> String {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_scraped_in_prometheus_format_with_the_right_counts() {
+    let dir = Scratch::new("metrics");
+    let cert = dir.0.join("cert.pem");
+    let log = dir.0.join("server.log");
+    let metrics_addr = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap()
+    };
+    let (_server, addrs, other) = start(
+        env!("CARGO_BIN_EXE_h3-server"),
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--write-cert",
+            cert.to_str().unwrap(),
+            "--metrics-listen",
+            &metrics_addr.to_string(),
+        ],
+        1,
+        &log,
+    );
+    assert_eq!(other, [format!("metrics on http://{metrics_addr}/metrics")]);
+    let c = client(&cert);
+    let base = format!("https://localhost:{}", addrs[0].port());
+    for _ in 0..5 {
+        assert_eq!(get_text(&c, &format!("{base}/bytes/10")).await.0, 200);
+    }
+    for _ in 0..2 {
+        assert_eq!(get_text(&c, &format!("{base}/missing")).await.0, 404);
+    }
+    // Counted when each response has gone out: poll until all seven are in.
+    let text = eventually("seven responses counted", || async {
+        let text = http_get(metrics_addr, "/metrics");
+        (sample(&text, "quay_http_requests_total") == Some(7.0)).then_some(text)
+    })
+    .await;
+    assert_eq!(
+        sample(&text, "quay_http_responses_total{class=\"2xx\"}"),
+        Some(5.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "quay_http_responses_total{class=\"4xx\"}"),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(sample(&text, "quay_handshakes_total"), Some(1.0), "{text}");
+    assert_eq!(
+        sample(&text, "quay_connections_active"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "quay_http_requests_active"),
+        Some(0.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "quay_initials_accepted_total"),
+        Some(1.0),
+        "{text}"
+    );
+    assert!(
+        text.contains("quay_http_request_duration_seconds"),
+        "{text}"
+    );
+}
+
+/// An HTTPS request over TCP with ALPN `alpn` (`h2` or `http/1.1`): the status, the
+/// Alt-Svc header and the body.
+async fn tcp_get(addr: SocketAddr, alpn: &[u8], path: &str) -> (u16, String, String) {
+    use http_body_util::BodyExt;
+    let mut tls = boring::ssl::SslConnector::builder(boring::ssl::SslMethod::tls()).unwrap();
+    tls.set_verify(boring::ssl::SslVerifyMode::NONE);
+    let mut wire = vec![alpn.len() as u8];
+    wire.extend_from_slice(alpn);
+    tls.set_alpn_protos(&wire).unwrap();
+    let config = tls.build().configure().unwrap();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let stream = tokio_boring::connect(config, "localhost", tcp)
+        .await
+        .unwrap();
+    assert_eq!(stream.ssl().selected_alpn_protocol(), Some(alpn));
+    let io = hyper_util::rt::TokioIo::new(stream);
+    let req = http::Request::get(format!("https://localhost:{}{path}", addr.port()))
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    let resp = if alpn == b"h2" {
+        let (mut send, conn) =
+            hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        send.send_request(req).await.unwrap()
+    } else {
+        let (mut send, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+        tokio::spawn(conn);
+        send.send_request(req).await.unwrap()
+    };
+    let status = resp.status().as_u16();
+    let alt_svc = resp
+        .headers()
+        .get(http::header::ALT_SVC)
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, alt_svc, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn axum_h3_serves_one_router_over_http3_http2_and_http1_on_one_port() {
+    let dir = Scratch::new("axum");
+    let (cert, key, _) = write_identity(&dir.0, "id");
+    let root = dir.0.join("www");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join("index.html"), "<p>hello</p>\n").unwrap();
+    let log = dir.0.join("server.log");
+    let (_server, addrs, _) = start(
+        env!("CARGO_BIN_EXE_axum-h3"),
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--cert",
+            cert.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+            "--root",
+            root.to_str().unwrap(),
+        ],
+        1,
+        &log,
+    );
+    let addr = addrs[0];
+    let c = client(&cert);
+    let base = format!("https://localhost:{}", addr.port());
+    let (status, text) = get_text(&c, &format!("{base}/whoami")).await;
+    assert_eq!(status, 200);
+    assert!(
+        text.starts_with("127.0.0.1:") && text.contains(" HTTP/3.0 h3 conn="),
+        "{text}"
+    );
+    let (status, text) = get_text(&c, &format!("{base}/")).await;
+    assert_eq!((status, text.as_str()), (200, "<p>hello</p>\n"));
+    let mut resp = c
+        .post(&format!("{base}/sha256"), Bytes::from_static(b"abc"))
+        .await
+        .unwrap();
+    let digest = resp.body_mut().collect(1024).await.unwrap();
+    assert_eq!(
+        digest,
+        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    );
+
+    let want_alt_svc = format!("h3=\":{}\"; ma=86400", addr.port());
+    for (alpn, version) in [(&b"h2"[..], "HTTP/2.0"), (&b"http/1.1"[..], "HTTP/1.1")] {
+        let (status, alt_svc, text) = tcp_get(addr, alpn, "/whoami").await;
+        assert_eq!(status, 200);
+        assert_eq!(alt_svc, want_alt_svc);
+        assert!(
+            text.starts_with("127.0.0.1:") && text.ends_with(&format!(" {version} tcp\n")),
+            "{text}"
+        );
+        let (status, _, text) = tcp_get(addr, alpn, "/").await;
+        assert_eq!((status, text.as_str()), (200, "<p>hello</p>\n"));
+    }
+}
