@@ -6,6 +6,7 @@
 //! then checks the downloaded files byte for byte and the header facts the case
 //! requires. Results go to `target/interop/results.json` and `report.md`.
 
+mod browser;
 pub(crate) mod cases;
 mod peers;
 mod report;
@@ -47,12 +48,14 @@ const USAGE: &str = "\
 usage: cargo xtask interop [--server NAME]... [--client NAME]... [--case NAME]...
                            [--runs N] [--quick]
 
-  --server, --client  peers to run (quay, aioquic, ngtcp2); default: quay against
-                      every available peer, both ways, and quay against itself
+  --server, --client  peers to run (quay, aioquic, ngtcp2; client chromium, whose
+                      servers are quay and axum-h3); default: quay against every
+                      available peer, both ways, quay against itself, and chromium
+                      against quay and axum-h3
   --case              cases to run (default: all); see docs/interop.md
   --runs              goodput runs per pair (default 3)
   --quick             handshake, transfer, retry, http3, transferloss; quay<->quay
-                      and quay<->aioquic
+                      and quay<->aioquic; the browser cases with 1 MiB transfers
 ";
 
 struct Args {
@@ -96,8 +99,15 @@ fn parse(args: &[String]) -> Result<Args> {
         }
     }
     for c in &a.cases {
-        if !cases::all().iter().any(|k| k.name == c) {
-            return Err(format!("unknown case `{c}`; known: {}", cases::names()));
+        let known = cases::all().iter().any(|k| k.name == c)
+            || browser::CASES.iter().any(|(name, _, _)| name == c);
+        if !known {
+            let browser: Vec<&str> = browser::CASES.iter().map(|(n, _, _)| *n).collect();
+            return Err(format!(
+                "unknown case `{c}`; known: {}, {}",
+                cases::names(),
+                browser.join(", ")
+            ));
         }
     }
     Ok(a)
@@ -116,13 +126,27 @@ pub fn run(args: &[String]) -> Result {
         "quay-examples",
         "--bin",
         "interop-endpoint",
+        "--bin",
+        "h3-server",
+        "--bin",
+        "axum-h3",
     ];
     if !args.quick {
         build.push("--release");
     }
     crate::run(&env, "cargo", &build)?;
-    let bin = root().join("target").join(profile).join("interop-endpoint");
-    let outcomes = matrix(&args, &bin)?;
+    let bin_dir = root().join("target").join(profile);
+    let bin = bin_dir.join("interop-endpoint");
+    let mut outcomes = matrix(&args, &bin)?;
+    let browser_servers = browser_servers(&args);
+    if !browser_servers.is_empty() {
+        outcomes.extend(browser::run(
+            &browser_servers,
+            &args.cases,
+            args.quick,
+            &bin_dir,
+        ));
+    }
     // A quick run must not overwrite the last full report.
     let dir = if args.quick {
         root().join("target/interop/quick")
@@ -194,7 +218,7 @@ fn matrix(args: &Args, quay_bin: &Path) -> Result<Vec<Outcome>> {
             clients
         };
         for s in &servers {
-            for c in &clients {
+            for c in clients.iter().filter(|c| *c != "chromium") {
                 pairs.push((s.clone(), c.clone()));
             }
         }
@@ -212,25 +236,46 @@ fn matrix(args: &Args, quay_bin: &Path) -> Result<Vec<Outcome>> {
         let (server, client) = (&peers[s], &peers[c]);
         for case in &selected {
             let outcome = run_case(case, server, client, args);
-            println!(
-                "  {:<8} {:<8} {:<20} {}",
-                s,
-                c,
-                case.name,
-                match &outcome.result {
-                    Verdict::Pass => match outcome.goodput.as_slice() {
-                        [] => format!("pass ({:.1} s)", outcome.seconds),
-                        g => format!("pass: {}", report::mean_stdev(g)),
-                    },
-                    Verdict::Fail(r) => format!("FAIL: {r}"),
-                    Verdict::Unsupported(r) => format!("unsupported: {r}"),
-                    Verdict::Unavailable(r) => format!("unavailable: {r}"),
-                }
-            );
+            print_outcome(&outcome);
             out.push(outcome);
         }
     }
     Ok(out)
+}
+
+/// The servers the browser cases run against: every server given with
+/// `--client chromium` (quay when none), or quay and axum-h3 by default.
+fn browser_servers(args: &Args) -> Vec<String> {
+    if args.servers.is_empty() && args.clients.is_empty() {
+        return vec!["quay".into(), "axum-h3".into()];
+    }
+    if !args.clients.iter().any(|c| c == "chromium") {
+        return Vec::new();
+    }
+    if args.servers.is_empty() {
+        vec!["quay".into()]
+    } else {
+        args.servers.clone()
+    }
+}
+
+/// One line of the console's table.
+fn print_outcome(outcome: &Outcome) {
+    println!(
+        "  {:<8} {:<8} {:<20} {}",
+        outcome.server,
+        outcome.client,
+        outcome.case,
+        match &outcome.result {
+            Verdict::Pass => match outcome.goodput.as_slice() {
+                [] => format!("pass ({:.1} s)", outcome.seconds),
+                g => format!("pass: {}", report::mean_stdev(g)),
+            },
+            Verdict::Fail(r) => format!("FAIL: {r}"),
+            Verdict::Unsupported(r) => format!("unsupported: {r}"),
+            Verdict::Unavailable(r) => format!("SKIPPED: {r}"),
+        }
+    );
 }
 
 fn run_case(case: &Case, server: &Peer, client: &Peer, args: &Args) -> Outcome {

@@ -90,7 +90,14 @@ pub fn markdown(outcomes: &[Outcome]) -> String {
         cases::all()
             .iter()
             .find(|c| c.name == name)
-            .map_or("?", |c| c.abbrev)
+            .map(|c| c.abbrev)
+            .or_else(|| {
+                super::browser::CASES
+                    .iter()
+                    .find(|(n, _, _)| *n == name)
+                    .map(|(_, a, _)| *a)
+            })
+            .unwrap_or("?")
     };
     let mut cells: BTreeMap<(&str, &str), [Vec<&str>; 3]> = BTreeMap::new();
     for o in outcomes {
@@ -170,6 +177,9 @@ pub fn markdown(outcomes: &[Outcome]) -> String {
     md.push_str("\n## Legend\n\n| letter | case | checks |\n|---|---|---|\n");
     for c in cases::all() {
         let _ = writeln!(md, "| {} | {} | {} |", c.abbrev, c.name, c.about);
+    }
+    for (name, abbrev, about) in super::browser::CASES {
+        let _ = writeln!(md, "| {abbrev} | {name} | {about} |");
     }
     md
 }
