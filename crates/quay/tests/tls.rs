@@ -259,6 +259,19 @@ async fn client_certificates_are_required_verified_and_handed_to_the_handler() {
     assert_eq!(get(&send, "/").await.unwrap(), me_der, "the handler saw it");
     conn.close(0, b"done").await;
 
+    // The paved client presents one the same way.
+    let (me_too, me_too_der) = client_ca.leaf(&["client2.test"]);
+    let client = quay::h3::Client::builder()
+        .add_root_certificate_pem(server_ca.pem().as_bytes())
+        .unwrap()
+        .identity(me_too)
+        .build();
+    let mut resp = client
+        .get(&format!("https://localhost:{}/", addr.port()))
+        .await
+        .unwrap();
+    assert_eq!(resp.body_mut().collect(1 << 16).await.unwrap(), me_too_der);
+
     let none = connect(addr, "localhost", trusting(&server_ca)).await;
     let alert = alert_of(none).await;
     assert!(
