@@ -12,8 +12,8 @@
 //! `GET /path` for files under `--root`; with `--stats-route`, `GET /_quay/stats`
 //! answers the listener's tables as JSON (connections, handshakes, routes, sources). Without `--cert`/`--key` a self-signed
 //! certificate is generated (`--write-cert` saves it for clients). Without
-//! `--listen` it listens on 127.0.0.1:4433 and [::1]:4433 (the latter skipped on a
-//! host without IPv6); `[::]:PORT` is one dual-stack socket. Prints
+//! `--listen` it listens on `127.0.0.1:4433` and `[::1]:4433` (the latter skipped on
+//! a host without IPv6); `[::]:PORT` is one dual-stack socket. Prints
 //! `listening on ADDR` for each socket when ready; Ctrl-C or SIGTERM drains
 //! gracefully; SIGHUP reloads `--cert`/`--key` (and `--client-ca`) for new
 //! connections, keeping the current identity if the new files are refused.
@@ -33,9 +33,10 @@ use tokio_util::sync::CancellationToken;
 #[derive(Parser, Debug, Clone)]
 #[command(about = "HTTP/3 server: files and test routes")]
 struct Args {
-    /// Address to listen on; repeat for several sockets [default: 127.0.0.1:4433
-    /// and [::1]:4433].
-    #[arg(long)]
+    #[arg(
+        long,
+        help = "Address to listen on; repeat for several sockets [default: 127.0.0.1:4433 and [::1]:4433]"
+    )]
     listen: Vec<SocketAddr>,
     /// Serve files from this directory.
     #[arg(long)]
