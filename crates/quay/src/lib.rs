@@ -50,6 +50,7 @@
 //!   deployment;
 //! - `metrics` (default): HTTP and transport metrics through the `metrics` crate's
 //!   facade; the names are listed in [`metrics`];
+//! - `json`: `ResponseExt::json` on the client's responses (serde);
 //! - `testing`: enables `quay::app::testing`, the in-memory harness.
 #![warn(missing_docs)]
 

@@ -27,6 +27,8 @@
 //! | `quay_version_negotiations_sent_total` | counter | | Version Negotiation packets sent |
 //! | `quay_stateless_resets_sent_total` | counter | | stateless resets sent |
 //! | `quay_queue_full_drops_total` | counter | | datagrams dropped on a full connection queue |
+//! | `quay_client_requests_total` | counter | `class` (`2xx`.., or `error`) | requests [`Client::request`](crate::h3::Client::request) completed |
+//! | `quay_client_request_duration_seconds` | histogram | | request start to response head |
 //!
 //! Bytes are counted when a connection closes, from its final statistics.
 
@@ -148,4 +150,10 @@ pub(crate) fn connection_closed(closed: &ConnectionClosed) {
     counter!("quay_connections_closed_total", "reason" => close_label(&closed.reason)).increment(1);
     counter!("quay_bytes_received_total").increment(closed.stats.bytes_recv);
     counter!("quay_bytes_sent_total").increment(closed.stats.bytes_sent);
+}
+
+pub(crate) fn client_request(status: Option<http::StatusCode>, started: std::time::Instant) {
+    let class = status.map_or("error", status_class);
+    counter!("quay_client_requests_total", "class" => class).increment(1);
+    histogram!("quay_client_request_duration_seconds").record(started.elapsed().as_secs_f64());
 }

@@ -3,6 +3,7 @@
 //! reader or writer slows the peer down through QUIC flow control instead of
 //! buffering without bound.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
@@ -55,6 +56,15 @@ pub struct RecvBody {
     rx: Option<queue::Receiver<InResult>>,
     trailers: Option<HeaderMap>,
     done: bool,
+    /// Deadlines, when set; boxed, so a body without any costs one pointer.
+    timers: Option<Box<Timers>>,
+}
+
+/// A body's deadlines: the whole exchange's, and the longest wait for the next chunk.
+#[derive(Debug, Default)]
+struct Timers {
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    read: Option<(std::time::Duration, Pin<Box<tokio::time::Sleep>>)>,
 }
 
 impl RecvBody {
@@ -63,6 +73,7 @@ impl RecvBody {
             rx: Some(rx),
             trailers: None,
             done: false,
+            timers: None,
         }
     }
 
@@ -72,7 +83,32 @@ impl RecvBody {
             rx: None,
             trailers: None,
             done: true,
+            timers: None,
         }
+    }
+
+    /// Fails the body with [`StreamError::Timeout`] if it has not ended by `deadline`
+    /// (the peer is then asked to stop sending). Must be called within a tokio
+    /// runtime.
+    pub fn set_deadline(&mut self, deadline: tokio::time::Instant) {
+        self.timers.get_or_insert_with(Default::default).deadline =
+            Some(Box::pin(tokio::time::sleep_until(deadline)));
+    }
+
+    /// Fails the body with [`StreamError::ReadTimeout`] if no data arrives for
+    /// `timeout` (measured from now, then from each chunk). Must be called within a
+    /// tokio runtime.
+    pub fn set_read_timeout(&mut self, timeout: std::time::Duration) {
+        self.timers.get_or_insert_with(Default::default).read =
+            Some((timeout, Box::pin(tokio::time::sleep(timeout))));
+    }
+
+    /// Ends the body with `e`: the channel is dropped (the peer is asked to stop).
+    fn fail(&mut self, e: StreamError) -> Poll<Result<Option<Bytes>, StreamError>> {
+        self.done = true;
+        self.rx = None;
+        self.timers = None;
+        Poll::Ready(Err(e))
     }
 
     /// The next chunk of data; `None` at the end of the data (trailers may follow).
@@ -110,7 +146,34 @@ impl RecvBody {
         let Some(rx) = self.rx.as_mut() else {
             return Poll::Ready(Ok(None));
         };
-        match ready!(rx.poll_recv(cx)) {
+        let polled = rx.poll_recv(cx);
+        if let Some(timers) = self.timers.as_mut() {
+            match &polled {
+                Poll::Pending => {
+                    if timers
+                        .deadline
+                        .as_mut()
+                        .is_some_and(|d| d.as_mut().poll(cx).is_ready())
+                    {
+                        return self.fail(StreamError::Timeout);
+                    }
+                    if timers
+                        .read
+                        .as_mut()
+                        .is_some_and(|(_, r)| r.as_mut().poll(cx).is_ready())
+                    {
+                        return self.fail(StreamError::ReadTimeout);
+                    }
+                }
+                Poll::Ready(Some(Ok(InFrame::Data(_)))) => {
+                    if let Some((timeout, sleep)) = timers.read.as_mut() {
+                        sleep.as_mut().reset(tokio::time::Instant::now() + *timeout);
+                    }
+                }
+                Poll::Ready(_) => {}
+            }
+        }
+        match ready!(polled) {
             Some(Ok(InFrame::Data(d))) => Poll::Ready(Ok(Some(d))),
             Some(Ok(InFrame::Trailers(t))) => {
                 self.trailers = Some(t);

@@ -122,11 +122,24 @@ pub enum StreamError {
     /// not sent.
     #[error("the peer does not support {0}")]
     Unsupported(&'static str),
+    /// The exchange did not complete by its deadline
+    /// ([`RecvBody::set_deadline`](crate::RecvBody::set_deadline)).
+    #[error("timed out: the exchange did not complete in time")]
+    Timeout,
+    /// No body data arrived within the read timeout
+    /// ([`RecvBody::set_read_timeout`](crate::RecvBody::set_read_timeout)).
+    #[error("timed out waiting for body data")]
+    ReadTimeout,
 }
 
 impl StreamError {
     /// Whether sending the request again (on a new connection) is safe.
     pub fn is_retryable(&self) -> bool {
         matches!(self, Self::Refused) || *self == Self::Reset(H3Code::REQUEST_REJECTED)
+    }
+
+    /// Whether a deadline or read timeout ended the stream.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, Self::Timeout | Self::ReadTimeout)
     }
 }

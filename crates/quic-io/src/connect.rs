@@ -128,6 +128,11 @@ pub enum ConnectError {
 ///
 /// Each call uses its own UDP socket and router task, released when the connection
 /// ends.
+///
+/// # Cancel safety
+///
+/// Dropping the future before it resolves stops the connection attempt (nothing is
+/// sent to the server; its handshake state times out).
 pub async fn connect<A: ApplicationOverQuic>(
     addr: SocketAddr,
     params: ClientParams,
@@ -172,6 +177,9 @@ pub async fn connect<A: ApplicationOverQuic>(
     }
 
     let abort = CancellationToken::new();
+    // Dropping this future before the handshake resolves (a timeout, a raced attempt
+    // that lost) stops the attempt instead of leaving it to run on.
+    let mut attempt = StopOnDrop(Some(abort.clone()));
     let mut router = Router::new(
         Arc::clone(&socket),
         params.cid_len,
@@ -199,13 +207,26 @@ pub async fn connect<A: ApplicationOverQuic>(
     let span = tracing::info_span!("quic_client_router", %local, server = %addr);
     crate::spawn::task(router.run().instrument(span));
     let handle = worker::spawn(setup, app, None);
-    match handle.ready().await {
+    let ready = handle.ready().await;
+    attempt.0 = None;
+    match ready {
         Ok(_) => Ok(handle),
         Err(closed) => Err(connect_error(
             addr,
             params.settings.handshake_timeout,
             &closed,
         )),
+    }
+}
+
+/// Cancels the token when dropped, unless taken out first.
+struct StopOnDrop(Option<CancellationToken>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        if let Some(token) = self.0.take() {
+            token.cancel();
+        }
     }
 }
 

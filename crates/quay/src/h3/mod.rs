@@ -5,7 +5,7 @@ mod body;
 pub use body::Body;
 
 mod client;
-pub use client::{Client, ClientBuilder, ClientError};
+pub use client::{Client, ClientBuilder, ClientError, RedirectPolicy, ResponseExt};
 
 mod server;
 pub use server::{BoxError, Handler, ServeError, Server, ServerBuilder, TlsReloader};
