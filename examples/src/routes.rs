@@ -9,6 +9,10 @@
 //! - `POST /echo`: the request body, streamed back;
 //! - `POST /sha256`: the lowercase hex SHA-256 of the request body;
 //! - `GET /trailers`: a small body followed by trailers;
+//! - `GET /redirect/N`: 302 to `/redirect/N-1`, and `/redirect/0` to `/bytes/10`
+//!   (for clients' redirect handling; N at most 100);
+//! - `GET /headers`: the request's headers, one `name: value` per line;
+//! - `HEAD` of any `GET` route: its head, without the body;
 //! - `GET /path`: the file at `path` under the served root, or 404; nothing outside
 //!   the root is ever served.
 
@@ -85,7 +89,12 @@ pub async fn handle(
     req: http::Request<RecvBody>,
     root: Option<&Path>,
 ) -> Result<Response<RouteBody>, std::convert::Infallible> {
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
+    // HEAD: the GET response's head, without its body (RFC 9110 §9.3.2).
+    let head = parts.method == Method::HEAD;
+    if head {
+        parts.method = Method::GET;
+    }
     let path = parts.uri.path();
     let resp = match (&parts.method, path) {
         (&Method::GET, p) if p.starts_with("/bytes/") => bytes_route(&p["/bytes/".len()..]),
@@ -107,13 +116,45 @@ pub async fn handle(
                 quay::h3::Body::from("trailers follow\n").with_trailers(t),
             ))
         }
+        (&Method::GET, p) if p.starts_with("/redirect/") => {
+            match p["/redirect/".len()..].parse::<u32>() {
+                Ok(0) => redirect("/bytes/10"),
+                Ok(n) if n <= 100 => redirect(&format!("/redirect/{}", n - 1)),
+                _ => status(StatusCode::BAD_REQUEST, "want /redirect/N, N up to 100\n"),
+            }
+        }
+        (&Method::GET, "/headers") => {
+            let mut text = String::new();
+            for (name, value) in &parts.headers {
+                text.push_str(&format!(
+                    "{name}: {}\n",
+                    String::from_utf8_lossy(value.as_bytes())
+                ));
+            }
+            ok(RouteBody::Full(text.into()))
+        }
         (&Method::GET, p) => match root {
             Some(root) => file_route(root, p).await,
             None => status(StatusCode::NOT_FOUND, "not found\n"),
         },
         _ => status(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
     };
+    if head {
+        let (parts, _) = resp.into_parts();
+        return Ok(Response::from_parts(
+            parts,
+            RouteBody::Full(quay::h3::Body::empty()),
+        ));
+    }
     Ok(resp)
+}
+
+fn redirect(to: &str) -> Response<RouteBody> {
+    let mut r = status(StatusCode::FOUND, "");
+    if let Ok(v) = HeaderValue::try_from(to) {
+        r.headers_mut().insert(http::header::LOCATION, v);
+    }
+    r
 }
 
 fn ok(body: RouteBody) -> Response<RouteBody> {

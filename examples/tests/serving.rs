@@ -415,3 +415,170 @@ async fn axum_h3_serves_one_router_over_http3_http2_and_http1_on_one_port() {
         assert_eq!((status, text.as_str()), (200, "<p>hello</p>\n"));
     }
 }
+
+/// Runs h3-client with `args`; its exit code, stdout and stderr.
+fn h3_client(args: &[&str]) -> (i32, Vec<u8>, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_h3-client"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        out.stdout,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h3_client_takes_curls_everyday_flags_and_exits_with_telling_codes() {
+    let dir = Scratch::new("curl");
+    let cert = dir.0.join("cert.pem");
+    let log = dir.0.join("server.log");
+    let (_server, addrs, _) = start(
+        env!("CARGO_BIN_EXE_h3-server"),
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--write-cert",
+            cert.to_str().unwrap(),
+        ],
+        1,
+        &log,
+    );
+    let base = format!("https://localhost:{}", addrs[0].port());
+    let ca = cert.to_str().unwrap();
+    let url = |p: &str| format!("{base}{p}");
+
+    // -H, and the headers as the server saw them.
+    let (code, out, _) = h3_client(&[
+        "--ca",
+        ca,
+        "-H",
+        "x-one: 1",
+        "-H",
+        "X-Two:two",
+        &url("/headers"),
+    ]);
+    let text = String::from_utf8(out).unwrap();
+    assert_eq!(code, 0);
+    assert!(
+        text.contains("x-one: 1\n") && text.contains("x-two: two\n"),
+        "{text}"
+    );
+    // -d (POST), -X, -i.
+    let (code, out, _) = h3_client(&["--ca", ca, "-d", "hello", "-i", &url("/upload")]);
+    let text = String::from_utf8(out).unwrap();
+    assert_eq!(code, 0);
+    assert!(
+        text.starts_with("HTTP/3 200\r\n") && text.ends_with("\r\n\r\n5\n"),
+        "{text:?}"
+    );
+    let (code, out, _) = h3_client(&["--ca", ca, "-X", "POST", "-d", "abc", &url("/sha256")]);
+    assert_eq!(code, 0);
+    assert!(String::from_utf8(out).unwrap().starts_with("ba7816bf"));
+    // -I: the head only.
+    let (code, out, _) = h3_client(&["--ca", ca, "-I", &url("/bytes/1000")]);
+    let text = String::from_utf8(out).unwrap();
+    assert_eq!(code, 0);
+    assert!(
+        text.starts_with("HTTP/3 200\r\n") && text.contains("content-length: 1000\r\n"),
+        "{text:?}"
+    );
+    assert!(text.ends_with("\r\n\r\n"), "no body: {text:?}");
+    // -v: the connection described on stderr.
+    let (code, _, err) = h3_client(&["--ca", ca, "-v", &url("/bytes/10")]);
+    assert_eq!(code, 0);
+    for want in [
+        "* connected to 127.0.0.1:",
+        "ALPN h3",
+        "session new",
+        "* server certificate:",
+        "< HTTP/3 200",
+        "> GET ",
+    ] {
+        assert!(err.contains(want), "{want} in {err}");
+    }
+    // -L follows redirects; without it the 302 is the answer (not 2xx: code 1).
+    let file = dir.0.join("out.bin");
+    let (code, _, _) = h3_client(&[
+        "--ca",
+        ca,
+        "-L",
+        "-o",
+        file.to_str().unwrap(),
+        &url("/redirect/3"),
+    ]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        (0u8..10).collect::<Vec<u8>>()
+    );
+    let (code, _, _) = h3_client(&["--ca", ca, &url("/redirect/3")]);
+    assert_eq!(code, 1);
+    let (code, _, err) = h3_client(&["--ca", ca, "-L", &url("/redirect/20")]);
+    assert_eq!(code, 47, "{err}");
+
+    // Exit codes.
+    let (code, _, _) = h3_client(&["--ca", ca, &url("/missing")]);
+    assert_eq!(code, 1, "HTTP error");
+    let (code, _, err) = h3_client(&[&url("/bytes/1")]);
+    assert_eq!(code, 60, "untrusted certificate: {err}");
+    let (code, _, _) = h3_client(&["--insecure", &url("/bytes/1")]);
+    assert_eq!(code, 0);
+    let (code, _, err) = h3_client(&["--ca", ca, "--max-time", "0.3", &url("/bytes/100000000000")]);
+    assert_eq!(code, 28, "timeout: {err}");
+    let hole = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let hole_url = format!("https://127.0.0.1:{}/", hole.local_addr().unwrap().port());
+    let (code, _, err) = h3_client(&["--ca", ca, "--connect-timeout", "0.3", &hole_url]);
+    assert_eq!(code, 28, "connect timeout: {err}");
+    let (code, _, _) = h3_client(&["--ca", ca, "http://localhost/"]);
+    assert_eq!(code, 3, "malformed URL");
+    let (code, _, _) = h3_client(&["--ca", ca, "https://no-such-host.invalid/"]);
+    assert_eq!(code, 6, "unresolvable");
+    let (code, _, _) = h3_client(&["--ca", "/no/such/file.pem", &url("/")]);
+    assert_eq!(code, 2, "a local file that cannot be read");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h3_client_presents_a_client_certificate() {
+    let dir = Scratch::new("curl-mtls");
+    let (cert, key, _) = write_identity(&dir.0, "server");
+    let (client_cert, client_key, client_der) = write_identity(&dir.0, "client");
+    let log = dir.0.join("server.log");
+    let (_server, addrs, _) = start(
+        env!("CARGO_BIN_EXE_h3-server"),
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--cert",
+            cert.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+            "--client-ca",
+            client_cert.to_str().unwrap(),
+        ],
+        1,
+        &log,
+    );
+    let u = format!("https://localhost:{}/bytes/5", addrs[0].port());
+    let (code, out, err) = h3_client(&[
+        "--ca",
+        cert.to_str().unwrap(),
+        "--cert",
+        client_cert.to_str().unwrap(),
+        "--key",
+        client_key.to_str().unwrap(),
+        &u,
+    ]);
+    assert_eq!((code, out.as_slice()), (0, &[0u8, 1, 2, 3, 4][..]), "{err}");
+    assert!(!client_der.is_empty());
+    // Without one: refused, with the server's TLS alert and the TLS exit code.
+    let (code, _, err) = h3_client(&["--ca", cert.to_str().unwrap(), &u]);
+    assert_eq!(code, 35, "{err}");
+    assert!(
+        err.contains("server sent alert certificate_required"),
+        "{err}"
+    );
+}

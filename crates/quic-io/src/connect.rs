@@ -230,7 +230,11 @@ impl Drop for StopOnDrop {
     }
 }
 
-fn connect_error(addr: SocketAddr, timeout: Duration, closed: &ConnectionClosed) -> ConnectError {
+pub(crate) fn connect_error(
+    addr: SocketAddr,
+    timeout: Duration,
+    closed: &ConnectionClosed,
+) -> ConnectError {
     let tls = |code: u64, by_peer: bool| {
         alert_name(code).map(|alert| {
             let detail = match (&closed.tls_verify_error, by_peer) {

@@ -30,6 +30,21 @@ pub struct ConnectionClosed {
     pub tls_verify_error: Option<String>,
 }
 
+impl ConnectionClosed {
+    /// The close as a connection error, when it was one a handshake can end with: a
+    /// TLS alert (either side), or CONNECTION_REFUSED. A TLS 1.3 client finishes its
+    /// handshake before the server has checked the client's certificate, so a
+    /// refused client certificate shows up as such a close after `connect` returned.
+    pub fn handshake_error(&self, addr: std::net::SocketAddr) -> Option<crate::ConnectError> {
+        let err = crate::connect::connect_error(addr, std::time::Duration::ZERO, self);
+        matches!(
+            err,
+            crate::ConnectError::Tls { .. } | crate::ConnectError::Refused { .. }
+        )
+        .then_some(err)
+    }
+}
+
 /// A handle to a running connection: its addresses, live stats, close.
 ///
 /// Handles are cheap to clone; all of them talk to the connection's worker task.

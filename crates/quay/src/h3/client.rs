@@ -422,7 +422,10 @@ impl Client {
     }
 
     /// Sends a request with a complete body and returns the response, its body
-    /// streaming.
+    /// streaming. The response's extensions hold the
+    /// [`ConnectionInfo`](quic_app::ConnectionInfo) of the connection it came on
+    /// (server address, ALPN, whether the session was resumed, the server's
+    /// certificates, handshake time).
     ///
     /// The default headers are added, redirects followed as the policy says, and the
     /// client's timeouts apply (the request timeout to the body too). A request the
@@ -550,18 +553,35 @@ impl Client {
     ) -> Result<http::Response<RecvBody>, ClientError> {
         let exchange = async {
             let (parts, body) = req.into_parts();
-            let (mut sender, response) = self
-                .send_request(http::Request::from_parts(parts, ()))
+            let (mut sender, response, handle) = self
+                .start_request(http::Request::from_parts(parts, ()))
                 .await?;
-            sender.send_data(body).await?;
-            sender.finish().await?;
-            let head = match self.inner.read_timeout {
-                Some(t) => tokio::time::timeout(t, response)
-                    .await
-                    .map_err(|_| StreamError::ReadTimeout)?,
-                None => response.await,
+            let sent = async {
+                let uploaded = async {
+                    sender.send_data(body).await?;
+                    sender.finish().await
+                };
+                if uploaded.await.is_err() {
+                    // The stream ended before the body went out; the response says
+                    // why: a refusal (safe to retry), a reset, or an early answer.
+                    return response.await;
+                }
+                match self.inner.read_timeout {
+                    Some(t) => tokio::time::timeout(t, response)
+                        .await
+                        .map_err(|_| StreamError::ReadTimeout)?,
+                    None => response.await,
+                }
             };
-            Ok::<_, ClientError>(head?)
+            let mut head = match sent.await {
+                Ok(head) => head,
+                Err(e) => return Err(closed_error(&handle, e).await),
+            };
+            if let Some(info) = handle.handshake_info() {
+                head.extensions_mut()
+                    .insert(quic_app::ConnectionInfo::new(Arc::new(info)));
+            }
+            Ok::<_, ClientError>(head)
         };
         let mut resp = match deadline {
             Some(at) => tokio::time::timeout_at(at, exchange).await.map_err(|_| {
@@ -591,8 +611,17 @@ impl Client {
     /// resumed connection with 0-RTT carries it in its first flight.
     pub async fn send_request(
         &self,
-        mut req: http::Request<()>,
+        req: http::Request<()>,
     ) -> Result<(SendBody, ResponseFuture), ClientError> {
+        let (body, response, _) = self.start_request(req).await?;
+        Ok((body, response))
+    }
+
+    /// [`send_request`](Self::send_request), and the connection it went on.
+    async fn start_request(
+        &self,
+        mut req: http::Request<()>,
+    ) -> Result<(SendBody, ResponseFuture, ConnectionHandle), ClientError> {
         self.add_default_headers(req.headers_mut());
         let (host, port) = target(req.uri())?;
         let key = format!("{host}:{port}");
@@ -601,9 +630,10 @@ impl Client {
         let mut slot = authority.conn.lock().await;
         if let Some(p) = slot.as_ref() {
             if !p.handle.is_closed() && !p.send.is_draining() {
-                let send = p.send.clone();
+                let Pooled { send, handle } = p.clone();
                 drop(slot);
-                return Ok(send.send_request(req).await?);
+                let (body, response) = send.send_request(req).await?;
+                return Ok((body, response, handle));
             }
             self.inner.keep_session(&key, p);
             *slot = None;
@@ -634,9 +664,10 @@ impl Client {
             None => connecting.await,
         };
         match result {
-            Ok((pooled, started)) => {
+            Ok((pooled, (body, response))) => {
+                let handle = pooled.handle.clone();
                 *slot = Some(pooled);
-                Ok(started)
+                Ok((body, response, handle))
             }
             Err(e) => {
                 *authority.failed.lock().unwrap_or_else(|e| e.into_inner()) =
@@ -800,6 +831,22 @@ impl Client {
             }
         }
     }
+}
+
+/// `e`, or what closed the connection when that explains it better: a TLS alert (a
+/// client certificate the server refused, say) or a refusal.
+async fn closed_error(handle: &ConnectionHandle, e: StreamError) -> ClientError {
+    if matches!(e, StreamError::Cancelled | StreamError::ConnectionClosed) {
+        // The streams end as the connection closes; its reason follows at once.
+        let closed = tokio::time::timeout(Duration::from_millis(200), handle.closed()).await;
+        if let Some(err) = closed
+            .ok()
+            .and_then(|c| c.handshake_error(handle.peer_addr()))
+        {
+            return err.into();
+        }
+    }
+    e.into()
 }
 
 /// `addrs` with the families alternating, the first address's family first, each

@@ -292,6 +292,12 @@ impl<A: ApplicationOverQuic> Worker<A> {
                 // flight, so its output of this turn goes out in one flush below.
                 self.flush().await;
             }
+            if !self.setup.conn.is_server() && self.setup.conn.is_established() {
+                // Before the application runs: a response it hands out can start the
+                // next connection (the server drained this one) on another thread at
+                // once, and that connection resumes with the ticket published here.
+                self.note_session();
+            }
             if self.refuse.is_none() {
                 self.run_application();
                 if self.driver.handed_off_work() && self.setup.shared.coalesce_answers {
