@@ -49,7 +49,7 @@ const SERVER_ARGS: [&str; 9] = [
     "256",
 ];
 
-pub fn run(args: &[String]) -> Result {
+pub(crate) fn run(args: &[String]) -> Result {
     let mut quick = false;
     let mut chosen: Vec<&'static str> = Vec::new();
     let mut it = args.iter();

@@ -280,7 +280,7 @@ struct Cell {
 }
 
 /// `cargo xtask bench ...`
-pub fn run(args: &[String]) -> Result {
+pub(crate) fn run(args: &[String]) -> Result {
     let args = parse(args)?;
     let env = crate::prereqs::ensure()?;
     // Measurements need release binaries; the quick run only proves the harness works,

@@ -12,19 +12,19 @@ use crate::{Result, root};
 
 /// Environment variables the build steps need on top of the inherited ones.
 #[derive(Debug, Default, Clone)]
-pub struct Env {
+pub(crate) struct Env {
     vars: Vec<(&'static str, String)>,
 }
 
 impl Env {
     /// This environment plus one variable.
-    pub fn with(&self, key: &'static str, value: &str) -> Env {
+    pub(crate) fn with(&self, key: &'static str, value: &str) -> Env {
         let mut env = self.clone();
         env.vars.push((key, value.to_owned()));
         env
     }
 
-    pub fn apply<'c>(&self, cmd: &'c mut Command) -> &'c mut Command {
+    pub(crate) fn apply<'c>(&self, cmd: &'c mut Command) -> &'c mut Command {
         for (k, v) in &self.vars {
             cmd.env(k, v);
         }
@@ -32,7 +32,7 @@ impl Env {
     }
 }
 
-pub fn ensure() -> Result<Env> {
+pub(crate) fn ensure() -> Result<Env> {
     let mut env = Env::default();
     let has_cmake = find_cmake().is_some();
     let has_libclang = find_libclang().is_some();

@@ -13,13 +13,13 @@ use crate::Result;
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A server process that printed `listening on ADDR`.
-pub struct Server {
+pub(crate) struct Server {
     child: Child,
     pub addr: SocketAddr,
 }
 
 impl Server {
-    pub fn start(program: &Path, args: &[&str]) -> Result<Self> {
+    pub(crate) fn start(program: &Path, args: &[&str]) -> Result<Self> {
         let mut child = Command::new(program)
             .args(args)
             .stdout(Stdio::piped())
@@ -57,13 +57,13 @@ impl Server {
     }
 
     /// The server's process id.
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
     /// Waits up to `limit` for the server to exit on its own; its exit status, or
     /// `None` (and the server killed) if it is still running then.
-    pub fn wait_exit(mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+    pub(crate) fn wait_exit(mut self, limit: Duration) -> Option<std::process::ExitStatus> {
         let deadline = std::time::Instant::now() + limit;
         while std::time::Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -75,7 +75,7 @@ impl Server {
     }
 
     /// Asks the server to stop (SIGINT, so it closes its connections), then waits.
-    pub fn stop(mut self) -> Result {
+    pub(crate) fn stop(mut self) -> Result {
         let pid = self.child.id().to_string();
         let interrupted = Command::new("kill")
             .args(["-INT", &pid])

@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 
 /// One server's values, one per category (`None`: not measured).
-pub struct Series<'a> {
+pub(crate) struct Series<'a> {
     pub name: &'a str,
     /// (median, min, max) per category.
     pub values: Vec<Option<(f64, f64, f64)>>,
@@ -20,7 +20,7 @@ const BOTTOM: f64 = 44.0;
 
 /// A grouped bar chart. With `log`, the value axis is logarithmic (for latencies
 /// that span decades).
-pub fn bars(
+pub(crate) fn bars(
     title: &str,
     unit: &str,
     categories: &[String],

@@ -59,6 +59,11 @@
 #[doc = include_str!("../../../README.md")]
 struct ReadmeDoctests;
 
+/// The crate's own README, compiled as a doc test.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct CrateReadmeDoctests;
+
 pub use quic_app as app;
 pub mod h3;
 pub use quic_io as io;

@@ -25,7 +25,7 @@ use super::{Outcome, Verdict};
 use crate::root;
 
 /// (name, letter, what it checks), for the report.
-pub const CASES: &[(&str, &str, &str)] = &[
+pub(super) const CASES: &[(&str, &str, &str)] = &[
     (
         "browser-h3",
         "B",
@@ -55,7 +55,12 @@ fn server_bin(name: &str) -> Option<&'static str> {
 /// Runs every browser case against each of `servers`.
 /// Runs the browser cases (those of `only`, when it names any) against each of
 /// `servers`.
-pub fn run(servers: &[String], only: &[String], quick: bool, bin_dir: &Path) -> Vec<Outcome> {
+pub(super) fn run(
+    servers: &[String],
+    only: &[String],
+    quick: bool,
+    bin_dir: &Path,
+) -> Vec<Outcome> {
     let selected: Vec<&str> = CASES
         .iter()
         .map(|(name, _, _)| *name)

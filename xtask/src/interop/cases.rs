@@ -10,7 +10,7 @@ use super::shim::{Config, Facts, Link, Rebind};
 
 /// One test case.
 #[derive(Debug)]
-pub struct Case {
+pub(crate) struct Case {
     pub name: &'static str,
     /// The letters the public interop matrix uses for it.
     pub abbrev: &'static str,
@@ -24,7 +24,7 @@ pub struct Case {
 
 /// A check on the shim's facts after the files arrived intact.
 #[derive(Debug, Clone, Copy)]
-pub enum Check {
+pub(crate) enum Check {
     /// Exactly this many handshakes (distinct client Initial SCIDs).
     Handshakes(usize),
     /// One handshake per file.
@@ -49,7 +49,7 @@ pub enum Check {
 
 impl Check {
     /// Checks `f`; `files` were requested, `cert_len` is the leaf certificate's DER size.
-    pub fn verify(&self, f: &Facts, files: usize, cert_len: u64) -> Result<(), String> {
+    pub(crate) fn verify(&self, f: &Facts, files: usize, cert_len: u64) -> Result<(), String> {
         let handshakes = f.to_server.initial_scids.len();
         match self {
             Check::Handshakes(n) if handshakes != *n => {
@@ -116,7 +116,7 @@ impl Check {
 const S: Duration = Duration::from_secs(1);
 
 /// Every case, in the order of the public matrix.
-pub fn all() -> &'static [Case] {
+pub(crate) fn all() -> &'static [Case] {
     CASES
 }
 
@@ -313,7 +313,7 @@ static CASES: &[Case] = {
     ]
 };
 
-pub fn names() -> String {
+pub(crate) fn names() -> String {
     all().iter().map(|c| c.name).collect::<Vec<_>>().join(", ")
 }
 
@@ -321,7 +321,7 @@ const KIB: u64 = 1024;
 const MIB: u64 = 1024 * 1024;
 
 /// The files a case serves: (name, length). Content is random.
-pub fn files(case: &Case, www: &Path, quick: bool) -> Result<Vec<(String, u64)>, String> {
+pub(crate) fn files(case: &Case, www: &Path, quick: bool) -> Result<Vec<(String, u64)>, String> {
     let sizes: Vec<u64> = match case.name {
         "transfer" if quick => vec![MIB, 2 * MIB],
         "transfer" | "transfercorruption" => vec![2 * MIB, 3 * MIB, 5 * MIB],
@@ -359,7 +359,7 @@ pub fn files(case: &Case, www: &Path, quick: bool) -> Result<Vec<(String, u64)>,
 /// A certificate chain of `chain` certificates (leaf first; the runner's layout:
 /// `cert.pem` with the chain, `priv.key`, `ca.pem`), made with openssl. Returns the
 /// leaf's DER size.
-pub fn certificates(dir: &Path, chain: usize) -> Result<u64, String> {
+pub(crate) fn certificates(dir: &Path, chain: usize) -> Result<u64, String> {
     let run = |args: &[&str]| -> Result<(), String> {
         let out = Command::new("openssl")
             .args(args)
@@ -497,7 +497,7 @@ fn der_len(pem: &str) -> u64 {
 
 impl Case {
     /// The shim's configuration for this case.
-    pub fn shim(&self, server: SocketAddr) -> Config {
+    pub(crate) fn shim(&self, server: SocketAddr) -> Config {
         let clean = Link::default();
         let lossy = |loss: f64, corrupt: f64| Link {
             loss,

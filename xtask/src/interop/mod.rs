@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-pub use smoke::smoke;
+pub(crate) use smoke::smoke;
 pub(crate) use smoke::venv;
 
 use crate::{Result, root};
@@ -26,7 +26,7 @@ use peers::Peer;
 
 /// What one run of one case between two peers gave.
 #[derive(Debug, Clone)]
-pub struct Outcome {
+pub(crate) struct Outcome {
     pub server: String,
     pub client: String,
     pub case: &'static str,
@@ -37,7 +37,7 @@ pub struct Outcome {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     Pass,
     Fail(String),
     Unsupported(String),
@@ -114,7 +114,7 @@ fn parse(args: &[String]) -> Result<Args> {
 }
 
 /// `cargo xtask interop ...`
-pub fn run(args: &[String]) -> Result {
+pub(crate) fn run(args: &[String]) -> Result {
     let args = parse(args)?;
     let env = crate::prereqs::ensure()?;
     // Release binaries for measurements; the quick run reuses the test build.

@@ -14,7 +14,7 @@ use crate::Result;
 
 /// A peer, ready to start (or why not).
 #[derive(Debug)]
-pub struct Peer {
+pub(super) struct Peer {
     pub name: String,
     pub unavailable: Option<String>,
     kind: Kind,
@@ -34,7 +34,7 @@ enum Kind {
     None,
 }
 
-pub fn get(name: &str, quay_bin: &Path) -> Result<Peer> {
+pub(super) fn get(name: &str, quay_bin: &Path) -> Result<Peer> {
     let peer = |kind, unavailable| Peer {
         name: name.to_owned(),
         unavailable,
@@ -106,7 +106,7 @@ fn ngtcp2() -> std::result::Result<(PathBuf, PathBuf), String> {
 
 impl Peer {
     /// Starts the peer with the runner's environment `env` (which holds `ROLE`).
-    pub fn spawn(&self, env: &[(String, String)], log: &Path) -> Result<Child> {
+    pub(super) fn spawn(&self, env: &[(String, String)], log: &Path) -> Result<Child> {
         match &self.kind {
             Kind::Contract { program, args } => super::spawn(program, args, env, log),
             Kind::Ngtcp2 { client, server } => ngtcp2_spawn(client, server, env, log),

@@ -7,7 +7,7 @@ use std::path::Path;
 use super::{Outcome, Verdict, cases};
 use crate::Result;
 
-pub fn mean_stdev(v: &[f64]) -> String {
+pub(super) fn mean_stdev(v: &[f64]) -> String {
     let n = v.len() as f64;
     let mean = v.iter().sum::<f64>() / n;
     let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
@@ -45,7 +45,7 @@ fn verdict(v: &Verdict) -> (&'static str, &str) {
     }
 }
 
-pub fn write(dir: &Path, outcomes: &[Outcome]) -> Result {
+pub(super) fn write(dir: &Path, outcomes: &[Outcome]) -> Result {
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let mut json = String::from("{\n  \"results\": [\n");
     for (i, o) in outcomes.iter().enumerate() {
@@ -75,7 +75,7 @@ pub fn write(dir: &Path, outcomes: &[Outcome]) -> Result {
 /// The matrix as the public interop site draws it: a row per server, a column per
 /// client, each cell the letters of the cases that passed, failed and were
 /// unsupported.
-pub fn markdown(outcomes: &[Outcome]) -> String {
+pub(super) fn markdown(outcomes: &[Outcome]) -> String {
     let mut servers: Vec<&str> = Vec::new();
     let mut clients: Vec<&str> = Vec::new();
     for o in outcomes {

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 /// One direction's impairments.
 #[derive(Debug, Clone, Default)]
-pub struct Link {
+pub(crate) struct Link {
     /// One-way delay.
     pub delay: Duration,
     /// Bottleneck rate in bits per second; `None`: unlimited.
@@ -35,7 +35,7 @@ pub struct Link {
 
 /// How the client's address changes while the case runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Rebind {
+pub(crate) enum Rebind {
     /// A new source port on the same address.
     Port,
     /// A new source address (another 127.0.0.x), and so a new port.
@@ -44,7 +44,7 @@ pub enum Rebind {
 
 /// What the shim does.
 #[derive(Debug, Clone)]
-pub struct Config {
+pub(crate) struct Config {
     /// The server's address.
     pub server: SocketAddr,
     /// Client to server.
@@ -61,7 +61,7 @@ pub struct Config {
 
 /// What one direction carried, from the plain headers.
 #[derive(Debug, Clone, Default)]
-pub struct DirStats {
+pub(crate) struct DirStats {
     pub datagrams: u64,
     pub bytes: u64,
     pub dropped: u64,
@@ -82,7 +82,7 @@ pub struct DirStats {
 
 /// Everything the shim saw.
 #[derive(Debug, Clone, Default)]
-pub struct Facts {
+pub(crate) struct Facts {
     pub to_server: DirStats,
     pub to_client: DirStats,
     /// Bytes the client sent before its first Handshake packet, and those the server
@@ -95,7 +95,7 @@ pub struct Facts {
 }
 
 /// A running shim; stops when dropped.
-pub struct Shim {
+pub(crate) struct Shim {
     pub addr: SocketAddr,
     state: Arc<State>,
     threads: Vec<std::thread::JoinHandle<()>>,
@@ -164,7 +164,7 @@ const POLL: Duration = Duration::from_millis(50);
 
 impl Shim {
     /// Starts relaying; clients send to [`Shim::addr`].
-    pub fn start(config: Config) -> std::io::Result<Self> {
+    pub(crate) fn start(config: Config) -> std::io::Result<Self> {
         let ip = match config.server.ip() {
             IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
             IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
@@ -207,7 +207,7 @@ impl Shim {
     }
 
     /// What the shim saw so far.
-    pub fn facts(&self) -> Facts {
+    pub(crate) fn facts(&self) -> Facts {
         self.state.lock().facts.clone()
     }
 }

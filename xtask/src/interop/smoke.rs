@@ -11,7 +11,7 @@ use crate::{Result, path_str, procs, root};
 const TO_QUAY: u64 = 3_000_000;
 const FROM_AIOQUIC: u64 = 1_000_000;
 
-pub fn smoke(bin: &Path) -> Result {
+pub(crate) fn smoke(bin: &Path) -> Result {
     println!("\n==> interop smoke: aioquic <-> quay over HTTP/3");
     let python = match venv() {
         Ok(p) => p,

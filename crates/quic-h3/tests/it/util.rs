@@ -5,13 +5,13 @@ use quic_app::testing::{Pair, PairConfig};
 use quic_h3::{ClientH3Driver, H3Settings, RequestStream, SendRequest, ServerH3Driver};
 use sha2::{Digest, Sha256};
 
-pub const LIMIT: Duration = Duration::from_secs(60);
+pub(super) const LIMIT: Duration = Duration::from_secs(60);
 
-pub type H3Pair = Pair<ClientH3Driver, ServerH3Driver>;
+pub(super) type H3Pair = Pair<ClientH3Driver, ServerH3Driver>;
 
 /// A client and a server driver connected in memory; windows small enough that 10 MiB
 /// bodies cross them many times.
-pub fn pair(server: H3Settings) -> (H3Pair, SendRequest, RequestStream) {
+pub(super) fn pair(server: H3Settings) -> (H3Pair, SendRequest, RequestStream) {
     let (client, send) = ClientH3Driver::new(H3Settings::default());
     let (server, requests) = ServerH3Driver::new(server);
     let config = PairConfig::new(quic_h3::ALPN).configure(|c| {
@@ -25,19 +25,19 @@ pub fn pair(server: H3Settings) -> (H3Pair, SendRequest, RequestStream) {
 }
 
 /// `len` bytes where byte i is `i % 251`.
-pub fn pattern(len: usize) -> Bytes {
+pub(super) fn pattern(len: usize) -> Bytes {
     (0..len)
         .map(|i| (i % 251) as u8)
         .collect::<Vec<u8>>()
         .into()
 }
 
-pub fn sha256(bytes: &[u8]) -> [u8; 32] {
+pub(super) fn sha256(bytes: &[u8]) -> [u8; 32] {
     Sha256::digest(bytes).into()
 }
 
 /// Reads `body` to its end: the bytes read, or the error with the bytes read before it.
-pub async fn read_to_end(
+pub(super) async fn read_to_end(
     body: &mut quic_h3::RecvBody,
 ) -> Result<usize, (quic_h3::StreamError, usize)> {
     let mut got = 0;

@@ -5,7 +5,7 @@ use quic_app::echo::{ALPN, EchoServer};
 use quic_io::{ClientParams, ClientTlsConfig, CountingMetrics, Listener, ServerParams, TlsConfig};
 
 /// Logs to the test output when `RUST_LOG` is set.
-pub fn init_tracing() {
+pub(super) fn init_tracing() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
@@ -13,7 +13,7 @@ pub fn init_tracing() {
 }
 
 /// An echo listener on 127.0.0.1 with a fresh self-signed certificate.
-pub struct EchoListener {
+pub(super) struct EchoListener {
     pub addr: SocketAddr,
     pub cert_pem: String,
     pub metrics: Arc<CountingMetrics>,
@@ -21,7 +21,7 @@ pub struct EchoListener {
     _task: tokio::task::JoinHandle<()>,
 }
 
-pub fn server_params() -> (ServerParams, String, Arc<CountingMetrics>) {
+pub(super) fn server_params() -> (ServerParams, String, Arc<CountingMetrics>) {
     init_tracing();
     let identity = TlsConfig::self_signed(&["localhost", "127.0.0.1"]).unwrap();
     let mut params = ServerParams::new(identity.config, &[ALPN]);
@@ -31,7 +31,7 @@ pub fn server_params() -> (ServerParams, String, Arc<CountingMetrics>) {
 }
 
 /// Serves echo on `listener` until it stops.
-pub fn serve_echo(mut listener: Listener) -> tokio::task::JoinHandle<()> {
+pub(super) fn serve_echo(mut listener: Listener) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         while let Ok(incoming) = listener.accept().await {
             incoming.start(EchoServer::new());
@@ -39,7 +39,7 @@ pub fn serve_echo(mut listener: Listener) -> tokio::task::JoinHandle<()> {
     })
 }
 
-pub fn echo_listener(configure: impl FnOnce(&mut ServerParams)) -> EchoListener {
+pub(super) fn echo_listener(configure: impl FnOnce(&mut ServerParams)) -> EchoListener {
     let (mut params, cert_pem, metrics) = server_params();
     configure(&mut params);
     let listener = quic_io::listen_on("127.0.0.1:0".parse().unwrap(), params).unwrap();
@@ -53,7 +53,7 @@ pub fn echo_listener(configure: impl FnOnce(&mut ServerParams)) -> EchoListener 
 }
 
 /// Client parameters that trust `cert_pem` for `localhost`.
-pub fn client_params(cert_pem: &str) -> ClientParams {
+pub(super) fn client_params(cert_pem: &str) -> ClientParams {
     let mut params = ClientParams::new(&[ALPN]);
     params.tls = ClientTlsConfig::new()
         .add_root_pem(cert_pem.as_bytes())
@@ -63,7 +63,7 @@ pub fn client_params(cert_pem: &str) -> ClientParams {
 }
 
 /// An app that opens nothing and answers nothing: the connection stays idle.
-pub struct Idle;
+pub(super) struct Idle;
 
 impl quic_app::ApplicationOverQuic for Idle {
     fn process_reads(
@@ -81,7 +81,7 @@ impl quic_app::ApplicationOverQuic for Idle {
 }
 
 /// A real client Initial (the first datagram of a quiche client), padded to 1200+ bytes.
-pub fn real_initial() -> Vec<u8> {
+pub(super) fn real_initial() -> Vec<u8> {
     let mut cfg = quiche::Config::new(quiche::PROTOCOL_VERSION).unwrap();
     cfg.set_application_protos(&[ALPN]).unwrap();
     cfg.verify_peer(false);
@@ -101,7 +101,7 @@ pub fn real_initial() -> Vec<u8> {
 }
 
 /// A UDP socket on loopback that answers nothing, with a receive timeout.
-pub fn raw_socket() -> std::net::UdpSocket {
+pub(super) fn raw_socket() -> std::net::UdpSocket {
     let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
         .unwrap();
