@@ -118,10 +118,8 @@ pub(crate) fn run(args: &[String]) -> Result {
         entries.push(entry);
         sections.push(section);
     }
-    let json = format!(
-        "{{\n\"quick\": {quick},\n\"build\": \"{profile}\",\n\"attacks\": [\n{}\n]\n}}\n",
-        entries.join(",\n")
-    );
+    let doc = serde_json::json!({"quick": quick, "build": profile, "attacks": entries});
+    let json = serde_json::to_string_pretty(&doc).map_err(|e| e.to_string())? + "\n";
     std::fs::write(dir.join("results.json"), json).map_err(|e| e.to_string())?;
     let md = format!(
         "# Attack report\n\n`cargo xtask attack{}`: h3-server ({profile} build) on \
@@ -144,7 +142,12 @@ pub(crate) fn run(args: &[String]) -> Result {
 
 /// Runs one attack against a fresh server: its JSON entry, its Markdown section, and
 /// whether it passed.
-fn one(bin: &Path, dir: &Path, name: &str, quick: bool) -> Result<(String, String, bool)> {
+fn one(
+    bin: &Path,
+    dir: &Path,
+    name: &str,
+    quick: bool,
+) -> Result<(serde_json::Value, String, bool)> {
     let cert = dir.join(format!("{name}-cert.pem"));
     let mut server_args = vec!["--listen", "127.0.0.1:0", "--write-cert", path_str(&cert)?];
     server_args.extend(SERVER_ARGS);
@@ -174,7 +177,7 @@ fn one(bin: &Path, dir: &Path, name: &str, quick: bool) -> Result<(String, Strin
     let status = wait_bounded(&mut cmd, limit)?;
     let mut ok = status.as_ref().is_ok_and(std::process::ExitStatus::success);
     let mut server_note = String::new();
-    let mut server_json = String::new();
+    let mut server_clean = None;
     if name == "sigterm" {
         // The attack sent SIGTERM: the server must drain and exit on its own.
         let exit = server.wait_exit(Duration::from_secs(30));
@@ -188,22 +191,28 @@ fn one(bin: &Path, dir: &Path, name: &str, quick: bool) -> Result<(String, Strin
                 None => "FAILED (still running after 30 s)".to_owned(),
             }
         );
-        server_json = format!(",\n\"server_exited_cleanly\": {clean}");
+        server_clean = Some(clean);
     } else {
         server.stop()?;
     }
-    let entry = match std::fs::read_to_string(&json_path) {
-        Ok(json) => {
-            let body = json.trim_end().trim_end_matches('}');
-            format!("{body}{server_json}\n}}")
+    let report = std::fs::read_to_string(&json_path)
+        .ok()
+        .and_then(|json| serde_json::from_str::<serde_json::Value>(&json).ok())
+        .filter(serde_json::Value::is_object);
+    let entry = match report {
+        Some(mut report) => {
+            if let Some(clean) = server_clean {
+                report["server_exited_cleanly"] = clean.into();
+            }
+            report
         }
-        Err(_) => {
+        None => {
             ok = false;
             let why = match &status {
-                Ok(s) => format!("quay-attack ended with {s} and wrote no report"),
+                Ok(s) => format!("quay-attack ended with {s} and wrote no readable report"),
                 Err(e) => e.clone(),
             };
-            format!("{{\"name\": \"{name}\", \"error\": {why:?}}}")
+            serde_json::json!({"name": name, "error": why})
         }
     };
     let section = match std::fs::read_to_string(&md_path) {

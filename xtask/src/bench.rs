@@ -491,19 +491,12 @@ fn one(
     })
 }
 
-/// A number field of the load generator's JSON (flat search; good enough for its own
-/// output).
+/// A number field of the load generator's JSON summary; NaN when absent (a run that
+/// failed, or a peer's client that does not report it).
 fn field(json: &str, key: &str) -> f64 {
-    let pat = format!("\"{key}\":");
-    json.find(&pat)
-        .map(|i| &json[i + pat.len()..])
-        .and_then(|rest| {
-            let rest = rest.trim_start();
-            let end = rest
-                .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-' || c == 'e'))
-                .unwrap_or(rest.len());
-            rest[..end].parse().ok()
-        })
+    serde_json::from_str::<serde_json::Value>(json)
+        .ok()
+        .and_then(|v| v.get(key)?.as_f64())
         .unwrap_or(f64::NAN)
 }
 
@@ -826,80 +819,57 @@ fn json(
     versions: &[(String, String)],
     unavailable: &[String],
 ) -> String {
-    let q = |s: &str| format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""));
-    let mut json = String::from("{\n");
-    let _ = writeln!(
-        json,
-        "  \"machine\": {{\"cpus\": {}, \"cpu\": {}, \"kernel\": {}, \"pinned\": {pinned}}},",
-        cpus(),
-        q(&cpu_model()),
-        q(&kernel())
-    );
-    let v: Vec<String> = versions
+    use serde_json::{Map, Value, json};
+    let number = |v: f64| serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number);
+    let scenarios: Vec<Value> = cells
         .iter()
-        .map(|(k, v)| format!("{}: {}", q(k), q(v)))
+        .map(|cell| {
+            let servers: Vec<Value> = cell
+                .runs
+                .iter()
+                .map(|(name, runs)| {
+                    let runs: Vec<Value> = runs
+                        .iter()
+                        .map(|r| {
+                            let metrics: Map<String, Value> = metrics(cell.kind, r)
+                                .iter()
+                                .map(|(k, v)| ((*k).to_owned(), number(*v)))
+                                .collect();
+                            // The load client's own JSON summary when it wrote one.
+                            let load = serde_json::from_str::<Value>(r.load.trim())
+                                .ok()
+                                .filter(Value::is_object)
+                                .unwrap_or_else(|| Value::String(r.load.clone()));
+                            json!({
+                                "server_cpu_seconds": number((r.server_cpu * 1e4).round() / 1e4),
+                                "server_rss_growth_kib": r.server_rss_growth_kib,
+                                "server_peak_kib": r.server_peak_kib,
+                                "client_saturated": client_saturated(r),
+                                "metrics": metrics,
+                                "load": load,
+                            })
+                        })
+                        .collect();
+                    json!({"name": name, "runs": runs})
+                })
+                .collect();
+            json!({"name": cell.name, "about": cell.about, "servers": servers})
+        })
         .collect();
-    let _ = writeln!(json, "  \"versions\": {{{}}},", v.join(", "));
-    let u: Vec<String> = unavailable.iter().map(|s| q(s)).collect();
-    let _ = writeln!(json, "  \"unavailable\": [{}],", u.join(", "));
-    json.push_str("  \"scenarios\": [\n");
-    for (ci, cell) in cells.iter().enumerate() {
-        let _ = writeln!(
-            json,
-            "    {{\"name\": {}, \"about\": {}, \"servers\": [",
-            q(cell.name),
-            q(cell.about)
-        );
-        for (si, (name, runs)) in cell.runs.iter().enumerate() {
-            let _ = write!(json, "      {{\"name\": {}, \"runs\": [", q(name));
-            for (ri, r) in runs.iter().enumerate() {
-                let load = if r.load.trim_start().starts_with('{') {
-                    r.load.clone()
-                } else {
-                    q(&r.load)
-                };
-                let m: Vec<String> = metrics(cell.kind, r)
-                    .iter()
-                    .map(|(k, v)| {
-                        format!(
-                            "{}: {}",
-                            q(k),
-                            if v.is_finite() {
-                                v.to_string()
-                            } else {
-                                "null".into()
-                            }
-                        )
-                    })
-                    .collect();
-                let _ = write!(
-                    json,
-                    "{{\"server_cpu_seconds\": {:.4}, \"server_rss_growth_kib\": {}, \
-                     \"server_peak_kib\": {}, \"client_saturated\": {}, \"metrics\": {{{}}}, \
-                     \"load\": {}}}{}",
-                    r.server_cpu,
-                    r.server_rss_growth_kib,
-                    r.server_peak_kib,
-                    client_saturated(r),
-                    m.join(", "),
-                    load,
-                    if ri + 1 < runs.len() { ", " } else { "" }
-                );
-            }
-            let _ = writeln!(
-                json,
-                "]}}{}",
-                if si + 1 < cell.runs.len() { "," } else { "" }
-            );
-        }
-        let _ = writeln!(
-            json,
-            "    ]}}{}",
-            if ci + 1 < cells.len() { "," } else { "" }
-        );
-    }
-    json.push_str("  ]\n}\n");
-    json
+    let versions: Map<String, Value> = versions
+        .iter()
+        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+        .collect();
+    let doc = json!({
+        "machine": {"cpus": cpus(), "cpu": cpu_model(), "kernel": kernel(), "pinned": pinned},
+        "versions": versions,
+        "unavailable": unavailable,
+        "scenarios": scenarios,
+    });
+    let mut text =
+        serde_json::to_string_pretty(&doc).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
+    text.push('\n');
+    text
 }
 
 /// Versions of what was measured: from the lockfiles and rustc.

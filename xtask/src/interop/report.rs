@@ -18,24 +18,6 @@ pub(super) fn mean_stdev(v: &[f64]) -> String {
     )
 }
 
-fn json_str(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
 fn verdict(v: &Verdict) -> (&'static str, &str) {
     match v {
         Verdict::Pass => ("pass", ""),
@@ -47,25 +29,32 @@ fn verdict(v: &Verdict) -> (&'static str, &str) {
 
 pub(super) fn write(dir: &Path, outcomes: &[Outcome]) -> Result {
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let mut json = String::from("{\n  \"results\": [\n");
-    for (i, o) in outcomes.iter().enumerate() {
-        let (result, reason) = verdict(&o.result);
-        let goodput: Vec<String> = o.goodput.iter().map(|g| format!("{g:.3}")).collect();
-        let _ = writeln!(
-            json,
-            "    {{\"server\": {}, \"client\": {}, \"case\": {}, \"result\": {}, \
-             \"reason\": {}, \"seconds\": {:.2}, \"goodput_mbps\": [{}]}}{}",
-            json_str(&o.server),
-            json_str(&o.client),
-            json_str(o.case),
-            json_str(result),
-            json_str(reason),
-            o.seconds,
-            goodput.join(", "),
-            if i + 1 < outcomes.len() { "," } else { "" }
-        );
-    }
-    json.push_str("  ]\n}\n");
+    let results: Vec<serde_json::Value> = outcomes
+        .iter()
+        .map(|o| {
+            let (result, reason) = verdict(&o.result);
+            let goodput: Vec<serde_json::Value> = o
+                .goodput
+                .iter()
+                .map(|g| {
+                    serde_json::Number::from_f64((g * 1000.0).round() / 1000.0)
+                        .map_or(serde_json::Value::Null, serde_json::Value::Number)
+                })
+                .collect();
+            serde_json::json!({
+                "server": o.server,
+                "client": o.client,
+                "case": o.case,
+                "result": result,
+                "reason": reason,
+                "seconds": (o.seconds * 100.0).round() / 100.0,
+                "goodput_mbps": goodput,
+            })
+        })
+        .collect();
+    let json = serde_json::to_string_pretty(&serde_json::json!({"results": results}))
+        .map_err(|e| e.to_string())?
+        + "\n";
     let path = dir.join("results.json");
     std::fs::write(&path, json).map_err(|e| format!("{}: {e}", path.display()))?;
     let path = dir.join("report.md");
