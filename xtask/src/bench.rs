@@ -493,10 +493,23 @@ fn one(
 
 /// A number field of the load generator's JSON summary; NaN when absent (a run that
 /// failed, or a peer's client that does not report it).
+///
+/// The key is looked for at any depth, first match in document order: quay-load puts
+/// its latency percentiles under `latency_us`.
 fn field(json: &str, key: &str) -> f64 {
+    fn find(v: &serde_json::Value, key: &str) -> Option<f64> {
+        match v {
+            serde_json::Value::Object(map) => map
+                .get(key)
+                .and_then(serde_json::Value::as_f64)
+                .or_else(|| map.values().find_map(|v| find(v, key))),
+            serde_json::Value::Array(items) => items.iter().find_map(|v| find(v, key)),
+            _ => None,
+        }
+    }
     serde_json::from_str::<serde_json::Value>(json)
         .ok()
-        .and_then(|v| v.get(key)?.as_f64())
+        .and_then(|v| find(&v, key))
         .unwrap_or(f64::NAN)
 }
 
@@ -950,4 +963,17 @@ fn rss_kib(pid: u32, key: &str) -> u64 {
                 .and_then(|v| v.parse().ok())
         })
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn fields_are_found_at_any_depth_and_missing_ones_are_nan() {
+        let json = r#"{"requests": 7, "latency_us": {"p50": 15871, "p99": 27039.5}}"#;
+        assert_eq!(super::field(json, "requests"), 7.0);
+        assert_eq!(super::field(json, "p50"), 15871.0);
+        assert_eq!(super::field(json, "p99"), 27039.5);
+        assert!(super::field(json, "p999").is_nan());
+        assert!(super::field("not json", "p50").is_nan());
+    }
 }

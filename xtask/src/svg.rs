@@ -38,7 +38,9 @@ pub(crate) fn bars(
         .copied()
         .fold(0.0_f64, f64::max)
         .max(f64::MIN_POSITIVE);
-    let bottom = all.iter().copied().fold(f64::INFINITY, f64::min);
+    // No finite value at all (every run failed, or no client reported it): one
+    // decade, so the axis below stays finite rather than spanning every exponent.
+    let bottom = all.iter().copied().fold(f64::INFINITY, f64::min).min(top);
     let plot_w = W - LEFT - RIGHT;
     let plot_h = H - TOP - BOTTOM;
     // Value to y coordinate, and the axis ticks.
@@ -46,6 +48,9 @@ pub(crate) fn bars(
         bottom.log10().floor().min(top.log10().floor()),
         top.log10().ceil().max(bottom.log10().floor() + 1.0),
     );
+    // At most 40 decades: f64 positives span about 630, and a tick per decade over
+    // all of them would be a useless chart.
+    let lo_exp = lo_exp.max(hi_exp - 40.0);
     let (axis_max, ticks): (f64, Vec<f64>) = if log {
         (
             10f64.powf(hi_exp),
@@ -219,6 +224,24 @@ mod tests {
         assert_eq!(number(3.4123), "3.41");
         assert_eq!(number(18281.4), "18281");
         assert_eq!(number(0.0123), "0.0123");
+    }
+
+    #[test]
+    fn a_chart_without_any_value_is_small_and_finite() {
+        for log in [false, true] {
+            let svg = bars(
+                "latency",
+                "µs",
+                &["R1".into()],
+                &[Series {
+                    name: "quay",
+                    values: vec![Some((f64::NAN, f64::NAN, f64::NAN))],
+                }],
+                log,
+            );
+            assert!(svg.len() < 20_000, "{} bytes", svg.len());
+            assert!(!svg.contains("NaN") && !svg.contains("inf"), "{svg}");
+        }
     }
 
     #[test]
