@@ -126,6 +126,28 @@ fn test() -> Result {
             "--benches",
         ],
     )?;
+    // The published crates build with their optional parts (self-signed, qlog,
+    // echo, tower, metrics) turned off.
+    run(
+        &env,
+        "cargo",
+        &[
+            "clippy",
+            "--locked",
+            "--no-default-features",
+            "-p",
+            "quic-app",
+            "-p",
+            "quic-io",
+            "-p",
+            "quic-h3",
+            "-p",
+            "quay",
+            "--",
+            "-D",
+            "warnings",
+        ],
+    )?;
     // Broken intra-doc links and malformed docs fail the run, as in CI.
     run(
         &env.with("RUSTDOCFLAGS", "-D warnings"),

@@ -50,6 +50,9 @@
 //!   deployment;
 //! - `metrics` (default): HTTP and transport metrics through the `metrics` crate's
 //!   facade; the names are listed in [`metrics`];
+//! - `self-signed` (default): `TlsConfig::self_signed` (rcgen);
+//! - `qlog` (default): qlog traces per connection (`QuicSettings::qlog_dir`);
+//! - `echo` (default): the reference echo protocol, `quay::app::echo`;
 //! - `json`: `ResponseExt::json` on the client's responses (serde);
 //! - `testing`: enables `quay::app::testing`, the in-memory harness.
 #![warn(missing_docs)]

@@ -42,6 +42,7 @@
 //!
 //! # Feature flags
 //!
+//! - `echo` (default): the reference echo protocol, [`echo`].
 //! - `testing`: [`testing::Pair`], a deterministic in-memory harness that connects a
 //!   client app and a server app through two real `quiche::Connection`s, without
 //!   sockets, with seeded datagram loss and reordering.
@@ -63,6 +64,7 @@ pub use info::{ConnectionInfo, HandshakeInfo};
 mod stats;
 pub use stats::ConnectionStats;
 
+#[cfg(feature = "echo")]
 pub mod echo;
 
 #[cfg(feature = "testing")]

@@ -69,7 +69,9 @@ mod settings;
 pub use settings::{CongestionControl, QuicSettings, SettingError};
 
 mod tls;
-pub use tls::{ClientAuth, ClientTlsConfig, SelfSigned, TlsConfig, TlsError};
+#[cfg(feature = "self-signed")]
+pub use tls::SelfSigned;
+pub use tls::{ClientAuth, ClientTlsConfig, TlsConfig, TlsError};
 
 mod router;
 mod socket;

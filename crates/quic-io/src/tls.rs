@@ -42,6 +42,7 @@ pub enum TlsError {
     #[error("private key does not match the certificate")]
     KeyMismatch(#[source] boring::error::ErrorStack),
     /// Generating a self-signed certificate failed.
+    #[cfg(feature = "self-signed")]
     #[error("failed to generate a self-signed certificate")]
     SelfSigned(#[source] rcgen::Error),
     /// BoringSSL refused the configuration.
@@ -139,6 +140,8 @@ impl TlsConfig {
 
     /// Generates a self-signed certificate for `names` (DNS names or IP addresses).
     /// Clients must be told to trust it: its PEM is [`SelfSigned::cert_pem`].
+    /// Feature `self-signed` (default).
+    #[cfg(feature = "self-signed")]
     pub fn self_signed(names: &[&str]) -> Result<SelfSigned, TlsError> {
         let names: Vec<String> = names.iter().map(|s| (*s).to_owned()).collect();
         let generated = rcgen::generate_simple_self_signed(names).map_err(TlsError::SelfSigned)?;
@@ -333,6 +336,7 @@ fn record_verify_error(ok: bool, store: &mut boring::x509::X509StoreContextRef) 
 }
 
 /// A generated self-signed identity, with its PEM text so clients can trust it.
+#[cfg(feature = "self-signed")]
 #[derive(Debug, Clone)]
 pub struct SelfSigned {
     /// The identity, ready for a listener.

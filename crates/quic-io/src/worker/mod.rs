@@ -9,6 +9,7 @@
 pub(crate) mod batch;
 
 use std::fs::OpenOptions;
+#[cfg(feature = "qlog")]
 use std::io::BufWriter;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -612,6 +613,12 @@ async fn sleep_until(t: Option<Instant>) {
 /// file that cannot be opened is logged and skipped: diagnostics never stop a
 /// connection.
 fn setup_logging(setup: &mut WorkerSetup, scid: &str) {
+    #[cfg(not(feature = "qlog"))]
+    if setup.shared.qlog_dir.is_some() {
+        let _ = (scid, setup.shared.qlog_max_bytes);
+        tracing::warn!("qlog_dir is set but quic-io was built without its `qlog` feature");
+    }
+    #[cfg(feature = "qlog")]
     if let Some(dir) = &setup.shared.qlog_dir {
         let role = if setup.conn.is_server() {
             "server"
@@ -647,12 +654,14 @@ fn setup_logging(setup: &mut WorkerSetup, scid: &str) {
 
 /// A qlog writer that stops writing after `max` bytes, so one connection's trace
 /// cannot fill the disk (a connection stuck sending can log gigabytes).
+#[cfg(feature = "qlog")]
 struct CappedWriter<W> {
     inner: W,
     left: u64,
     path: PathBuf,
 }
 
+#[cfg(feature = "qlog")]
 impl<W> CappedWriter<W> {
     fn new(inner: W, max: u64, path: PathBuf) -> Self {
         Self {
@@ -663,6 +672,7 @@ impl<W> CappedWriter<W> {
     }
 }
 
+#[cfg(feature = "qlog")]
 impl<W: std::io::Write> std::io::Write for CappedWriter<W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         if self.left == 0 {
