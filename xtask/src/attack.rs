@@ -77,20 +77,7 @@ pub(crate) fn run(args: &[String]) -> Result {
         chosen = ATTACKS.to_vec();
     }
     let env = crate::prereqs::ensure()?;
-    let mut build = vec![
-        "build",
-        "--locked",
-        "-p",
-        "quay-examples",
-        "--bin",
-        "h3-server",
-        "--bin",
-        "quay-attack",
-    ];
-    if !quick {
-        build.push("--release");
-    }
-    crate::run(&env, "cargo", &build)?;
+    crate::build_examples(&env, !quick, &["h3-server", "quay-attack"])?;
     let profile = if quick { "debug" } else { "release" };
     let bin = root().join("target").join(profile);
     let dir = if quick {

@@ -285,20 +285,7 @@ pub(crate) fn run(args: &[String]) -> Result {
     let env = crate::prereqs::ensure()?;
     // Measurements need release binaries; the quick run only proves the harness works,
     // on the debug build the test run already made.
-    let mut build = vec![
-        "build",
-        "--locked",
-        "-p",
-        "quay-examples",
-        "--bin",
-        "h3-server",
-        "--bin",
-        "quay-load",
-    ];
-    if !args.quick {
-        build.push("--release");
-    }
-    crate::run(&env, "cargo", &build)?;
+    crate::build_examples(&env, !args.quick, &["h3-server", "quay-load"])?;
     let bin = root()
         .join("target")
         .join(if args.quick { "debug" } else { "release" });

@@ -173,7 +173,7 @@ fn test() -> Result {
             "loom/Cargo.toml",
         ],
     )?;
-    run(&env, "cargo", &["build", "--locked", "-p", "quay-examples"])?;
+    build_examples(&env, false, &[])?;
     examples_end_to_end(&root().join("target/debug"))?;
     interop::smoke(&root().join("target/debug"))?;
     interop::run(&["--quick".to_owned()])?;
@@ -184,6 +184,34 @@ fn test() -> Result {
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// Builds the example binaries `bins` (every one when empty), `--release` or not.
+///
+/// A debug build goes through `cargo test --no-run` of the whole workspace with all
+/// features: the units the test run builds, binaries included. A `cargo build -p
+/// quay-examples` resolves the build scripts' dependencies with other features
+/// (the workspace's dev-dependencies are out of it), which gives `boring-sys` another
+/// hash and compiles BoringSSL a second time.
+pub(crate) fn build_examples(env: &prereqs::Env, release: bool, bins: &[&str]) -> Result {
+    if !release {
+        return run(
+            env,
+            "cargo",
+            &[
+                "test",
+                "--workspace",
+                "--all-features",
+                "--locked",
+                "--no-run",
+            ],
+        );
+    }
+    let mut args = vec!["build", "--release", "--locked", "-p", "quay-examples"];
+    for bin in bins {
+        args.extend(["--bin", bin]);
+    }
+    run(env, "cargo", &args)
 }
 
 /// Runs the echo examples against each other: verified echo with a CA, with

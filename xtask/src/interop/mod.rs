@@ -119,22 +119,11 @@ pub(crate) fn run(args: &[String]) -> Result {
     let env = crate::prereqs::ensure()?;
     // Release binaries for measurements; the quick run reuses the test build.
     let profile = if args.quick { "debug" } else { "release" };
-    let mut build = vec![
-        "build",
-        "--locked",
-        "-p",
-        "quay-examples",
-        "--bin",
-        "interop-endpoint",
-        "--bin",
-        "h3-server",
-        "--bin",
-        "axum-h3",
-    ];
-    if !args.quick {
-        build.push("--release");
-    }
-    crate::run(&env, "cargo", &build)?;
+    crate::build_examples(
+        &env,
+        !args.quick,
+        &["interop-endpoint", "h3-server", "axum-h3"],
+    )?;
     let bin_dir = root().join("target").join(profile);
     let bin = bin_dir.join("interop-endpoint");
     let mut outcomes = matrix(&args, &bin)?;
