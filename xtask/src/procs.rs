@@ -81,9 +81,16 @@ impl Server {
             .args(["-INT", &pid])
             .status()
             .is_ok_and(|s| s.success());
-        if !interrupted {
-            let _ = self.child.kill();
+        // A process started with SIGINT ignored (by a non-interactive shell's `&`)
+        // never sees it: after a bounded wait it is killed.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while interrupted && std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
+        let _ = self.child.kill();
         self.child
             .wait()
             .map_err(|e| format!("cannot wait for the server: {e}"))?;
