@@ -112,27 +112,7 @@ fn chromium() -> Result<PathBuf, String> {
             .map(PathBuf::from)
             .find(|p| p.is_file())
     };
-    if let Some(found) = find() {
-        return Ok(found);
-    }
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
-    if !root {
-        return Err("not installed (apt-get install chromium, as root)".into());
-    }
-    println!("  installing chromium with apt-get (once)");
-    let installed = Command::new("apt-get")
-        .args(["install", "-y", "-q", "chromium"])
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    match find() {
-        Some(found) if installed => Ok(found),
-        _ => Err("apt-get could not install chromium".into()),
-    }
+    super::peers::install_with_apt(&["chromium"], find)
 }
 
 fn run_case(

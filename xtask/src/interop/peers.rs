@@ -79,28 +79,37 @@ fn ngtcp2() -> std::result::Result<(PathBuf, PathBuf), String> {
         let s = PathBuf::from("/usr/sbin/gtlsserver");
         (c.is_file() && s.is_file()).then_some((c, s))
     };
+    install_with_apt(&["ngtcp2-client", "ngtcp2-server"], find)
+}
+
+/// What `find` finds; when it finds nothing and this runs as root, `packages` are
+/// installed with apt-get first. The error says what to install by hand.
+pub(super) fn install_with_apt<T>(
+    packages: &[&str],
+    find: impl Fn() -> Option<T>,
+) -> std::result::Result<T, String> {
     if let Some(found) = find() {
         return Ok(found);
     }
+    let list = packages.join(" ");
     let root = Command::new("id")
         .arg("-u")
         .output()
         .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
     if !root {
-        return Err(
-            "gtlsclient/gtlsserver missing (apt-get install ngtcp2-client \
-                    ngtcp2-server, as root)"
-                .into(),
-        );
+        return Err(format!("not installed (apt-get install {list}, as root)"));
     }
+    println!("  installing {list} with apt-get (once)");
     let installed = Command::new("apt-get")
-        .args(["install", "-y", "-q", "ngtcp2-client", "ngtcp2-server"])
+        .args(["install", "-y", "-q"])
+        .args(packages)
         .env("DEBIAN_FRONTEND", "noninteractive")
+        .stdout(std::process::Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
     match find() {
         Some(found) if installed => Ok(found),
-        _ => Err("apt-get could not install ngtcp2-client and ngtcp2-server".into()),
+        _ => Err(format!("apt-get could not install {list}")),
     }
 }
 

@@ -323,18 +323,7 @@ impl Server {
     /// future (often `main`, outside the runtime's workers), so that accepting and
     /// reaping connections never wakes a thread of its own. Dropping the future stops
     /// the server: the task is aborted with it.
-    async fn run<S, B>(self, service: S) -> Result<(), ServeError>
-    where
-        S: tower_service::Service<http::Request<RecvBody>, Response = http::Response<B>>
-            + Clone
-            + Send
-            + 'static,
-        S::Future: Send + 'static,
-        S::Error: Into<BoxError>,
-        B: HttpBody + Send + 'static,
-        B::Data: Into<Bytes>,
-        B::Error: Into<BoxError>,
-    {
+    async fn run<S: ServeService>(self, service: S) -> Result<(), ServeError> {
         let Server {
             mut listeners,
             h3,
@@ -501,6 +490,45 @@ where
     }
 }
 
+/// What the server runs for each request: a tower `Service` with the bounds
+/// [`Server::serve_service`] states, written once here (the blanket impl); its
+/// errors become [`BoxError`]s before any await, so they need not be `Send`.
+trait ServeService: Clone + Send + 'static {
+    /// The response body.
+    type Body: HttpBody<Data: Into<Bytes>, Error: Into<BoxError>> + Send + 'static;
+    /// Waits until the service is ready, then calls it with `req`.
+    fn oneshot(
+        self,
+        req: http::Request<RecvBody>,
+    ) -> impl Future<Output = Result<http::Response<Self::Body>, BoxError>> + Send + 'static;
+}
+
+impl<S, B> ServeService for S
+where
+    S: tower_service::Service<http::Request<RecvBody>, Response = http::Response<B>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: HttpBody + Send + 'static,
+    B::Data: Into<Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Body = B;
+
+    async fn oneshot(
+        mut self,
+        req: http::Request<RecvBody>,
+    ) -> Result<http::Response<B>, BoxError> {
+        let ready: Result<(), BoxError> = std::future::poll_fn(|cx| self.poll_ready(cx))
+            .await
+            .map_err(Into::into);
+        ready?;
+        self.call(req).await.map_err(Into::into)
+    }
+}
+
 /// A [`Handler`] as a tower `Service`: the one path every request takes.
 #[derive(Clone)]
 struct HandlerService<H>(H);
@@ -528,22 +556,12 @@ impl<T> Drop for AbortOnDrop<T> {
     }
 }
 
-async fn serve_connection<S, B>(
+async fn serve_connection<S: ServeService>(
     mut requests: quic_h3::RequestStream,
     service: S,
     shutdown: CancellationToken,
     conn_span: tracing::Span,
-) where
-    S: tower_service::Service<http::Request<RecvBody>, Response = http::Response<B>>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
-    B: HttpBody + Send + 'static,
-    B::Data: Into<Bytes>,
-    B::Error: Into<BoxError>,
-{
+) {
     let control = requests.control();
     let mut in_flight = JoinSet::new();
     let mut draining = false;
@@ -576,24 +594,9 @@ async fn serve_connection<S, B>(
 
 /// Runs the service for one request and streams its response, inside the request's
 /// span.
-async fn respond<S, B>(req: IncomingRequest, mut service: S)
-where
-    S: tower_service::Service<http::Request<RecvBody>, Response = http::Response<B>>,
-    S::Error: Into<BoxError>,
-    B: HttpBody,
-    B::Data: Into<Bytes>,
-    B::Error: Into<BoxError>,
-{
+async fn respond<S: ServeService>(req: IncomingRequest, service: S) {
     let started = crate::observe::RequestStarted::new();
-    // Errors become boxed before the next await: the service's own error type need
-    // not be `Send`.
-    let ready: Result<(), BoxError> = std::future::poll_fn(|cx| service.poll_ready(cx))
-        .await
-        .map_err(Into::into);
-    let response = match ready {
-        Ok(()) => service.call(req.request).await.map_err(Into::into),
-        Err(e) => Err(e),
-    };
+    let response = service.oneshot(req.request).await;
     let response = match response {
         Ok(r) => r,
         Err(e) => {
