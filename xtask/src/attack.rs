@@ -161,7 +161,11 @@ fn one(
         cmd.arg("--quick");
     }
     let limit = Duration::from_secs(if quick { 180 } else { 900 });
-    let status = wait_bounded(&mut cmd, limit)?;
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot start quay-attack: {e}"))?;
+    let status = procs::wait_or_kill(&mut child, limit)
+        .ok_or_else(|| format!("quay-attack still running after {limit:?}: killed"));
     let mut ok = status.as_ref().is_ok_and(std::process::ExitStatus::success);
     let mut server_note = String::new();
     let mut server_clean = None;
@@ -221,29 +225,4 @@ fn one(
         Err(_) => format!("### {name}\n\n- result: FAIL (no report)\n\n"),
     };
     Ok((entry, section, ok))
-}
-
-/// Runs `cmd`, killing it after `limit`.
-fn wait_bounded(
-    cmd: &mut Command,
-    limit: Duration,
-) -> Result<std::result::Result<std::process::ExitStatus, String>> {
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| format!("cannot start quay-attack: {e}"))?;
-    let deadline = Instant::now() + limit;
-    loop {
-        match child.try_wait() {
-            Ok(Some(status)) => return Ok(Ok(status)),
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
-            Ok(None) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Ok(Err(format!(
-                    "quay-attack still running after {limit:?}: killed"
-                )));
-            }
-            Err(e) => return Err(format!("cannot wait for quay-attack: {e}")),
-        }
-    }
 }

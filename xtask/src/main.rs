@@ -9,7 +9,6 @@ mod bench;
 mod interop;
 mod prereqs;
 mod procs;
-mod svg;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};

@@ -1,11 +1,12 @@
-//! Child processes the commands start and stop.
+//! Child processes the commands start and stop: every wait is bounded, and a child
+//! that outlives its bound is killed.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::Result;
 
@@ -19,11 +20,23 @@ pub(crate) struct Server {
 }
 
 impl Server {
+    /// Starts `program`, its stderr on this process's stderr.
     pub(crate) fn start(program: &Path, args: &[&str]) -> Result<Self> {
+        Self::start_logged(program, args, None)
+    }
+
+    /// Starts `program`, its stderr into `log` when given.
+    pub(crate) fn start_logged(program: &Path, args: &[&str], log: Option<&Path>) -> Result<Self> {
+        let stderr = match log {
+            Some(log) => Stdio::from(
+                std::fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?,
+            ),
+            None => Stdio::inherit(),
+        };
         let mut child = Command::new(program)
             .args(args)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", program.display()))?;
         let stdout = child.stdout.take().expect("stdout was piped");
@@ -63,37 +76,13 @@ impl Server {
 
     /// Waits up to `limit` for the server to exit on its own; its exit status, or
     /// `None` (and the server killed) if it is still running then.
-    pub(crate) fn wait_exit(mut self, limit: Duration) -> Option<std::process::ExitStatus> {
-        let deadline = std::time::Instant::now() + limit;
-        while std::time::Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        None
+    pub(crate) fn wait_exit(mut self, limit: Duration) -> Option<ExitStatus> {
+        wait_or_kill(&mut self.child, limit)
     }
 
     /// Asks the server to stop (SIGINT, so it closes its connections), then waits.
     pub(crate) fn stop(mut self) -> Result {
-        let pid = self.child.id().to_string();
-        let interrupted = Command::new("kill")
-            .args(["-INT", &pid])
-            .status()
-            .is_ok_and(|s| s.success());
-        // A process started with SIGINT ignored (by a non-interactive shell's `&`)
-        // never sees it: after a bounded wait it is killed.
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while interrupted && std::time::Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        self.child
-            .wait()
-            .map_err(|e| format!("cannot wait for the server: {e}"))?;
+        stop(&mut self.child, "INT", Duration::from_secs(10));
         Ok(())
     }
 }
@@ -106,4 +95,54 @@ impl Drop for Server {
             let _ = self.child.wait();
         }
     }
+}
+
+/// Starts `program` with `env` added, stdout and stderr into `log`, stdin empty.
+pub(crate) fn spawn_logged(
+    program: &Path,
+    args: &[String],
+    env: &[(String, String)],
+    log: &Path,
+) -> Result<Child> {
+    let out = std::fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
+    let err = out.try_clone().map_err(|e| e.to_string())?;
+    Command::new(program)
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", program.display()))
+}
+
+/// Waits up to `limit` for `child` to exit; kills it after. `None` when it was killed
+/// (or could not be waited for).
+pub(crate) fn wait_or_kill(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Some(status),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+        }
+    }
+}
+
+/// Sends `signal` (`INT`, `TERM`) to `child` and waits up to `grace` for it to exit,
+/// then kills it. A process started with the signal ignored (SIGINT, by a
+/// non-interactive shell's `&`) never sees it; the bound covers that too.
+pub(crate) fn stop(child: &mut Child, signal: &str, grace: Duration) -> Option<ExitStatus> {
+    if let Ok(Some(status)) = child.try_wait() {
+        return Some(status);
+    }
+    let sent = Command::new("kill")
+        .args([&format!("-{signal}"), &child.id().to_string()])
+        .status()
+        .is_ok_and(|s| s.success());
+    wait_or_kill(child, if sent { grace } else { Duration::ZERO })
 }

@@ -22,7 +22,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::{Outcome, Verdict};
-use crate::root;
+use crate::{path_str, procs, root};
 
 /// (name, letter, what it checks), for the report.
 pub(super) const CASES: &[(&str, &str, &str)] = &[
@@ -138,19 +138,22 @@ fn run_case(
     let ipv6 = case == "browser-h3-ipv6";
     let listen = if ipv6 { "[::1]:0" } else { "127.0.0.1:0" };
     let log = dir.join("server.log");
-    let mut server_proc = Command::new(bin)
-        .args(["--listen", listen, "--cert"])
-        .arg(&cert)
-        .arg("--key")
-        .arg(&key)
-        .arg("--root")
-        .arg(&www)
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&log).map_err(|e| e.to_string())?)
-        .spawn()
-        .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
-    let port = listening_port(&mut server_proc);
-    let result = port.and_then(|port| {
+    let server_proc = procs::Server::start_logged(
+        bin,
+        &[
+            "--listen",
+            listen,
+            "--cert",
+            path_str(&cert)?,
+            "--key",
+            path_str(&key)?,
+            "--root",
+            path_str(&www)?,
+        ],
+        Some(&log),
+    )?;
+    let port = server_proc.addr.port();
+    let result = (|| {
         let host = if ipv6 { "[::1]" } else { "127.0.0.1" };
         let mut args = vec![
             format!("--ignore-certificate-errors-spki-list={spki}"),
@@ -179,31 +182,9 @@ fn run_case(
             quic_attempt(&netlog, port)?;
         }
         Ok(())
-    });
-    super::stop(&mut server_proc);
+    })();
+    server_proc.stop()?;
     result
-}
-
-/// Reads the server's `listening on ADDR` line: its port.
-fn listening_port(child: &mut std::process::Child) -> Result<u16, String> {
-    use std::io::BufRead;
-    let Some(stdout) = child.stdout.take() else {
-        return Err("no stdout".into());
-    };
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = std::io::BufReader::new(stdout).read_line(&mut line);
-        let _ = tx.send(line);
-    });
-    let line = rx
-        .recv_timeout(Duration::from_secs(30))
-        .map_err(|_| "the server did not start within 30 s".to_owned())?;
-    line.trim()
-        .strip_prefix("listening on ")
-        .and_then(|a| a.rsplit(':').next())
-        .and_then(|p| p.parse().ok())
-        .ok_or_else(|| format!("unexpected first line from the server: {line:?}"))
 }
 
 /// Loads `url` in headless Chromium; returns the page's `RESULT {...}` report.
@@ -244,7 +225,7 @@ fn load(chromium: &Path, dir: &Path, extra: &[String], url: &str) -> Result<Stri
             return Err("chromium did not finish within 90 s".into());
         }
     };
-    let _ = super::wait(&mut child, Duration::from_secs(10));
+    let _ = procs::wait_or_kill(&mut child, Duration::from_secs(10));
     let _ = std::fs::write(dir.join("dom.html"), &dom);
     dom.lines()
         .find_map(|l| {

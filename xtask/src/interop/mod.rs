@@ -14,13 +14,12 @@ pub(crate) mod shim;
 mod smoke;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub(crate) use smoke::smoke;
 pub(crate) use smoke::venv;
 
-use crate::{Result, root};
+use crate::{Result, procs, root};
 use cases::Case;
 use peers::Peer;
 
@@ -394,9 +393,9 @@ fn run_once(
     env.push(("REQUESTS".into(), requests.join(" ")));
     let started = Instant::now();
     let mut cli = client.spawn(&env, &logs.join("client.log")).map_err(fail)?;
-    let status = wait(&mut cli, case.timeout);
+    let status = procs::wait_or_kill(&mut cli, case.timeout).map(|s| s.code().unwrap_or(-1));
     let elapsed = started.elapsed();
-    stop(&mut srv);
+    procs::stop(&mut srv, "TERM", Duration::from_secs(2));
     let facts = shim.facts();
     drop(shim);
     // What the shim saw, for whoever investigates a failure.
@@ -448,46 +447,6 @@ fn free_port(ipv6: bool) -> Result<u16> {
 fn port_bound(port: u16, ipv6: bool) -> bool {
     let addr = if ipv6 { "[::1]" } else { "127.0.0.1" };
     std::net::UdpSocket::bind(format!("{addr}:{port}")).is_err()
-}
-
-/// Waits for `child` up to `timeout`; kills it after. `None` on timeout.
-fn wait(child: &mut Child, timeout: Duration) -> Option<i32> {
-    let until = Instant::now() + timeout;
-    loop {
-        match child.try_wait() {
-            Ok(Some(s)) => return Some(s.code().unwrap_or(-1)),
-            Ok(None) if Instant::now() < until => std::thread::sleep(Duration::from_millis(20)),
-            _ => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return None;
-            }
-        }
-    }
-}
-
-/// SIGTERM, then SIGKILL after two seconds.
-fn stop(child: &mut Child) {
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    if wait(child, Duration::from_secs(2)).is_none() {
-        let _ = child.kill();
-    }
-}
-
-/// Starts `program` with `env`, output to `log`.
-fn spawn(program: &Path, args: &[String], env: &[(String, String)], log: &Path) -> Result<Child> {
-    let out = std::fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
-    let err = out.try_clone().map_err(|e| e.to_string())?;
-    Command::new(program)
-        .args(args)
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .spawn()
-        .map_err(|e| format!("cannot start {}: {e}", program.display()))
 }
 
 /// The directory of this module's scripts.

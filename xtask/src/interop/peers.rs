@@ -10,7 +10,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 
-use crate::Result;
+use crate::{Result, procs};
 
 /// A peer, ready to start (or why not).
 #[derive(Debug)]
@@ -117,7 +117,7 @@ impl Peer {
     /// Starts the peer with the runner's environment `env` (which holds `ROLE`).
     pub(super) fn spawn(&self, env: &[(String, String)], log: &Path) -> Result<Child> {
         match &self.kind {
-            Kind::Contract { program, args } => super::spawn(program, args, env, log),
+            Kind::Contract { program, args } => procs::spawn_logged(program, args, env, log),
             Kind::Ngtcp2 { client, server } => ngtcp2_spawn(client, server, env, log),
             Kind::None => Err(format!("{} is unavailable", self.name)),
         }
@@ -169,7 +169,7 @@ fn ngtcp2_spawn(
 ) -> Result<Child> {
     let case = var(env, "TESTCASE");
     if !NGTCP2_CASES.contains(&case) {
-        return super::spawn(Path::new("sh"), &["-c".into(), "exit 127".into()], env, log);
+        return procs::spawn_logged(Path::new("sh"), &["-c".into(), "exit 127".into()], env, log);
     }
     let certs = PathBuf::from(var(env, "CERTS"));
     if var(env, "ROLE") == "server" {
@@ -188,7 +188,7 @@ fn ngtcp2_spawn(
             certs.join("priv.key").display().to_string(),
             certs.join("cert.pem").display().to_string(),
         ]);
-        return super::spawn(server, &args, env, log);
+        return procs::spawn_logged(server, &args, env, log);
     }
     let requests: Vec<&str> = var(env, "REQUESTS").split_whitespace().collect();
     let first = requests.first().copied().unwrap_or("");
@@ -254,5 +254,5 @@ fn ngtcp2_spawn(
             .join(" && "),
         _ => command(&requests),
     };
-    super::spawn(Path::new("sh"), &["-c".into(), script], env, log)
+    procs::spawn_logged(Path::new("sh"), &["-c".into(), script], env, log)
 }

@@ -1,0 +1,149 @@
+//! One measured run: a server started, the load run against it, the server's CPU
+//! time and memory read from `/proc`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use super::Server;
+use super::scenarios::{Kind, Scenario, s};
+use crate::{Result, path_str, procs};
+
+/// One measured run.
+pub(super) struct Run {
+    pub(super) load: String,
+    pub(super) server_cpu: f64,
+    pub(super) server_rss_growth_kib: i64,
+    pub(super) server_peak_kib: u64,
+}
+
+/// Starts a server, runs the load once, stops the server.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn one(
+    bin: &Path,
+    dir: &Path,
+    certs: &Path,
+    server: &Server,
+    sc: &Scenario,
+    quick: bool,
+    pin: bool,
+    i: usize,
+) -> Result<Run> {
+    let mut server_args: Vec<String> = Vec::new();
+    let program: PathBuf = if pin {
+        server_args.extend(s(&["-c", "0"]));
+        server_args.push(path_str(&server.bin)?.to_owned());
+        PathBuf::from("taskset")
+    } else {
+        server.bin.clone()
+    };
+    server_args.extend(s(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--cert",
+        path_str(&certs.join("cert.pem"))?,
+        "--key",
+        path_str(&certs.join("priv.key"))?,
+    ]));
+    server_args.extend(s(sc.server));
+    if server.name == "quay" {
+        // All load comes from 127.0.0.1 and long runs send millions of requests on a
+        // connection: the per-source and per-connection limits, which the peers do not
+        // have, are lifted.
+        server_args.extend(s(&[
+            "--max-connections-per-ip",
+            "1000000",
+            "--max-handshakes-per-ip",
+            "1000000",
+            "--max-requests-per-connection",
+            "0",
+        ]));
+    }
+    let refs: Vec<&str> = server_args.iter().map(String::as_str).collect();
+    let running = procs::Server::start(&program, &refs)?;
+    let pid = running.pid();
+    std::thread::sleep(Duration::from_millis(200));
+    let json = dir.join(format!("{}-{}-{i}.json", sc.name, server.name));
+    let mut load = vec![
+        "--connect".to_owned(),
+        running.addr.to_string(),
+        "--server-name".into(),
+        "localhost".into(),
+        "--ca".into(),
+        path_str(&certs.join("ca.pem"))?.to_owned(),
+        "--json".into(),
+        path_str(&json)?.to_owned(),
+    ];
+    load.extend((sc.load)(quick));
+    let load_bin = bin.join("quay-load");
+    let mut cmd = if pin {
+        let mut c = Command::new("taskset");
+        c.args(["-c", "1"]).arg(&load_bin);
+        c
+    } else {
+        Command::new(&load_bin)
+    };
+    let rss_before = rss_kib(pid, "VmRSS");
+    let cpu_before = cpu_seconds(pid);
+    let out = cmd
+        .args(&load)
+        .env("RUST_LOG", "error")
+        .output()
+        .map_err(|e| format!("cannot run quay-load: {e}"))?;
+    // Idle runs: the connections are gone once quay-load exits, so their memory is
+    // the server's peak (VmHWM) over its size before them.
+    let rss_after = if matches!(sc.kind, Kind::Idle) {
+        rss_kib(pid, "VmHWM")
+    } else {
+        rss_kib(pid, "VmRSS")
+    };
+    let server_cpu = cpu_seconds(pid) - cpu_before;
+    let peak = rss_kib(pid, "VmHWM");
+    running.stop()?;
+    if !out.status.success() {
+        return Err(format!(
+            "{} against {}: quay-load failed: {}{}",
+            sc.name,
+            server.name,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let load = if matches!(sc.kind, Kind::Idle) {
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    } else {
+        std::fs::read_to_string(&json).map_err(|e| format!("{}: {e}", json.display()))?
+    };
+    Ok(Run {
+        load,
+        server_cpu,
+        server_rss_growth_kib: rss_after as i64 - rss_before as i64,
+        server_peak_kib: peak,
+    })
+}
+
+/// User + system CPU seconds of process `pid`.
+fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return f64::NAN;
+    };
+    let Some((_, after)) = stat.rsplit_once(')') else {
+        return f64::NAN;
+    };
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// A memory field (`VmRSS`, `VmHWM`) of process `pid`, in KiB.
+fn rss_kib(pid: u32, key: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(key))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}

@@ -1,0 +1,208 @@
+//! `cargo xtask bench`: the field's scenarios against quay's `h3-server` and, with
+//! `--vs`, the same routes on tokio-quiche and quinn (`bench/peers/`, a workspace of
+//! its own), all driven by `quay-load`, with each server's CPU time and memory read
+//! from `/proc`.
+//!
+//! The server runs on core 0 and the load generator on core 1 (`taskset`, when there
+//! are two cores or more). Each cell runs `--runs` times, the servers taking turns
+//! (quay, peer, quay, peer, ...) so that drift of the machine hits both alike; the
+//! report gives the median with min and max, and quay/peer ratios taken per run pair.
+//! Results: `target/bench/results.json`, `report.md` and SVG charts.
+
+mod charts;
+mod measure;
+mod report;
+mod scenarios;
+mod svg;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use crate::{Result, path_str, root};
+use measure::{Run, one};
+use report::{summary_line, write};
+use scenarios::{Kind, scenarios};
+
+const USAGE: &str = "\
+usage: cargo xtask bench [--scenario NAME]... [--runs N] [--quick] [--vs PEER]...
+
+  --scenario  B1 B2 B4 R1 R2 R3 H1 H1R M1 M1-10k (default: all)
+  --runs      runs per cell (default 5; --quick: 1)
+  --quick     seconds, one run each, quay only, debug build: proves the harness
+              works (part of `cargo xtask test`); its figures mean nothing
+  --vs        a peer server to compare with: tokio-quiche, quinn (repeatable); built
+              from bench/peers/ in release mode (the first build takes minutes)
+";
+
+struct Args {
+    scenarios: Vec<String>,
+    runs: usize,
+    quick: bool,
+    vs: Vec<String>,
+}
+
+fn parse(args: &[String]) -> Result<Args> {
+    let mut a = Args {
+        scenarios: Vec::new(),
+        runs: 5,
+        quick: false,
+        vs: Vec::new(),
+    };
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        let mut value = || {
+            it.next()
+                .cloned()
+                .ok_or_else(|| format!("{arg} needs a value\n\n{USAGE}"))
+        };
+        match arg.as_str() {
+            "--scenario" => a.scenarios.push(value()?),
+            "--runs" => {
+                a.runs = value()?
+                    .parse()
+                    .map_err(|_| format!("--runs needs a number\n\n{USAGE}"))?;
+            }
+            "--quick" => a.quick = true,
+            "--vs" => {
+                let peer = value()?;
+                if !PEERS.iter().any(|(n, _)| *n == peer) {
+                    return Err(format!("unknown peer `{peer}`; known: tokio-quiche quinn"));
+                }
+                if !a.vs.contains(&peer) {
+                    a.vs.push(peer);
+                }
+            }
+            "-h" | "--help" => {
+                print!("{USAGE}");
+                std::process::exit(0);
+            }
+            other => return Err(format!("unknown argument `{other}`\n\n{USAGE}")),
+        }
+    }
+    let known: Vec<&str> = scenarios().iter().map(|s| s.name).collect();
+    for s in &a.scenarios {
+        if !known.contains(&s.as_str()) {
+            return Err(format!(
+                "unknown scenario `{s}`; known: {}",
+                known.join(" ")
+            ));
+        }
+    }
+    if a.quick {
+        if !a.vs.is_empty() {
+            return Err("--quick measures quay alone; leave out --vs".into());
+        }
+        a.runs = 1;
+    }
+    Ok(a)
+}
+
+struct Server {
+    name: &'static str,
+    bin: PathBuf,
+}
+
+/// The peers `--vs` knows: name and binary in `bench/peers/`.
+const PEERS: [(&str, &str); 2] = [("tokio-quiche", "tq-server"), ("quinn", "quinn-server")];
+
+/// All runs of one scenario, per server (quay first).
+struct Cell {
+    name: &'static str,
+    about: &'static str,
+    kind: Kind,
+    runs: Vec<(&'static str, Vec<Run>)>,
+}
+
+/// `cargo xtask bench ...`
+pub(crate) fn run(args: &[String]) -> Result {
+    let args = parse(args)?;
+    let env = crate::prereqs::ensure()?;
+    // Measurements need release binaries; the quick run only proves the harness works,
+    // on the debug build the test run already made.
+    crate::build_examples(&env, !args.quick, &["h3-server", "quay-load"])?;
+    let bin = root()
+        .join("target")
+        .join(if args.quick { "debug" } else { "release" });
+    let mut servers = vec![Server {
+        name: "quay",
+        bin: bin.join("h3-server"),
+    }];
+    let mut unavailable = Vec::new();
+    if !args.vs.is_empty() {
+        let manifest = root().join("bench/peers/Cargo.toml");
+        let built = crate::run(
+            &env,
+            "cargo",
+            &[
+                "build",
+                "--release",
+                "--locked",
+                "--manifest-path",
+                path_str(&manifest)?,
+            ],
+        );
+        for peer in &args.vs {
+            let (name, file) = PEERS.iter().find(|(n, _)| n == peer).expect("checked");
+            match &built {
+                Ok(()) => servers.push(Server {
+                    name,
+                    bin: root().join("bench/peers/target/release").join(file),
+                }),
+                Err(e) => {
+                    println!("  {name}: unavailable: the peers did not build: {e}");
+                    unavailable.push(format!("{name}: the peers did not build ({e})"));
+                }
+            }
+        }
+    }
+    // A quick run must not overwrite the last full report.
+    let dir = if args.quick {
+        root().join("target/bench/quick")
+    } else {
+        root().join("target/bench")
+    };
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    // One certificate (ECDSA P-256, signed by a fresh root) for every server, so that
+    // handshakes cost the same signature everywhere.
+    let certs = dir.join("certs");
+    std::fs::create_dir_all(&certs).map_err(|e| format!("{}: {e}", certs.display()))?;
+    crate::interop::cases::certificates(&certs, 1)?;
+    let pin = std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2)
+        && Command::new("taskset").arg("-V").output().is_ok();
+    let mut cells: Vec<Cell> = Vec::new();
+    for sc in scenarios() {
+        let selected = if args.scenarios.is_empty() {
+            !(args.quick && sc.name == "M1-10k")
+        } else {
+            args.scenarios.iter().any(|n| n == sc.name)
+        };
+        if !selected {
+            continue;
+        }
+        let mut runs: Vec<(&'static str, Vec<Run>)> =
+            servers.iter().map(|s| (s.name, Vec::new())).collect();
+        // Servers take turns within each round: A B A B.
+        for i in 0..args.runs {
+            for (server, (_, out)) in servers.iter().zip(runs.iter_mut()) {
+                let r = one(&bin, &dir, &certs, server, &sc, args.quick, pin, i)?;
+                println!(
+                    "  {:<7} {:<13} run {}: {}",
+                    sc.name,
+                    server.name,
+                    i + 1,
+                    summary_line(sc.kind, &r)
+                );
+                out.push(r);
+            }
+        }
+        cells.push(Cell {
+            name: sc.name,
+            about: sc.about,
+            kind: sc.kind,
+            runs,
+        });
+    }
+    write(&dir, &cells, pin, &unavailable)?;
+    println!("bench: report in {}", dir.join("report.md").display());
+    Ok(())
+}

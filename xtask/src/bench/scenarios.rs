@@ -1,0 +1,164 @@
+//! The scenarios: what the load generator does and how each result is read.
+
+pub(super) struct Scenario {
+    pub(super) name: &'static str,
+    pub(super) about: &'static str,
+    /// Arguments for quay-load (full run, quick run).
+    pub(super) load: fn(bool) -> Vec<String>,
+    /// Extra h3-server arguments.
+    pub(super) server: &'static [&'static str],
+    /// How the result is read.
+    pub(super) kind: Kind,
+}
+
+#[derive(Clone, Copy)]
+pub(super) enum Kind {
+    /// Goodput down (or up) and server CPU seconds per GB.
+    Bulk { up: bool },
+    /// Requests/s, latency and server CPU µs per request.
+    Requests,
+    /// Handshakes/s and server CPU ms per handshake.
+    Handshakes,
+    /// Server memory growth per idle connection.
+    Idle,
+}
+
+pub(super) fn s(v: &[&str]) -> Vec<String> {
+    v.iter().map(|x| (*x).to_owned()).collect()
+}
+
+const MIB: u64 = 1024 * 1024;
+
+pub(super) fn scenarios() -> Vec<Scenario> {
+    vec![
+        Scenario {
+            name: "B1",
+            about: "bulk download on one connection",
+            load: |q| {
+                let n = if q { 32 * MIB } else { 1024 * MIB };
+                let n = n.to_string();
+                s(&["--requests", "1", "--response-size", &n])
+            },
+            server: &[],
+            kind: Kind::Bulk { up: false },
+        },
+        Scenario {
+            name: "B2",
+            about: "bulk upload on one connection",
+            load: |q| {
+                let n = if q { 16 * MIB } else { 256 * MIB };
+                let n = n.to_string();
+                s(&[
+                    "--requests",
+                    "1",
+                    "--request-size",
+                    &n,
+                    "--response-size",
+                    "0",
+                ])
+            },
+            server: &[],
+            kind: Kind::Bulk { up: true },
+        },
+        Scenario {
+            name: "B4",
+            about: "100 concurrent streams x 1 MiB on one connection",
+            load: |q| {
+                let n = if q { "20" } else { "100" };
+                s(&[
+                    "--inflight",
+                    n,
+                    "--requests",
+                    n,
+                    "--response-size",
+                    "1048576",
+                ])
+            },
+            server: &[],
+            kind: Kind::Bulk { up: false },
+        },
+        Scenario {
+            name: "R1",
+            about: "requests on one connection, 100 in flight, 512 B up / 4 KB down",
+            load: |q| requests(q, "1", "100"),
+            server: &[],
+            kind: Kind::Requests,
+        },
+        Scenario {
+            name: "R2",
+            about: "requests on 32 connections x 10 in flight, 512 B up / 4 KB down",
+            load: |q| requests(q, "32", "10"),
+            server: &[],
+            kind: Kind::Requests,
+        },
+        Scenario {
+            name: "R3",
+            about: "one request at a time (latency), 512 B up / 4 KB down",
+            load: |q| requests(q, "1", "1"),
+            server: &[],
+            kind: Kind::Requests,
+        },
+        Scenario {
+            name: "H1",
+            about: "handshakes: fresh connection, one GET, close (no Retry)",
+            load: handshakes,
+            server: &[],
+            kind: Kind::Handshakes,
+        },
+        Scenario {
+            name: "H1R",
+            about: "handshakes as H1, every client validated with Retry",
+            load: handshakes,
+            server: &["--retry"],
+            kind: Kind::Handshakes,
+        },
+        Scenario {
+            name: "M1",
+            about: "server memory per idle connection (1k; 10k in full runs)",
+            load: |q| {
+                let n = if q { "200" } else { "1000" };
+                s(&["--idle-connections", n, "--duration", "2"])
+            },
+            server: &[],
+            kind: Kind::Idle,
+        },
+        Scenario {
+            name: "M1-10k",
+            about: "server memory per idle connection, 10k connections",
+            load: |_| s(&["--idle-connections", "10000", "--duration", "2"]),
+            server: &[],
+            kind: Kind::Idle,
+        },
+    ]
+}
+
+fn requests(quick: bool, conns: &str, inflight: &str) -> Vec<String> {
+    let (secs, warm) = if quick { ("1", "0.3") } else { ("10", "2") };
+    s(&[
+        "--connections",
+        conns,
+        "--inflight",
+        inflight,
+        "--request-size",
+        "512",
+        "--response-size",
+        "4096",
+        "--duration",
+        secs,
+        "--warmup",
+        warm,
+    ])
+}
+
+fn handshakes(quick: bool) -> Vec<String> {
+    let secs = if quick { "1" } else { "10" };
+    s(&[
+        "--handshakes",
+        "--connections",
+        "8",
+        "--response-size",
+        "0",
+        "--duration",
+        secs,
+    ])
+}
