@@ -9,10 +9,11 @@ use tracing::Instrument;
 use crate::cid::{DEFAULT_CID_LEN, ResetKey, random_cid};
 use crate::handle::{ConnectionClosed, ConnectionHandle};
 use crate::metrics::{Metrics, NoopMetrics};
-use crate::router::{Router, WORKER_COMMAND_QUEUE};
+use crate::router::Router;
 use crate::settings::{QuicSettings, SettingError};
 use crate::socket::Socket;
 use crate::tls::{ClientTlsConfig, TlsError, alert_name};
+use crate::worker::WORKER_COMMAND_QUEUE;
 use crate::worker::{self, WorkerSetup, WorkerShared};
 
 /// Everything a client connection needs.

@@ -12,9 +12,10 @@ use tracing::Instrument;
 use crate::cid::{DEFAULT_CID_LEN, ResetKey};
 use crate::handle::ConnectionHandle;
 use crate::metrics::{Metrics, NoopMetrics};
-use crate::router::reset_limiter;
 use crate::router::retry::RetryTokens;
-use crate::router::{Accept, CONNECTION_REFUSED, Failure, Router, RouterCommand, RouterFailure};
+use crate::router::{
+    Accept, CONNECTION_REFUSED, Failure, Router, RouterCommand, RouterFailure, rate_limiter,
+};
 use crate::settings::{QuicSettings, SettingError};
 use crate::socket::Socket;
 use crate::tls::{TlsConfig, TlsError};
@@ -279,10 +280,10 @@ pub(crate) fn listener_router(
     let shared = WorkerShared::new(&params.settings, Arc::clone(&params.metrics));
     let abort = CancellationToken::new();
     let accept = Accept {
-        config,
+        config: Arc::new(std::sync::Mutex::new(config)),
         retry: RetryTokens::new(params.retry_token_lifetime),
-        reset_limiter: reset_limiter(params.limits.resets_per_second),
-        close_limiter: reset_limiter(params.limits.resets_per_second),
+        reset_limiter: rate_limiter(params.limits.resets_per_second),
+        close_limiter: rate_limiter(params.limits.resets_per_second),
         accept_tx,
         shared,
         shutdown: None,

@@ -5,58 +5,33 @@
 //! connection take the accept path on a listener: version negotiation, Retry, limits,
 //! then a new connection offered to the application; or get a stateless reset.
 
+mod accept;
 pub(crate) mod header;
 pub(crate) mod reset;
 pub(crate) mod retry;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Instant;
 
 use quic_app::queue;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::cid::{ResetKey, random_cid};
-use crate::listen::{IncomingConnection, RetryPolicy, ServerParams};
-use crate::metrics::{DropReason, Metrics, RejectReason};
+pub(crate) use accept::{Accept, CONNECTION_REFUSED, rate_limiter};
+
+use crate::cid::ResetKey;
+use crate::metrics::{DropReason, Metrics};
 use crate::socket::{Datagram, Receiver, Socket};
-use crate::worker::{WorkerCommand, WorkerSetup, WorkerShared};
+use crate::worker::{COPY_SHARED_AFTER, WORKER_QUEUE, WORKER_QUEUE_BYTES, WorkerCommand};
 use header::Routing;
-use reset::RateLimiter;
-use retry::{MAX_TOKEN_LEN, RetryTokens, TokenError};
-
-/// Datagrams queued for one connection's worker. A full queue drops the datagram and
-/// counts it ([`Metrics::queue_full_drop`]); QUIC recovers it as a loss. 1024 covers a
-/// full receive batch many times over for a worker that is briefly busy.
-pub(crate) const WORKER_QUEUE: usize = 1024;
-
-/// Bytes queued for one connection's worker, whatever the datagrams' count: GRO can
-/// deliver datagrams far larger than a packet, and a queue of them must not hold tens
-/// of megabytes. 2 MiB is more than a full queue of 1024 ordinary datagrams; a full
-/// queue drops and counts as above.
-pub(crate) const WORKER_QUEUE_BYTES: usize = 2 * 1024 * 1024;
-
-/// Datagrams queued for a worker beyond which a datagram whose bytes share an
-/// allocation with other senders' is copied out before it joins them: a worker this
-/// far behind may hold it long. Below it (a worker keeping up) nothing is copied.
-const COPY_SHARED_AFTER: usize = 64;
-
-/// Commands to a worker (close, stats). Few are ever in flight.
-pub(crate) const WORKER_COMMAND_QUEUE: usize = 16;
 
 /// Receive batches the router reads before it checks its commands again.
 const RECV_BATCHES_PER_TURN: usize = 16;
 
 /// RFC 9000 §14.1: a server must discard an Initial carried in a datagram shorter
 /// than 1200 bytes; §6.1/§5.2.2: nor answer such a datagram with Version Negotiation.
-const MIN_INITIAL_DATAGRAM: usize = 1200;
-
-/// RFC 9000 §20.1: INVALID_TOKEN, "invalid packet token received".
-const INVALID_TOKEN: u64 = 0xb;
-
-/// RFC 9000 §20.1: CONNECTION_REFUSED, "the server refused to accept a new connection".
-pub(crate) const CONNECTION_REFUSED: u64 = 0x2;
+pub(crate) const MIN_INITIAL_DATAGRAM: usize = 1200;
 
 /// The unit the per-source limits count: one IPv4 address, or one IPv6 /64 (what one
 /// host usually holds; an attacker has the whole prefix).
@@ -80,15 +55,16 @@ impl SourceKey {
 
 /// What one source holds.
 #[derive(Debug, Clone, Copy, Default)]
-struct SourceCount {
-    conns: usize,
-    handshakes: usize,
+pub(crate) struct SourceCount {
+    pub(crate) conns: usize,
+    pub(crate) handshakes: usize,
 }
 
 /// Source ports of UDP services that reflection and amplification attacks abuse:
 /// tcpmux/echo/chargen, DNS, portmap, NTP, NetBIOS, SNMP, LDAP, IKE. Port 0 is never a
 /// real source. Nothing is sent in answer to them.
-const REFLECTION_PORTS: [u16; 12] = [0, 7, 17, 19, 53, 111, 123, 137, 138, 161, 389, 500];
+pub(crate) const REFLECTION_PORTS: [u16; 12] =
+    [0, 7, 17, 19, 53, 111, 123, 137, 138, 161, 389, 500];
 
 /// Messages into the router task.
 ///
@@ -186,20 +162,6 @@ struct ConnEntry {
     /// Where a server's connection came from, for the per-source limits.
     source: Option<SourceKey>,
     ctrl_tx: queue::Sender<WorkerCommand>,
-}
-
-/// What a listener's router has that a client's does not.
-pub(crate) struct Accept {
-    pub(crate) config: quiche::Config,
-    pub(crate) params: ServerParams,
-    pub(crate) retry: RetryTokens,
-    pub(crate) reset_limiter: RateLimiter,
-    /// Stateless closes (INVALID_TOKEN, CONNECTION_REFUSED): each costs a TLS read.
-    pub(crate) close_limiter: RateLimiter,
-    pub(crate) accept_tx: mpsc::Sender<IncomingConnection>,
-    pub(crate) shared: Arc<WorkerShared>,
-    pub(crate) shutdown: Option<oneshot::Sender<()>>,
-    pub(crate) shutting_down: bool,
 }
 
 /// The routing step every datagram takes: the destination connection ID of its first
@@ -438,7 +400,9 @@ impl Router {
             }
             RouterCommand::ReplaceConfig(config) => {
                 if let Some(a) = &mut self.accept {
-                    a.config = *config.0;
+                    *a.config
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = *config.0;
                 }
             }
             RouterCommand::Shutdown {
@@ -609,223 +573,6 @@ impl Router {
                 .datagram_dropped(DropReason::VersionNegotiationSuppressed),
         }
     }
-
-    fn reject(&self, reason: RejectReason) {
-        tracing::trace!(?reason, "Initial rejected");
-        self.metrics.initial_rejected(reason);
-    }
-
-    /// Answers a client's Initial with CONNECTION_CLOSE carrying transport error
-    /// `code`, keeping no state: INVALID_TOKEN when its Retry token fails validation
-    /// (RFC 9000 §8.1.2: it will not accept a second Retry), CONNECTION_REFUSED when a
-    /// limit is reached. The client then fails at once instead of waiting out its
-    /// handshake timeout. Building the close takes a throwaway connection that reads
-    /// the client's Initial, so these answers have a rate limit of their own (as many
-    /// per second as stateless resets).
-    fn close_statelessly(&mut self, mut dgram: Datagram, code: u64, reason: &[u8]) {
-        let Some(accept) = self.accept.as_mut() else {
-            return;
-        };
-        if !accept.close_limiter.try_take(Instant::now()) {
-            return;
-        }
-        let scid = random_cid(self.cid_len);
-        let info = quiche::RecvInfo {
-            from: dgram.from,
-            to: dgram.to,
-        };
-        let Ok(mut conn) = quiche::accept(&scid, None, dgram.to, dgram.from, &mut accept.config)
-        else {
-            return;
-        };
-        if conn.recv(&mut dgram.buf, info).is_err() {
-            return;
-        }
-        let _ = conn.close(false, code, reason);
-        if let Ok((len, send)) = conn.send(&mut self.out) {
-            let _ = self.socket.try_send_one(send.to, &self.out[..len]);
-        }
-    }
-
-    fn accept_initial(&mut self, mut dgram: Datagram) {
-        let accept = self.accept.as_mut().expect("checked by the caller");
-        if accept.shutting_down || accept.accept_tx.is_closed() {
-            return self.reject(RejectReason::ShuttingDown);
-        }
-        if dgram.buf.len() < MIN_INITIAL_DATAGRAM {
-            return self.reject(RejectReason::TooShort);
-        }
-        if REFLECTION_PORTS.contains(&dgram.from.port()) {
-            return self.reject(RejectReason::ReflectionPort);
-        }
-        if accept.accept_tx.capacity() == 0 {
-            return self.reject(RejectReason::BacklogFull);
-        }
-        let limits = &accept.params.limits;
-        let source = SourceKey::of(dgram.from.ip());
-        let from_source = self.sources.get(&source).copied().unwrap_or_default();
-        let over_limit = if self.conns.len() >= limits.max_connections {
-            Some(RejectReason::ConnectionLimit)
-        } else if from_source.conns >= limits.max_connections_per_ip {
-            Some(RejectReason::SourceConnectionLimit)
-        } else if from_source.handshakes >= limits.max_handshakes_per_ip {
-            Some(RejectReason::SourceHandshakeLimit)
-        } else {
-            None
-        };
-        let handshaking = self.handshaking;
-
-        // The full parse (with the token) happens only here, once per new connection.
-        let Ok(hdr) = quiche::Header::from_slice(&mut dgram.buf, self.cid_len) else {
-            self.metrics.datagram_dropped(DropReason::Malformed);
-            return;
-        };
-        let now_secs = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or(Duration::ZERO)
-            .as_secs();
-        let token = hdr.token.as_deref().unwrap_or(&[]);
-        let odcid = if token.is_empty() {
-            None
-        } else {
-            match accept
-                .retry
-                .validate(token, dgram.from, &hdr.dcid, now_secs)
-            {
-                Ok(odcid) => Some(quiche::ConnectionId::from_vec(odcid.to_vec())),
-                // Not one of ours (a NEW_TOKEN token of another server, say): the
-                // client is unvalidated, as if it had sent none (RFC 9000 §8.1.3).
-                Err(TokenError::Malformed) => None,
-                Err(e) => {
-                    tracing::debug!(?e, peer = %dgram.from, "invalid Retry token");
-                    drop(hdr);
-                    self.reject(RejectReason::InvalidToken);
-                    return self.close_statelessly(dgram, INVALID_TOKEN, b"invalid retry token");
-                }
-            }
-        };
-        if let Some(reason) = over_limit
-            && odcid.is_some()
-        {
-            // A proven address over a limit: told at once, so it fails fast.
-            drop(hdr);
-            self.reject(reason);
-            return self.close_statelessly(dgram, CONNECTION_REFUSED, b"connection limit");
-        }
-        // Over a limit, an unproven address gets a Retry first: a spoofed flood then
-        // costs one stateless packet each and no TLS work. Counted when refused.
-        let want_retry = over_limit.is_some()
-            || match accept.params.retry {
-                RetryPolicy::Never => false,
-                RetryPolicy::Always => true,
-                RetryPolicy::UnderLoad { handshakes } => handshaking >= handshakes,
-            };
-        if odcid.is_none() && want_retry {
-            let new_scid = random_cid(self.cid_len);
-            let mut token = [0u8; MAX_TOKEN_LEN];
-            let token_len = accept
-                .retry
-                .mint(dgram.from, &hdr.dcid, &new_scid, now_secs, &mut token);
-            match quiche::retry(
-                &hdr.scid,
-                &hdr.dcid,
-                &new_scid,
-                &token[..token_len],
-                hdr.version,
-                &mut self.out,
-            ) {
-                Ok(len) => {
-                    if self
-                        .socket
-                        .try_send_one(dgram.from, &self.out[..len])
-                        .is_ok()
-                    {
-                        self.metrics.retry_sent();
-                    }
-                }
-                Err(_) => self.metrics.datagram_dropped(DropReason::Malformed),
-            }
-            return;
-        }
-        if handshaking >= limits.max_handshakes {
-            return self.reject(RejectReason::HandshakeLimit);
-        }
-
-        // After a Retry, the client addresses us by the SCID the Retry carried
-        // (RFC 9000 §7.3: it becomes retry_source_connection_id).
-        let scid = match &odcid {
-            Some(_) => quiche::ConnectionId::from_vec(hdr.dcid.to_vec()),
-            None => random_cid(self.cid_len),
-        };
-        let client_dcid = hdr.dcid.to_vec();
-        drop(hdr);
-        let token = self.reset_key.token(&scid);
-        accept
-            .config
-            .set_stateless_reset_token(Some(u128::from_be_bytes(token)));
-        let mut conn = match quiche::accept(
-            &scid,
-            odcid.as_ref(),
-            dgram.to,
-            dgram.from,
-            &mut accept.config,
-        ) {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::debug!(error = %e, "quiche refused a new connection");
-                return self.reject(RejectReason::AcceptFailed);
-            }
-        };
-        // Feed the Initial here: one that does not decrypt (forged, corrupted) costs no
-        // worker, no queue and no slot in the accept backlog.
-        let info = quiche::RecvInfo {
-            from: dgram.from,
-            to: dgram.to,
-        };
-        if conn.recv(&mut dgram.buf, info).is_err() || conn.stats().recv == 0 {
-            return self.reject(RejectReason::InvalidInitial);
-        }
-        let (local, peer) = (dgram.to, dgram.from);
-        let (ctrl_tx, ctrl_rx) = queue::channel(WORKER_COMMAND_QUEUE);
-        let mut cids = vec![scid.to_vec()];
-        if client_dcid != cids[0] {
-            cids.push(client_dcid);
-        }
-        let shared = Arc::clone(&accept.shared);
-        let (registration, pkt_rx) = self.register(cids, ctrl_tx.clone(), Some(source));
-        let setup = WorkerSetup {
-            conn: Box::new(conn),
-            registration,
-            socket: Arc::clone(&self.socket),
-            pkt_rx,
-            ctrl_rx,
-            ctrl_tx,
-            shared,
-            abort: self.abort.child_token(),
-            local,
-            peer,
-            started: Instant::now(),
-        };
-        let accept = self.accept.as_mut().expect("checked by the caller");
-        match accept.accept_tx.try_send(IncomingConnection::new(setup)) {
-            Ok(()) => self.metrics.initial_accepted(),
-            Err(e) => {
-                // Capacity was checked above, so the listener was dropped meanwhile:
-                // refusing closes the connection and unregisters it.
-                let incoming = match e {
-                    mpsc::error::TrySendError::Full(i) | mpsc::error::TrySendError::Closed(i) => i,
-                };
-                incoming.refuse();
-                self.reject(RejectReason::ShuttingDown);
-            }
-        }
-    }
-}
-
-/// The stateless reset rate limiter for a listener: `rate` per second, bursts of the
-/// same size.
-pub(crate) fn reset_limiter(rate: u32) -> RateLimiter {
-    RateLimiter::new(rate, rate)
 }
 
 #[cfg(test)]

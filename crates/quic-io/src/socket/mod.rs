@@ -143,7 +143,7 @@ pub(crate) struct Datagram {
 /// own, the rest of the batch shares one. At most a few allocations per batch, never
 /// one per datagram; a datagram of a long run pins only its own sender's bytes, and
 /// the router copies a shared one out before it queues behind many others (see
-/// `router::COPY_SHARED_AFTER`).
+/// `worker::COPY_SHARED_AFTER`).
 #[derive(Debug)]
 pub(crate) struct Receiver {
     buf: Box<[u8]>,

@@ -28,6 +28,28 @@ use crate::router::Registration;
 use crate::socket::{Datagram, Socket};
 use batch::{Next, SendBatcher};
 
+// The queues into a worker, filled by its router (datagrams) and its handles
+// (commands).
+
+/// Datagrams queued for one connection's worker. A full queue drops the datagram and
+/// counts it ([`Metrics::queue_full_drop`](crate::metrics::Metrics::queue_full_drop)); QUIC recovers it as a loss. 1024 covers a
+/// full receive batch many times over for a worker that is briefly busy.
+pub(crate) const WORKER_QUEUE: usize = 1024;
+
+/// Bytes queued for one connection's worker, whatever the datagrams' count: GRO can
+/// deliver datagrams far larger than a packet, and a queue of them must not hold tens
+/// of megabytes. 2 MiB is more than a full queue of 1024 ordinary datagrams; a full
+/// queue drops and counts as above.
+pub(crate) const WORKER_QUEUE_BYTES: usize = 2 * 1024 * 1024;
+
+/// Datagrams queued for a worker beyond which a datagram whose bytes share an
+/// allocation with other senders' is copied out before it joins them: a worker this
+/// far behind may hold it long. Below it (a worker keeping up) nothing is copied.
+pub(crate) const COPY_SHARED_AFTER: usize = 64;
+
+/// Commands to a worker (close, stats). Few are ever in flight.
+pub(crate) const WORKER_COMMAND_QUEUE: usize = 16;
+
 /// Datagrams fed to the connection per turn before the worker sends and checks its
 /// timer again: bounds the time between two sends under a flood of input.
 const MAX_DATAGRAMS_PER_TURN: usize = 256;

@@ -1,5 +1,6 @@
 mod echo;
 mod errors;
+mod handoff;
 mod hardening;
 mod hostile;
 mod lifecycle;
