@@ -7,6 +7,7 @@
 mod attack;
 mod bench;
 mod interop;
+mod msrv;
 mod prereqs;
 mod procs;
 
@@ -20,7 +21,8 @@ const USAGE: &str = "\
 usage: cargo xtask <command>
 
 commands:
-  test    install native prerequisites if missing, then fmt check, clippy -D warnings,
+  test    install native prerequisites if missing, then fmt check, the MSRV check,
+          clippy -D warnings,
           every test (unit, integration, property, doc), the loom model of the
           queue, rustdoc -D warnings, the
           examples end to end, an HTTP/3 interop smoke test against aioquic,
@@ -35,6 +37,8 @@ commands:
   attack  bounded attacks on h3-server (garbage, Initial flood, slowloris, request
           flood, connection churn, SIGTERM under loss) while legitimate clients work,
           every legitimate transfer checked (`cargo xtask attack --help`)
+  msrv    no dependency of the published crates needs a newer Rust than the
+          workspace's rust-version (part of `test`)
 ";
 
 fn main() -> ExitCode {
@@ -45,6 +49,7 @@ fn main() -> ExitCode {
         Some("interop") => interop::run(&args[1..]),
         Some("bench") => bench::run(&args[1..]),
         Some("attack") => attack::run(&args[1..]),
+        Some("msrv") => prereqs::ensure().and_then(|env| msrv::check(&env)),
         Some("-h" | "--help" | "help") => {
             print!("{USAGE}");
             Ok(())
@@ -94,6 +99,7 @@ fn test() -> Result {
     let env = prereqs::ensure()?;
     let started = Instant::now();
     run(&env, "cargo", &["fmt", "--all", "--", "--check"])?;
+    msrv::check(&env)?;
     run(
         &env,
         "cargo",
