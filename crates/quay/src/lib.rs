@@ -56,6 +56,7 @@
 //! - `json`: `ResponseExt::json` on the client's responses (serde);
 //! - `testing`: enables `quay::app::testing`, the in-memory harness.
 #![warn(missing_docs)]
+#![doc(test(attr(deny(warnings))))]
 
 /// The README's code example, compiled and run as a doc test.
 #[cfg(doctest)]

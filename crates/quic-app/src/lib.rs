@@ -38,6 +38,7 @@
 //!     // The other methods keep their defaults: a purely reactive protocol has
 //!     // nothing to set up and nothing to wait for besides the peer.
 //! }
+//! # let _ = Pong;
 //! ```
 //!
 //! # Feature flags
@@ -47,6 +48,7 @@
 //!   client app and a server app through two real `quiche::Connection`s, without
 //!   sockets, with seeded datagram loss and reordering.
 #![warn(missing_docs)]
+#![doc(test(attr(deny(warnings))))]
 
 mod app;
 pub mod queue;

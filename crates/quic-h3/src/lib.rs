@@ -55,6 +55,7 @@
 //! # }
 //! ```
 #![warn(missing_docs)]
+#![doc(test(attr(deny(warnings))))]
 
 mod body;
 pub use body::{RecvBody, SendBody};

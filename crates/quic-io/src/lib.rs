@@ -43,6 +43,7 @@
 //! # }
 //! ```
 #![warn(missing_docs)]
+#![doc(test(attr(deny(warnings))))]
 
 mod cid;
 pub use cid::{DEFAULT_CID_LEN, ResetKey};

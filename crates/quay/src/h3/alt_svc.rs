@@ -26,6 +26,7 @@ pub fn alt_svc_value(port: u16, max_age: Duration) -> HeaderValue {
 /// let tcp_app: Router = Router::new()
 ///     .route("/", get(|| async { "hello" }))
 ///     .layer(AltSvcLayer::new(443, Duration::from_secs(86_400)));
+/// # let _ = tcp_app;
 /// ```
 #[derive(Debug, Clone)]
 pub struct AltSvcLayer {

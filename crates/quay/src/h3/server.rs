@@ -137,7 +137,8 @@ impl ServerBuilder {
 /// ```no_run
 /// use quay::h3::{Body, Server};
 ///
-/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let identity = quay::io::TlsConfig::self_signed(&["localhost"])?;
 /// let server = Server::builder().tls(identity.config).bind("127.0.0.1:4433".parse()?)?;
 /// server
@@ -262,7 +263,8 @@ impl Server {
     /// use axum::{Extension, Router, routing::get};
     /// use quay::h3::{ConnectionInfo, Server};
     ///
-    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// let app = Router::new().route(
     ///     "/whoami",
     ///     get(|Extension(conn): Extension<ConnectionInfo>| async move {
