@@ -46,7 +46,10 @@
 #![doc(test(attr(deny(warnings))))]
 
 mod cid;
-pub use cid::{DEFAULT_CID_LEN, ResetKey};
+pub use cid::quic_lb::{
+    MAX_SERVER_ID_LEN, QuicLbConfig, QuicLbError, QuicLbGenerator, ServerId, UNROUTABLE_CONFIG_ID,
+};
+pub use cid::{ConnectionIdGenerator, DEFAULT_CID_LEN, RandomConnectionIds, ResetKey};
 
 mod connect;
 pub use connect::{ClientParams, ConnectError, connect};

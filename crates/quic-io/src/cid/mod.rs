@@ -1,5 +1,7 @@
 //! Connection IDs and the stateless reset tokens derived from them.
 
+pub(crate) mod quic_lb;
+
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
@@ -19,6 +21,59 @@ pub(crate) fn random_cid(len: usize) -> quiche::ConnectionId<'static> {
     let len = len.clamp(1, quiche::MAX_CONN_ID_LEN);
     random_bytes(&mut buf[..len]);
     quiche::ConnectionId::from_vec(buf[..len].to_vec())
+}
+
+/// Makes the connection IDs a listener issues: the one of each new connection (and of
+/// each Retry), and the spare ones it gives each client for migration.
+///
+/// The default, [`RandomConnectionIds`], makes random ones;
+/// [`QuicLbGenerator`](crate::QuicLbGenerator) makes IDs that carry a server ID, for
+/// load balancers and sharded listeners. One generator may serve several routers at
+/// once, so it takes `&self`.
+pub trait ConnectionIdGenerator: Send + Sync + std::fmt::Debug + 'static {
+    /// The length of every ID it makes (1..=20): a short header carries no length,
+    /// so a listener's IDs all have one.
+    fn cid_len(&self) -> usize;
+
+    /// Writes a new ID into `out`, which is [`cid_len`](Self::cid_len) bytes long.
+    fn generate(&self, out: &mut [u8]);
+
+    /// A new ID.
+    fn new_id(&self) -> quiche::ConnectionId<'static> {
+        let mut buf = [0u8; quiche::MAX_CONN_ID_LEN];
+        let len = self.cid_len().clamp(1, quiche::MAX_CONN_ID_LEN);
+        self.generate(&mut buf[..len]);
+        quiche::ConnectionId::from_vec(buf[..len].to_vec())
+    }
+}
+
+/// Random connection IDs of one length, from BoringSSL's CSPRNG.
+#[derive(Debug, Clone, Copy)]
+pub struct RandomConnectionIds {
+    len: usize,
+}
+
+impl RandomConnectionIds {
+    /// IDs of `len` bytes (1..=20; checked when the listener starts).
+    pub fn new(len: usize) -> Self {
+        Self { len }
+    }
+}
+
+impl Default for RandomConnectionIds {
+    fn default() -> Self {
+        Self::new(DEFAULT_CID_LEN)
+    }
+}
+
+impl ConnectionIdGenerator for RandomConnectionIds {
+    fn cid_len(&self) -> usize {
+        self.len
+    }
+
+    fn generate(&self, out: &mut [u8]) {
+        random_bytes(out);
+    }
 }
 
 /// The secret from which stateless reset tokens are derived, one token per connection
