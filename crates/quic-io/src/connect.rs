@@ -6,7 +6,7 @@ use quic_app::{ApplicationOverQuic, CloseReason};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::cid::{DEFAULT_CID_LEN, ResetKey, random_cid};
+use crate::cid::{DEFAULT_CID_LEN, RandomConnectionIds, ResetKey, random_cid};
 use crate::handle::{ConnectionClosed, ConnectionHandle};
 use crate::metrics::{Metrics, NoopMetrics};
 use crate::router::Router;
@@ -14,7 +14,7 @@ use crate::settings::{QuicSettings, SettingError};
 use crate::socket::Socket;
 use crate::tls::{ClientTlsConfig, TlsError, alert_name};
 use crate::worker::WORKER_COMMAND_QUEUE;
-use crate::worker::{self, WorkerSetup, WorkerShared};
+use crate::worker::{self, Issuer, WorkerSetup, WorkerShared};
 
 /// Everything a client connection needs.
 #[derive(Clone)]
@@ -181,17 +181,25 @@ pub async fn connect<A: ApplicationOverQuic>(
     // Dropping this future before the handshake resolves (a timeout, a raced attempt
     // that lost) stops the attempt instead of leaving it to run on.
     let mut attempt = StopOnDrop(Some(abort.clone()));
+    let reset_key = ResetKey::random();
     let mut router = Router::new(
         Arc::clone(&socket),
         params.cid_len,
         Arc::clone(&params.metrics),
-        ResetKey::random(),
+        reset_key.clone(),
         None,
         abort.clone(),
     );
     let (ctrl_tx, ctrl_rx) = quic_app::queue::channel(WORKER_COMMAND_QUEUE);
     let (registration, pkt_rx) = router.register(vec![scid.to_vec()], ctrl_tx.clone(), None);
-    let shared = WorkerShared::new(&params.settings, Arc::clone(&params.metrics));
+    let shared = WorkerShared::new(
+        &params.settings,
+        Arc::clone(&params.metrics),
+        Some(Issuer {
+            cids: Arc::new(RandomConnectionIds::new(params.cid_len)),
+            reset_key,
+        }),
+    );
     let setup = WorkerSetup {
         conn: Box::new(conn),
         registration,

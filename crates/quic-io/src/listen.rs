@@ -9,7 +9,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::cid::{DEFAULT_CID_LEN, ResetKey};
+use crate::cid::{ConnectionIdGenerator, DEFAULT_CID_LEN, RandomConnectionIds, ResetKey};
 use crate::handle::ConnectionHandle;
 use crate::metrics::{Metrics, NoopMetrics};
 use crate::router::retry::RetryTokens;
@@ -19,7 +19,7 @@ use crate::router::{
 use crate::settings::{QuicSettings, SettingError};
 use crate::socket::Socket;
 use crate::tls::{TlsConfig, TlsError};
-use crate::worker::{self, WorkerSetup, WorkerShared};
+use crate::worker::{self, Issuer, WorkerSetup, WorkerShared};
 
 /// When a listener answers a new client with Retry (RFC 9000 §8.1.2) to prove the
 /// client's address before it spends any state on it.
@@ -98,8 +98,14 @@ pub struct ServerParams {
     /// The secret stateless reset tokens are derived from. Give restarted or sibling
     /// servers the same key so they can reset connections they do not know.
     pub reset_key: ResetKey,
-    /// Length of the connection IDs this listener issues (1..=20).
+    /// Length of the connection IDs this listener issues (1..=20). With a
+    /// [`cid_generator`](Self::cid_generator), its length.
     pub cid_len: usize,
+    /// Makes the connection IDs this listener issues: each new connection's, each
+    /// Retry's, and the spare ones given to clients. `None`: random IDs of
+    /// [`cid_len`](Self::cid_len) bytes. Set with
+    /// [`with_cid_generator`](Self::with_cid_generator).
+    pub cid_generator: Option<Arc<dyn ConnectionIdGenerator>>,
     /// Where events are counted.
     pub metrics: Arc<dyn Metrics>,
 }
@@ -112,6 +118,7 @@ impl std::fmt::Debug for ServerParams {
             .field("limits", &self.limits)
             .field("retry", &self.retry)
             .field("cid_len", &self.cid_len)
+            .field("cid_generator", &self.cid_generator)
             .finish_non_exhaustive()
     }
 }
@@ -129,7 +136,25 @@ impl ServerParams {
             retry_token_lifetime: Duration::from_secs(10),
             reset_key: ResetKey::random(),
             cid_len: DEFAULT_CID_LEN,
+            cid_generator: None,
             metrics: Arc::new(NoopMetrics),
+        }
+    }
+
+    /// Issues connection IDs from `generator` (a
+    /// [`QuicLbGenerator`](crate::QuicLbGenerator), say); sets
+    /// [`cid_len`](Self::cid_len) to its length.
+    pub fn with_cid_generator(mut self, generator: Arc<dyn ConnectionIdGenerator>) -> Self {
+        self.cid_len = generator.cid_len();
+        self.cid_generator = Some(generator);
+        self
+    }
+
+    /// The generator of this listener's connection IDs.
+    pub(crate) fn cids(&self) -> Arc<dyn ConnectionIdGenerator> {
+        match &self.cid_generator {
+            Some(g) => Arc::clone(g),
+            None => Arc::new(RandomConnectionIds::new(self.cid_len)),
         }
     }
 
@@ -139,6 +164,14 @@ impl ServerParams {
         let err = SettingError::new;
         self.settings.validate()?;
         validate_cid_len(self.cid_len)?;
+        if let Some(g) = &self.cid_generator
+            && g.cid_len() != self.cid_len
+        {
+            return Err(err(
+                "cid_len",
+                "differs from the length of the cid_generator's IDs",
+            ));
+        }
         validate_alpn(&self.alpn)?;
         let l = &self.limits;
         if l.max_connections == 0 {
@@ -277,10 +310,19 @@ pub(crate) fn listener_router(
     let socket =
         Arc::new(Socket::new(socket, params.settings.enable_gso).map_err(ListenError::Socket)?);
     let (accept_tx, accept_rx) = mpsc::channel(params.limits.accept_backlog);
-    let shared = WorkerShared::new(&params.settings, Arc::clone(&params.metrics));
+    let cids = params.cids();
+    let shared = WorkerShared::new(
+        &params.settings,
+        Arc::clone(&params.metrics),
+        Some(Issuer {
+            cids: Arc::clone(&cids),
+            reset_key: params.reset_key.clone(),
+        }),
+    );
     let abort = CancellationToken::new();
     let accept = Accept {
         config: Arc::new(std::sync::Mutex::new(config)),
+        cids,
         retry: RetryTokens::new(params.retry_token_lifetime),
         reset_limiter: rate_limiter(params.limits.resets_per_second),
         close_limiter: rate_limiter(params.limits.resets_per_second),

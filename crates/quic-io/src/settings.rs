@@ -59,6 +59,12 @@ pub struct QuicSettings {
     /// Allow the peer to migrate to a new address (RFC 9000 §9). When `false`, the
     /// `disable_active_migration` transport parameter is sent.
     pub enable_migration: bool,
+    /// Connection IDs the peer may hold for this endpoint at once
+    /// (`active_connection_id_limit`, RFC 9000 §18.2); the endpoint also issues the
+    /// peer that many, up to the peer's own limit. Each spare ID lets the peer move to
+    /// a new path without being linkable; each costs a routing entry. 2 to 16;
+    /// default 4.
+    pub active_connection_id_limit: u64,
     /// The largest UDP payload sent; 1350 fits common paths without fragmentation.
     /// 1200 (QUIC's minimum) to 1500 (what quay receives).
     pub max_send_udp_payload: usize,
@@ -100,6 +106,7 @@ impl Default for QuicSettings {
             datagram_queue_len: 1024,
             enable_early_data: false,
             enable_migration: true,
+            active_connection_id_limit: 4,
             max_send_udp_payload: 1350,
             enable_gso: true,
             coalesce_answers: true,
@@ -135,6 +142,7 @@ impl QuicSettings {
             cfg.enable_early_data();
         }
         cfg.set_disable_active_migration(!self.enable_migration);
+        cfg.set_active_connection_id_limit(self.active_connection_id_limit);
         cfg.set_max_send_udp_payload_size(self.max_send_udp_payload);
         cfg.set_max_recv_udp_payload_size(crate::socket::MAX_UDP_PAYLOAD);
         if self.keylog_file.is_some() {
@@ -187,6 +195,9 @@ impl QuicSettings {
         }
         if self.handshake_timeout.is_zero() {
             return Err(err("settings.handshake_timeout", "zero"));
+        }
+        if !(2..=16).contains(&self.active_connection_id_limit) {
+            return Err(err("settings.active_connection_id_limit", "outside 2..=16"));
         }
         if self.handshake_timeout > MAX_TIMEOUT {
             return Err(err("settings.handshake_timeout", "longer than 7 days"));

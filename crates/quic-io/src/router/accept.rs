@@ -20,7 +20,7 @@ use tracing::Instrument;
 
 use super::retry::{MAX_TOKEN_LEN, RetryTokens, TokenError};
 use super::{MIN_INITIAL_DATAGRAM, REFLECTION_PORTS, Router, SourceCount, SourceKey, reset};
-use crate::cid::random_cid;
+use crate::cid::{ConnectionIdGenerator, random_cid};
 use crate::listen::{EndpointLimits, IncomingConnection, RetryPolicy, ServerParams};
 use crate::metrics::{DropReason, Metrics, RejectReason};
 use crate::socket::{Datagram, Socket};
@@ -40,6 +40,8 @@ pub(crate) type SharedConfig = Arc<Mutex<quiche::Config>>;
 /// What a listener's router has that a client's does not.
 pub(crate) struct Accept {
     pub(crate) config: SharedConfig,
+    /// Makes new connections' and Retries' connection IDs.
+    pub(crate) cids: Arc<dyn ConnectionIdGenerator>,
     pub(crate) params: ServerParams,
     pub(crate) retry: RetryTokens,
     pub(crate) reset_limiter: reset::RateLimiter,
@@ -282,7 +284,8 @@ impl Router {
                 self.close_statelessly(dgram, code, text);
             }
             Admission::Retry => {
-                let new_scid = random_cid(self.cid_len);
+                // The client's next Initial comes to this ID: it must route here.
+                let new_scid = accept.cids.new_id();
                 let mut token = [0u8; MAX_TOKEN_LEN];
                 let token_len = accept
                     .retry
@@ -324,7 +327,7 @@ impl Router {
                 // (RFC 9000 §7.3: it becomes retry_source_connection_id).
                 let scid = match &odcid {
                     Some(_) => quiche::ConnectionId::from_vec(hdr.dcid.to_vec()),
-                    None => random_cid(self.cid_len),
+                    None => accept.cids.new_id(),
                 };
                 let client_dcid = hdr.dcid.to_vec();
                 drop(hdr);

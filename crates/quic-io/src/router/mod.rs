@@ -70,8 +70,12 @@ pub(crate) const REFLECTION_PORTS: [u16; 12] =
 ///
 /// Their channel is unbounded so that no message is ever lost or waited for (a lost
 /// `Established` would count a handshake forever; a lost `Unregister` would leak a
-/// connection's routes and slot), yet bounded in practice: each connection sends at
-/// most two (`Established`, `Unregister`), and connections are bounded by
+/// connection's routes and slot), yet bounded in practice: each connection sends
+/// `Established` and `Unregister` once, and a `Route` and an `Unroute` per connection
+/// ID it issues, which it does only as the peer retires IDs (at most
+/// `active_connection_id_limit` outstanding, each retirement a packet of the peer's
+/// that the router processed first, its commands going before its datagrams);
+/// connections are bounded by
 /// [`EndpointLimits::max_connections`](crate::EndpointLimits::max_connections);
 /// handles send the rare others.
 #[derive(Debug)]
@@ -80,6 +84,10 @@ pub(crate) enum RouterCommand {
     Established { id: u64 },
     /// The connection's worker ended: forget its connection IDs.
     Unregister { id: u64 },
+    /// The connection issued a new connection ID: route it.
+    Route { id: u64, cid: Vec<u8> },
+    /// The peer retired one of the connection's IDs: stop routing it.
+    Unroute { id: u64, cid: Vec<u8> },
     /// Start minting Retry tokens under a new key.
     RotateRetryKey,
     /// Accept new connections with this configuration (a new TLS identity).
@@ -139,6 +147,16 @@ pub(crate) struct Registration {
 }
 
 impl Registration {
+    /// Routes `cid` to the connection from now on.
+    pub(crate) fn route(&self, cid: Vec<u8>) {
+        let _ = self.tx.send(RouterCommand::Route { id: self.id, cid });
+    }
+
+    /// Stops routing `cid` (if it is still the connection's).
+    pub(crate) fn unroute(&self, cid: Vec<u8>) {
+        let _ = self.tx.send(RouterCommand::Unroute { id: self.id, cid });
+    }
+
     /// The handshake completed: the connection no longer counts as in flight.
     pub(crate) fn established(&mut self) {
         if !std::mem::replace(&mut self.established, true) {
@@ -162,6 +180,8 @@ struct ConnEntry {
     /// Where a server's connection came from, for the per-source limits.
     source: Option<SourceKey>,
     ctrl_tx: queue::Sender<WorkerCommand>,
+    /// Its datagram queue, for the IDs it issues later.
+    pkt_tx: queue::Sender<Datagram>,
 }
 
 /// The routing step every datagram takes: the destination connection ID of its first
@@ -286,6 +306,7 @@ impl Router {
                 handshaking: true,
                 source,
                 ctrl_tx,
+                pkt_tx: tx,
             },
         );
         self.handshaking += 1;
@@ -382,6 +403,20 @@ impl Router {
                     && let Some(done) = self.accept.as_mut().and_then(|a| a.shutdown.take())
                 {
                     let _ = done.send(());
+                }
+            }
+            RouterCommand::Route { id, cid } => {
+                if let Some(entry) = self.conns.get_mut(&id) {
+                    self.routes.insert(cid.clone(), (id, entry.pkt_tx.clone()));
+                    entry.cids.push(cid);
+                }
+            }
+            RouterCommand::Unroute { id, cid } => {
+                if let Some(entry) = self.conns.get_mut(&id) {
+                    entry.cids.retain(|c| *c != cid);
+                    if self.routes.get(&cid).is_some_and(|(owner, _)| *owner == id) {
+                        self.routes.remove(&cid);
+                    }
                 }
             }
             RouterCommand::FailForTest => panic!("router failure requested by a test"),

@@ -22,6 +22,7 @@ use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::cid::{ConnectionIdGenerator, ResetKey};
 use crate::handle::{ConnState, ConnectionClosed, ConnectionHandle, SessionSlot};
 use crate::metrics::Metrics;
 use crate::router::Registration;
@@ -103,10 +104,23 @@ pub(crate) struct WorkerShared {
     pub(crate) coalesce_answers: bool,
     /// Send buffers, lent to a connection while it sends.
     pub(crate) send_buffers: Arc<batch::BufferPool>,
+    /// Where spare connection IDs come from.
+    pub(crate) issuer: Option<Issuer>,
+}
+
+/// What a worker needs to issue spare connection IDs: their generator, and the key
+/// their stateless reset tokens derive from.
+pub(crate) struct Issuer {
+    pub(crate) cids: Arc<dyn ConnectionIdGenerator>,
+    pub(crate) reset_key: ResetKey,
 }
 
 impl WorkerShared {
-    pub(crate) fn new(settings: &crate::QuicSettings, metrics: Arc<dyn Metrics>) -> Arc<Self> {
+    pub(crate) fn new(
+        settings: &crate::QuicSettings,
+        metrics: Arc<dyn Metrics>,
+        issuer: Option<Issuer>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             handshake_timeout: settings.handshake_timeout,
             qlog_dir: settings.qlog_dir.clone(),
@@ -117,6 +131,7 @@ impl WorkerShared {
             pacing: settings.pacing,
             coalesce_answers: settings.coalesce_answers,
             send_buffers: Arc::default(),
+            issuer,
         })
     }
 }
@@ -273,10 +288,15 @@ impl<A: ApplicationOverQuic> Worker<A> {
                 () = sleep_until(timer), if timer.is_some() => {}
                 () = s.abort.cancelled() => break CloseReason::Aborted,
                 dgram = s.pkt_rx.recv() => {
-                    if let Some(d) = dgram {
-                        self.recv(d);
-                        self.drain_queue();
-                    }
+                    let Some(d) = dgram else {
+                        // Every sender is gone: the router has ended (a runtime
+                        // shutting down can drop its task before this one), and
+                        // nothing can reach the connection any more. Waiting on would
+                        // find the queue closed on every turn, without ever yielding.
+                        break CloseReason::Aborted;
+                    };
+                    self.recv(d);
+                    self.drain_queue();
                 }
                 cmd = s.ctrl_rx.recv() => {
                     if let Some(cmd) = cmd {
@@ -335,6 +355,7 @@ impl<A: ApplicationOverQuic> Worker<A> {
                 }
             }
             self.note_established();
+            self.issue_connection_ids();
             self.close_when_delivered(now);
             self.flush().await;
             if self.setup.conn.is_closed() {
@@ -518,6 +539,34 @@ impl<A: ApplicationOverQuic> Worker<A> {
         tracing::debug!(?duration, alpn = %String::from_utf8_lossy(&info.alpn), "handshake complete");
         self.state_tx.send_replace(ConnState::Established(info));
         self.setup.registration.established();
+    }
+
+    /// Once established: unroutes the connection IDs the peer retired, and gives it
+    /// new ones (routed first) until it holds as many as it allows. Each comes from
+    /// the endpoint's generator, with a reset token derived from it.
+    fn issue_connection_ids(&mut self) {
+        let Some(issuer) = &self.setup.shared.issuer else {
+            return;
+        };
+        let conn = &mut self.setup.conn;
+        if !conn.is_established() || conn.is_closed() || conn.is_draining() {
+            return;
+        }
+        while let Some(cid) = conn.retired_scid_next() {
+            self.setup.registration.unroute(cid.to_vec());
+        }
+        // Bounded: the peer's active_connection_id_limit caps `scids_left`, and a
+        // failed issue ends the loop.
+        while conn.scids_left() > 0 {
+            let cid = issuer.cids.new_id();
+            let token = u128::from_be_bytes(issuer.reset_key.token(&cid));
+            self.setup.registration.route(cid.to_vec());
+            if let Err(e) = conn.new_scid(&cid, token, false) {
+                tracing::debug!(error = %e, "no spare connection ID issued");
+                self.setup.registration.unroute(cid.to_vec());
+                break;
+            }
+        }
     }
 
     /// Sends everything the connection has to send now.

@@ -133,11 +133,11 @@ async fn round_trips_keep_flowing_while_hundreds_of_handshakes_run() {
         "{HANDSHAKES} handshakes in {storm:?}; {} round trips meanwhile, the longest {max:?}",
         during.len()
     );
-    // Round trips went on during the storm, none waiting for a large part of it.
+    // Round trips went on during the storm (one stalled for all of it would count
+    // too, and fail the bound below), none waiting anywhere near a second.
     assert!(
-        during.len() >= 5,
-        "only {} round trips in {storm:?}",
-        during.len()
+        !during.is_empty(),
+        "no round trip during the {storm:?} storm"
     );
     assert!(
         max < Duration::from_secs(1),

@@ -179,3 +179,34 @@ async fn serve_echo_until_abort(
     let report = report.await.unwrap();
     assert_eq!(report.close_reason, Some(CloseReason::StatelessReset));
 }
+
+/// A worker whose router is gone (the runtime shutting down drops the router's task
+/// first, in some orders) can receive nothing more: it ends at once, instead of
+/// finding its queue closed on every turn and spinning until its idle timeout, which
+/// also held the runtime's shutdown (and a program's exit) for that long.
+#[test]
+fn dropping_the_runtime_does_not_wait_for_live_connections() {
+    const IDLE: Duration = Duration::from_secs(20);
+    for round in 0..12 {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let held = rt.block_on(async {
+            let server = echo_listener(|p| p.settings.idle_timeout = IDLE);
+            let mut params = client_params(&server.cert_pem);
+            params.settings.idle_timeout = IDLE;
+            let conn = quic_io::connect(server.addr, params, Idle).await.unwrap();
+            (server, conn)
+        });
+        let started = Instant::now();
+        drop(rt);
+        let took = started.elapsed();
+        assert!(
+            took < Duration::from_secs(5),
+            "round {round}: the runtime took {took:?} to shut down"
+        );
+        drop(held);
+    }
+}

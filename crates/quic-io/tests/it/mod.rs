@@ -1,3 +1,4 @@
+mod cids;
 mod echo;
 mod errors;
 mod handoff;
