@@ -582,3 +582,107 @@ async fn h3_client_presents_a_client_certificate() {
         "{err}"
     );
 }
+
+/// Records the connection's destination ID: the ID the server chose for itself.
+struct DcidProbe(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl quay::app::ApplicationOverQuic for DcidProbe {
+    fn process_reads(
+        &mut self,
+        _conn: &mut quay::app::QuicConnection,
+    ) -> Result<(), quay::app::AppError> {
+        Ok(())
+    }
+    fn process_writes(
+        &mut self,
+        conn: &mut quay::app::QuicConnection,
+    ) -> Result<(), quay::app::AppError> {
+        *self.0.lock().unwrap() = conn.destination_id().to_vec();
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h3_server_issues_quic_lb_ids_that_carry_its_server_id() {
+    let dir = Scratch::new("quic-lb");
+    let (cert, key, _) = write_identity(&dir.0, "lb");
+    let key_hex = "8f95f09245765f80256934e50c66207f";
+    let (cert_s, key_s) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    let (_server, addrs, _) = start(
+        env!("CARGO_BIN_EXE_h3-server"),
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--cert",
+            cert_s,
+            "--key",
+            key_s,
+            "--quic-lb-server-id",
+            "0a0b0c",
+            "--quic-lb-key",
+            key_hex,
+            "--quic-lb-nonce-len",
+            "6",
+            "--quic-lb-config-id",
+            "2",
+        ],
+        1,
+        &dir.0.join("server.log"),
+    );
+    let addr = addrs[0];
+    let key: [u8; 16] = hex::decode(key_hex).unwrap().try_into().unwrap();
+    let config = quay::io::QuicLbConfig::new(2, 3, 6).unwrap().with_key(key);
+
+    // The ID the server gave itself, as the client addresses it.
+    let dcid = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut params = ClientParams::new(&[quay::h3::ALPN]);
+    params.tls = ClientTlsConfig::insecure();
+    params.server_name = Some("localhost".into());
+    let probe = quay::io::connect(addr, params, DcidProbe(dcid.clone()))
+        .await
+        .unwrap();
+    probe.close(0, b"").await;
+    let id = dcid.lock().unwrap().clone();
+    assert_eq!(id.len(), config.cid_len(), "{id:02x?}");
+    assert_eq!(id[0] >> 5, 2, "config rotation bits");
+    assert_eq!(
+        config.server_id(&id).map(|s| s.as_bytes().to_vec()),
+        Some(vec![0x0a, 0x0b, 0x0c]),
+        "{id:02x?}"
+    );
+    // And the server serves over such IDs: a download, byte for byte.
+    let client = client(&cert);
+    let mut resp = client
+        .get(&format!("https://localhost:{}/bytes/300000", addr.port()))
+        .await
+        .unwrap();
+    let body = resp.body_mut().collect(1 << 20).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(body.len(), 300_000);
+
+    // Bad configurations are refused with a clear error.
+    for (args, want) in [
+        (
+            &["--quic-lb-server-id", "0a", "--quic-lb-key", "00ff"][..],
+            "--quic-lb-key is 2 bytes",
+        ),
+        (
+            &["--quic-lb-server-id", "000102030405060708090a0b0c0d0e0f"][..],
+            "server ID length 16",
+        ),
+        (&["--quic-lb-server-id", "xyz"][..], "not hex"),
+        (
+            &["--quic-lb-server-id", "0a", "--quic-lb-config-id", "7"][..],
+            "config id 7",
+        ),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_h3-server"))
+            .args(["--listen", "127.0.0.1:0", "--cert", cert_s, "--key", key_s])
+            .args(args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} was accepted");
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+}

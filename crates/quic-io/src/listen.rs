@@ -104,7 +104,7 @@ pub struct ServerParams {
     /// Makes the connection IDs this listener issues: each new connection's, each
     /// Retry's, and the spare ones given to clients. `None`: random IDs of
     /// [`cid_len`](Self::cid_len) bytes. Set with
-    /// [`with_cid_generator`](Self::with_cid_generator).
+    /// [`set_cid_generator`](Self::set_cid_generator).
     pub cid_generator: Option<Arc<dyn ConnectionIdGenerator>>,
     /// Where events are counted.
     pub metrics: Arc<dyn Metrics>,
@@ -144,10 +144,9 @@ impl ServerParams {
     /// Issues connection IDs from `generator` (a
     /// [`QuicLbGenerator`](crate::QuicLbGenerator), say); sets
     /// [`cid_len`](Self::cid_len) to its length.
-    pub fn with_cid_generator(mut self, generator: Arc<dyn ConnectionIdGenerator>) -> Self {
+    pub fn set_cid_generator(&mut self, generator: Arc<dyn ConnectionIdGenerator>) {
         self.cid_len = generator.cid_len();
         self.cid_generator = Some(generator);
-        self
     }
 
     /// The generator of this listener's connection IDs.

@@ -6,6 +6,8 @@
 //!           [--retry] [--max-connections-per-ip N] [--max-handshakes-per-ip N]
 //!           [--max-requests-per-connection N] [--first-request-timeout SECS]
 //!           [--request-header-timeout SECS] [--stats-route]
+//!           [--quic-lb-server-id HEX [--quic-lb-key HEX] [--quic-lb-nonce-len N]
+//!            [--quic-lb-config-id N]]
 //! ```
 //!
 //! Routes: `GET /bytes/N`, `POST /echo`, `POST /sha256`, `GET /trailers`, and
@@ -18,7 +20,10 @@
 //! gracefully; SIGHUP reloads `--cert`/`--key` (and `--client-ca`) for new
 //! connections, keeping the current identity if the new files are refused.
 //! `--metrics-listen` serves the metrics in Prometheus text format at
-//! `http://ADDR/metrics`.
+//! `http://ADDR/metrics`. `--quic-lb-server-id` issues QUIC-LB connection IDs
+//! (draft-ietf-quic-load-balancers) that carry this server's ID, so that a load
+//! balancer holding the same configuration routes every packet of a connection here,
+//! whatever its address; see docs/scaling.md.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -27,7 +32,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use quay::h3::{H3Settings, Server};
-use quay::io::{ClientAuth, EndpointLimits, TlsConfig};
+use quay::io::{ClientAuth, EndpointLimits, QuicLbConfig, QuicLbGenerator, TlsConfig};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser, Debug, Clone)]
@@ -83,6 +88,56 @@ struct Args {
     /// tells anyone how loaded the server is).
     #[arg(long)]
     stats_route: bool,
+    /// Issue QUIC-LB connection IDs carrying this server ID (1 to 15 bytes, hex).
+    #[arg(long, value_parser = parse_hex)]
+    quic_lb_server_id: Option<Hex>,
+    /// The QUIC-LB configuration's AES-128 key (16 bytes, hex); without it, server IDs
+    /// travel in the clear.
+    #[arg(long, value_parser = parse_hex, requires = "quic_lb_server_id")]
+    quic_lb_key: Option<Hex>,
+    /// QUIC-LB nonce length in bytes (4 to 18, at most 19 with the server ID).
+    #[arg(long, default_value_t = 8, requires = "quic_lb_server_id")]
+    quic_lb_nonce_len: usize,
+    /// QUIC-LB config rotation value (0 to 6).
+    #[arg(long, default_value_t = 0, requires = "quic_lb_server_id")]
+    quic_lb_config_id: u8,
+}
+
+/// Bytes given in hex on the command line.
+#[derive(Debug, Clone)]
+struct Hex(Vec<u8>);
+
+fn parse_hex(s: &str) -> Result<Hex, String> {
+    hex::decode(s).map(Hex).map_err(|e| format!("not hex: {e}"))
+}
+
+/// The QUIC-LB connection ID generator the command line asks for, if any.
+fn quic_lb(args: &Args) -> anyhow::Result<Option<Arc<QuicLbGenerator>>> {
+    let Some(Hex(server_id)) = &args.quic_lb_server_id else {
+        return Ok(None);
+    };
+    let mut config = QuicLbConfig::new(
+        args.quic_lb_config_id,
+        server_id.len(),
+        args.quic_lb_nonce_len,
+    )?;
+    if let Some(Hex(key)) = &args.quic_lb_key {
+        let key: [u8; 16] = key
+            .as_slice()
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("--quic-lb-key is {} bytes; it takes 16", key.len()))?;
+        config = config.with_key(key);
+    }
+    let generator = config.generator(server_id)?;
+    tracing::info!(
+        config_id = config.config_id(),
+        server_id = hex::encode(server_id),
+        nonce_len = config.nonce_len(),
+        encrypted = config.is_encrypted(),
+        cid_len = config.cid_len(),
+        "QUIC-LB connection IDs"
+    );
+    Ok(Some(Arc::new(generator)))
 }
 
 /// The server's TLS configuration from the command line: identity, client CAs.
@@ -151,6 +206,7 @@ async fn main() -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("cannot serve metrics on {addr}: {e}"))?;
         println!("metrics on http://{addr}/metrics");
     }
+    let quic_lb = quic_lb(&args)?;
     let retry = args.retry;
     let (per_ip, handshakes_per_ip) = (args.max_connections_per_ip, args.max_handshakes_per_ip);
     let mut h3 = H3Settings::default();
@@ -166,6 +222,9 @@ async fn main() -> anyhow::Result<()> {
             }
             p.limits.max_connections_per_ip = per_ip;
             p.limits.max_handshakes_per_ip = handshakes_per_ip;
+            if let Some(generator) = quic_lb {
+                p.set_cid_generator(generator);
+            }
         });
     let server = if args.listen.is_empty() {
         quay_examples::bind_server(builder, &quay_examples::default_listen(4433), true)?

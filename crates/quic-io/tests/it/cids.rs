@@ -84,9 +84,9 @@ fn config() -> QuicLbConfig {
 
 /// A QUIC-LB listener whose connections record their IDs.
 fn listener() -> (std::net::SocketAddr, String, StatsHandle, Seen) {
-    let (params, cert_pem, _) = server_params();
+    let (mut params, cert_pem, _) = server_params();
     let generator = config().generator(&SERVER_ID).unwrap();
-    let mut params = params.with_cid_generator(Arc::new(generator));
+    params.set_cid_generator(Arc::new(generator));
     params.retry = RetryPolicy::Never;
     params.limits.max_handshakes_per_ip = 1000;
     params.limits.max_connections_per_ip = 1000;
