@@ -63,6 +63,11 @@
 #[doc = include_str!("../../../README.md")]
 struct ReadmeDoctests;
 
+/// docs/scaling.md's code, compiled as a doc test.
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/scaling.md")]
+struct ScalingDoctests;
+
 /// The crate's own README, compiled as a doc test.
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
