@@ -191,7 +191,8 @@ pub async fn connect<A: ApplicationOverQuic>(
         abort.clone(),
     );
     let (ctrl_tx, ctrl_rx) = quic_app::queue::channel(WORKER_COMMAND_QUEUE);
-    let (registration, pkt_rx) = router.register(vec![scid.to_vec()], ctrl_tx.clone(), None);
+    let (registration, pkt_tx, pkt_rx) =
+        router.register(vec![scid.to_vec()], ctrl_tx.clone(), None);
     let shared = WorkerShared::new(
         &params.settings,
         Arc::clone(&params.metrics),
@@ -205,6 +206,8 @@ pub async fn connect<A: ApplicationOverQuic>(
         registration,
         socket,
         pkt_rx,
+        // Kept for the sockets a migration adds.
+        pkt_tx: Some(pkt_tx),
         ctrl_rx,
         ctrl_tx,
         shared,

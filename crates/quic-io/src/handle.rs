@@ -5,7 +5,7 @@ use quic_app::queue;
 use quic_app::{CloseReason, ConnectionStats, HandshakeInfo};
 use tokio::sync::{oneshot, watch};
 
-use crate::worker::WorkerCommand;
+use crate::worker::{MigrateError, WorkerCommand};
 
 /// Where a connection is in its life, as its worker publishes it.
 #[derive(Debug, Clone)]
@@ -112,6 +112,21 @@ impl ConnectionHandle {
             by: None,
         };
         let _ = self.ctrl_tx.send(cmd).await;
+    }
+
+    /// Moves this client connection to a new local socket bound at `local` (port 0:
+    /// any free port), returning its address. quiche validates the new path (it needs
+    /// a spare connection ID from the server, which quay servers issue) and sends
+    /// from it at once; the old socket is kept until the new path is validated, then
+    /// closed. A server's connections cannot migrate.
+    pub async fn migrate(&self, local: SocketAddr) -> Result<SocketAddr, MigrateError> {
+        let socket = crate::socket::bind(local).map_err(MigrateError::Socket)?;
+        let (reply, rx) = oneshot::channel();
+        self.ctrl_tx
+            .send(WorkerCommand::Migrate { socket, reply })
+            .await
+            .map_err(|_| MigrateError::Closed)?;
+        rx.await.map_err(|_| MigrateError::Closed)?
     }
 
     /// The connection's counters now; after it closed, its final counters.

@@ -56,6 +56,7 @@ pub use connect::{ClientParams, ConnectError, connect};
 
 mod handle;
 pub use handle::{ConnectionClosed, ConnectionHandle};
+pub use worker::MigrateError;
 
 mod listen;
 pub use listen::{

@@ -356,7 +356,9 @@ impl Router {
         if client_dcid != cids[0] {
             cids.push(client_dcid);
         }
-        let (registration, pkt_rx) = self.register(cids, ctrl_tx.clone(), Some(source));
+        // The worker holds no sender of its own queue: when the router is gone, the
+        // queue closes and the worker ends.
+        let (registration, _, pkt_rx) = self.register(cids, ctrl_tx.clone(), Some(source));
         let first = FirstFlight {
             config,
             reset_token,
@@ -440,6 +442,7 @@ impl FirstFlight {
             registration: p.registration,
             socket: p.socket,
             pkt_rx: p.pkt_rx,
+            pkt_tx: None,
             ctrl_rx: p.ctrl_rx,
             ctrl_tx: p.ctrl_tx,
             shared: p.shared,

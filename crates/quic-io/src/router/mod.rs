@@ -291,11 +291,37 @@ impl Router {
         cids: Vec<Vec<u8>>,
         ctrl_tx: queue::Sender<WorkerCommand>,
         source: Option<SourceKey>,
-    ) -> (Registration, queue::Receiver<Datagram>) {
-        let id = self.next_id;
-        self.next_id += 1;
+    ) -> (
+        Registration,
+        queue::Sender<Datagram>,
+        queue::Receiver<Datagram>,
+    ) {
         let (tx, rx) =
             queue::weighted(WORKER_QUEUE, WORKER_QUEUE_BYTES, |d: &Datagram| d.buf.len());
+        (self.insert(cids, tx.clone(), ctrl_tx, source, true), tx, rx)
+    }
+
+    /// Routes `cids` into an existing connection's queue: a client connection that
+    /// moves to this router's socket. Its handshake is done.
+    pub(crate) fn adopt(
+        &mut self,
+        cids: Vec<Vec<u8>>,
+        pkt_tx: queue::Sender<Datagram>,
+        ctrl_tx: queue::Sender<WorkerCommand>,
+    ) -> Registration {
+        self.insert(cids, pkt_tx, ctrl_tx, None, false)
+    }
+
+    fn insert(
+        &mut self,
+        cids: Vec<Vec<u8>>,
+        tx: queue::Sender<Datagram>,
+        ctrl_tx: queue::Sender<WorkerCommand>,
+        source: Option<SourceKey>,
+        handshaking: bool,
+    ) -> Registration {
+        let id = self.next_id;
+        self.next_id += 1;
         for cid in &cids {
             self.routes.insert(cid.clone(), (id, tx.clone()));
         }
@@ -303,24 +329,25 @@ impl Router {
             id,
             ConnEntry {
                 cids,
-                handshaking: true,
+                handshaking,
                 source,
                 ctrl_tx,
                 pkt_tx: tx,
             },
         );
-        self.handshaking += 1;
+        if handshaking {
+            self.handshaking += 1;
+        }
         if let Some(key) = source {
             let count = self.sources.entry(key).or_default();
             count.conns += 1;
-            count.handshakes += 1;
+            count.handshakes += usize::from(handshaking);
         }
-        let registration = Registration {
+        Registration {
             id,
             tx: self.cmd_tx.clone(),
-            established: false,
-        };
-        (registration, rx)
+            established: !handshaking,
+        }
     }
 
     /// Runs until aborted, or (a client's router, or a listener's whose application
@@ -634,7 +661,8 @@ mod tests {
         for i in 0..5_000u64 {
             let (ctrl_tx, _ctrl_rx) = queue::channel(1);
             let source = Some(SourceKey::of([10, 0, (i / 256) as u8, i as u8].into()));
-            let (r, _pkt_rx) = router.register(vec![i.to_be_bytes().to_vec()], ctrl_tx, source);
+            let (r, _pkt_tx, _pkt_rx) =
+                router.register(vec![i.to_be_bytes().to_vec()], ctrl_tx, source);
             registrations.push(r);
         }
         assert_eq!(router.handshaking, 5_000);

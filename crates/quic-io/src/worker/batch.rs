@@ -44,6 +44,8 @@ const PACING_GRANULARITY: std::time::Duration = std::time::Duration::from_millis
 /// One batch, ready to send: `len` bytes to `dst` in segments of `segment` bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Batch {
+    /// The local address it leaves from (a migrating client has two).
+    pub(crate) src: SocketAddr,
     pub(crate) dst: SocketAddr,
     pub(crate) len: usize,
     pub(crate) segment: usize,
@@ -66,6 +68,7 @@ pub(crate) enum Next {
 #[derive(Debug, Clone, Copy)]
 struct Carry {
     len: usize,
+    src: SocketAddr,
     dst: SocketAddr,
     at: Instant,
 }
@@ -150,6 +153,7 @@ impl SendBatcher {
             }
             self.carry = None;
             batch = Some(Batch {
+                src: c.src,
                 dst: c.dst,
                 len: c.len,
                 segment: c.len,
@@ -174,6 +178,7 @@ impl SendBatcher {
                 if held {
                     self.carry = Some(Carry {
                         len: n,
+                        src: info.from,
                         dst: info.to,
                         at: info.at,
                     });
@@ -181,6 +186,7 @@ impl SendBatcher {
                     return (None, Next::HoldUntil(info.at));
                 }
                 batch = Some(Batch {
+                    src: info.from,
                     dst: info.to,
                     len: n,
                     segment: n,
@@ -188,9 +194,10 @@ impl SendBatcher {
                 });
                 continue;
             };
-            if held || info.to != b.dst || n > b.segment {
+            if held || info.to != b.dst || info.from != b.src || n > b.segment {
                 self.carry = Some(Carry {
                     len: n,
+                    src: info.from,
                     dst: info.to,
                     at: info.at,
                 });

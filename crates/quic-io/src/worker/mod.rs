@@ -90,6 +90,43 @@ pub(crate) enum WorkerCommand {
     },
     /// Report the connection's counters now.
     Stats(oneshot::Sender<ConnectionStats>),
+    /// Move this client connection to `socket` (bound, not yet used).
+    Migrate {
+        socket: std::net::UdpSocket,
+        reply: oneshot::Sender<Result<SocketAddr, MigrateError>>,
+    },
+}
+
+/// Why a connection could not migrate ([`ConnectionHandle::migrate`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MigrateError {
+    /// Only a client moves its connection (RFC 9000 §9).
+    #[error("only a client connection can migrate")]
+    NotClient,
+    /// The handshake has not completed, or the connection is closing.
+    #[error("the connection is not established (or is closing)")]
+    NotEstablished,
+    /// A migration is already under way.
+    #[error("a migration is already under way")]
+    InProgress,
+    /// The new socket could not be bound or set up.
+    #[error("cannot use the new socket: {0}")]
+    Socket(#[source] std::io::Error),
+    /// quiche refused: typically no spare connection ID from the server yet
+    /// (`OutOfIdentifiers`), or the peer disabled active migration.
+    #[error("quiche refused the migration: {0}")]
+    Refused(#[source] quiche::Error),
+    /// The connection has ended.
+    #[error("the connection has ended")]
+    Closed,
+}
+
+/// A socket a client connection is moving to: kept with its router until quiche has
+/// validated the new path; then it replaces the old one.
+struct Migration {
+    socket: Arc<Socket>,
+    registration: Registration,
 }
 
 /// What every worker of one endpoint shares.
@@ -106,6 +143,8 @@ pub(crate) struct WorkerShared {
     pub(crate) send_buffers: Arc<batch::BufferPool>,
     /// Where spare connection IDs come from.
     pub(crate) issuer: Option<Issuer>,
+    /// Whether sockets this endpoint adds use GSO.
+    pub(crate) gso: bool,
 }
 
 /// What a worker needs to issue spare connection IDs: their generator, and the key
@@ -132,6 +171,7 @@ impl WorkerShared {
             coalesce_answers: settings.coalesce_answers,
             send_buffers: Arc::default(),
             issuer,
+            gso: settings.enable_gso,
         })
     }
 }
@@ -146,6 +186,9 @@ pub(crate) struct WorkerSetup {
     pub(crate) registration: Registration,
     pub(crate) socket: Arc<Socket>,
     pub(crate) pkt_rx: queue::Receiver<Datagram>,
+    /// A client's own sender into `pkt_rx`, for the router of a socket it migrates
+    /// to. Servers hold none, so that their queue closes with their router.
+    pub(crate) pkt_tx: Option<queue::Sender<Datagram>>,
     pub(crate) ctrl_rx: queue::Receiver<WorkerCommand>,
     pub(crate) ctrl_tx: queue::Sender<WorkerCommand>,
     pub(crate) shared: Arc<WorkerShared>,
@@ -207,6 +250,7 @@ pub(crate) fn spawn<A: ApplicationOverQuic>(
         closing: None,
         close_stalled_at: None,
         reported: false,
+        migration: None,
     };
     // The task's future holds the worker once: `run` borrows it from the block's
     // capture. An async fn taking `self` by value (or a block that moves its capture
@@ -238,6 +282,8 @@ struct Worker<A> {
     close_stalled_at: Option<Instant>,
     /// The application and the handles were told the connection closed.
     reported: bool,
+    /// A client's move to a new socket, until the new path is validated.
+    migration: Option<Migration>,
 }
 
 /// A close that waits for [`ApplicationOverQuic::delivered`].
@@ -356,6 +402,7 @@ impl<A: ApplicationOverQuic> Worker<A> {
             }
             self.note_established();
             self.issue_connection_ids();
+            self.finish_migration();
             self.close_when_delivered(now);
             self.flush().await;
             if self.setup.conn.is_closed() {
@@ -456,6 +503,9 @@ impl<A: ApplicationOverQuic> Worker<A> {
             WorkerCommand::Stats(reply) => {
                 let _ = reply.send(ConnectionStats::from_connection(&self.setup.conn));
             }
+            WorkerCommand::Migrate { socket, reply } => {
+                let _ = reply.send(self.migrate(socket));
+            }
         }
     }
 
@@ -541,6 +591,79 @@ impl<A: ApplicationOverQuic> Worker<A> {
         self.setup.registration.established();
     }
 
+    /// Starts moving a client connection to `socket`: a router for it, routing the
+    /// connection's IDs into its queue, and quiche probing the new path (it sends
+    /// from there at once). The old socket stays until the path is validated
+    /// ([`Self::finish_migration`]).
+    fn migrate(&mut self, socket: std::net::UdpSocket) -> Result<SocketAddr, MigrateError> {
+        let conn = &mut self.setup.conn;
+        let (Some(pkt_tx), Some(issuer)) = (&self.setup.pkt_tx, &self.setup.shared.issuer) else {
+            return Err(MigrateError::NotClient);
+        };
+        if conn.is_server() {
+            return Err(MigrateError::NotClient);
+        }
+        if !conn.is_established() || conn.is_closed() || conn.is_draining() {
+            return Err(MigrateError::NotEstablished);
+        }
+        if self.migration.is_some() {
+            return Err(MigrateError::InProgress);
+        }
+        let socket =
+            Arc::new(Socket::new(socket, self.setup.shared.gso).map_err(MigrateError::Socket)?);
+        let local = socket.local_addr();
+        let mut router = crate::router::Router::new(
+            Arc::clone(&socket),
+            issuer.cids.cid_len(),
+            Arc::clone(&self.setup.shared.metrics),
+            issuer.reset_key.clone(),
+            None,
+            self.setup.abort.clone(),
+        );
+        let cids = conn.source_ids().map(|c| c.to_vec()).collect();
+        let registration = router.adopt(cids, pkt_tx.clone(), self.setup.ctrl_tx.clone());
+        conn.migrate_source(local).map_err(MigrateError::Refused)?;
+        let span = tracing::info_span!("quic_client_router", %local, server = %self.setup.peer);
+        crate::spawn::task(router.run().instrument(span));
+        tracing::debug!(from = %self.setup.local, to = %local, "migrating");
+        self.migration = Some(Migration {
+            socket,
+            registration,
+        });
+        Ok(local)
+    }
+
+    /// Once quiche has validated the path a migration probes, its socket becomes the
+    /// connection's and the old one is let go (its router ends, the socket closes);
+    /// if validation failed, the new socket is let go instead.
+    fn finish_migration(&mut self) {
+        let Some(m) = &self.migration else { return };
+        let new_local = m.socket.local_addr();
+        while let Some(event) = self.setup.conn.path_event_next() {
+            match event {
+                quiche::PathEvent::Validated(local, _) if local == new_local => {
+                    let m = self.migration.take().expect("checked above");
+                    self.setup.socket = m.socket;
+                    self.setup.local = new_local;
+                    // Dropping the old registration unregisters the connection from
+                    // the old router, which then ends and closes its socket.
+                    drop(std::mem::replace(
+                        &mut self.setup.registration,
+                        m.registration,
+                    ));
+                    tracing::debug!(local = %new_local, "migrated");
+                    return;
+                }
+                quiche::PathEvent::FailedValidation(local, _) if local == new_local => {
+                    tracing::debug!(local = %new_local, "migration failed: path not validated");
+                    self.migration = None;
+                    return;
+                }
+                _ => {}
+            }
+        }
+    }
+
     /// Once established: unroutes the connection IDs the peer retired, and gives it
     /// new ones (routed first) until it holds as many as it allows. Each comes from
     /// the endpoint's generator, with a reset token derived from it.
@@ -552,18 +675,25 @@ impl<A: ApplicationOverQuic> Worker<A> {
         if !conn.is_established() || conn.is_closed() || conn.is_draining() {
             return;
         }
+        let extra = self.migration.as_ref().map(|m| &m.registration);
         while let Some(cid) = conn.retired_scid_next() {
-            self.setup.registration.unroute(cid.to_vec());
+            for r in std::iter::once(&self.setup.registration).chain(extra) {
+                r.unroute(cid.to_vec());
+            }
         }
         // Bounded: the peer's active_connection_id_limit caps `scids_left`, and a
         // failed issue ends the loop.
         while conn.scids_left() > 0 {
             let cid = issuer.cids.new_id();
             let token = u128::from_be_bytes(issuer.reset_key.token(&cid));
-            self.setup.registration.route(cid.to_vec());
+            for r in std::iter::once(&self.setup.registration).chain(extra) {
+                r.route(cid.to_vec());
+            }
             if let Err(e) = conn.new_scid(&cid, token, false) {
                 tracing::debug!(error = %e, "no spare connection ID issued");
-                self.setup.registration.unroute(cid.to_vec());
+                for r in std::iter::once(&self.setup.registration).chain(extra) {
+                    r.unroute(cid.to_vec());
+                }
                 break;
             }
         }
@@ -595,9 +725,11 @@ impl<A: ApplicationOverQuic> Worker<A> {
                 if max != usize::MAX {
                     closing_datagrams += b.count;
                 }
-                let r = self
-                    .setup
-                    .socket
+                let socket = match &self.migration {
+                    Some(m) if m.socket.local_addr() == b.src => &m.socket,
+                    _ => &self.setup.socket,
+                };
+                let r = socket
                     .send(b.dst, self.batcher.bytes(&b), Some(b.segment))
                     .await;
                 self.batcher.sent();

@@ -5,6 +5,7 @@ mod handoff;
 mod hardening;
 mod hostile;
 mod lifecycle;
+mod migration;
 mod props;
 mod resume;
 mod util;
