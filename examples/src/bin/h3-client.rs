@@ -4,7 +4,7 @@
 //! h3-client URL... [-X METHOD] [-H 'Name: value']... [-d @FILE|STRING] [-I] [-i] [-v]
 //!                  [-o PATH] [-L] [--max-time SECS] [--connect-timeout SECS]
 //!                  [--ca PEM | --insecure] [--cert PEM --key PEM]
-//!                  [--parallel N] [--repeat N] [--stats]
+//!                  [--parallel N] [--repeat N] [--stats] [--migrate-after BYTES]
 //! ```
 //!
 //! Every request for every URL goes over one connection per server. A download to a
@@ -23,7 +23,7 @@
 //! | 28 | a timeout: connect, handshake, `--max-time`, or between body chunks |
 //! | 35 | TLS failed: an alert, no common ALPN, a client certificate refused |
 //! | 47 | too many redirects, or one away from https |
-//! | 56 | the response failed on the way (reset, connection lost, malformed) |
+//! | 56 | the response failed on the way (reset, connection lost, malformed), or the connection could not move to a new socket (`--migrate-after`) |
 //! | 60 | the server's certificate is not trusted |
 //!
 //! With several URLs, the first failure's code.
@@ -36,8 +36,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use bytes::Bytes;
 use clap::Parser;
-use quay::h3::{Client, ClientError, RedirectPolicy};
-use quay::io::ConnectError;
+use quay::h3::{Client, ClientError, ConnectionInfo, RedirectPolicy};
+use quay::io::{ConnectError, ConnectionHandle};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Semaphore;
 
@@ -100,6 +100,10 @@ struct Args {
     /// Print time, bytes and throughput per request, and a summary.
     #[arg(long)]
     stats: bool,
+    /// Once this many body bytes have arrived, move the connection to a fresh local
+    /// port (connection migration, RFC 9000 §9), printing `* migrated to ADDR`.
+    #[arg(long)]
+    migrate_after: Option<u64>,
 }
 
 /// A failure, and the exit code that names it.
@@ -160,6 +164,7 @@ struct Plan {
     head: bool,
     verbose: bool,
     progress: bool,
+    migrate_after: Option<u64>,
 }
 
 fn main() {
@@ -350,6 +355,7 @@ fn setup(args: &Args) -> anyhow::Result<(Client, Plan)> {
         head: args.head,
         verbose: args.verbose,
         progress: false,
+        migrate_after: args.migrate_after,
     };
     Ok((builder.build(), plan))
 }
@@ -406,9 +412,25 @@ async fn fetch(client: &Client, url: &str, plan: &Plan, output: Option<PathBuf>)
             .get(http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok()?.parse().ok());
         let bar = plan.progress.then(|| progress_bar(expected));
+        let mut migrate = plan.migrate_after.and_then(|after| {
+            let handle = resp.extensions().get::<ConnectionHandle>()?.clone();
+            let mut local = resp.extensions().get::<ConnectionInfo>()?.local_addr();
+            local.set_port(0);
+            Some((after, handle, local))
+        });
         if !plan.head {
             while let Some(chunk) = resp.body_mut().chunk().await? {
                 outcome.bytes += chunk.len() as u64;
+                if let Some((after, handle, local)) = &migrate
+                    && outcome.bytes >= *after
+                {
+                    let to = handle
+                        .migrate(*local)
+                        .await
+                        .map_err(|e| Failed::new(56, format!("cannot migrate: {e}")))?;
+                    eprintln!("* migrated to {to}");
+                    migrate = None;
+                }
                 sink.write_all(&chunk).await.map_err(write_err)?;
                 if let Some(bar) = &bar {
                     bar.set_position(outcome.bytes);

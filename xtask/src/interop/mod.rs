@@ -8,6 +8,7 @@
 
 mod browser;
 pub(crate) mod cases;
+mod migration;
 mod peers;
 mod report;
 pub(crate) mod shim;
@@ -46,6 +47,7 @@ pub(crate) enum Verdict {
 const USAGE: &str = "\
 usage: cargo xtask interop [--server NAME]... [--client NAME]... [--case NAME]...
                            [--runs N] [--quick]
+       cargo xtask interop --smoke
 
   --server, --client  peers to run (quay, aioquic, ngtcp2; client chromium, whose
                       servers are quay and axum-h3); default: quay against every
@@ -55,6 +57,9 @@ usage: cargo xtask interop [--server NAME]... [--client NAME]... [--case NAME]..
   --runs              goodput runs per pair (default 3)
   --quick             handshake, transfer, retry, http3, transferloss; quay<->quay
                       and quay<->aioquic; the browser cases with 1 MiB transfers
+  --smoke             only the smoke test `cargo xtask test` runs: HTTP/3 with aioquic
+                      both ways, and h3-client migrating mid-download against
+                      h3-server, aioquic and ngtcp2 (debug build)
 ";
 
 struct Args {
@@ -63,6 +68,7 @@ struct Args {
     cases: Vec<String>,
     runs: usize,
     quick: bool,
+    smoke: bool,
 }
 
 fn parse(args: &[String]) -> Result<Args> {
@@ -72,6 +78,7 @@ fn parse(args: &[String]) -> Result<Args> {
         cases: Vec::new(),
         runs: 3,
         quick: false,
+        smoke: false,
     };
     let mut it = args.iter();
     while let Some(arg) = it.next() {
@@ -90,6 +97,7 @@ fn parse(args: &[String]) -> Result<Args> {
                     .map_err(|_| format!("--runs needs a number\n\n{USAGE}"))?;
             }
             "--quick" => a.quick = true,
+            "--smoke" => a.smoke = true,
             "-h" | "--help" => {
                 print!("{USAGE}");
                 std::process::exit(0);
@@ -116,6 +124,10 @@ fn parse(args: &[String]) -> Result<Args> {
 pub(crate) fn run(args: &[String]) -> Result {
     let args = parse(args)?;
     let env = crate::prereqs::ensure()?;
+    if args.smoke {
+        crate::build_examples(&env, false, &[])?;
+        return smoke(&root().join("target/debug"));
+    }
     // Release binaries for measurements; the quick run reuses the test build.
     let profile = if args.quick { "debug" } else { "release" };
     crate::build_examples(
@@ -437,14 +449,14 @@ fn run_once(
     Ok(None)
 }
 
-fn free_port(ipv6: bool) -> Result<u16> {
+pub(super) fn free_port(ipv6: bool) -> Result<u16> {
     let addr = if ipv6 { "[::1]:0" } else { "127.0.0.1:0" };
     let s = std::net::UdpSocket::bind(addr).map_err(|e| format!("no free port: {e}"))?;
     Ok(s.local_addr().map_err(|e| e.to_string())?.port())
 }
 
 /// Whether something has bound UDP `port` (the server is up).
-fn port_bound(port: u16, ipv6: bool) -> bool {
+pub(super) fn port_bound(port: u16, ipv6: bool) -> bool {
     let addr = if ipv6 { "[::1]" } else { "127.0.0.1" };
     std::net::UdpSocket::bind(format!("{addr}:{port}")).is_err()
 }

@@ -13,17 +13,39 @@ const FROM_AIOQUIC: u64 = 1_000_000;
 
 pub(crate) fn smoke(bin: &Path) -> Result {
     println!("\n==> interop smoke: aioquic <-> quay over HTTP/3");
-    let python = match venv() {
-        Ok(p) => p,
-        Err(reason) => {
-            println!("SKIPPED: interop smoke: {reason}");
-            return Ok(());
-        }
-    };
-    let peer = root().join("xtask/interop/aioquic_peer.py");
-    let dir = root().join("target/interop");
     let mut passed = 0;
     let mut failed = Vec::new();
+    let python = match venv() {
+        Ok(p) => {
+            aioquic_both_ways(bin, &p, &mut passed, &mut failed)?;
+            Some(p)
+        }
+        Err(reason) => {
+            println!("SKIPPED: interop smoke: {reason}");
+            None
+        }
+    };
+    println!("\n==> client migration mid-download: h3-server, aioquic, ngtcp2");
+    let (p, f) = super::migration::run(bin, python.as_deref())?;
+    passed += p;
+    failed.extend(f);
+    println!("interop: {passed} passed, {} failed", failed.len());
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("interop smoke failed: {}", failed.join("; ")))
+    }
+}
+
+/// aioquic's client against h3-server, h3-client against aioquic's server.
+fn aioquic_both_ways(
+    bin: &Path,
+    python: &Path,
+    passed: &mut usize,
+    failed: &mut Vec<String>,
+) -> Result {
+    let peer = root().join("xtask/interop/aioquic_peer.py");
+    let dir = root().join("target/interop");
 
     // aioquic client -> quay h3-server.
     let cert = dir.join("quay-cert.pem");
@@ -32,7 +54,7 @@ pub(crate) fn smoke(bin: &Path) -> Result {
         &["--listen", "127.0.0.1:0", "--write-cert", path_str(&cert)?],
     )?;
     let url = format!("https://localhost:{}/bytes/{TO_QUAY}", server.addr.port());
-    let out = Command::new(&python)
+    let out = Command::new(python)
         .arg(&peer)
         .args(["client", &url, "--ca", path_str(&cert)?])
         .output()
@@ -42,8 +64,8 @@ pub(crate) fn smoke(bin: &Path) -> Result {
         "aioquic client -> quay h3-server, /bytes/ download with SHA-256 check",
         out.status.success(),
         &out,
-        &mut passed,
-        &mut failed,
+        passed,
+        failed,
     );
 
     // quay h3-client -> aioquic server.
@@ -51,7 +73,7 @@ pub(crate) fn smoke(bin: &Path) -> Result {
     std::fs::create_dir_all(&peer_dir)
         .map_err(|e| format!("cannot create {}: {e}", peer_dir.display()))?;
     let server = procs::Server::start(
-        Path::new(&python),
+        python,
         &[
             path_str(&peer)?,
             "server",
@@ -84,16 +106,10 @@ pub(crate) fn smoke(bin: &Path) -> Result {
         "quay h3-client -> aioquic server, /bytes/ download checked byte for byte",
         out.status.success() && body_ok,
         &out,
-        &mut passed,
-        &mut failed,
+        passed,
+        failed,
     );
-
-    println!("interop: {passed} passed, {} failed", failed.len());
-    if failed.is_empty() {
-        Ok(())
-    } else {
-        Err(format!("interop smoke failed: {}", failed.join("; ")))
-    }
+    Ok(())
 }
 
 fn report(

@@ -425,7 +425,9 @@ impl Client {
     /// streaming. The response's extensions hold the
     /// [`ConnectionInfo`](quic_app::ConnectionInfo) of the connection it came on
     /// (server address, ALPN, whether the session was resumed, the server's
-    /// certificates, handshake time).
+    /// certificates, handshake time), and its
+    /// [`ConnectionHandle`](quic_io::ConnectionHandle) (its counters; `migrate` to move
+    /// it to a new local socket).
     ///
     /// The default headers are added, redirects followed as the policy says, and the
     /// client's timeouts apply (the request timeout to the body too). A request the
@@ -581,6 +583,7 @@ impl Client {
                 head.extensions_mut()
                     .insert(quic_app::ConnectionInfo::new(Arc::new(info)));
             }
+            head.extensions_mut().insert(handle.clone());
             Ok::<_, ClientError>(head)
         };
         let mut resp = match deadline {
