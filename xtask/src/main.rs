@@ -7,6 +7,7 @@
 mod attack;
 mod bench;
 mod interop;
+mod lb;
 mod msrv;
 mod prereqs;
 mod procs;
@@ -37,6 +38,9 @@ commands:
   attack  bounded attacks on h3-server (garbage, Initial flood, slowloris, request
           flood, connection churn, SIGTERM under loss) while legitimate clients work,
           every legitimate transfer checked (`cargo xtask attack --help`)
+  lb      three h3-servers behind the Linux kernel as a QUIC-LB load balancer (network
+          namespaces, nftables): downloads spread by hash, migrating clients routed by
+          server ID (`cargo xtask lb --help`)
   msrv    no dependency of the published crates needs a newer Rust than the
           workspace's rust-version (part of `test`)
 ";
@@ -49,6 +53,7 @@ fn main() -> ExitCode {
         Some("interop") => interop::run(&args[1..]),
         Some("bench") => bench::run(&args[1..]),
         Some("attack") => attack::run(&args[1..]),
+        Some("lb") => lb::run(&args[1..]),
         Some("msrv") => prereqs::ensure().and_then(|env| msrv::check(&env)),
         Some("-h" | "--help" | "help") => {
             print!("{USAGE}");
@@ -184,6 +189,7 @@ fn test() -> Result {
     interop::run(&["--quick".to_owned()])?;
     bench::run(&["--quick".to_owned()])?;
     attack::run(&["--quick".to_owned()])?;
+    lb::run(&["--quick".to_owned()])?;
     println!(
         "\nxtask test: every step passed in {:.0} s",
         started.elapsed().as_secs_f64()

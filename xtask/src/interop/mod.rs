@@ -17,6 +17,7 @@ mod smoke;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+pub(crate) use peers::install_with_apt;
 pub(crate) use smoke::smoke;
 pub(crate) use smoke::venv;
 

@@ -84,7 +84,7 @@ pub(super) fn ngtcp2() -> std::result::Result<(PathBuf, PathBuf), String> {
 
 /// What `find` finds; when it finds nothing and this runs as root, `packages` are
 /// installed with apt-get first. The error says what to install by hand.
-pub(super) fn install_with_apt<T>(
+pub(crate) fn install_with_apt<T>(
     packages: &[&str],
     find: impl Fn() -> Option<T>,
 ) -> std::result::Result<T, String> {
