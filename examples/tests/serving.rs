@@ -492,6 +492,7 @@ async fn h3_client_takes_curls_everyday_flags_and_exits_with_telling_codes() {
     assert_eq!(code, 0);
     for want in [
         "* connected to 127.0.0.1:",
+        "cipher TLS_AES_",
         "ALPN h3",
         "session new",
         "* server certificate:",

@@ -30,6 +30,10 @@ pub struct HandshakeInfo {
     /// The connection's id for logs: this side's first source connection ID in hex,
     /// as the connection's tracing span (`quic_conn{scid=...}`) shows it.
     pub trace_id: String,
+    /// The negotiated TLS cipher suite's standard name (`TLS_AES_128_GCM_SHA256`,
+    /// ...), once the handshake completed; quiche does not tell it, so it is `None`
+    /// unless the endpoint read it from TLS itself (quic-io's endpoints do).
+    pub cipher: Option<&'static str>,
 }
 
 /// BoringSSL's `ssl_early_data_accepted` reason.
@@ -59,6 +63,7 @@ impl HandshakeInfo {
                 .map(|chain| chain.into_iter().map(<[u8]>::to_vec).collect())
                 .unwrap_or_default(),
             trace_id: conn.trace_id().to_owned(),
+            cipher: None,
         }
     }
 }

@@ -10,7 +10,10 @@ use std::path::{Path, PathBuf};
 
 use boring::error::ErrorStack;
 use boring::pkey::{PKey, Private};
-use boring::ssl::{NameType, SelectCertError, SslContextBuilder, SslMethod, SslRef, SslVerifyMode};
+use boring::ssl::{
+    NameType, SelectCertError, SslContextBuilder, SslInfoCallbackMode, SslInfoCallbackValue,
+    SslMethod, SslRef, SslVerifyMode,
+};
 use boring::x509::X509;
 
 /// Why a TLS configuration could not be built.
@@ -206,6 +209,7 @@ impl TlsConfig {
     /// A server context holding this configuration.
     pub(crate) fn server_context(&self) -> Result<SslContextBuilder, TlsError> {
         let mut ctx = SslContextBuilder::new(SslMethod::tls()).map_err(TlsError::Context)?;
+        ctx.set_info_callback(note_cipher);
         let default = &self.identity;
         ctx.set_certificate(&default.chain[0])
             .map_err(TlsError::Context)?;
@@ -437,6 +441,7 @@ impl ClientTlsConfig {
     /// so the certificate must then name that address.
     pub(crate) fn client_context(&self, ip: Option<IpAddr>) -> Result<SslContextBuilder, TlsError> {
         let mut ctx = SslContextBuilder::new(SslMethod::tls()).map_err(TlsError::Context)?;
+        ctx.set_info_callback(note_cipher);
         if let Some(identity) = &self.identity {
             let identity = &identity.identity;
             ctx.set_certificate(&identity.chain[0])
@@ -478,6 +483,25 @@ thread_local! {
     /// BoringSSL calls the verify callback synchronously inside `Connection::recv`, on
     /// the worker's thread; the worker takes the reason out right after that call.
     static LAST_VERIFY_ERROR: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+thread_local! {
+    /// The cipher suite of the last handshake completed on this thread: BoringSSL
+    /// calls the info callback inside `Connection::recv` (or `send`), and the worker
+    /// takes it out right after.
+    static LAST_CIPHER: std::cell::Cell<Option<&'static str>> = const { std::cell::Cell::new(None) };
+}
+
+/// Notes the cipher suite of a handshake that just completed.
+fn note_cipher(ssl: &SslRef, mode: SslInfoCallbackMode, _: SslInfoCallbackValue) {
+    if mode == SslInfoCallbackMode::HANDSHAKE_DONE {
+        LAST_CIPHER.set(ssl.current_cipher().and_then(|c| c.standard_name()));
+    }
+}
+
+/// Takes the cipher suite of the last handshake completed on this thread, if any.
+pub(crate) fn take_cipher() -> Option<&'static str> {
+    LAST_CIPHER.take()
 }
 
 /// Takes the reason of the last failed certificate check on this thread, if any.

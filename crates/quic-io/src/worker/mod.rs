@@ -251,6 +251,7 @@ pub(crate) fn spawn<A: ApplicationOverQuic>(
         close_stalled_at: None,
         reported: false,
         migration: None,
+        cipher: None,
     };
     // The task's future holds the worker once: `run` borrows it from the block's
     // capture. An async fn taking `self` by value (or a block that moves its capture
@@ -284,6 +285,8 @@ struct Worker<A> {
     reported: bool,
     /// A client's move to a new socket, until the new path is validated.
     migration: Option<Migration>,
+    /// The negotiated cipher suite, once the handshake completed.
+    cipher: Option<&'static str>,
 }
 
 /// A close that waits for [`ApplicationOverQuic::delivered`].
@@ -449,6 +452,10 @@ impl<A: ApplicationOverQuic> Worker<A> {
         if !self.setup.conn.is_server() && self.verify_error.is_none() {
             self.verify_error = crate::tls::take_verify_error();
         }
+        // Taken every time, so that none is left for another connection's turn.
+        if let Some(cipher) = crate::tls::take_cipher() {
+            self.cipher = Some(cipher);
+        }
         // quiche marks the connection closed, with no error recorded, when a datagram
         // it cannot decrypt ends with the peer's stateless reset token.
         if !was_closed
@@ -534,8 +541,11 @@ impl<A: ApplicationOverQuic> Worker<A> {
 
     fn run_application(&mut self) {
         let (local, peer, started) = (self.setup.local, self.setup.peer, self.setup.started);
+        let cipher = self.cipher;
         self.driver.after_input(&mut self.setup.conn, |c| {
-            HandshakeInfo::from_connection(c, local, peer, started.elapsed())
+            let mut info = HandshakeInfo::from_connection(c, local, peer, started.elapsed());
+            info.cipher = cipher;
+            info
         });
     }
 
@@ -580,12 +590,13 @@ impl<A: ApplicationOverQuic> Worker<A> {
         self.established_at = Some(now);
         let duration = now - self.setup.started;
         self.setup.shared.metrics.handshake_completed(duration);
-        let info = HandshakeInfo::from_connection(
+        let mut info = HandshakeInfo::from_connection(
             &self.setup.conn,
             self.setup.local,
             self.setup.peer,
             duration,
         );
+        info.cipher = self.cipher;
         tracing::debug!(?duration, alpn = %String::from_utf8_lossy(&info.alpn), "handshake complete");
         self.state_tx.send_replace(ConnState::Established(info));
         self.setup.registration.established();

@@ -13,6 +13,18 @@ async fn one_connection_echoes_streams_and_reports_live_stats() {
         .unwrap_or_else(|e| panic!("{e}: {:?}", server.metrics.snapshot()));
     let info = conn.handshake_info().expect("established");
     assert_eq!(info.alpn, quic_app::echo::ALPN);
+    assert!(
+        matches!(
+            info.cipher,
+            Some(
+                "TLS_AES_128_GCM_SHA256"
+                    | "TLS_AES_256_GCM_SHA384"
+                    | "TLS_CHACHA20_POLY1305_SHA256"
+            )
+        ),
+        "{:?}",
+        info.cipher
+    );
     let report = report.await.unwrap();
     assert!(report.is_ok(), "{report:?}");
     assert_eq!(report.bytes_received(), 400_000);
