@@ -19,7 +19,7 @@
 //! start a new flow with a short-header packet, which only the server-ID rule can route
 //! right, and keep their connection.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use crate::{Result, path_str, procs, root};
@@ -236,7 +236,7 @@ pub(crate) fn run(args: &[String]) -> Result {
     let dir = root().join("target/lb");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let (cert, key) = certificate(&dir)?;
+    let (cert, key) = crate::interop::cases::self_signed(&dir, &format!("IP:{VIP}"))?;
     let net = Net::build()?;
 
     let mut servers = Vec::new();
@@ -294,9 +294,7 @@ pub(crate) fn run(args: &[String]) -> Result {
         net.exec("c", &refs, None)?;
         let body = std::fs::read(&out).map_err(|e| format!("{}: {e}", out.display()))?;
         let _ = std::fs::remove_file(&out);
-        let exact = body.len() as u64 == bytes
-            && body.iter().enumerate().all(|(i, b)| *b == (i % 256) as u8);
-        if exact {
+        if crate::interop::is_bytes_pattern(&body, bytes) {
             Ok(())
         } else {
             Err(format!(
@@ -391,33 +389,4 @@ fn rule_counters(net: &Net) -> Result<(u64, u64)> {
         [by_id, by_hash] => Ok((by_id, by_hash)),
         _ => Err(format!("unexpected rule listing: {text}")),
     }
-}
-
-/// A certificate for the virtual address, and its key.
-fn certificate(dir: &Path) -> Result<(PathBuf, PathBuf)> {
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    let out = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-        ])
-        .args(["-nodes", "-days", "1", "-subj", "/CN=quay lb test"])
-        .args(["-addext", &format!("subjectAltName=IP:{VIP}")])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .map_err(|e| format!("openssl is needed for the certificate: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "openssl failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    Ok((cert, key))
 }

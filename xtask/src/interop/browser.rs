@@ -311,24 +311,7 @@ fn quic_attempt(netlog: &Path, port: u16) -> Result<(), String> {
 /// A certificate for localhost, 127.0.0.1 and ::1, its key, and the base64 SHA-256
 /// of its public key (what `--ignore-certificate-errors-spki-list` takes).
 fn certificate(dir: &Path) -> Result<(PathBuf, PathBuf, String), String> {
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    let made = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
-        .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "7"])
-        .args(["-subj", "/CN=localhost", "-addext"])
-        .arg("subjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1")
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .map_err(|e| format!("openssl is needed for certificates: {e}"))?;
-    if !made.status.success() {
-        return Err(format!(
-            "openssl req failed: {}",
-            String::from_utf8_lossy(&made.stderr)
-        ));
-    }
+    let (cert, key) = super::cases::self_signed(dir, "DNS:localhost,IP:127.0.0.1,IP:::1")?;
     let pipeline = format!(
         "openssl x509 -in '{}' -pubkey -noout | openssl pkey -pubin -outform der \
          | openssl dgst -sha256 -binary | openssl base64 -A",

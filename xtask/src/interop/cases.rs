@@ -2,7 +2,7 @@
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -354,6 +354,30 @@ pub(crate) fn files(case: &Case, www: &Path, quick: bool) -> Result<Vec<(String,
         out.push((name, *len));
     }
     Ok(out)
+}
+
+/// A self-signed ECDSA P-256 certificate with `san` (`DNS:localhost,IP:127.0.0.1`,
+/// ...) as its subjectAltName: `dir/cert.pem` and `dir/key.pem`.
+pub(crate) fn self_signed(dir: &Path, san: &str) -> Result<(PathBuf, PathBuf), String> {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let made = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+        .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "7"])
+        .args(["-subj", "/CN=quay test", "-addext"])
+        .arg(format!("subjectAltName={san}"))
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .map_err(|e| format!("openssl is needed for certificates: {e}"))?;
+    if !made.status.success() {
+        return Err(format!(
+            "openssl req failed: {}",
+            String::from_utf8_lossy(&made.stderr)
+        ));
+    }
+    Ok((cert, key))
 }
 
 /// A certificate chain of `chain` certificates (leaf first; the runner's layout:

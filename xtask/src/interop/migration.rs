@@ -77,9 +77,9 @@ fn fetch(
     Ok(())
 }
 
-/// The `/bytes/N` pattern: byte i is i % 256.
+/// `/bytes/SIZE`, byte for byte.
 fn is_pattern(body: &[u8]) -> bool {
-    body.len() as u64 == SIZE && body.iter().enumerate().all(|(i, b)| *b == (i % 256) as u8)
+    super::smoke::is_bytes_pattern(body, SIZE)
 }
 
 fn quay(bin: &Path, dir: &Path) -> std::result::Result<(), String> {
@@ -96,19 +96,7 @@ fn quay(bin: &Path, dir: &Path) -> std::result::Result<(), String> {
 
 fn aioquic(bin: &Path, python: &Path, dir: &Path) -> std::result::Result<(), String> {
     let peer_dir = dir.join("aioquic");
-    std::fs::create_dir_all(&peer_dir).map_err(|e| format!("{}: {e}", peer_dir.display()))?;
-    let peer = root().join("xtask/interop/aioquic_peer.py");
-    let server = procs::Server::start(
-        python,
-        &[
-            path_str(&peer)?,
-            "server",
-            "--listen",
-            "127.0.0.1:0",
-            "--dir",
-            path_str(&peer_dir)?,
-        ],
-    )?;
+    let server = super::smoke::aioquic_server(python, &peer_dir)?;
     let url = format!("https://localhost:{}/bytes/{SIZE}", server.addr.port());
     let result = fetch(
         bin,

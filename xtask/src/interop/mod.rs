@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 pub(crate) use peers::install_with_apt;
+pub(crate) use smoke::is_bytes_pattern;
 pub(crate) use smoke::smoke;
 pub(crate) use smoke::venv;
 

@@ -70,19 +70,7 @@ fn aioquic_both_ways(
 
     // quay h3-client -> aioquic server.
     let peer_dir = dir.join("aioquic-server");
-    std::fs::create_dir_all(&peer_dir)
-        .map_err(|e| format!("cannot create {}: {e}", peer_dir.display()))?;
-    let server = procs::Server::start(
-        python,
-        &[
-            path_str(&peer)?,
-            "server",
-            "--listen",
-            "127.0.0.1:0",
-            "--dir",
-            path_str(&peer_dir)?,
-        ],
-    )?;
+    let server = aioquic_server(python, &peer_dir)?;
     let download = dir.join("from-aioquic.bin");
     let url = format!(
         "https://localhost:{}/bytes/{FROM_AIOQUIC}",
@@ -99,9 +87,7 @@ fn aioquic_both_ways(
         .output()
         .map_err(|e| format!("cannot run h3-client: {e}"))?;
     server.stop()?;
-    let body_ok = std::fs::read(&download).is_ok_and(|b| {
-        b.len() as u64 == FROM_AIOQUIC && b.iter().enumerate().all(|(i, x)| *x == (i % 256) as u8)
-    });
+    let body_ok = std::fs::read(&download).is_ok_and(|b| is_bytes_pattern(&b, FROM_AIOQUIC));
     report(
         "quay h3-client -> aioquic server, /bytes/ download checked byte for byte",
         out.status.success() && body_ok,
@@ -110,6 +96,29 @@ fn aioquic_both_ways(
         failed,
     );
     Ok(())
+}
+
+/// aioquic's HTTP/3 server (`aioquic_peer.py server`) on 127.0.0.1, serving `/bytes/N`;
+/// its certificate is written to `dir/cert.pem`.
+pub(super) fn aioquic_server(python: &Path, dir: &Path) -> Result<procs::Server> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let peer = root().join("xtask/interop/aioquic_peer.py");
+    procs::Server::start(
+        python,
+        &[
+            path_str(&peer)?,
+            "server",
+            "--listen",
+            "127.0.0.1:0",
+            "--dir",
+            path_str(dir)?,
+        ],
+    )
+}
+
+/// Whether `body` is what `/bytes/LEN` serves: LEN bytes, byte i being i % 256.
+pub(crate) fn is_bytes_pattern(body: &[u8], len: u64) -> bool {
+    body.len() as u64 == len && body.iter().enumerate().all(|(i, b)| *b == (i % 256) as u8)
 }
 
 fn report(

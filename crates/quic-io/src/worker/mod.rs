@@ -608,12 +608,10 @@ impl<A: ApplicationOverQuic> Worker<A> {
     /// ([`Self::finish_migration`]).
     fn migrate(&mut self, socket: std::net::UdpSocket) -> Result<SocketAddr, MigrateError> {
         let conn = &mut self.setup.conn;
+        // Only a client's worker holds a sender of its own queue.
         let (Some(pkt_tx), Some(issuer)) = (&self.setup.pkt_tx, &self.setup.shared.issuer) else {
             return Err(MigrateError::NotClient);
         };
-        if conn.is_server() {
-            return Err(MigrateError::NotClient);
-        }
         if !conn.is_established() || conn.is_closed() || conn.is_draining() {
             return Err(MigrateError::NotEstablished);
         }
