@@ -26,7 +26,8 @@
 //! | `quay_retries_sent_total` | counter | | Retry packets sent |
 //! | `quay_version_negotiations_sent_total` | counter | | Version Negotiation packets sent |
 //! | `quay_stateless_resets_sent_total` | counter | | stateless resets sent |
-//! | `quay_queue_full_drops_total` | counter | | datagrams dropped on a full connection queue |
+//! | `quay_queue_full_drops_total` | counter | | datagrams dropped on a full connection (or shard) queue |
+//! | `quay_datagrams_forwarded_total` | counter | | datagrams a sharded listener handed to the shard owning their connection |
 //! | `quay_client_requests_total` | counter | `class` (`2xx`.., or `error`) | requests [`Client::request`](crate::h3::Client::request) completed |
 //! | `quay_client_request_duration_seconds` | histogram | | request start to response head |
 //!
@@ -64,6 +65,9 @@ impl Metrics for TransportMetrics {
     }
     fn queue_full_drop(&self) {
         counter!("quay_queue_full_drops_total").increment(1);
+    }
+    fn datagram_forwarded(&self) {
+        counter!("quay_datagrams_forwarded_total").increment(1);
     }
     fn handshake_completed(&self, duration: Duration) {
         counter!("quay_handshakes_total").increment(1);

@@ -49,7 +49,7 @@ mod cid;
 pub use cid::quic_lb::{
     MAX_SERVER_ID_LEN, QuicLbConfig, QuicLbError, QuicLbGenerator, ServerId, UNROUTABLE_CONFIG_ID,
 };
-pub use cid::{ConnectionIdGenerator, DEFAULT_CID_LEN, RandomConnectionIds, ResetKey};
+pub use cid::{ConnectionIdGenerator, DEFAULT_CID_LEN, MAX_SHARDS, RandomConnectionIds, ResetKey};
 
 mod connect;
 pub use connect::{ClientParams, ConnectError, connect};
@@ -61,8 +61,8 @@ pub use worker::MigrateError;
 mod listen;
 pub use listen::{
     AcceptError, EndpointLimits, EndpointStats, IncomingConnection, ListenError, Listener,
-    PreparedTls, ReloadError, RetryPolicy, ServerParams, StatsHandle, TlsReloader, listen,
-    listen_on,
+    PreparedTls, ReloadError, RetryPolicy, ServerParams, Sharding, StatsHandle, TlsReloader,
+    listen, listen_on, listen_sharded,
 };
 
 mod metrics;

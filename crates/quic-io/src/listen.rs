@@ -9,12 +9,15 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::cid::{ConnectionIdGenerator, DEFAULT_CID_LEN, RandomConnectionIds, ResetKey};
+use crate::cid::{
+    ConnectionIdGenerator, DEFAULT_CID_LEN, MAX_SHARDS, RandomConnectionIds, ResetKey, ShardIds,
+};
 use crate::handle::ConnectionHandle;
 use crate::metrics::{Metrics, NoopMetrics};
 use crate::router::retry::RetryTokens;
 use crate::router::{
-    Accept, CONNECTION_REFUSED, Failure, Router, RouterCommand, RouterFailure, rate_limiter,
+    Accept, CONNECTION_REFUSED, Failure, Router, RouterCommand, RouterFailure, SHARD_QUEUE,
+    ShardLinks, rate_limiter,
 };
 use crate::settings::{QuicSettings, SettingError};
 use crate::socket::Socket;
@@ -263,32 +266,272 @@ pub fn listen_on(addr: SocketAddr, params: ServerParams) -> Result<Listener, Lis
     // Checked before binding: a bad parameter takes no port.
     params.validate()?;
     let socket = crate::socket::bind(addr).map_err(|source| ListenError::Bind { addr, source })?;
-    start(socket, &params)
+    start(vec![socket], &params, false)
 }
 
 /// Listens on a bound UDP socket. Must be called within a tokio runtime.
 pub fn listen(socket: std::net::UdpSocket, params: ServerParams) -> Result<Listener, ListenError> {
     params.validate()?;
-    start(socket, &params)
+    start(vec![socket], &params, false)
 }
 
-/// Starts a listener on validated parameters.
-fn start(socket: std::net::UdpSocket, params: &ServerParams) -> Result<Listener, ListenError> {
-    let (router, accept_rx, abort) = listener_router(socket, params)?;
-    let local_addr = router.local_addr();
-    let cmd_tx = router.command_sender();
-    let failure = router.failure();
-    let span = tracing::info_span!("quic_listener", local = %local_addr);
-    let router = crate::spawn::task(router.run().instrument(span));
+/// How a [sharded listener](listen_sharded) spreads over its sockets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Sharding {
+    /// Shards: sockets, each with a router task of its own (1..=32).
+    pub shards: usize,
+    /// Steers each short-header datagram in the kernel to the socket of the shard its
+    /// connection ID names (a classic BPF program on the SO_REUSEPORT group). Off, or
+    /// where the kernel refuses it, the kernel spreads datagrams by a hash of their
+    /// 4-tuple and a router that gets one for another shard's connection forwards it
+    /// there. Default on.
+    pub kernel_steering: bool,
+}
+
+impl Sharding {
+    /// `shards` shards, with kernel steering.
+    pub fn new(shards: usize) -> Self {
+        Self {
+            shards,
+            kernel_steering: true,
+        }
+    }
+
+    /// Turns kernel steering on or off.
+    pub fn kernel_steering(mut self, on: bool) -> Self {
+        self.kernel_steering = on;
+        self
+    }
+
+    /// Checks the shard count, and that `params`' connection IDs have room for a shard
+    /// number.
+    pub fn validate(&self, params: &ServerParams) -> Result<(), SettingError> {
+        if !(1..=MAX_SHARDS).contains(&self.shards) {
+            return Err(SettingError::new("shards", "outside 1..=32"));
+        }
+        if self.shards > 1 {
+            if !cfg!(target_os = "linux") {
+                return Err(SettingError::new(
+                    "shards",
+                    "more than one needs Linux (SO_REUSEPORT spreading datagrams over sockets)",
+                ));
+            }
+            if !params.cids().first_octet_bits_free() {
+                return Err(SettingError::new(
+                    "cid_generator",
+                    "its IDs leave no bits of the first octet free for a shard number (a QUIC-LB configuration that encodes the ID's length there?)",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl From<usize> for Sharding {
+    fn from(shards: usize) -> Self {
+        Self::new(shards)
+    }
+}
+
+/// Binds `addr` with `sharding.shards` UDP sockets in one SO_REUSEPORT group and listens
+/// on them as one listener, each socket read by a router task of its own: the way to
+/// spread a busy listener's receive work over several cores (Linux). Must be called
+/// within a tokio runtime (a multi-threaded one, for the shards to run in parallel).
+///
+/// Each connection belongs to the shard that accepted it, whose number its connection
+/// IDs carry in the low five bits of their first octet (random bits otherwise; a
+/// QUIC-LB configuration must not encode the ID length there). The kernel hands each
+/// new client to a shard by a hash of its 4-tuple; a datagram whose 4-tuple later
+/// changes (NAT rebinding, migration) reaches its shard by [kernel
+/// steering](Sharding::kernel_steering), or is forwarded there by the shard that got
+/// it. The shards share one accept queue, one TLS configuration (session tickets work
+/// across them) and one Retry key; each enforces its share of the
+/// [limits](EndpointLimits) (a shard count's fraction of each, rounded up), so a
+/// source whose connections hash unevenly may be refused a little before its limit.
+///
+/// ```no_run
+/// # fn run(params: quic_io::ServerParams) -> Result<(), quic_io::ListenError> {
+/// let listener = quic_io::listen_sharded("[::]:443".parse().unwrap(), 4, params)?;
+/// assert_eq!(listener.shards(), 4);
+/// # Ok(()) }
+/// # let _ = run;
+/// ```
+pub fn listen_sharded(
+    addr: SocketAddr,
+    sharding: impl Into<Sharding>,
+    params: ServerParams,
+) -> Result<Listener, ListenError> {
+    let sharding = sharding.into();
+    params.validate()?;
+    sharding.validate(&params)?;
+    if sharding.shards == 1 {
+        return listen_on(addr, params);
+    }
+    let sockets = crate::socket::bind_shards(addr, sharding.shards)
+        .map_err(|source| ListenError::Bind { addr, source })?;
+    let steering = sharding.kernel_steering && attach_steering(&sockets[0]);
+    start(sockets, &params, steering)
+}
+
+/// Attaches the kernel steering program to a shard group; whether it took.
+fn attach_steering(socket: &std::net::UdpSocket) -> bool {
+    #[cfg(target_os = "linux")]
+    match crate::socket::steer::attach(socket) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(error = %e, "kernel steering refused; shards forward datagrams instead");
+            false
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = socket;
+        false
+    }
+}
+
+/// One shard's part of `params`: limits and the Retry threshold divided among `n`
+/// shards, rounded up.
+fn shard_params(params: &ServerParams, n: usize) -> ServerParams {
+    let mut p = params.clone();
+    if n > 1 {
+        let share = |v: usize| v.div_ceil(n);
+        let l = &mut p.limits;
+        l.max_connections = share(l.max_connections);
+        l.max_connections_per_ip = share(l.max_connections_per_ip);
+        l.max_handshakes = share(l.max_handshakes);
+        l.max_handshakes_per_ip = share(l.max_handshakes_per_ip);
+        l.resets_per_second = l.resets_per_second.div_ceil(n as u32);
+        if let RetryPolicy::UnderLoad { handshakes } = &mut p.retry {
+            *handshakes = share(*handshakes);
+        }
+    }
+    p
+}
+
+/// Starts a listener on validated parameters: one router per socket (one socket
+/// unless sharded).
+fn start(
+    sockets: Vec<std::net::UdpSocket>,
+    params: &ServerParams,
+    steering: bool,
+) -> Result<Listener, ListenError> {
+    let n = sockets.len();
+    let (common, accept_rx) = Common::new(params)?;
+    let shard_params = shard_params(params, n);
+    let (inbox_tx, inbox_rx): (Vec<_>, Vec<_>) = (0..n).map(|_| mpsc::channel(SHARD_QUEUE)).unzip();
+    let inboxes: Arc<[mpsc::Sender<crate::socket::Datagram>]> = inbox_tx.into();
+    let mut routers = Vec::with_capacity(n);
+    for (i, (socket, inbox)) in sockets.into_iter().zip(inbox_rx).enumerate() {
+        let cids: Arc<dyn ConnectionIdGenerator> = if n > 1 {
+            Arc::new(ShardIds {
+                inner: params.cids(),
+                shard: i as u8,
+            })
+        } else {
+            params.cids()
+        };
+        let mut router = common.router(socket, &shard_params, cids)?;
+        if n > 1 {
+            router.set_shard(ShardLinks {
+                me: i,
+                inboxes: Arc::clone(&inboxes),
+                inbox,
+            });
+        }
+        routers.push(router);
+    }
+    let local_addr = routers[0].local_addr();
+    let shards = routers
+        .into_iter()
+        .enumerate()
+        .map(|(i, router)| {
+            let cmd_tx = router.command_sender();
+            let failure = router.failure();
+            let span = if n > 1 {
+                tracing::info_span!("quic_listener", local = %local_addr, shard = i)
+            } else {
+                tracing::info_span!("quic_listener", local = %local_addr)
+            };
+            Shard {
+                cmd_tx,
+                failure,
+                router: crate::spawn::task(router.run().instrument(span)),
+            }
+        })
+        .collect();
     Ok(Listener {
         accept_rx,
-        cmd_tx,
+        shards,
         local_addr,
-        abort,
-        router,
-        failure,
+        abort: common.abort,
+        steering,
         params: Arc::new(params.clone()),
     })
+}
+
+/// What the shards of one listener share.
+struct Common {
+    config: crate::router::SharedConfig,
+    accept_tx: mpsc::Sender<IncomingConnection>,
+    retry: RetryTokens,
+    abort: CancellationToken,
+}
+
+impl Common {
+    fn new(
+        params: &ServerParams,
+    ) -> Result<(Self, mpsc::Receiver<IncomingConnection>), ListenError> {
+        let config = params.quiche_config().map_err(ListenError::Config)?;
+        let (accept_tx, accept_rx) = mpsc::channel(params.limits.accept_backlog);
+        let common = Self {
+            config: Arc::new(std::sync::Mutex::new(config)),
+            accept_tx,
+            retry: RetryTokens::new(params.retry_token_lifetime),
+            abort: CancellationToken::new(),
+        };
+        Ok((common, accept_rx))
+    }
+
+    /// A router for `socket` with (its shard's) `params`, issuing `cids`.
+    fn router(
+        &self,
+        socket: std::net::UdpSocket,
+        params: &ServerParams,
+        cids: Arc<dyn ConnectionIdGenerator>,
+    ) -> Result<Router, ListenError> {
+        let socket =
+            Arc::new(Socket::new(socket, params.settings.enable_gso).map_err(ListenError::Socket)?);
+        let shared = WorkerShared::new(
+            &params.settings,
+            Arc::clone(&params.metrics),
+            Some(Issuer {
+                cids: Arc::clone(&cids),
+                reset_key: params.reset_key.clone(),
+            }),
+        );
+        let accept = Accept {
+            config: Arc::clone(&self.config),
+            cids,
+            retry: self.retry.clone(),
+            reset_limiter: rate_limiter(params.limits.resets_per_second),
+            close_limiter: rate_limiter(params.limits.resets_per_second),
+            accept_tx: self.accept_tx.clone(),
+            shared,
+            shutdown: None,
+            shutting_down: false,
+            params: params.clone(),
+        };
+        Ok(Router::new(
+            socket,
+            params.cid_len,
+            Arc::clone(&params.metrics),
+            params.reset_key.clone(),
+            Some(accept),
+            self.abort.clone(),
+        ))
+    }
 }
 
 /// A listener's router on validated parameters, not yet running, with the receiving
@@ -305,41 +548,9 @@ pub(crate) fn listener_router(
     ),
     ListenError,
 > {
-    let config = params.quiche_config().map_err(ListenError::Config)?;
-    let socket =
-        Arc::new(Socket::new(socket, params.settings.enable_gso).map_err(ListenError::Socket)?);
-    let (accept_tx, accept_rx) = mpsc::channel(params.limits.accept_backlog);
-    let cids = params.cids();
-    let shared = WorkerShared::new(
-        &params.settings,
-        Arc::clone(&params.metrics),
-        Some(Issuer {
-            cids: Arc::clone(&cids),
-            reset_key: params.reset_key.clone(),
-        }),
-    );
-    let abort = CancellationToken::new();
-    let accept = Accept {
-        config: Arc::new(std::sync::Mutex::new(config)),
-        cids,
-        retry: RetryTokens::new(params.retry_token_lifetime),
-        reset_limiter: rate_limiter(params.limits.resets_per_second),
-        close_limiter: rate_limiter(params.limits.resets_per_second),
-        accept_tx,
-        shared,
-        shutdown: None,
-        shutting_down: false,
-        params: params.clone(),
-    };
-    let router = Router::new(
-        socket,
-        params.cid_len,
-        Arc::clone(&params.metrics),
-        params.reset_key.clone(),
-        Some(accept),
-        abort.clone(),
-    );
-    Ok((router, accept_rx, abort))
+    let (common, accept_rx) = Common::new(params)?;
+    let router = common.router(socket, params, params.cids())?;
+    Ok((router, accept_rx, common.abort))
 }
 
 /// A listener's tables, as its router sees them.
@@ -354,21 +565,58 @@ pub struct EndpointStats {
     pub routes: usize,
     /// Source addresses (IPv4, IPv6 /64) holding connections.
     pub sources: usize,
+    /// Connections admitted since the listener started.
+    pub accepted: u64,
+    /// Datagrams a shard handed to the shard owning their connection (a sharded
+    /// listener's; 0 otherwise).
+    pub forwarded: u64,
+}
+
+impl EndpointStats {
+    fn add(mut self, o: &Self) -> Self {
+        self.connections += o.connections;
+        self.handshakes += o.handshakes;
+        self.routes += o.routes;
+        self.sources += o.sources;
+        self.accepted += o.accepted;
+        self.forwarded += o.forwarded;
+        self
+    }
 }
 
 /// Reads a listener's [`EndpointStats`]; cloneable, and usable after the listener
 /// moved into a server.
 #[derive(Debug, Clone)]
 pub struct StatsHandle {
-    cmd_tx: mpsc::UnboundedSender<RouterCommand>,
+    cmd_tx: Vec<mpsc::UnboundedSender<RouterCommand>>,
 }
 
 impl StatsHandle {
-    /// The listener's tables now; `None` once it has stopped.
+    /// The listener's tables now, summed over its shards (a source holding
+    /// connections in two shards counts twice); `None` once it has stopped.
     pub async fn get(&self) -> Option<EndpointStats> {
-        let (tx, rx) = oneshot::channel();
-        self.cmd_tx.send(RouterCommand::Stats(tx)).ok()?;
-        rx.await.ok()
+        let shards = self.shards().await?;
+        Some(
+            shards
+                .iter()
+                .fold(EndpointStats::default(), EndpointStats::add),
+        )
+    }
+
+    /// Each shard's tables now, by shard number (one, unless the listener is
+    /// [sharded](listen_sharded)); `None` once it has stopped.
+    pub async fn shards(&self) -> Option<Vec<EndpointStats>> {
+        let mut replies = Vec::with_capacity(self.cmd_tx.len());
+        for cmd_tx in &self.cmd_tx {
+            let (tx, rx) = oneshot::channel();
+            cmd_tx.send(RouterCommand::Stats(tx)).ok()?;
+            replies.push(rx);
+        }
+        let mut stats = Vec::with_capacity(replies.len());
+        for rx in replies {
+            stats.push(rx.await.ok()?);
+        }
+        Some(stats)
     }
 }
 
@@ -456,13 +704,21 @@ pub enum AcceptError {
 #[derive(Debug)]
 pub struct Listener {
     accept_rx: mpsc::Receiver<IncomingConnection>,
-    cmd_tx: mpsc::UnboundedSender<RouterCommand>,
+    /// One per socket: one, unless sharded.
+    shards: Vec<Shard>,
     local_addr: SocketAddr,
     abort: CancellationToken,
-    router: tokio::task::JoinHandle<()>,
-    failure: Failure,
+    steering: bool,
     /// What the listener was started with, for a new TLS identity.
     params: Arc<ServerParams>,
+}
+
+/// One socket of a listener and its router.
+#[derive(Debug)]
+struct Shard {
+    cmd_tx: mpsc::UnboundedSender<RouterCommand>,
+    router: tokio::task::JoinHandle<()>,
+    failure: Failure,
 }
 
 impl Listener {
@@ -483,33 +739,48 @@ impl Listener {
     ) -> Poll<Result<IncomingConnection, AcceptError>> {
         match std::task::ready!(self.accept_rx.poll_recv(cx)) {
             Some(incoming) => Poll::Ready(Ok(incoming)),
-            None => Poll::Ready(Err(match self.failure.get() {
-                Some(RouterFailure::Socket(e)) => AcceptError::Socket(Arc::clone(e)),
-                Some(RouterFailure::Panicked) => AcceptError::RouterPanicked,
-                None => AcceptError::Stopped,
-            })),
+            None => Poll::Ready(Err(
+                match self.shards.iter().find_map(|s| s.failure.get()) {
+                    Some(RouterFailure::Socket(e)) => AcceptError::Socket(Arc::clone(e)),
+                    Some(RouterFailure::Panicked) => AcceptError::RouterPanicked,
+                    None => AcceptError::Stopped,
+                },
+            )),
         }
     }
 
     /// A handle that reads the listener's tables (connections, routes, sources).
     pub fn stats_handle(&self) -> StatsHandle {
         StatsHandle {
-            cmd_tx: self.cmd_tx.clone(),
+            cmd_tx: self.shards.iter().map(|s| s.cmd_tx.clone()).collect(),
         }
     }
 
     /// A handle that replaces the listener's TLS identity while it runs.
     pub fn tls_reloader(&self) -> TlsReloader {
+        // The shards share one configuration: any of them installs it for all.
         TlsReloader {
-            cmd_tx: self.cmd_tx.clone(),
+            cmd_tx: self.shards[0].cmd_tx.clone(),
             params: Arc::clone(&self.params),
         }
     }
 
+    /// Its shards: sockets, each with a router task (1 unless made by
+    /// [`listen_sharded`]).
+    pub fn shards(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// Whether the kernel steers datagrams to their connection's shard (see
+    /// [`Sharding::kernel_steering`]); `false` when not sharded.
+    pub fn kernel_steering(&self) -> bool {
+        self.steering
+    }
+
     #[doc(hidden)]
-    /// Makes the router task panic, for the project's tests.
+    /// Makes the (first) router task panic, for the project's tests.
     pub fn fail_router_for_test(&self) {
-        let _ = self.cmd_tx.send(RouterCommand::FailForTest);
+        let _ = self.shards[0].cmd_tx.send(RouterCommand::FailForTest);
     }
 
     /// The bound address.
@@ -520,7 +791,11 @@ impl Listener {
     /// Starts minting Retry tokens under a new key. Tokens minted under the previous
     /// key stay valid until they expire; those of older keys no longer are.
     pub async fn rotate_retry_key(&self) {
-        let _ = self.cmd_tx.send(RouterCommand::RotateRetryKey);
+        let mut key = [0u8; 32];
+        crate::cid::random_bytes(&mut key);
+        for s in &self.shards {
+            let _ = s.cmd_tx.send(RouterCommand::RotateRetryKey(key));
+        }
     }
 
     /// Stops accepting, closes every connection with application code `code`, and
@@ -538,27 +813,40 @@ impl Listener {
         while let Ok(incoming) = self.accept_rx.try_recv() {
             incoming.refuse();
         }
-        let (done_tx, done_rx) = oneshot::channel();
         let by = std::time::Instant::now()
             .checked_add(deadline / 2)
             .unwrap_or_else(|| std::time::Instant::now() + Duration::from_secs(86_400));
-        let cmd = RouterCommand::Shutdown {
-            code,
-            reason: reason.to_vec(),
-            by,
-            done: done_tx,
-        };
-        let graceful = if self.cmd_tx.send(cmd).is_ok() {
-            matches!(tokio::time::timeout(deadline, done_rx).await, Ok(Ok(())))
-        } else {
+        let mut done = Vec::with_capacity(self.shards.len());
+        for s in &self.shards {
+            let (done_tx, done_rx) = oneshot::channel();
+            let cmd = RouterCommand::Shutdown {
+                code,
+                reason: reason.to_vec(),
+                by,
+                done: done_tx,
+            };
+            // A router that is gone has no connection left.
+            if s.cmd_tx.send(cmd).is_ok() {
+                done.push(done_rx);
+            }
+        }
+        let all_closed = async {
+            for rx in done {
+                if rx.await.is_err() {
+                    return false;
+                }
+            }
             true
         };
+        let graceful = matches!(tokio::time::timeout(deadline, all_closed).await, Ok(true));
         if !graceful {
             self.abort.cancel();
         }
-        // The router ends once no connection is left (or at the abort): after this
-        // the socket is about to be released.
-        let _ = (&mut self.router).await;
+        // The routers end once no connection is left (or at the abort): after this
+        // the sockets are about to be released.
+        for s in &mut self.shards {
+            let _ = (&mut s.router).await;
+        }
         graceful
     }
 

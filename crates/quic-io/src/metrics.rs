@@ -69,9 +69,12 @@ pub trait Metrics: Send + Sync + 'static {
     fn version_negotiation_sent(&self) {}
     /// A stateless reset was sent.
     fn stateless_reset_sent(&self) {}
-    /// A datagram for a known connection was dropped because its worker's queue was
-    /// full.
+    /// A datagram for a known connection was dropped because its worker's queue (or,
+    /// on a sharded listener, its shard's) was full.
     fn queue_full_drop(&self) {}
+    /// A sharded listener's router handed a datagram to the shard that owns its
+    /// connection (the kernel delivered it to another shard's socket).
+    fn datagram_forwarded(&self) {}
     /// A handshake completed, after `duration`.
     fn handshake_completed(&self, _duration: Duration) {}
     /// A handshake failed or timed out.
@@ -96,6 +99,7 @@ pub struct CountingMetrics {
     version_negotiations: AtomicU64,
     resets: AtomicU64,
     queue_full: AtomicU64,
+    forwarded: AtomicU64,
     handshakes: AtomicU64,
     handshake_micros: AtomicU64,
     handshakes_failed: AtomicU64,
@@ -120,6 +124,8 @@ pub struct MetricsSnapshot {
     pub stateless_resets_sent: u64,
     /// Datagrams dropped because a worker's queue was full.
     pub queue_full_drops: u64,
+    /// Datagrams a sharded listener's router handed to the shard that owns them.
+    pub datagrams_forwarded: u64,
     /// Handshakes completed.
     pub handshakes_completed: u64,
     /// Sum of the durations of completed handshakes.
@@ -189,6 +195,7 @@ impl CountingMetrics {
             version_negotiations_sent: load(&self.version_negotiations),
             stateless_resets_sent: load(&self.resets),
             queue_full_drops: load(&self.queue_full),
+            datagrams_forwarded: load(&self.forwarded),
             handshakes_completed: load(&self.handshakes),
             handshake_time_total: Duration::from_micros(load(&self.handshake_micros)),
             handshakes_failed: load(&self.handshakes_failed),
@@ -227,6 +234,9 @@ impl Metrics for CountingMetrics {
     }
     fn queue_full_drop(&self) {
         bump(&self.queue_full);
+    }
+    fn datagram_forwarded(&self) {
+        bump(&self.forwarded);
     }
     fn handshake_completed(&self, duration: Duration) {
         bump(&self.handshakes);

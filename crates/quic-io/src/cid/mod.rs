@@ -2,6 +2,8 @@
 
 pub(crate) mod quic_lb;
 
+use std::sync::Arc;
+
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
@@ -38,6 +40,13 @@ pub trait ConnectionIdGenerator: Send + Sync + std::fmt::Debug + 'static {
     /// Writes a new ID into `out`, which is [`cid_len`](Self::cid_len) bytes long.
     fn generate(&self, out: &mut [u8]);
 
+    /// Whether the five low bits of each ID's first octet carry nothing (random bits),
+    /// so that a [sharded listener](crate::listen_sharded) may write its shard number
+    /// there. Default `false`: such a generator cannot serve a sharded listener.
+    fn first_octet_bits_free(&self) -> bool {
+        false
+    }
+
     /// A new ID.
     fn new_id(&self) -> quiche::ConnectionId<'static> {
         let mut buf = [0u8; quiche::MAX_CONN_ID_LEN];
@@ -73,6 +82,43 @@ impl ConnectionIdGenerator for RandomConnectionIds {
 
     fn generate(&self, out: &mut [u8]) {
         random_bytes(out);
+    }
+
+    fn first_octet_bits_free(&self) -> bool {
+        true
+    }
+}
+
+/// The most shards a [sharded listener](crate::listen_sharded) may have: its shard
+/// number lives in the five low bits of the first octet of each connection ID.
+pub const MAX_SHARDS: usize = 32;
+
+/// The bits of a connection ID's first octet that hold a shard number.
+pub(crate) const SHARD_MASK: u8 = 0x1f;
+
+/// The shard a connection ID of a sharded listener names.
+pub(crate) fn shard_of(cid: &[u8]) -> Option<usize> {
+    cid.first().map(|b| usize::from(b & SHARD_MASK))
+}
+
+/// One shard's IDs: the listener's generator's, with the shard number in the low bits
+/// of the first octet (which the generator leaves free).
+#[derive(Debug)]
+pub(crate) struct ShardIds {
+    pub(crate) inner: Arc<dyn ConnectionIdGenerator>,
+    pub(crate) shard: u8,
+}
+
+impl ConnectionIdGenerator for ShardIds {
+    fn cid_len(&self) -> usize {
+        self.inner.cid_len()
+    }
+
+    fn generate(&self, out: &mut [u8]) {
+        self.inner.generate(out);
+        if let Some(first) = out.first_mut() {
+            *first = (*first & !SHARD_MASK) | (self.shard & SHARD_MASK);
+        }
     }
 }
 
@@ -127,6 +173,47 @@ mod tests {
         assert_eq!(a.token(b"abcd"), a.token(b"abcd"));
         assert_ne!(a.token(b"abcd"), a.token(b"abce"));
         assert_ne!(a.token(b"abcd"), b.token(b"abcd"));
+    }
+
+    #[test]
+    fn shard_ids_carry_their_shard_and_keep_the_rest_random() {
+        let inner: Arc<dyn ConnectionIdGenerator> = Arc::new(RandomConnectionIds::new(16));
+        for shard in [0u8, 1, 7, 31] {
+            let g = ShardIds {
+                inner: Arc::clone(&inner),
+                shard,
+            };
+            let mut high = 0u8;
+            for _ in 0..64 {
+                let id = g.new_id();
+                assert_eq!(id.len(), 16);
+                assert_eq!(shard_of(&id), Some(usize::from(shard)));
+                high |= id[0] & !SHARD_MASK;
+            }
+            // The three high bits stay the generator's (random here).
+            assert_eq!(high, !SHARD_MASK);
+        }
+    }
+
+    #[test]
+    fn quic_lb_ids_keep_their_server_id_under_a_shard_number() {
+        let config = quic_lb::QuicLbConfig::new(2, 2, 6)
+            .unwrap()
+            .with_key([9; 16])
+            .without_length_encoding();
+        let g = ShardIds {
+            inner: Arc::new(config.generator(&[0xab, 0xcd]).unwrap()),
+            shard: 5,
+        };
+        assert!(g.inner.first_octet_bits_free());
+        for _ in 0..16 {
+            let id = g.new_id();
+            assert_eq!(shard_of(&id), Some(5));
+            assert_eq!(id[0] >> 5, 2, "config rotation bits kept");
+            assert_eq!(config.server_id(&id).unwrap().as_bytes(), &[0xab, 0xcd]);
+        }
+        let encoded = quic_lb::QuicLbConfig::new(2, 2, 6).unwrap();
+        assert!(!encoded.generator(&[1, 2]).unwrap().first_octet_bits_free());
     }
 
     #[test]

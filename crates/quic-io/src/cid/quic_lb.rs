@@ -416,6 +416,11 @@ impl ConnectionIdGenerator for QuicLbGenerator {
         self.config.cid_len()
     }
 
+    /// Only without length encoding: then the low bits are random.
+    fn first_octet_bits_free(&self) -> bool {
+        !self.config.encode_length
+    }
+
     fn generate(&self, out: &mut [u8]) {
         let n = self.config.nonce_len;
         let mut nonce = [0u8; 18];

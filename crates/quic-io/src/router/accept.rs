@@ -311,9 +311,10 @@ impl Router {
                 }
             }
             Admission::Admit => {
-                // The backlog slot is taken now (the router is the only one to take
-                // them, so the screened capacity is still there), so that the
-                // connection has one once its first flight has been read.
+                // The backlog slot is taken now, so that the connection has one once
+                // its first flight has been read. Only routers take slots, but the
+                // shards of a sharded listener share one backlog: another may have
+                // taken the last one since the screen.
                 let permit = match accept.accept_tx.clone().try_reserve_owned() {
                     Ok(permit) => permit,
                     Err(mpsc::error::TrySendError::Full(_)) => {
@@ -359,6 +360,7 @@ impl Router {
         // The worker holds no sender of its own queue: when the router is gone, the
         // queue closes and the worker ends.
         let (registration, _, pkt_rx) = self.register(cids, ctrl_tx.clone(), Some(source));
+        self.accepted += 1;
         let first = FirstFlight {
             config,
             reset_token,

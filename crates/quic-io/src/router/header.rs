@@ -29,6 +29,9 @@ pub enum Routing<'a> {
 /// The v1 long header type of an Initial packet.
 pub(crate) const TYPE_INITIAL: u8 = 0;
 
+/// The long-header type of a Handshake packet (RFC 9000 §17.2.4).
+pub(crate) const TYPE_HANDSHAKE: u8 = 2;
+
 /// Parses the routing part of a datagram's first packet; `None` if malformed.
 ///
 /// RFC 8999 §5.1: connection IDs of a long header are at most 255 bytes in general; for

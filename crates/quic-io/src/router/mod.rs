@@ -4,6 +4,11 @@
 //! to its connection's worker through a bounded queue. Datagrams for no known
 //! connection take the accept path on a listener: version negotiation, Retry, limits,
 //! then a new connection offered to the application; or get a stateless reset.
+//!
+//! On a sharded listener each shard's socket has a router of its own. A datagram for
+//! no connection of its shard whose destination connection ID names another shard
+//! (the kernel hashed a changed 4-tuple to the wrong socket) is forwarded to that
+//! shard's router, which routes it as if it had read it.
 
 mod accept;
 pub(crate) mod header;
@@ -18,7 +23,7 @@ use quic_app::queue;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-pub(crate) use accept::{Accept, CONNECTION_REFUSED, rate_limiter};
+pub(crate) use accept::{Accept, CONNECTION_REFUSED, SharedConfig, rate_limiter};
 
 use crate::cid::ResetKey;
 use crate::metrics::{DropReason, Metrics};
@@ -88,8 +93,8 @@ pub(crate) enum RouterCommand {
     Route { id: u64, cid: Vec<u8> },
     /// The peer retired one of the connection's IDs: stop routing it.
     Unroute { id: u64, cid: Vec<u8> },
-    /// Start minting Retry tokens under a new key.
-    RotateRetryKey,
+    /// Start minting Retry tokens under this new key (the same for every shard).
+    RotateRetryKey([u8; 32]),
     /// Accept new connections with this configuration (a new TLS identity).
     ReplaceConfig(crate::listen::PreparedTls),
     /// Report the router's tables.
@@ -198,6 +203,29 @@ pub(crate) fn lookup<'r, 'b, V>(
     Some((routing, routes.get(dcid)))
 }
 
+/// Datagrams one shard's router hands another: bounded, and dropped when full like a
+/// worker's queue.
+pub(crate) const SHARD_QUEUE: usize = 1024;
+
+/// A shard's links to its sibling shards.
+#[derive(Debug)]
+pub(crate) struct ShardLinks {
+    /// This router's shard number.
+    pub(crate) me: usize,
+    /// Every shard's inbox, by shard number (this one's included).
+    pub(crate) inboxes: Arc<[mpsc::Sender<Datagram>]>,
+    /// Datagrams other shards forwarded to this one.
+    pub(crate) inbox: mpsc::Receiver<Datagram>,
+}
+
+/// Waits for a datagram another shard forwarded; never, when not sharded.
+async fn forwarded(shards: &mut Option<ShardLinks>) -> Option<Datagram> {
+    match shards {
+        Some(s) => s.inbox.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// The router task's state.
 pub(crate) struct Router {
     socket: Arc<Socket>,
@@ -222,6 +250,11 @@ pub(crate) struct Router {
     abort: CancellationToken,
     failure: Failure,
     out: Box<[u8]>,
+    shards: Option<ShardLinks>,
+    /// Connections admitted since the router started.
+    accepted: u64,
+    /// Datagrams handed to another shard.
+    forwarded: u64,
 }
 
 impl Router {
@@ -252,7 +285,15 @@ impl Router {
             abort,
             failure: Failure::default(),
             out: vec![0; crate::socket::MAX_UDP_PAYLOAD].into_boxed_slice(),
+            shards: None,
+            accepted: 0,
+            forwarded: 0,
         }
+    }
+
+    /// Makes this router one shard of a sharded listener.
+    pub(crate) fn set_shard(&mut self, links: ShardLinks) {
+        self.shards = Some(links);
     }
 
     pub(crate) fn command_sender(&self) -> mpsc::UnboundedSender<RouterCommand> {
@@ -378,6 +419,12 @@ impl Router {
                     }
                     self.read_batches();
                 }
+                d = forwarded(&mut self.shards) => {
+                    // Every shard holds a sender of every inbox: `None` never comes.
+                    if let Some(d) = d {
+                        self.route_from_shard(d);
+                    }
+                }
             }
             if self.conns.is_empty() && !self.accepting() {
                 return;
@@ -453,11 +500,13 @@ impl Router {
                     handshakes: self.handshaking,
                     routes: self.routes.len(),
                     sources: self.sources.len(),
+                    accepted: self.accepted,
+                    forwarded: self.forwarded,
                 });
             }
-            RouterCommand::RotateRetryKey => {
+            RouterCommand::RotateRetryKey(key) => {
                 if let Some(a) = &mut self.accept {
-                    a.retry.rotate();
+                    a.retry.rotate_to(key);
                 }
             }
             RouterCommand::ReplaceConfig(config) => {
@@ -517,8 +566,56 @@ impl Router {
         }
     }
 
+    /// Routes one datagram another shard forwarded, and any others waiting.
+    fn route_from_shard(&mut self, dgram: Datagram) {
+        self.route_inner(dgram, false);
+        for _ in 0..quinn_udp::BATCH_SIZE {
+            let Some(Ok(d)) = self.shards.as_mut().map(|s| s.inbox.try_recv()) else {
+                return;
+            };
+            self.route_inner(d, false);
+        }
+    }
+
+    /// The shard that owns the connection ID `dcid` of a datagram this shard has no
+    /// route for, when it is another one.
+    fn owning_shard(&self, dcid: &[u8]) -> Option<usize> {
+        let shards = self.shards.as_ref()?;
+        let owner = crate::cid::shard_of(dcid)?;
+        (owner != shards.me && owner < shards.inboxes.len()).then_some(owner)
+    }
+
+    /// Hands a datagram to the shard that owns its connection.
+    fn forward(&mut self, owner: usize, mut dgram: Datagram) {
+        let Some(shards) = &self.shards else {
+            return;
+        };
+        if dgram.shared {
+            // It may wait in another queue: it stops keeping its batch alive.
+            dgram.buf = bytes::BytesMut::from(&dgram.buf[..]);
+            dgram.shared = false;
+        }
+        match shards.inboxes[owner].try_send(dgram) {
+            Ok(()) => {
+                self.forwarded += 1;
+                self.metrics.datagram_forwarded();
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => self.metrics.queue_full_drop(),
+            // The shard has stopped: so has its connection.
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                self.metrics.datagram_dropped(DropReason::UnknownConnection);
+            }
+        }
+    }
+
     /// Routes one datagram: to its connection, or down the accept or reset path.
     fn route(&mut self, dgram: Datagram) {
+        self.route_inner(dgram, true);
+    }
+
+    /// Routes one datagram; one for no connection of this shard goes to the shard its
+    /// connection ID names if `may_forward` (a datagram is forwarded once at most).
+    fn route_inner(&mut self, dgram: Datagram, may_forward: bool) {
         let Some((routing, route)) = lookup(&self.routes, &dgram.buf, self.cid_len) else {
             self.metrics.datagram_dropped(DropReason::Malformed);
             return;
@@ -540,6 +637,22 @@ impl Router {
                 Err(queue::TrySendError::Closed(_)) => {}
             }
             return;
+        }
+        if may_forward {
+            // Short headers and Handshake packets carry a DCID this listener issued
+            // (Initials and 0-RTT packets may carry the one the client picked).
+            let dcid = match routing {
+                Routing::Short { dcid } => Some(dcid),
+                Routing::Long {
+                    version, ty, dcid, ..
+                } if ty == header::TYPE_HANDSHAKE && quiche::version_is_supported(version) => {
+                    Some(dcid)
+                }
+                Routing::Long { .. } => None,
+            };
+            if let Some(owner) = dcid.and_then(|d| self.owning_shard(d)) {
+                return self.forward(owner, dgram);
+            }
         }
         match routing {
             Routing::Short { .. } if self.accept.is_none() => self.route_to_only_connection(dgram),

@@ -29,7 +29,7 @@ pub(crate) enum TokenError {
 }
 
 /// The current and previous token keys.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct RetryTokens {
     current: (u8, [u8; 32]),
     previous: Option<(u8, [u8; 32])>,
@@ -47,10 +47,17 @@ impl RetryTokens {
         }
     }
 
-    /// Starts minting under a new key; tokens of the old one stay valid until they expire.
+    /// Starts minting under a new random key; tokens of the old one stay valid until
+    /// they expire.
+    #[cfg(test)]
     pub(crate) fn rotate(&mut self) {
         let mut key = [0u8; 32];
         random_bytes(&mut key);
+        self.rotate_to(key);
+    }
+
+    /// Starts minting under `key`; tokens of the old one stay valid until they expire.
+    pub(crate) fn rotate_to(&mut self, key: [u8; 32]) {
         let id = self.current.0.wrapping_add(1);
         self.previous = Some(self.current);
         self.current = (id, key);

@@ -13,6 +13,9 @@ use std::net::SocketAddr;
 use bytes::BytesMut;
 use tokio::io::Interest;
 
+#[cfg(target_os = "linux")]
+pub(crate) mod steer;
+
 /// The largest UDP payload quay accepts (advertised as `max_udp_payload_size`,
 /// RFC 9000 §18.2). Larger datagrams are truncated by the receive buffers and fail
 /// authentication.
@@ -244,11 +247,39 @@ impl Receiver {
 
 /// Binds a UDP socket, with the address in the error when it fails.
 pub(crate) fn bind(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
+    bind_with(addr, false)
+}
+
+/// Binds `n` UDP sockets to `addr` in one SO_REUSEPORT group, in order (the kernel
+/// numbers a group's sockets as they bind). With port 0, all take the port the first
+/// one got.
+///
+/// A port some other socket holds is refused, even one bound with SO_REUSEPORT by the
+/// same user: the group would take it in and share this listener's datagrams with it.
+pub(crate) fn bind_shards(addr: SocketAddr, n: usize) -> io::Result<Vec<std::net::UdpSocket>> {
+    let mut addr = addr;
+    if addr.port() != 0 {
+        // Taken, and released at once: the port is free (of this user's sockets too).
+        drop(bind_with(addr, false)?);
+    }
+    let mut sockets = Vec::with_capacity(n);
+    for _ in 0..n {
+        let socket = bind_with(addr, true)?;
+        addr = socket.local_addr()?;
+        sockets.push(socket);
+    }
+    Ok(sockets)
+}
+
+fn bind_with(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::UdpSocket> {
     let domain = socket2::Domain::for_address(addr);
     let socket = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
     if addr.is_ipv6() {
         // Dual-stack when bound to [::], as most servers want.
         let _ = socket.set_only_v6(false);
+    }
+    if reuse_port {
+        socket.set_reuse_port(true)?;
     }
     socket.bind(&addr.into())?;
     Ok(socket.into())

@@ -8,4 +8,5 @@ mod lifecycle;
 mod migration;
 mod props;
 mod resume;
+mod shards;
 mod util;
