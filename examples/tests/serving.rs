@@ -687,3 +687,99 @@ async fn h3_server_issues_quic_lb_ids_that_carry_its_server_id() {
         assert!(err.contains(want), "{args:?}: {err}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h3_server_shards_spread_clients_and_keep_a_migrating_download() {
+    let dir = Scratch::new("shards");
+    let (cert, key, _) = write_identity(&dir.0, "shards");
+    let (cert_s, key_s) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    let (_server, addrs, _) = start(
+        env!("CARGO_BIN_EXE_h3-server"),
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--cert",
+            cert_s,
+            "--key",
+            key_s,
+            "--shards",
+            "4",
+            "--stats-route",
+            "--quic-lb-server-id",
+            "0a0b",
+        ],
+        1,
+        &dir.0.join("server.log"),
+    );
+    let addr = addrs[0];
+    // With shards, QUIC-LB IDs keep their server ID and carry the shard in the low
+    // bits of the first octet; 40 clients land on every shard.
+    let config = quay::io::QuicLbConfig::new(0, 2, 8)
+        .unwrap()
+        .without_length_encoding();
+    let mut shards_seen = std::collections::BTreeSet::new();
+    for _ in 0..40 {
+        let dcid = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut params = ClientParams::new(&[quay::h3::ALPN]);
+        params.tls = ClientTlsConfig::insecure();
+        params.server_name = Some("localhost".into());
+        let probe = quay::io::connect(addr, params, DcidProbe(dcid.clone()))
+            .await
+            .unwrap();
+        probe.close(0, b"").await;
+        let id = dcid.lock().unwrap().clone();
+        assert_eq!(
+            config.server_id(&id).map(|s| s.as_bytes().to_vec()),
+            Some(vec![0x0a, 0x0b]),
+            "{id:02x?}"
+        );
+        shards_seen.insert(id[0] & 0x1f);
+    }
+    assert_eq!(
+        shards_seen,
+        (0..4).collect(),
+        "shards the clients landed on"
+    );
+    // A download that moves to a new port mid-way (most likely hashed to another
+    // shard's socket) arrives byte for byte.
+    let out = dir.0.join("body");
+    let url = format!("https://localhost:{}/bytes/3000000", addr.port());
+    let (code, _, stderr) = h3_client(&[
+        "--ca",
+        cert_s,
+        "-o",
+        out.to_str().unwrap(),
+        "--migrate-after",
+        "500000",
+        &url,
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("* migrated to "), "{stderr}");
+    let body = std::fs::read(&out).unwrap();
+    assert_eq!(body.len(), 3_000_000);
+    assert!(body.iter().enumerate().all(|(i, b)| *b == (i % 256) as u8));
+    // The stats route reports each shard.
+    let (status, text) = get_text(
+        &client(&cert),
+        &format!("https://localhost:{}/_quay/stats", addr.port()),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let stats: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let shards = stats["shards"].as_array().unwrap();
+    assert_eq!(shards.len(), 4, "{text}");
+    let accepted: u64 = shards.iter().map(|s| s["accepted"].as_u64().unwrap()).sum();
+    assert_eq!(stats["accepted"].as_u64(), Some(accepted), "{text}");
+    assert!(accepted >= 42, "{text}");
+    // Bad shard counts are refused with a clear error.
+    for (shards, want) in [("0", "outside 1..=32"), ("33", "outside 1..=32")] {
+        let out = Command::new(env!("CARGO_BIN_EXE_h3-server"))
+            .args(["--listen", "127.0.0.1:0", "--cert", cert_s, "--key", key_s])
+            .args(["--shards", shards])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "--shards {shards} was accepted");
+        assert!(err.contains(want), "--shards {shards}: {err}");
+    }
+}

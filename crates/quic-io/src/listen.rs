@@ -572,15 +572,18 @@ pub struct EndpointStats {
     pub forwarded: u64,
 }
 
-impl EndpointStats {
-    fn add(mut self, o: &Self) -> Self {
-        self.connections += o.connections;
-        self.handshakes += o.handshakes;
-        self.routes += o.routes;
-        self.sources += o.sources;
-        self.accepted += o.accepted;
-        self.forwarded += o.forwarded;
-        self
+/// Shards' tables summed: a sharded listener's whole.
+impl<'a> std::iter::Sum<&'a EndpointStats> for EndpointStats {
+    fn sum<I: Iterator<Item = &'a EndpointStats>>(iter: I) -> Self {
+        iter.fold(Self::default(), |mut t, s| {
+            t.connections += s.connections;
+            t.handshakes += s.handshakes;
+            t.routes += s.routes;
+            t.sources += s.sources;
+            t.accepted += s.accepted;
+            t.forwarded += s.forwarded;
+            t
+        })
     }
 }
 
@@ -596,11 +599,7 @@ impl StatsHandle {
     /// connections in two shards counts twice); `None` once it has stopped.
     pub async fn get(&self) -> Option<EndpointStats> {
         let shards = self.shards().await?;
-        Some(
-            shards
-                .iter()
-                .fold(EndpointStats::default(), EndpointStats::add),
-        )
+        Some(shards.iter().sum())
     }
 
     /// Each shard's tables now, by shard number (one, unless the listener is

@@ -7,12 +7,13 @@
 //!           [--max-requests-per-connection N] [--first-request-timeout SECS]
 //!           [--request-header-timeout SECS] [--stats-route]
 //!           [--quic-lb-server-id HEX [--quic-lb-key HEX] [--quic-lb-nonce-len N]
-//!            [--quic-lb-config-id N]]
+//!            [--quic-lb-config-id N]] [--shards N [--no-kernel-steering]]
 //! ```
 //!
 //! Routes: `GET /bytes/N`, `POST /echo`, `POST /sha256`, `GET /trailers`, and
 //! `GET /path` for files under `--root`; with `--stats-route`, `GET /_quay/stats`
-//! answers the listener's tables as JSON (connections, handshakes, routes, sources). Without `--cert`/`--key` a self-signed
+//! answers the listener's tables as JSON (connections, handshakes, routes, sources,
+//! accepted, forwarded, and each shard's). Without `--cert`/`--key` a self-signed
 //! certificate is generated (`--write-cert` saves it for clients). Without
 //! `--listen` it listens on `127.0.0.1:4433` and `[::1]:4433` (the latter skipped on
 //! a host without IPv6); `[::]:PORT` is one dual-stack socket. Prints
@@ -23,7 +24,9 @@
 //! `http://ADDR/metrics`. `--quic-lb-server-id` issues QUIC-LB connection IDs
 //! (draft-ietf-quic-load-balancers) that carry this server's ID, so that a load
 //! balancer holding the same configuration routes every packet of a connection here,
-//! whatever its address; see docs/scaling.md.
+//! whatever its address; see docs/scaling.md. `--shards N` listens on each address
+//! with N sockets and N router tasks (Linux), the kernel steering each datagram to its
+//! connection's shard.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -101,6 +104,16 @@ struct Args {
     /// QUIC-LB config rotation value (0 to 6).
     #[arg(long, default_value_t = 0, requires = "quic_lb_server_id")]
     quic_lb_config_id: u8,
+    /// Sockets (and router tasks) per address, 1 to 32, to spread the receive work
+    /// over cores (Linux). With QUIC-LB, connection IDs then do not encode their
+    /// length in the first octet: its low bits carry the shard.
+    #[arg(long, default_value_t = 1)]
+    shards: usize,
+    /// With `--shards`: no kernel steering by connection ID; the kernel spreads
+    /// datagrams by 4-tuple and shards forward the ones of another shard's
+    /// connections.
+    #[arg(long)]
+    no_kernel_steering: bool,
 }
 
 /// Bytes given in hex on the command line.
@@ -121,6 +134,9 @@ fn quic_lb(args: &Args) -> anyhow::Result<Option<Arc<QuicLbGenerator>>> {
         server_id.len(),
         args.quic_lb_nonce_len,
     )?;
+    if args.shards > 1 {
+        config = config.without_length_encoding();
+    }
     if let Some(Hex(key)) = &args.quic_lb_key {
         let key: [u8; 16] = key
             .as_slice()
@@ -216,6 +232,7 @@ async fn main() -> anyhow::Result<()> {
     let builder = Server::builder()
         .tls(tls)
         .h3_settings(h3)
+        .sharding(quay::io::Sharding::new(args.shards).kernel_steering(!args.no_kernel_steering))
         .configure(move |p| {
             if retry {
                 p.retry = quay::io::RetryPolicy::Always;
@@ -277,11 +294,18 @@ async fn main() -> anyhow::Result<()> {
 async fn stats_response(
     stats: &quay::io::StatsHandle,
 ) -> http::Response<quay_examples::routes::RouteBody> {
-    let body = match stats.get().await {
-        Some(s) => format!(
-            "{{\"connections\":{},\"handshakes\":{},\"routes\":{},\"sources\":{}}}\n",
-            s.connections, s.handshakes, s.routes, s.sources
-        ),
+    let body = match stats.shards().await {
+        Some(shards) => {
+            let one = |s: &quay::io::EndpointStats| {
+                format!(
+                    "\"connections\":{},\"handshakes\":{},\"routes\":{},\"sources\":{},\"accepted\":{},\"forwarded\":{}",
+                    s.connections, s.handshakes, s.routes, s.sources, s.accepted, s.forwarded
+                )
+            };
+            let total: quay::io::EndpointStats = shards.iter().sum();
+            let each: Vec<String> = shards.iter().map(|s| format!("{{{}}}", one(s))).collect();
+            format!("{{{},\"shards\":[{}]}}\n", one(&total), each.join(","))
+        }
         None => "{}\n".to_owned(),
     };
     let mut resp = http::Response::new(quay_examples::routes::RouteBody::Full(body.into()));

@@ -8,7 +8,8 @@ use bytes::Bytes;
 use http_body::Body as HttpBody;
 use quic_h3::{H3Code, H3Settings, IncomingRequest, RecvBody, ServerH3Driver, StreamError};
 use quic_io::{
-    AcceptError, IncomingConnection, ListenError, Listener, QuicSettings, ServerParams, TlsConfig,
+    AcceptError, IncomingConnection, ListenError, Listener, QuicSettings, ServerParams, Sharding,
+    TlsConfig,
 };
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -31,18 +32,34 @@ pub enum ServeError {
     /// [`ServerBuilder::bind_all`] was given no address.
     #[error("no address to listen on")]
     NoAddress,
+    /// [`ServerBuilder::bind_socket`] was asked for shards: a sharded listener binds
+    /// its sockets itself.
+    #[error("a sharded server binds its own sockets: use bind or bind_all")]
+    ShardedSocket,
 }
 
 /// Adjusts a listener's parameters before it binds.
 type Configure = Box<dyn FnOnce(&mut ServerParams) + Send>;
 
 /// Builds a [`Server`]: TLS identity, settings, address.
-#[derive(Default)]
 pub struct ServerBuilder {
     tls: Option<TlsConfig>,
     settings: QuicSettings,
     h3: H3Settings,
+    sharding: Sharding,
     configure: Vec<Configure>,
+}
+
+impl Default for ServerBuilder {
+    fn default() -> Self {
+        Self {
+            tls: None,
+            settings: QuicSettings::default(),
+            h3: H3Settings::default(),
+            sharding: Sharding::new(1),
+            configure: Vec::new(),
+        }
+    }
 }
 
 impl std::fmt::Debug for ServerBuilder {
@@ -50,6 +67,7 @@ impl std::fmt::Debug for ServerBuilder {
         f.debug_struct("ServerBuilder")
             .field("settings", &self.settings)
             .field("h3", &self.h3)
+            .field("sharding", &self.sharding)
             .field("configure", &self.configure.len())
             .finish_non_exhaustive()
     }
@@ -71,6 +89,21 @@ impl ServerBuilder {
     /// HTTP/3 settings and limits.
     pub fn h3_settings(mut self, h3: H3Settings) -> Self {
         self.h3 = h3;
+        self
+    }
+
+    /// Listens on each address with `shards` sockets, each read by a router task of its
+    /// own, to spread a busy server's receive work over cores (Linux; 1..=32, default
+    /// 1). See [`quic_io::listen_sharded`]: connection IDs carry the shard number, and
+    /// the kernel steers datagrams to it.
+    pub fn shards(mut self, shards: usize) -> Self {
+        self.sharding = Sharding::new(shards);
+        self
+    }
+
+    /// Sharding in full: shards and kernel steering.
+    pub fn sharding(mut self, sharding: Sharding) -> Self {
+        self.sharding = sharding;
         self
     }
 
@@ -96,10 +129,11 @@ impl ServerBuilder {
         self,
         addrs: impl IntoIterator<Item = SocketAddr>,
     ) -> Result<Server, ServeError> {
+        let sharding = self.sharding;
         let (params, h3) = self.params()?;
         let listeners = addrs
             .into_iter()
-            .map(|addr| quic_io::listen_on(addr, params.clone()))
+            .map(|addr| quic_io::listen_sharded(addr, sharding, params.clone()))
             .collect::<Result<Vec<_>, _>>()?;
         if listeners.is_empty() {
             return Err(ServeError::NoAddress);
@@ -109,7 +143,12 @@ impl ServerBuilder {
 
     /// Listens on a UDP socket bound elsewhere (handed over by a service manager, or
     /// bound with options of the caller's). Must be called within a tokio runtime.
+    /// Fails with [`ServeError::ShardedSocket`] when [`shards`](Self::shards) asked for
+    /// more than one.
     pub fn bind_socket(self, socket: std::net::UdpSocket) -> Result<Server, ServeError> {
+        if self.sharding.shards > 1 {
+            return Err(ServeError::ShardedSocket);
+        }
         let (params, h3) = self.params()?;
         let listener = quic_io::listen(socket, params)?;
         Ok(Server::new(vec![listener], h3))
