@@ -6,7 +6,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use super::Server;
-use super::scenarios::{Kind, Scenario, s};
+use super::scenarios::{Kind, Placement, Scenario, s};
 use crate::{Result, path_str, procs};
 
 /// One measured run.
@@ -29,6 +29,7 @@ pub(super) fn one(
     pin: bool,
     i: usize,
 ) -> Result<Run> {
+    let pin = pin && sc.placement == Placement::Pinned;
     let mut server_args: Vec<String> = Vec::new();
     let program: PathBuf = if pin {
         server_args.extend(s(&["-c", "0"]));

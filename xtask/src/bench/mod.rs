@@ -4,7 +4,7 @@
 //! from `/proc`.
 //!
 //! The server runs on core 0 and the load generator on core 1 (`taskset`, when there
-//! are two cores or more). Each cell runs `--runs` times, the servers taking turns
+//! are two cores or more), but in the scenarios where they share every core. Each cell runs `--runs` times, the servers taking turns
 //! (quay, peer, quay, peer, ...) so that drift of the machine hits both alike; the
 //! report gives the median with min and max, and quay/peer ratios taken per run pair.
 //! Results: `target/bench/results.json`, `report.md` and SVG charts.
@@ -26,7 +26,9 @@ use scenarios::{Kind, scenarios};
 const USAGE: &str = "\
 usage: cargo xtask bench [--scenario NAME]... [--runs N] [--quick] [--vs PEER]...
 
-  --scenario  B1 B2 B4 R1 R2 R3 H1 H1R M1 M1-10k (default: all)
+  --scenario  B1 B2 B4 R1 R2 R2S2 R2C1 R2C2 R3 H1 H1R M1 M1-10k (default: all;
+              R2S2, R2C1 and R2C2 measure quay's sharded listener and run quay
+              alone; R2C1 and R2C2 let server and load share both cores)
   --runs      runs per cell (default 5; --quick: 1)
   --quick     seconds, one run each, quay only, debug build: proves the harness
               works (part of `cargo xtask test`); its figures mean nothing
@@ -179,6 +181,11 @@ pub(crate) fn run(args: &[String]) -> Result {
         if !selected {
             continue;
         }
+        let servers = if sc.quay_only {
+            &servers[..1]
+        } else {
+            &servers[..]
+        };
         let mut runs: Vec<(&'static str, Vec<Run>)> =
             servers.iter().map(|s| (s.name, Vec::new())).collect();
         // Servers take turns within each round: A B A B.

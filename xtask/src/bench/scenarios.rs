@@ -9,6 +9,19 @@ pub(super) struct Scenario {
     pub(super) server: &'static [&'static str],
     /// How the result is read.
     pub(super) kind: Kind,
+    /// Where the processes run.
+    pub(super) placement: Placement,
+    /// Measures a feature of quay's alone: the peers sit it out.
+    pub(super) quay_only: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Placement {
+    /// The server on core 0, the load generator on core 1.
+    Pinned,
+    /// Both free to use every core: the server's threads take what the load
+    /// generator leaves.
+    Shared,
 }
 
 #[derive(Clone, Copy)]
@@ -41,6 +54,8 @@ pub(super) fn scenarios() -> Vec<Scenario> {
             },
             server: &[],
             kind: Kind::Bulk { up: false },
+            placement: Placement::Pinned,
+            quay_only: false,
         },
         Scenario {
             name: "B2",
@@ -59,6 +74,8 @@ pub(super) fn scenarios() -> Vec<Scenario> {
             },
             server: &[],
             kind: Kind::Bulk { up: true },
+            placement: Placement::Pinned,
+            quay_only: false,
         },
         Scenario {
             name: "B4",
@@ -76,6 +93,8 @@ pub(super) fn scenarios() -> Vec<Scenario> {
             },
             server: &[],
             kind: Kind::Bulk { up: false },
+            placement: Placement::Pinned,
+            quay_only: false,
         },
         Scenario {
             name: "R1",
@@ -83,6 +102,8 @@ pub(super) fn scenarios() -> Vec<Scenario> {
             load: |q| requests(q, "1", "100"),
             server: &[],
             kind: Kind::Requests,
+            placement: Placement::Pinned,
+            quay_only: false,
         },
         Scenario {
             name: "R2",
@@ -90,6 +111,8 @@ pub(super) fn scenarios() -> Vec<Scenario> {
             load: |q| requests(q, "32", "10"),
             server: &[],
             kind: Kind::Requests,
+            placement: Placement::Pinned,
+            quay_only: false,
         },
         Scenario {
             name: "R3",
@@ -97,6 +120,35 @@ pub(super) fn scenarios() -> Vec<Scenario> {
             load: |q| requests(q, "1", "1"),
             server: &[],
             kind: Kind::Requests,
+            placement: Placement::Pinned,
+            quay_only: false,
+        },
+        Scenario {
+            name: "R2S2",
+            about: "R2 on a listener of 2 shards, on the server's one core: what sharding costs",
+            load: |q| requests(q, "32", "10"),
+            server: &["--shards", "2"],
+            kind: Kind::Requests,
+            placement: Placement::Pinned,
+            quay_only: true,
+        },
+        Scenario {
+            name: "R2C1",
+            about: "R2, 1 shard, server and load generator sharing both cores",
+            load: |q| requests(q, "32", "10"),
+            server: &["--shards", "1"],
+            kind: Kind::Requests,
+            placement: Placement::Shared,
+            quay_only: true,
+        },
+        Scenario {
+            name: "R2C2",
+            about: "R2, 2 shards, server and load generator sharing both cores",
+            load: |q| requests(q, "32", "10"),
+            server: &["--shards", "2"],
+            kind: Kind::Requests,
+            placement: Placement::Shared,
+            quay_only: true,
         },
         Scenario {
             name: "H1",
@@ -104,6 +156,8 @@ pub(super) fn scenarios() -> Vec<Scenario> {
             load: handshakes,
             server: &[],
             kind: Kind::Handshakes,
+            placement: Placement::Pinned,
+            quay_only: false,
         },
         Scenario {
             name: "H1R",
@@ -111,6 +165,8 @@ pub(super) fn scenarios() -> Vec<Scenario> {
             load: handshakes,
             server: &["--retry"],
             kind: Kind::Handshakes,
+            placement: Placement::Pinned,
+            quay_only: false,
         },
         Scenario {
             name: "M1",
@@ -121,6 +177,8 @@ pub(super) fn scenarios() -> Vec<Scenario> {
             },
             server: &[],
             kind: Kind::Idle,
+            placement: Placement::Pinned,
+            quay_only: false,
         },
         Scenario {
             name: "M1-10k",
@@ -128,6 +186,8 @@ pub(super) fn scenarios() -> Vec<Scenario> {
             load: |_| s(&["--idle-connections", "10000", "--duration", "2"]),
             server: &[],
             kind: Kind::Idle,
+            placement: Placement::Pinned,
+            quay_only: false,
         },
     ]
 }
