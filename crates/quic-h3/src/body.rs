@@ -38,6 +38,8 @@ pub(crate) enum OutFrame {
     Data(Bytes),
     Trailers(HeaderMap),
     Finish,
+    /// Abort the stream both ways (RESET_STREAM and STOP_SENDING) with this code.
+    Abort(crate::H3Code),
 }
 
 pub(crate) type InResult = Result<InFrame, StreamError>;
@@ -253,6 +255,13 @@ impl SendBody {
     /// Ends the body.
     pub async fn finish(self) -> Result<(), StreamError> {
         self.send(OutFrame::Finish).await
+    }
+
+    /// Aborts the stream both ways with `code`: RESET_STREAM for what this side
+    /// sends, STOP_SENDING for what the peer sends (after the frames queued before
+    /// it).
+    pub async fn abort(self, code: crate::H3Code) -> Result<(), StreamError> {
+        self.send(OutFrame::Abort(code)).await
     }
 
     async fn send(&self, frame: OutFrame) -> Result<(), StreamError> {

@@ -60,6 +60,9 @@
 mod body;
 pub use body::{RecvBody, SendBody};
 
+pub mod capsule;
+pub use capsule::{DatagramTunnel, TunnelError};
+
 mod client;
 pub use client::{ClientH3Driver, ClientHooks, ConnectStream, ResponseFuture, SendRequest};
 

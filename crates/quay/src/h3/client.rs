@@ -389,6 +389,27 @@ impl Inner {
     }
 }
 
+/// What was started on a connection: a request, or an extended CONNECT stream.
+enum Started {
+    Request(SendBody, ResponseFuture),
+    Connect(quic_h3::ConnectStream),
+}
+
+impl Started {
+    async fn on(
+        send: &SendRequest,
+        req: http::Request<()>,
+        extended: bool,
+    ) -> Result<Self, StreamError> {
+        Ok(if extended {
+            Self::Connect(send.send_connect(req).await?)
+        } else {
+            let (body, response) = send.send_request(req).await?;
+            Self::Request(body, response)
+        })
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Pooled {
     send: SendRequest,
@@ -620,11 +641,45 @@ impl Client {
         Ok((body, response))
     }
 
+    /// Opens an extended CONNECT stream (RFC 9220): `req` is a CONNECT request with a
+    /// [`Protocol`](quic_h3::Protocol) extension (`connect-udp`, say). Returns once the
+    /// stream is open: the body sent, the response to come, and the stream's HTTP
+    /// Datagrams. [`DatagramTunnel`](quic_h3::DatagramTunnel) joins the three into
+    /// one channel of HTTP Datagrams (in QUIC DATAGRAM frames when both sides enable
+    /// them: [`QuicSettings::enable_datagrams`](quic_io::QuicSettings), else in
+    /// capsules on the stream).
+    ///
+    /// Default headers are added; no redirect, retry or timeout but the connect
+    /// timeout applies. A server that did not enable extended CONNECT fails it with
+    /// [`StreamError::Unsupported`].
+    pub async fn send_connect(
+        &self,
+        req: http::Request<()>,
+    ) -> Result<quic_h3::ConnectStream, ClientError> {
+        match self.start(req, true).await? {
+            (Started::Connect(stream), _) => Ok(stream),
+            (Started::Request(..), _) => unreachable!("a CONNECT was asked for"),
+        }
+    }
+
     /// [`send_request`](Self::send_request), and the connection it went on.
     async fn start_request(
         &self,
-        mut req: http::Request<()>,
+        req: http::Request<()>,
     ) -> Result<(SendBody, ResponseFuture, ConnectionHandle), ClientError> {
+        match self.start(req, false).await? {
+            (Started::Request(body, response), handle) => Ok((body, response, handle)),
+            (Started::Connect(_), _) => unreachable!("a request was asked for"),
+        }
+    }
+
+    /// Starts `req` (an extended CONNECT if `extended`) on the pooled connection to
+    /// its authority, or a new one.
+    async fn start(
+        &self,
+        mut req: http::Request<()>,
+        extended: bool,
+    ) -> Result<(Started, ConnectionHandle), ClientError> {
         self.add_default_headers(req.headers_mut());
         let (host, port) = target(req.uri())?;
         let key = format!("{host}:{port}");
@@ -635,8 +690,8 @@ impl Client {
             if !p.handle.is_closed() && !p.send.is_draining() {
                 let Pooled { send, handle } = p.clone();
                 drop(slot);
-                let (body, response) = send.send_request(req).await?;
-                return Ok((body, response, handle));
+                let started = Started::on(&send, req, extended).await?;
+                return Ok((started, handle));
             }
             self.inner.keep_session(&key, p);
             *slot = None;
@@ -654,7 +709,7 @@ impl Client {
             return Err(e);
         }
         let attempt = authority.attempts.fetch_add(1, Ordering::AcqRel) + 1;
-        let connecting = self.connect(&host, port, &key, &authority, req);
+        let connecting = self.connect(&host, port, &key, &authority, req, extended);
         let result = match self.inner.connect_timeout {
             Some(t) => tokio::time::timeout(t, connecting)
                 .await
@@ -667,10 +722,10 @@ impl Client {
             None => connecting.await,
         };
         match result {
-            Ok((pooled, (body, response))) => {
+            Ok((pooled, started)) => {
                 let handle = pooled.handle.clone();
                 *slot = Some(pooled);
-                Ok((body, response, handle))
+                Ok((started, handle))
             }
             Err(e) => {
                 *authority.failed.lock().unwrap_or_else(|e| e.into_inner()) =
@@ -688,7 +743,8 @@ impl Client {
         key: &str,
         authority: &Authority,
         req: http::Request<()>,
-    ) -> Result<(Pooled, (SendBody, ResponseFuture)), ClientError> {
+        extended: bool,
+    ) -> Result<(Pooled, Started), ClientError> {
         let mut addrs = self.resolve(host, port).await?;
         let mut params = ClientParams::new(&[quic_h3::ALPN]);
         params.tls = self.inner.tls.clone();
@@ -705,16 +761,24 @@ impl Client {
             // flight.
             addrs = vec![last];
         }
-        let (pooled, started) = if addrs.len() == 1 {
+        let (pooled, started) = if addrs.len() == 1 && !extended {
             let (driver, send) = ClientH3Driver::new(self.inner.h3.clone());
             // The driver is not running yet and its queue has room: this returns at
             // once, and the request leaves with the handshake.
-            let started = send.send_request(req).await?;
+            let (body, response) = send.send_request(req).await?;
             let handle = quic_io::connect(addrs[0], params, driver).await?;
-            (Pooled { send, handle }, started)
+            (Pooled { send, handle }, Started::Request(body, response))
         } else {
-            let pooled = self.race(addrs, params).await?;
-            let started = pooled.send.send_request(req).await?;
+            // An extended CONNECT waits for the server's SETTINGS, which only a
+            // running connection receives.
+            let pooled = if addrs.len() == 1 {
+                let (driver, send) = ClientH3Driver::new(self.inner.h3.clone());
+                let handle = quic_io::connect(addrs[0], params, driver).await?;
+                Pooled { send, handle }
+            } else {
+                self.race(addrs, params).await?
+            };
+            let started = Started::on(&pooled.send, req, extended).await?;
             (pooled, started)
         };
         *authority

@@ -10,6 +10,9 @@ pub use client::{Client, ClientBuilder, ClientError, RedirectPolicy, ResponseExt
 mod server;
 pub use server::{BoxError, Handler, ServeError, Server, ServerBuilder, TlsReloader};
 
+mod connect;
+pub use connect::{ConnectUpgrade, OnConnect, UpgradeError};
+
 #[cfg(feature = "tower")]
 mod alt_svc;
 #[cfg(feature = "tower")]
@@ -18,7 +21,7 @@ pub use alt_svc::{AltSvcFuture, AltSvcLayer, AltSvcService, alt_svc_value};
 // The drivers and their handles; the driver core and its hooks stay internal.
 pub use quic_h3::{
     ALPN, ClientH3Driver, ConnectStream, ConnectionInfo, DatagramError, DatagramFlow,
-    DatagramSender, EarlyData, H3Code, H3Settings, IncomingRequest, Protocol, RecvBody,
-    RequestStream, Responder, ResponseFuture, SendBody, SendRequest, ServerControl, ServerH3Driver,
-    StreamError,
+    DatagramSender, DatagramTunnel, EarlyData, H3Code, H3Settings, IncomingRequest, Protocol,
+    RecvBody, RequestStream, Responder, ResponseFuture, SendBody, SendRequest, ServerControl,
+    ServerH3Driver, StreamError, TunnelError, capsule,
 };

@@ -637,7 +637,14 @@ async fn serve_connection<S: ServeService>(
 /// span.
 async fn respond<S: ServeService>(req: IncomingRequest, service: S) {
     let started = crate::observe::RequestStarted::new();
-    let response = service.oneshot(req.request).await;
+    let IncomingRequest {
+        mut request,
+        responder,
+        datagrams,
+        ..
+    } = req;
+    let upgrade = datagrams.map(|flow| super::connect::Upgrade::offer(&mut request, flow));
+    let response = service.oneshot(request).await;
     let response = match response {
         Ok(r) => r,
         Err(e) => {
@@ -645,7 +652,7 @@ async fn respond<S: ServeService>(req: IncomingRequest, service: S) {
             let status = http::StatusCode::INTERNAL_SERVER_ERROR;
             let mut resp = http::Response::new(());
             *resp.status_mut() = status;
-            if let Ok(body) = req.responder.send_response(resp).await {
+            if let Ok(body) = responder.send_response(resp).await {
                 let _ = body.finish().await;
             }
             started.finished(status, &tracing::Span::current());
@@ -654,7 +661,25 @@ async fn respond<S: ServeService>(req: IncomingRequest, service: S) {
     };
     let (parts, body) = response.into_parts();
     let status = parts.status;
-    let result = send_body(req.responder, http::Response::from_parts(parts, ()), body).await;
+    if let Some(upgrade) = upgrade.filter(|u| u.taken() && status.is_success()) {
+        // An extended CONNECT the handler took: the stream is its tunnel's.
+        let span = tracing::Span::current();
+        match responder
+            .send_response(http::Response::from_parts(parts, ()))
+            .await
+        {
+            Ok(send) => {
+                if let Err(send) = upgrade.open(send) {
+                    // The handler stopped waiting: the stream ends cleanly.
+                    let _ = send.finish().await;
+                }
+                started.finished(status, &span);
+            }
+            Err(e) => tracing::debug!(error = %e, "CONNECT response failed"),
+        }
+        return;
+    }
+    let result = send_body(responder, http::Response::from_parts(parts, ()), body).await;
     let span = tracing::Span::current();
     started.finished(status, &span);
     match result {

@@ -311,15 +311,26 @@ impl Core {
         }
     }
 
-    /// Sends the datagrams flows queued while quiche's queue has room.
-    fn send_datagrams(&mut self, conn: &mut QuicConnection) {
+    /// Publishes the largest datagram payload the connection can send now (0: none:
+    /// the peer did not enable HTTP/3 datagrams, or this side did not enable QUIC
+    /// datagrams, which leaves quiche a send queue of no room).
+    fn refresh_max_datagram(&mut self, conn: &QuicConnection) {
         let Some(h3) = self.h3.as_ref() else { return };
-        let max = if h3.dgram_enabled_by_peer(conn) {
+        let no_queue = conn.dgram_send_queue_len() == 0 && conn.is_dgram_send_queue_full();
+        let max = if h3.dgram_enabled_by_peer(conn) && !no_queue {
             conn.dgram_max_writable_len().unwrap_or(0)
         } else {
             0
         };
         self.max_datagram.set(max);
+    }
+
+    /// Sends the datagrams flows queued while quiche's queue has room.
+    fn send_datagrams(&mut self, conn: &mut QuicConnection) {
+        if self.h3.is_none() {
+            return;
+        }
+        self.refresh_max_datagram(conn);
         for (&id, s) in self.streams.iter_mut() {
             while !conn.is_dgram_send_queue_full() {
                 let payload = match s.pending_dgram.take() {
@@ -485,6 +496,10 @@ fn write_frame(
                 }
             }
         }
+        OutFrame::Abort(code) => {
+            reset_both_ways(conn, id, code);
+            Written::All { ends: true }
+        }
         OutFrame::Finish => match h3.send_body(conn, id, &[], true) {
             Ok(_) => Written::All { ends: true },
             Err(quiche::h3::Error::Done | quiche::h3::Error::StreamBlocked) => {
@@ -599,6 +614,9 @@ impl<H: Hooks> H3Driver<H> {
             };
             match event {
                 quiche::h3::Event::Headers { list, more_frames } => {
+                    // A head may open a datagram flow (or answer one): its user reads
+                    // the datagram size at once, before this turn's writes.
+                    self.core.refresh_max_datagram(conn);
                     self.hooks
                         .on_headers(&mut self.core, conn, id, list, more_frames);
                 }

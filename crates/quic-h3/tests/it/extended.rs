@@ -239,3 +239,146 @@ async fn a_connection_whose_first_request_came_in_time_stays_open() {
     assert!(pair.client().close_reason().is_none());
     drop(server);
 }
+
+/// A server that echoes every HTTP Datagram of one extended CONNECT stream through a
+/// `DatagramTunnel` until the client ends the stream; returns how the tunnel ended
+/// and whether it sent capsules.
+fn tunnel_echo(
+    mut requests: quic_h3::RequestStream,
+) -> tokio::task::JoinHandle<(Result<(), quic_h3::TunnelError>, bool)> {
+    tokio::spawn(async move {
+        let req = requests.next().await.unwrap();
+        let flow = req.datagrams.expect("extended CONNECT");
+        let recv = req.request.into_body();
+        let send = req
+            .responder
+            .send_response(http::Response::new(()))
+            .await
+            .unwrap();
+        let mut tunnel = quic_h3::DatagramTunnel::new(flow, recv, send);
+        let capsules = tunnel.uses_capsules();
+        loop {
+            match tunnel.recv().await {
+                Ok(Some(d)) => {
+                    let mut back = b"echo:".to_vec();
+                    back.extend_from_slice(&d);
+                    tunnel.send(back.into()).await.unwrap();
+                }
+                Ok(None) => return (tunnel.close().await, capsules),
+                Err(e) => return (Err(e), capsules),
+            }
+        }
+    })
+}
+
+fn extended_settings() -> H3Settings {
+    let mut settings = H3Settings::default();
+    settings.enable_extended_connect = true;
+    settings
+}
+
+/// Both ends' tunnels, with and without QUIC datagrams: every datagram comes back
+/// (in capsules, reliably and in order), and the stream ends cleanly.
+#[tokio::test]
+async fn a_datagram_tunnel_works_with_quic_datagrams_and_with_capsules() {
+    for quic_datagrams in [true, false] {
+        let (mut pair, send, requests) = if quic_datagrams {
+            datagram_pair(extended_settings())
+        } else {
+            pair(extended_settings())
+        };
+        let server = tunnel_echo(requests);
+        let got = pair
+            .run_with(LIMIT, async {
+                let c = send.send_connect(connect_udp()).await.unwrap();
+                let resp = c.response.await.unwrap();
+                assert_eq!(resp.status(), StatusCode::OK);
+                let mut tunnel =
+                    quic_h3::DatagramTunnel::new(c.datagrams, resp.into_body(), c.send);
+                assert_eq!(tunnel.uses_capsules(), !quic_datagrams);
+                let mut got = Vec::new();
+                for i in 0..50u32 {
+                    tunnel.send(Bytes::from(format!("d{i}"))).await.unwrap();
+                    got.push(tunnel.recv().await.unwrap().unwrap());
+                }
+                // A payload larger than any QUIC datagram, in capsules only.
+                if !quic_datagrams {
+                    tunnel.send(Bytes::from(vec![9u8; 30_000])).await.unwrap();
+                    got.push(tunnel.recv().await.unwrap().unwrap());
+                }
+                tunnel.close().await.unwrap();
+                got
+            })
+            .await
+            .unwrap();
+        let mut want: Vec<Bytes> = (0..50u32)
+            .map(|i| Bytes::from(format!("echo:d{i}")))
+            .collect();
+        if !quic_datagrams {
+            let mut big = b"echo:".to_vec();
+            big.extend_from_slice(&[9u8; 30_000]);
+            want.push(big.into());
+        }
+        // One at a time, so even unreliable datagrams on a lossless link come back.
+        assert_eq!(got, want, "quic datagrams: {quic_datagrams}");
+        let (ended, capsules) = pair.run_with(LIMIT, server).await.unwrap().unwrap();
+        ended.unwrap();
+        assert_eq!(capsules, !quic_datagrams);
+    }
+}
+
+/// Capsules of unknown types are skipped; a stream that ends inside a capsule is a
+/// malformed message: the server aborts it with H3_MESSAGE_ERROR.
+#[tokio::test]
+async fn unknown_capsules_are_skipped_and_a_truncated_one_aborts_the_stream() {
+    let (mut pair, send, requests) = pair(extended_settings());
+    let server = tunnel_echo(requests);
+    let (echoed, err) = pair
+        .run_with(LIMIT, async {
+            let mut c = send.send_connect(connect_udp()).await.unwrap();
+            let mut resp = c.response.await.unwrap();
+            let mut wire = Vec::new();
+            quic_h3::capsule::encode(0x2b00_0001, &[1u8; 5000], &mut wire);
+            quic_h3::capsule::encode(quic_h3::capsule::DATAGRAM_CAPSULE, b"hello", &mut wire);
+            quic_h3::capsule::encode(0x3f, b"", &mut wire);
+            c.send.send_data(wire.into()).await.unwrap();
+            // The echo, in a DATAGRAM capsule of its own.
+            let mut decoder = quic_h3::capsule::CapsuleDecoder::datagrams();
+            let echoed = loop {
+                let chunk = resp.body_mut().chunk().await.unwrap().unwrap();
+                decoder.push(&chunk);
+                if let Some(capsule) = decoder.next_capsule().unwrap() {
+                    break capsule.value;
+                }
+            };
+            // Half a capsule, then the end of the stream.
+            let mut wire = Vec::new();
+            quic_h3::capsule::encode(quic_h3::capsule::DATAGRAM_CAPSULE, b"cut short", &mut wire);
+            wire.truncate(6);
+            c.send.send_data(wire.into()).await.unwrap();
+            c.send.finish().await.unwrap();
+            let err = loop {
+                match resp.body_mut().chunk().await {
+                    Ok(Some(_)) => continue,
+                    Ok(None) => panic!("the stream ended cleanly"),
+                    Err(e) => break e,
+                }
+            };
+            (echoed, err)
+        })
+        .await
+        .unwrap();
+    assert_eq!(&echoed[..], b"echo:hello");
+    assert_eq!(err, StreamError::Reset(H3Code::MESSAGE_ERROR));
+    let (ended, capsules) = pair.run_with(LIMIT, server).await.unwrap().unwrap();
+    assert!(capsules);
+    assert!(
+        matches!(
+            ended,
+            Err(quic_h3::TunnelError::Malformed(
+                quic_h3::capsule::CapsuleError::Truncated
+            ))
+        ),
+        "{ended:?}"
+    );
+}
