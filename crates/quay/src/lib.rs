@@ -54,6 +54,8 @@
 //! - `qlog` (default): qlog traces per connection (`QuicSettings::qlog_dir`);
 //! - `echo` (default): the reference echo protocol, `quay::app::echo`;
 //! - `json`: `ResponseExt::json` on the client's responses (serde);
+//! - `masque`: CONNECT-UDP proxying (RFC 9298), [`masque`]: a proxy handler for
+//!   [`h3::Server`] and UDP tunnels through [`h3::Client`];
 //! - `testing`: enables `quay::app::testing`, the in-memory harness.
 #![warn(missing_docs)]
 #![doc(test(attr(deny(warnings))))]
@@ -76,6 +78,8 @@ struct CrateReadmeDoctests;
 pub use quic_app as app;
 pub mod h3;
 pub use quic_io as io;
+#[cfg(feature = "masque")]
+pub mod masque;
 #[cfg(feature = "metrics")]
 pub mod metrics;
 mod observe;

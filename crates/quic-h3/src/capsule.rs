@@ -15,6 +15,17 @@ use crate::body::{RecvBody, SendBody};
 use crate::datagram::{DatagramError, DatagramFlow, get_varint, put_varint, varint_len};
 use crate::error::{H3Code, StreamError};
 
+/// Reads a QUIC variable-length integer (RFC 9000 §16) from the front of `buf`: its
+/// value and length; `None` if `buf` is shorter than the integer.
+pub fn read_varint(buf: &[u8]) -> Option<(u64, usize)> {
+    get_varint(buf)
+}
+
+/// Appends `v` (below 2^62) to `out` as a QUIC variable-length integer.
+pub fn write_varint(out: &mut Vec<u8>, v: u64) {
+    put_varint(out, v);
+}
+
 /// The DATAGRAM capsule type (RFC 9297 §3.5).
 pub const DATAGRAM_CAPSULE: u64 = 0x00;
 
