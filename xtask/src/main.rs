@@ -152,6 +152,8 @@ fn test() -> Result {
             "-p",
             "quic-h3",
             "-p",
+            "quic-masque",
+            "-p",
             "quay",
             "--",
             "-D",

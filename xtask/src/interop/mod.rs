@@ -8,6 +8,7 @@
 
 mod browser;
 pub(crate) mod cases;
+mod masque;
 mod migration;
 mod peers;
 mod report;

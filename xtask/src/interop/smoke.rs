@@ -29,6 +29,12 @@ pub(crate) fn smoke(bin: &Path) -> Result {
     let (p, f) = super::migration::run(bin, python.as_deref())?;
     passed += p;
     failed.extend(f);
+    println!(
+        "\n==> MASQUE (CONNECT-UDP): ngtcp2 and dnsmasq through masque-client and masque-proxy"
+    );
+    let (p, f) = super::masque::run(bin)?;
+    passed += p;
+    failed.extend(f);
     println!("interop: {passed} passed, {} failed", failed.len());
     if failed.is_empty() {
         Ok(())
