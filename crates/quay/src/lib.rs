@@ -70,6 +70,11 @@ struct ReadmeDoctests;
 #[doc = include_str!("../../../docs/scaling.md")]
 struct ScalingDoctests;
 
+/// docs/masque.md's code, compiled as a doc test.
+#[cfg(all(doctest, feature = "masque"))]
+#[doc = include_str!("../../../docs/masque.md")]
+struct MasqueDoctests;
+
 /// The crate's own README, compiled as a doc test.
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
