@@ -154,6 +154,8 @@ fn test() -> Result {
             "-p",
             "quic-masque",
             "-p",
+            "quic-doq",
+            "-p",
             "quay",
             "--",
             "-D",

@@ -10,7 +10,14 @@ use serde_json::Value;
 use crate::Result;
 
 /// The crates users depend on.
-const PUBLISHED: [&str; 5] = ["quic-app", "quic-io", "quic-h3", "quic-masque", "quay"];
+const PUBLISHED: [&str; 6] = [
+    "quic-app",
+    "quic-io",
+    "quic-h3",
+    "quic-masque",
+    "quic-doq",
+    "quay",
+];
 
 /// A version as numbers: "1.88" is (1, 88, 0).
 fn version(v: &str) -> (u64, u64, u64) {

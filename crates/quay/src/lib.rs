@@ -56,6 +56,7 @@
 //! - `json`: `ResponseExt::json` on the client's responses (serde);
 //! - `masque`: CONNECT-UDP proxying (RFC 9298), [`masque`]: a proxy handler for
 //!   [`h3::Server`] and UDP tunnels through [`h3::Client`];
+//! - `doq`: DNS over QUIC (RFC 9250), [`doq`]: a server and a client on [`io`];
 //! - `testing`: enables `quay::app::testing`, the in-memory harness.
 #![warn(missing_docs)]
 #![doc(test(attr(deny(warnings))))]
@@ -83,6 +84,8 @@ struct CrateReadmeDoctests;
 pub use quic_app as app;
 pub mod h3;
 pub use quic_io as io;
+#[cfg(feature = "doq")]
+pub mod doq;
 #[cfg(feature = "masque")]
 pub mod masque;
 #[cfg(feature = "metrics")]

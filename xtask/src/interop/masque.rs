@@ -57,7 +57,7 @@ pub(crate) fn run(bin: &Path) -> Result<(usize, Vec<String>)> {
 }
 
 /// Debian's dnsmasq binary (package dnsmasq-base: no service is started).
-fn dnsmasq() -> std::result::Result<PathBuf, String> {
+pub(super) fn dnsmasq() -> std::result::Result<PathBuf, String> {
     let find = || {
         let p = PathBuf::from("/usr/sbin/dnsmasq");
         p.is_file().then_some(p)

@@ -8,6 +8,7 @@
 
 mod browser;
 pub(crate) mod cases;
+mod doq;
 mod masque;
 mod migration;
 mod peers;

@@ -35,6 +35,10 @@ pub(crate) fn smoke(bin: &Path) -> Result {
     let (p, f) = super::masque::run(bin)?;
     passed += p;
     failed.extend(f);
+    println!("\n==> DNS over QUIC: dnspython against doq-server, and forwarding to dnsmasq");
+    let (p, f) = super::doq::run(bin, python.as_deref())?;
+    passed += p;
+    failed.extend(f);
     println!("interop: {passed} passed, {} failed", failed.len());
     if failed.is_empty() {
         Ok(())

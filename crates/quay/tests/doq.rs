@@ -1,0 +1,68 @@
+//! DoQ over loopback UDP through `quay::doq`: a server from a zone, a client's
+//! queries, and a second connection.
+
+use std::str::FromStr;
+use std::sync::Arc;
+
+use quay::doq::proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
+use quay::doq::proto::rr::{Name, RecordType};
+use quay::doq::{Resolver, ServerLimits, Zone};
+use quay::io::{ClientParams, ClientTlsConfig, TlsConfig};
+
+const ZONE: &str = "\
+$ORIGIN example.test.
+$TTL 60
+www IN A 192.0.2.10
+www IN AAAA 2001:db8::10
+";
+
+fn query(name: &str, ty: RecordType) -> Message {
+    let mut m = Message::new();
+    m.set_message_type(MessageType::Query)
+        .set_op_code(OpCode::Query)
+        .add_query(Query::query(Name::from_str(name).unwrap(), ty));
+    m
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_doq_server_answers_over_udp() {
+    let identity = TlsConfig::self_signed(&["localhost"]).unwrap();
+    let listener = quay::io::listen_on(
+        "127.0.0.1:0".parse().unwrap(),
+        quay::doq::server_params(identity.config),
+    )
+    .unwrap();
+    let addr = listener.local_addr();
+    let resolver = Arc::new(Resolver::new(Some(Zone::parse(ZONE, None).unwrap()), None));
+    tokio::spawn(quay::doq::serve(
+        listener,
+        resolver,
+        ServerLimits::default(),
+    ));
+    for _ in 0..2 {
+        let mut params = ClientParams::new(&[]);
+        params.tls = ClientTlsConfig::new()
+            .add_root_pem(identity.cert_pem.as_bytes())
+            .unwrap();
+        params.server_name = Some("localhost".into());
+        let (conn, handle) = quay::doq::connect(addr, params).await.unwrap();
+        let a = handle
+            .query(query("www.example.test.", RecordType::A))
+            .await
+            .unwrap();
+        assert_eq!(a.response_code(), ResponseCode::NoError);
+        assert_eq!(a.answers()[0].data().to_string(), "192.0.2.10");
+        let aaaa = handle
+            .query(query("www.example.test.", RecordType::AAAA))
+            .await
+            .unwrap();
+        assert_eq!(aaaa.answers()[0].data().to_string(), "2001:db8::10");
+        let nx = handle
+            .query(query("no.example.test.", RecordType::A))
+            .await
+            .unwrap();
+        assert_eq!(nx.response_code(), ResponseCode::NXDomain);
+        assert_eq!(conn.handshake_info().unwrap().alpn, quay::doq::ALPN);
+        conn.close(quay::doq::DOQ_NO_ERROR, b"").await;
+    }
+}

@@ -1,0 +1,246 @@
+//! DNS over QUIC against independent software: dnspython's DoQ client (on aioquic)
+//! queries `doq-server` for A, AAAA and TXT records and a missing name, and through a
+//! `doq-server` that forwards to Debian's `dnsmasq`. A peer that cannot be installed
+//! is reported as SKIPPED with the reason.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::{Result, path_str, procs, root};
+
+const ZONE: &str = "\
+$ORIGIN example.test.
+$TTL 300
+@   IN SOA ns.example.test. admin.example.test. 1 7200 900 1209600 60
+www IN A 192.0.2.10
+www IN AAAA 2001:db8::10
+txt IN TXT \"hello\" \"world\"
+";
+
+/// Runs the cases; how many passed and which failed.
+pub(crate) fn run(bin: &Path, python: Option<&Path>) -> Result<(usize, Vec<String>)> {
+    let python = match python
+        .ok_or_else(|| "no Python with aioquic".to_owned())
+        .and_then(dnspython)
+    {
+        Ok(p) => p,
+        Err(reason) => {
+            println!("SKIPPED: DoQ with dnspython: {reason}");
+            return Ok((0, Vec::new()));
+        }
+    };
+    let dir = root().join("target/interop/doq");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    super::cases::certificates(&dir, 1)?;
+    let zone = dir.join("example.test.zone");
+    std::fs::write(&zone, ZONE).map_err(|e| e.to_string())?;
+    let mut passed = 0;
+    let mut failed = Vec::new();
+    let mut record = |name: &str, r: std::result::Result<String, String>| match r {
+        Ok(what) => {
+            println!("  pass {name}: {what}");
+            passed += 1;
+        }
+        Err(e) => {
+            println!("  FAIL {name}: {e}");
+            failed.push(name.to_owned());
+        }
+    };
+    record(
+        "doq: dnspython -> doq-server: A, AAAA, TXT, NXDOMAIN",
+        from_zone(bin, &dir, &zone, &python),
+    );
+    match super::masque::dnsmasq() {
+        Ok(dnsmasq) => record(
+            "doq: dnspython -> doq-server forwarding to dnsmasq",
+            forwarded(bin, &dir, &zone, &python, &dnsmasq),
+        ),
+        Err(reason) => println!("SKIPPED: DoQ forwarding to dnsmasq: {reason}"),
+    }
+    Ok((passed, failed))
+}
+
+/// The venv's Python with dnspython (installed from PyPI when missing).
+fn dnspython(python: &Path) -> std::result::Result<PathBuf, String> {
+    let has = || {
+        Command::new(python)
+            .args(["-c", "import dns.query, dns.quic"])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !has() {
+        let ok = Command::new(python)
+            .args(["-m", "pip", "install", "--quiet", "dnspython>=2.7,<3"])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok || !has() {
+            return Err("cannot install dnspython from PyPI".into());
+        }
+    }
+    Ok(python.to_owned())
+}
+
+/// Runs the DoQ queries `specs` (NAME/TYPE) against 127.0.0.1:`port`: for each, the
+/// response code and the answers.
+fn query(
+    python: &Path,
+    dir: &Path,
+    port: u16,
+    specs: &[&str],
+) -> std::result::Result<Vec<(String, Vec<String>)>, String> {
+    let out = Command::new(python)
+        .arg(root().join("xtask/interop/doq_query.py"))
+        .arg(port.to_string())
+        .arg(dir.join("ca.pem"))
+        .args(specs)
+        .output()
+        .map_err(|e| format!("cannot run dnspython: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "dnspython failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .map_err(|e| format!("dnspython printed no JSON ({e})"))?;
+    let mut results = Vec::new();
+    for r in v.as_array().ok_or("not a list")? {
+        if r["id"] != 0 {
+            return Err(format!("{}: an answer with ID {}", r["query"], r["id"]));
+        }
+        let answers = r["answers"]
+            .as_array()
+            .ok_or("no answers list")?
+            .iter()
+            .filter_map(|a| a.as_str().map(str::to_owned))
+            .collect();
+        results.push((r["rcode"].as_str().unwrap_or("").to_owned(), answers));
+    }
+    Ok(results)
+}
+
+fn doq_server(
+    bin: &Path,
+    dir: &Path,
+    zone: &Path,
+    upstream: Option<u16>,
+    tag: &str,
+) -> Result<procs::Server> {
+    let mut args = vec![
+        "--listen".to_owned(),
+        "127.0.0.1:0".into(),
+        "--cert".into(),
+        path_str(&dir.join("cert.pem"))?.into(),
+        "--key".into(),
+        path_str(&dir.join("priv.key"))?.into(),
+        "--zone".into(),
+        path_str(zone)?.into(),
+    ];
+    if let Some(port) = upstream {
+        args.extend(["--upstream".into(), format!("127.0.0.1:{port}")]);
+    }
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    procs::Server::start_logged(
+        &bin.join("doq-server"),
+        &refs,
+        Some(&dir.join(format!("doq-server-{tag}.log"))),
+    )
+}
+
+fn from_zone(
+    bin: &Path,
+    dir: &Path,
+    zone: &Path,
+    python: &Path,
+) -> std::result::Result<String, String> {
+    let server = doq_server(bin, dir, zone, None, "zone")?;
+    let got = query(
+        python,
+        dir,
+        server.addr.port(),
+        &[
+            "www.example.test/A",
+            "www.example.test/AAAA",
+            "txt.example.test/TXT",
+            "missing.example.test/A",
+        ],
+    );
+    server.stop()?;
+    let got = got?;
+    let want: [(&str, &[&str]); 4] = [
+        ("NOERROR", &["192.0.2.10"]),
+        ("NOERROR", &["2001:db8::10"]),
+        ("NOERROR", &["\"hello\" \"world\""]),
+        ("NXDOMAIN", &[]),
+    ];
+    for ((rcode, answers), (want_rcode, want_answers)) in got.iter().zip(want) {
+        if rcode != want_rcode || answers != want_answers {
+            return Err(format!("got {got:?}"));
+        }
+    }
+    Ok("A 192.0.2.10, AAAA 2001:db8::10, TXT \"hello\" \"world\", NXDOMAIN".into())
+}
+
+fn forwarded(
+    bin: &Path,
+    dir: &Path,
+    zone: &Path,
+    python: &Path,
+    dnsmasq: &Path,
+) -> std::result::Result<String, String> {
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map_err(|e| e.to_string())?
+        .port();
+    let mut upstream = procs::spawn_logged(
+        dnsmasq,
+        &[
+            "--no-daemon".into(),
+            "--conf-file=/dev/null".into(),
+            "--no-resolv".into(),
+            "--no-hosts".into(),
+            "--listen-address=127.0.0.1".into(),
+            "--bind-interfaces".into(),
+            format!("--port={port}"),
+            "--local=/example.org/".into(),
+            "--host-record=fwd.example.org,198.51.100.7".into(),
+            "--log-facility=-".into(),
+        ],
+        &[],
+        &dir.join("dnsmasq.log"),
+    )?;
+    std::thread::sleep(Duration::from_millis(300));
+    let result = (|| {
+        let server = doq_server(bin, dir, zone, Some(port), "forward")?;
+        let got = query(
+            python,
+            dir,
+            server.addr.port(),
+            &[
+                "fwd.example.org/A",
+                "gone.example.org/A",
+                "www.example.test/A",
+            ],
+        );
+        server.stop()?;
+        let got = got?;
+        let ok = got.len() == 3
+            && got[0] == ("NOERROR".to_owned(), vec!["198.51.100.7".to_owned()])
+            && got[1].0 == "NXDOMAIN"
+            && got[2] == ("NOERROR".to_owned(), vec!["192.0.2.10".to_owned()]);
+        if ok {
+            Ok(
+                "fwd.example.org A 198.51.100.7 and NXDOMAIN from dnsmasq; the zone still answers"
+                    .to_owned(),
+            )
+        } else {
+            Err(format!("got {got:?}"))
+        }
+    })();
+    let _ = upstream.kill();
+    let _ = upstream.wait();
+    result
+}
