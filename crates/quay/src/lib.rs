@@ -76,6 +76,11 @@ struct ScalingDoctests;
 #[doc = include_str!("../../../docs/masque.md")]
 struct MasqueDoctests;
 
+/// docs/doq.md's code, compiled as a doc test.
+#[cfg(all(doctest, feature = "doq"))]
+#[doc = include_str!("../../../docs/doq.md")]
+struct DoqDoctests;
+
 /// The crate's own README, compiled as a doc test.
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
