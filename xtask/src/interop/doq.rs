@@ -5,8 +5,10 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use super::Outcome;
+use super::masque::outcome;
 use crate::{Result, path_str, procs, root};
 
 const ZONE: &str = "\
@@ -18,48 +20,59 @@ www IN AAAA 2001:db8::10
 txt IN TXT \"hello\" \"world\"
 ";
 
-/// Runs the cases; how many passed and which failed.
-pub(crate) fn run(bin: &Path, python: Option<&Path>) -> Result<(usize, Vec<String>)> {
-    let python = match python
-        .ok_or_else(|| "no Python with aioquic".to_owned())
-        .and_then(dnspython)
-    {
-        Ok(p) => p,
-        Err(reason) => {
-            println!("SKIPPED: DoQ with dnspython: {reason}");
-            return Ok((0, Vec::new()));
-        }
-    };
+/// Runs the cases (all, or those named in `only`).
+pub(crate) fn run(bin: &Path, python: Option<&Path>, only: &[String]) -> Result<Vec<Outcome>> {
+    let wanted = |case: &str| only.is_empty() || only.iter().any(|c| c == case);
+    if !wanted("doq") && !wanted("doq-forward") {
+        return Ok(Vec::new());
+    }
     let dir = root().join("target/interop/doq");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     super::cases::certificates(&dir, 1)?;
     let zone = dir.join("example.test.zone");
     std::fs::write(&zone, ZONE).map_err(|e| e.to_string())?;
-    let mut passed = 0;
-    let mut failed = Vec::new();
-    let mut record = |name: &str, r: std::result::Result<String, String>| match r {
-        Ok(what) => {
-            println!("  pass {name}: {what}");
-            passed += 1;
-        }
-        Err(e) => {
-            println!("  FAIL {name}: {e}");
-            failed.push(name.to_owned());
-        }
-    };
-    record(
-        "doq: dnspython -> doq-server: A, AAAA, TXT, NXDOMAIN",
-        from_zone(bin, &dir, &zone, &python),
-    );
-    match super::masque::dnsmasq() {
-        Ok(dnsmasq) => record(
-            "doq: dnspython -> doq-server forwarding to dnsmasq",
-            forwarded(bin, &dir, &zone, &python, &dnsmasq),
-        ),
-        Err(reason) => println!("SKIPPED: DoQ forwarding to dnsmasq: {reason}"),
+    let python = python
+        .ok_or_else(|| "no Python with aioquic".to_owned())
+        .and_then(dnspython);
+    let py_reason = python.as_ref().err().cloned().unwrap_or_default();
+    if !py_reason.is_empty() {
+        println!("SKIPPED: DoQ with dnspython: {py_reason}");
     }
-    Ok((passed, failed))
+    let mut out = Vec::new();
+    if wanted("doq") {
+        let started = Instant::now();
+        let r = python.as_ref().ok().map(|p| from_zone(bin, &dir, &zone, p));
+        out.push(outcome(
+            "doq-server",
+            "dnspython",
+            "doq",
+            started,
+            r,
+            &py_reason,
+        ));
+    }
+    if wanted("doq-forward") {
+        let started = Instant::now();
+        let dnsmasq = super::masque::dnsmasq();
+        let (r, reason) = match (&python, &dnsmasq) {
+            (Ok(p), Ok(d)) => (Some(forwarded(bin, &dir, &zone, p, d)), String::new()),
+            (Err(e), _) => (None, e.clone()),
+            (_, Err(e)) => {
+                println!("SKIPPED: DoQ forwarding to dnsmasq: {e}");
+                (None, e.clone())
+            }
+        };
+        out.push(outcome(
+            "doq-server+dnsmasq",
+            "dnspython",
+            "doq-forward",
+            started,
+            r,
+            &reason,
+        ));
+    }
+    Ok(out)
 }
 
 /// The venv's Python with dnspython (installed from PyPI when missing).

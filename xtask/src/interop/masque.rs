@@ -7,53 +7,100 @@
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::Child;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use super::peers;
 use super::shim::{Config, Link, Shim};
+use super::{Outcome, Verdict, peers};
 use crate::{Result, path_str, procs, root};
 
 /// The file downloaded through the tunnel.
 const FILE_BYTES: usize = 2_000_000;
 
-/// Runs the cases; how many passed and which failed.
-pub(crate) fn run(bin: &Path) -> Result<(usize, Vec<String>)> {
+/// Runs the cases (all, or those named in `only`).
+pub(crate) fn run(bin: &Path, only: &[String]) -> Result<Vec<Outcome>> {
     let dir = root().join("target/interop/masque");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     super::cases::certificates(&dir, 1)?;
-    let mut passed = 0;
-    let mut failed = Vec::new();
-    let mut record = |name: &str, r: std::result::Result<String, String>| match r {
-        Ok(what) => {
-            println!("  pass {name}: {what}");
-            passed += 1;
+    let mut out = Vec::new();
+    let wanted = |case: &str| only.is_empty() || only.iter().any(|c| c == case);
+    let ngtcp2 = peers::ngtcp2();
+    for (case, loss) in [("masque", 0.0), ("masque-loss", 0.05)] {
+        if !wanted(case) {
+            continue;
         }
-        Err(e) => {
-            println!("  FAIL {name}: {e}");
-            failed.push(name.to_owned());
-        }
-    };
-    match peers::ngtcp2() {
-        Ok((client, server)) => {
-            for loss in [0.0, 0.05] {
-                let name = format!(
-                    "masque: gtlsclient -> gtlsserver through the tunnel, {}% loss outside",
-                    loss * 100.0
-                );
-                record(&name, ngtcp2_through(bin, &dir, &client, &server, loss));
+        let started = Instant::now();
+        let r = match &ngtcp2 {
+            Ok((client, server)) => Some(ngtcp2_through(bin, &dir, client, server, loss)),
+            Err(reason) => {
+                println!("SKIPPED: {case} with ngtcp2: {reason}");
+                None
             }
+        };
+        out.push(outcome(
+            "gtlsserver",
+            "gtlsclient",
+            case,
+            started,
+            r,
+            &ngtcp2_reason(&ngtcp2),
+        ));
+    }
+    if wanted("masque-dns") {
+        let started = Instant::now();
+        let dnsmasq = dnsmasq();
+        let r = match &dnsmasq {
+            Ok(d) => Some(dns_through(bin, &dir, d)),
+            Err(reason) => {
+                println!("SKIPPED: masque-dns with dnsmasq: {reason}");
+                None
+            }
+        };
+        let reason = dnsmasq.as_ref().err().cloned().unwrap_or_default();
+        out.push(outcome(
+            "dnsmasq",
+            "masque-client",
+            "masque-dns",
+            started,
+            r,
+            &reason,
+        ));
+    }
+    Ok(out)
+}
+
+fn ngtcp2_reason(r: &std::result::Result<(PathBuf, PathBuf), String>) -> String {
+    r.as_ref().err().cloned().unwrap_or_default()
+}
+
+/// A case's outcome, printed: a pass, a failure, or (`None`) unavailable for `reason`.
+pub(super) fn outcome(
+    server: &str,
+    client: &str,
+    case: &'static str,
+    started: Instant,
+    r: Option<std::result::Result<String, String>>,
+    reason: &str,
+) -> Outcome {
+    let result = match r {
+        Some(Ok(what)) => {
+            println!("  pass {case} ({client} -> {server}): {what}");
+            Verdict::Pass
         }
-        Err(reason) => println!("SKIPPED: masque with ngtcp2: {reason}"),
+        Some(Err(e)) => {
+            println!("  FAIL {case} ({client} -> {server}): {e}");
+            Verdict::Fail(e)
+        }
+        None => Verdict::Unavailable(reason.to_owned()),
+    };
+    Outcome {
+        server: server.to_owned(),
+        client: client.to_owned(),
+        case,
+        result,
+        seconds: started.elapsed().as_secs_f64(),
+        goodput: Vec::new(),
     }
-    match dnsmasq() {
-        Ok(dnsmasq) => record(
-            "masque: a DNS query over UDP to dnsmasq through the tunnel",
-            dns_through(bin, &dir, &dnsmasq),
-        ),
-        Err(reason) => println!("SKIPPED: masque with dnsmasq: {reason}"),
-    }
-    Ok((passed, failed))
 }
 
 /// Debian's dnsmasq binary (package dnsmasq-base: no service is started).

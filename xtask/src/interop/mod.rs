@@ -48,6 +48,9 @@ pub(crate) enum Verdict {
     Unavailable(String),
 }
 
+/// The cases of the protocols built on the core (MASQUE, DoQ), run after the matrix.
+const PROTOCOL_CASES: [&str; 5] = ["masque", "masque-loss", "masque-dns", "doq", "doq-forward"];
+
 const USAGE: &str = "\
 usage: cargo xtask interop [--server NAME]... [--client NAME]... [--case NAME]...
                            [--runs N] [--quick]
@@ -57,13 +60,16 @@ usage: cargo xtask interop [--server NAME]... [--client NAME]... [--case NAME]..
                       servers are quay and axum-h3); default: quay against every
                       available peer, both ways, quay against itself, and chromium
                       against quay and axum-h3
-  --case              cases to run (default: all); see docs/interop.md
+  --case              cases to run (default: all); see docs/interop.md. Beside the
+                      matrix: masque, masque-loss, masque-dns (CONNECT-UDP with
+                      ngtcp2 and dnsmasq), doq, doq-forward (dnspython, dnsmasq)
   --runs              goodput runs per pair (default 3)
   --quick             handshake, transfer, retry, http3, transferloss; quay<->quay
                       and quay<->aioquic; the browser cases with 1 MiB transfers
   --smoke             only the smoke test `cargo xtask test` runs: HTTP/3 with aioquic
-                      both ways, and h3-client migrating mid-download against
-                      h3-server, aioquic and ngtcp2 (debug build)
+                      both ways, h3-client migrating mid-download against
+                      h3-server, aioquic and ngtcp2, and the MASQUE and DoQ cases
+                      (debug build)
 ";
 
 struct Args {
@@ -111,7 +117,8 @@ fn parse(args: &[String]) -> Result<Args> {
     }
     for c in &a.cases {
         let known = cases::all().iter().any(|k| k.name == c)
-            || browser::CASES.iter().any(|(name, _, _)| name == c);
+            || browser::CASES.iter().any(|(name, _, _)| name == c)
+            || PROTOCOL_CASES.contains(&c.as_str());
         if !known {
             let browser: Vec<&str> = browser::CASES.iter().map(|(n, _, _)| *n).collect();
             return Err(format!(
@@ -142,6 +149,20 @@ pub(crate) fn run(args: &[String]) -> Result {
     let bin_dir = root().join("target").join(profile);
     let bin = bin_dir.join("interop-endpoint");
     let mut outcomes = matrix(&args, &bin)?;
+    // The protocols on the same core, against independent software (not in the
+    // quick run, which `cargo xtask test` covers with --smoke).
+    let protocol_cases: Vec<String> = args
+        .cases
+        .iter()
+        .filter(|c| PROTOCOL_CASES.contains(&c.as_str()))
+        .cloned()
+        .collect();
+    if !args.quick && (args.cases.is_empty() || !protocol_cases.is_empty()) {
+        crate::build_examples(&env, true, &["masque-proxy", "masque-client", "doq-server"])?;
+        outcomes.extend(masque::run(&bin_dir, &protocol_cases)?);
+        let python = smoke::venv().ok();
+        outcomes.extend(doq::run(&bin_dir, python.as_deref(), &protocol_cases)?);
+    }
     let browser_servers = browser_servers(&args);
     if !browser_servers.is_empty() {
         outcomes.extend(browser::run(
