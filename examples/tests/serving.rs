@@ -603,6 +603,19 @@ impl quay::app::ApplicationOverQuic for DcidProbe {
     }
 }
 
+/// The connection ID the server at `addr` gave itself, as a client addresses it.
+async fn server_cid(addr: SocketAddr) -> Vec<u8> {
+    let dcid = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut params = ClientParams::new(&[quay::h3::ALPN]);
+    params.tls = ClientTlsConfig::insecure();
+    params.server_name = Some("localhost".into());
+    let probe = quay::io::connect(addr, params, DcidProbe(dcid.clone()))
+        .await
+        .unwrap();
+    probe.close(0, b"").await;
+    dcid.lock().unwrap().clone()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h3_server_issues_quic_lb_ids_that_carry_its_server_id() {
     let dir = Scratch::new("quic-lb");
@@ -634,16 +647,7 @@ async fn h3_server_issues_quic_lb_ids_that_carry_its_server_id() {
     let key: [u8; 16] = hex::decode(key_hex).unwrap().try_into().unwrap();
     let config = quay::io::QuicLbConfig::new(2, 3, 6).unwrap().with_key(key);
 
-    // The ID the server gave itself, as the client addresses it.
-    let dcid = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let mut params = ClientParams::new(&[quay::h3::ALPN]);
-    params.tls = ClientTlsConfig::insecure();
-    params.server_name = Some("localhost".into());
-    let probe = quay::io::connect(addr, params, DcidProbe(dcid.clone()))
-        .await
-        .unwrap();
-    probe.close(0, b"").await;
-    let id = dcid.lock().unwrap().clone();
+    let id = server_cid(addr).await;
     assert_eq!(id.len(), config.cid_len(), "{id:02x?}");
     assert_eq!(id[0] >> 5, 2, "config rotation bits");
     assert_eq!(
@@ -719,15 +723,7 @@ async fn h3_server_shards_spread_clients_and_keep_a_migrating_download() {
         .without_length_encoding();
     let mut shards_seen = std::collections::BTreeSet::new();
     for _ in 0..40 {
-        let dcid = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let mut params = ClientParams::new(&[quay::h3::ALPN]);
-        params.tls = ClientTlsConfig::insecure();
-        params.server_name = Some("localhost".into());
-        let probe = quay::io::connect(addr, params, DcidProbe(dcid.clone()))
-            .await
-            .unwrap();
-        probe.close(0, b"").await;
-        let id = dcid.lock().unwrap().clone();
+        let id = server_cid(addr).await;
         assert_eq!(
             config.server_id(&id).map(|s| s.as_bytes().to_vec()),
             Some(vec![0x0a, 0x0b]),

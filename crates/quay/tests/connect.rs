@@ -121,3 +121,36 @@ async fn a_handler_takes_an_extended_connect_and_datagrams_flow_both_ways() {
         assert_eq!(resp.status(), http::StatusCode::BAD_REQUEST);
     }
 }
+
+/// The same through `serve_service`: a tower service sees the `ConnectUpgrade` too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tower_service_takes_an_extended_connect() {
+    let identity = TlsConfig::self_signed(&["localhost"]).unwrap();
+    let mut h3 = H3Settings::default();
+    h3.enable_extended_connect = true;
+    let server = Server::builder()
+        .tls(identity.config)
+        .h3_settings(h3)
+        .bind("127.0.0.1:0".parse().unwrap())
+        .unwrap();
+    let port = server.local_addr().port();
+    tokio::spawn(server.serve_service(tower::service_fn(echo)));
+    let client = Client::builder()
+        .tls(
+            ClientTlsConfig::new()
+                .add_root_pem(identity.cert_pem.as_bytes())
+                .unwrap(),
+        )
+        .build();
+    let c = client.send_connect(connect_udp(port)).await.unwrap();
+    let resp = c.response.await.unwrap();
+    assert_eq!(resp.status(), http::StatusCode::OK);
+    let mut tunnel = DatagramTunnel::new(c.datagrams, resp.into_body(), c.send);
+    assert!(tunnel.uses_capsules());
+    tunnel.send(Bytes::from_static(b"tower")).await.unwrap();
+    assert_eq!(
+        tunnel.recv().await.unwrap().unwrap(),
+        Bytes::from_static(b"echo:tower")
+    );
+    tunnel.close().await.unwrap();
+}

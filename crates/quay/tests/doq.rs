@@ -24,14 +24,13 @@ fn query(name: &str, ty: RecordType) -> Message {
     m
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_doq_server_answers_over_udp() {
+/// A DoQ server of `ZONE` on loopback (0-RTT as asked), and client parameters that
+/// trust it.
+fn serve(early_data: bool) -> (std::net::SocketAddr, ClientParams) {
     let identity = TlsConfig::self_signed(&["localhost"]).unwrap();
-    let listener = quay::io::listen_on(
-        "127.0.0.1:0".parse().unwrap(),
-        quay::doq::server_params(identity.config),
-    )
-    .unwrap();
+    let mut server = quay::doq::server_params(identity.config);
+    server.settings.enable_early_data = early_data;
+    let listener = quay::io::listen_on("127.0.0.1:0".parse().unwrap(), server).unwrap();
     let addr = listener.local_addr();
     let resolver = Arc::new(Resolver::new(Some(Zone::parse(ZONE, None).unwrap()), None));
     tokio::spawn(quay::doq::serve(
@@ -39,13 +38,20 @@ async fn a_doq_server_answers_over_udp() {
         resolver,
         ServerLimits::default(),
     ));
+    let mut params = ClientParams::new(&[quay::doq::ALPN]);
+    params.tls = ClientTlsConfig::new()
+        .add_root_pem(identity.cert_pem.as_bytes())
+        .unwrap();
+    params.server_name = Some("localhost".into());
+    params.settings.enable_early_data = early_data;
+    (addr, params)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_doq_server_answers_over_udp() {
+    let (addr, params) = serve(false);
     for _ in 0..2 {
-        let mut params = ClientParams::new(&[]);
-        params.tls = ClientTlsConfig::new()
-            .add_root_pem(identity.cert_pem.as_bytes())
-            .unwrap();
-        params.server_name = Some("localhost".into());
-        let (conn, handle) = quay::doq::connect(addr, params).await.unwrap();
+        let (conn, handle) = quay::doq::connect(addr, params.clone()).await.unwrap();
         let a = handle
             .query(query("www.example.test.", RecordType::A))
             .await
@@ -72,23 +78,7 @@ async fn a_doq_server_answers_over_udp() {
 /// does not implement it), and a query in early data its answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn early_data_carries_queries_only() {
-    let identity = TlsConfig::self_signed(&["localhost"]).unwrap();
-    let mut server = quay::doq::server_params(identity.config);
-    server.settings.enable_early_data = true;
-    let listener = quay::io::listen_on("127.0.0.1:0".parse().unwrap(), server).unwrap();
-    let addr = listener.local_addr();
-    let resolver = Arc::new(Resolver::new(Some(Zone::parse(ZONE, None).unwrap()), None));
-    tokio::spawn(quay::doq::serve(
-        listener,
-        resolver,
-        ServerLimits::default(),
-    ));
-    let mut params = ClientParams::new(&[quay::doq::ALPN]);
-    params.tls = ClientTlsConfig::new()
-        .add_root_pem(identity.cert_pem.as_bytes())
-        .unwrap();
-    params.server_name = Some("localhost".into());
-    params.settings.enable_early_data = true;
+    let (addr, mut params) = serve(true);
     let notify = || {
         let mut m = query("www.example.test.", RecordType::SOA);
         m.set_op_code(OpCode::Notify);

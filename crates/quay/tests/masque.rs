@@ -254,3 +254,52 @@ async fn an_idle_tunnel_is_closed() {
     assert_eq!(end.unwrap(), None);
     assert!(s.proxy.tunnels().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_can_require_a_client_certificate() {
+    let target = udp_echo().await;
+    let client_identity = TlsConfig::self_signed(&["client.test"]).unwrap();
+    let server_identity = TlsConfig::self_signed(&["localhost"]).unwrap();
+    // Clients may come without a certificate (the TLS layer lets them in); the proxy
+    // then refuses their tunnels.
+    let auth = quay::io::ClientAuth::from_pem(client_identity.cert_pem.as_bytes())
+        .unwrap()
+        .optional();
+    let mut h3 = H3Settings::default();
+    h3.enable_extended_connect = true;
+    let server = Server::builder()
+        .tls(server_identity.config.with_client_auth(auth))
+        .h3_settings(h3)
+        .bind("127.0.0.1:0".parse().unwrap())
+        .unwrap();
+    let url: http::Uri = format!("https://localhost:{}/", server.local_addr().port())
+        .parse()
+        .unwrap();
+    let mut config = ProxyConfig::default();
+    allow_loopback(&mut config);
+    config.require_client_certificate = true;
+    let proxy = Proxy::new(config);
+    tokio::spawn(server.serve(ProxyHandler::new(Arc::clone(&proxy))));
+    let client = |identity: Option<TlsConfig>| {
+        let mut b = Client::builder()
+            .add_root_certificate_pem(server_identity.cert_pem.as_bytes())
+            .unwrap();
+        if let Some(id) = identity {
+            b = b.identity(id);
+        }
+        b.build()
+    };
+    let s = Setup {
+        proxy: Arc::clone(&proxy),
+        url: url.clone(),
+        client: client(None),
+    };
+    let (status, why) = refused(&s, "127.0.0.1", target.port(), None).await;
+    assert_eq!(status, 403);
+    assert!(why.contains("http_request_denied"), "{why}");
+    let with_cert = client(Some(client_identity.config));
+    let mut tunnel = quay::masque::connect_udp(&with_cert, &url, "127.0.0.1", target.port(), None)
+        .await
+        .unwrap();
+    assert_eq!(&round_trip(&mut tunnel, b"mtls").await[..], b"echo:mtls");
+}

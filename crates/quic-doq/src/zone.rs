@@ -127,15 +127,7 @@ impl Zone {
 mod tests {
     use super::*;
 
-    const ZONE: &str = "\
-$ORIGIN example.test.
-$TTL 300
-@     IN SOA ns.example.test. admin.example.test. 1 7200 900 1209600 60
-www   IN A    192.0.2.10
-www   IN AAAA 2001:db8::10
-txt   IN TXT  \"hello\" \"world\"
-alias IN CNAME www
-";
+    const ZONE: &str = include_str!("../testdata/example.test.zone");
 
     #[test]
     fn a_zone_answers_records_nodata_nxdomain_and_out_of_zone() {

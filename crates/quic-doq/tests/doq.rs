@@ -18,14 +18,7 @@ use quic_doq::{
 
 const LIMIT: Duration = Duration::from_secs(30);
 
-const ZONE: &str = "\
-$ORIGIN example.test.
-$TTL 300
-@     IN SOA ns.example.test. admin.example.test. 1 7200 900 1209600 60
-www   IN A    192.0.2.10
-www   IN AAAA 2001:db8::10
-txt   IN TXT  \"hello\" \"world\"
-";
+const ZONE: &str = include_str!("../testdata/example.test.zone");
 
 fn zone_resolver(upstream: Option<Upstream>) -> Arc<Resolver> {
     Arc::new(Resolver::new(

@@ -5,20 +5,11 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::Outcome;
 use super::masque::outcome;
 use crate::{Result, path_str, procs, root};
-
-const ZONE: &str = "\
-$ORIGIN example.test.
-$TTL 300
-@   IN SOA ns.example.test. admin.example.test. 1 7200 900 1209600 60
-www IN A 192.0.2.10
-www IN AAAA 2001:db8::10
-txt IN TXT \"hello\" \"world\"
-";
 
 /// Runs the cases (all, or those named in `only`).
 pub(crate) fn run(bin: &Path, python: Option<&Path>, only: &[String]) -> Result<Vec<Outcome>> {
@@ -30,8 +21,8 @@ pub(crate) fn run(bin: &Path, python: Option<&Path>, only: &[String]) -> Result<
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     super::cases::certificates(&dir, 1)?;
-    let zone = dir.join("example.test.zone");
-    std::fs::write(&zone, ZONE).map_err(|e| e.to_string())?;
+    // The zone the crate's own tests use.
+    let zone = root().join("crates/quic-doq/testdata/example.test.zone");
     let python = python
         .ok_or_else(|| "no Python with aioquic".to_owned())
         .and_then(dnspython);
@@ -204,28 +195,8 @@ fn forwarded(
     python: &Path,
     dnsmasq: &Path,
 ) -> std::result::Result<String, String> {
-    let port = std::net::UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .map_err(|e| e.to_string())?
-        .port();
-    let mut upstream = procs::spawn_logged(
-        dnsmasq,
-        &[
-            "--no-daemon".into(),
-            "--conf-file=/dev/null".into(),
-            "--no-resolv".into(),
-            "--no-hosts".into(),
-            "--listen-address=127.0.0.1".into(),
-            "--bind-interfaces".into(),
-            format!("--port={port}"),
-            "--local=/example.org/".into(),
-            "--host-record=fwd.example.org,198.51.100.7".into(),
-            "--log-facility=-".into(),
-        ],
-        &[],
-        &dir.join("dnsmasq.log"),
-    )?;
-    std::thread::sleep(Duration::from_millis(300));
+    let (mut upstream, port) =
+        super::masque::start_dnsmasq(dnsmasq, dir, "example.org", "fwd.example.org,198.51.100.7")?;
     let result = (|| {
         let server = doq_server(bin, dir, zone, Some(port), "forward")?;
         let got = query(

@@ -112,6 +112,36 @@ pub(super) fn dnsmasq() -> std::result::Result<PathBuf, String> {
     peers::install_with_apt(&["dnsmasq-base"], find)
 }
 
+/// dnsmasq on 127.0.0.1 (a free port, returned), answering for `domain` alone with
+/// one `host_record` (`NAME,ADDRESS`): NXDOMAIN for its other names, no upstream.
+pub(super) fn start_dnsmasq(
+    dnsmasq: &Path,
+    dir: &Path,
+    domain: &str,
+    host_record: &str,
+) -> Result<(Child, u16)> {
+    let port = free_port()?;
+    let child = procs::spawn_logged(
+        dnsmasq,
+        &[
+            "--no-daemon".into(),
+            "--conf-file=/dev/null".into(),
+            "--no-resolv".into(),
+            "--no-hosts".into(),
+            "--listen-address=127.0.0.1".into(),
+            "--bind-interfaces".into(),
+            format!("--port={port}"),
+            format!("--local=/{domain}/"),
+            format!("--host-record={host_record}"),
+            "--log-facility=-".into(),
+        ],
+        &[],
+        &dir.join(format!("dnsmasq-{domain}.log")),
+    )?;
+    std::thread::sleep(Duration::from_millis(300));
+    Ok((child, port))
+}
+
 /// A port free on 127.0.0.1 now.
 fn free_port() -> Result<u16> {
     let s = UdpSocket::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
@@ -282,26 +312,9 @@ fn ngtcp2_through(
 
 /// A DNS query for www.example.test (A) over UDP, through the tunnel to dnsmasq.
 fn dns_through(bin: &Path, dir: &Path, dnsmasq: &Path) -> std::result::Result<String, String> {
-    let port = free_port()?;
-    let server = procs::spawn_logged(
-        dnsmasq,
-        &[
-            "--no-daemon".into(),
-            "--conf-file=/dev/null".into(),
-            "--no-resolv".into(),
-            "--no-hosts".into(),
-            "--listen-address=127.0.0.1".into(),
-            "--bind-interfaces".into(),
-            format!("--port={port}"),
-            "--local=/example.test/".into(),
-            "--host-record=www.example.test,192.0.2.10".into(),
-            "--log-facility=-".into(),
-        ],
-        &[],
-        &dir.join("dnsmasq.log"),
-    )?;
+    let (server, port) =
+        start_dnsmasq(dnsmasq, dir, "example.test", "www.example.test,192.0.2.10")?;
     let _server = Reaped(server);
-    std::thread::sleep(Duration::from_millis(300));
     let target = SocketAddr::from(([127, 0, 0, 1], port));
     let (proxy, _shim, client) = tunnel(bin, dir, target, 0.0, "dns")?;
     let socket = UdpSocket::bind("127.0.0.1:0").map_err(|e| e.to_string())?;

@@ -10,7 +10,7 @@ use quic_app::echo::{EchoClient, EchoServer};
 use quic_app::{AppError, ApplicationOverQuic, QuicConnection};
 use quic_io::MigrateError;
 
-use super::util::{Idle, client_params, echo_listener, server_params};
+use super::util::{Idle, client_params, echo_listener, migrate_when_ready, server_params};
 
 /// The echo server, noting every client address it has received packets from.
 struct Watched {
@@ -55,15 +55,7 @@ async fn a_client_migrates_mid_transfer_and_every_byte_arrives() {
     params.bind = Some(old);
     let (app, report) = EchoClient::new(2, BYTES);
     let conn = quic_io::connect(server_addr, params, app).await.unwrap();
-    // As soon as the server's spare IDs have arrived (right after the handshake).
-    let new = loop {
-        match conn.migrate("127.0.0.1:0".parse().unwrap()).await {
-            Err(MigrateError::Refused(quiche::Error::OutOfIdentifiers)) => {
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-            other => break other.unwrap(),
-        }
-    };
+    let new = migrate_when_ready(&conn, "127.0.0.1:0".parse().unwrap()).await;
     assert_ne!(new.port(), old.port());
     let at_migration = conn.stats().await.bytes_recv;
     assert!(

@@ -4,9 +4,9 @@
 use std::time::Duration;
 
 use quic_app::echo::EchoClient;
-use quic_io::{ListenError, MigrateError, QuicLbConfig, Sharding};
+use quic_io::{ListenError, QuicLbConfig, Sharding};
 
-use super::util::{Idle, client_params, serve_echo, server_params};
+use super::util::{Idle, client_params, migrate_when_ready, serve_echo, server_params};
 
 const ANY: &str = "127.0.0.1:0";
 
@@ -89,14 +89,7 @@ async fn migrations_keep_their_bytes(steering: bool) -> quic_io::EndpointStats {
             let (app, report) = EchoClient::new(2, BYTES);
             let conn = quic_io::connect(addr, params, app).await.unwrap();
             let old = conn.local_addr();
-            let new = loop {
-                match conn.migrate(ANY.parse().unwrap()).await {
-                    Err(MigrateError::Refused(quiche::Error::OutOfIdentifiers)) => {
-                        tokio::time::sleep(Duration::from_millis(1)).await;
-                    }
-                    other => break other.unwrap(),
-                }
-            };
+            let new = migrate_when_ready(&conn, ANY.parse().unwrap()).await;
             assert_ne!(new.port(), old.port());
             let report = tokio::time::timeout(Duration::from_secs(30), report)
                 .await

@@ -107,3 +107,19 @@ pub(super) fn raw_socket() -> std::net::UdpSocket {
         .unwrap();
     s
 }
+
+/// Moves `conn` to a new socket on `local` as soon as the server's spare connection
+/// IDs have arrived (right after the handshake); the new local address.
+pub(super) async fn migrate_when_ready(
+    conn: &quic_io::ConnectionHandle,
+    local: SocketAddr,
+) -> SocketAddr {
+    loop {
+        match conn.migrate(local).await {
+            Err(quic_io::MigrateError::Refused(quiche::Error::OutOfIdentifiers)) => {
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+            other => return other.unwrap(),
+        }
+    }
+}
