@@ -31,18 +31,20 @@ struct Setup {
     client: Client,
 }
 
-/// A proxy configured by `configure`, and a client trusting it; QUIC datagrams on the
-/// server as asked.
-fn setup(quic_datagrams: bool, configure: impl FnOnce(&mut ProxyConfig)) -> Setup {
-    let identity = TlsConfig::self_signed(&["localhost"]).unwrap();
+/// A proxy with `tls`, configured by `configure`, QUIC datagrams as asked; its URL.
+fn proxy_with(
+    tls: TlsConfig,
+    quic_datagrams: bool,
+    configure: impl FnOnce(&mut ProxyConfig),
+) -> (Arc<Proxy>, http::Uri) {
     let mut h3 = H3Settings::default();
     h3.enable_extended_connect = true;
     let mut settings = QuicSettings::default();
     settings.enable_datagrams = quic_datagrams;
     let server = Server::builder()
-        .tls(identity.config)
+        .tls(tls)
         .h3_settings(h3)
-        .settings(settings.clone())
+        .settings(settings)
         .bind("127.0.0.1:0".parse().unwrap())
         .unwrap();
     let url: http::Uri = format!("https://localhost:{}/", server.local_addr().port())
@@ -52,6 +54,16 @@ fn setup(quic_datagrams: bool, configure: impl FnOnce(&mut ProxyConfig)) -> Setu
     configure(&mut config);
     let proxy = Proxy::new(config);
     tokio::spawn(server.serve(ProxyHandler::new(Arc::clone(&proxy))));
+    (proxy, url)
+}
+
+/// A proxy configured by `configure`, and a client trusting it; QUIC datagrams on
+/// both as asked.
+fn setup(quic_datagrams: bool, configure: impl FnOnce(&mut ProxyConfig)) -> Setup {
+    let identity = TlsConfig::self_signed(&["localhost"]).unwrap();
+    let (proxy, url) = proxy_with(identity.config, quic_datagrams, configure);
+    let mut settings = QuicSettings::default();
+    settings.enable_datagrams = quic_datagrams;
     let client = Client::builder()
         .tls(
             ClientTlsConfig::new()
@@ -265,21 +277,10 @@ async fn a_proxy_can_require_a_client_certificate() {
     let auth = quay::io::ClientAuth::from_pem(client_identity.cert_pem.as_bytes())
         .unwrap()
         .optional();
-    let mut h3 = H3Settings::default();
-    h3.enable_extended_connect = true;
-    let server = Server::builder()
-        .tls(server_identity.config.with_client_auth(auth))
-        .h3_settings(h3)
-        .bind("127.0.0.1:0".parse().unwrap())
-        .unwrap();
-    let url: http::Uri = format!("https://localhost:{}/", server.local_addr().port())
-        .parse()
-        .unwrap();
-    let mut config = ProxyConfig::default();
-    allow_loopback(&mut config);
-    config.require_client_certificate = true;
-    let proxy = Proxy::new(config);
-    tokio::spawn(server.serve(ProxyHandler::new(Arc::clone(&proxy))));
+    let (proxy, url) = proxy_with(server_identity.config.with_client_auth(auth), true, |c| {
+        allow_loopback(c);
+        c.require_client_certificate = true;
+    });
     let client = |identity: Option<TlsConfig>| {
         let mut b = Client::builder()
             .add_root_certificate_pem(server_identity.cert_pem.as_bytes())
