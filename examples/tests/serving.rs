@@ -493,6 +493,7 @@ async fn h3_client_takes_curls_everyday_flags_and_exits_with_telling_codes() {
     for want in [
         "* connected to 127.0.0.1:",
         "cipher TLS_AES_",
+        "key exchange X25519MLKEM768",
         "ALPN h3",
         "session new",
         "* server certificate:",

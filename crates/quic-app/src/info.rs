@@ -34,6 +34,9 @@ pub struct HandshakeInfo {
     /// ...), once the handshake completed; quiche does not tell it, so it is `None`
     /// unless the endpoint read it from TLS itself (quic-io's endpoints do).
     pub cipher: Option<&'static str>,
+    /// The negotiated TLS key-exchange group (`X25519MLKEM768`, `X25519`, ...), read
+    /// the same way as [`cipher`](Self::cipher).
+    pub key_exchange: Option<&'static str>,
 }
 
 /// BoringSSL's `ssl_early_data_accepted` reason.
@@ -64,6 +67,7 @@ impl HandshakeInfo {
                 .unwrap_or_default(),
             trace_id: conn.trace_id().to_owned(),
             cipher: None,
+            key_exchange: None,
         }
     }
 }

@@ -71,7 +71,7 @@ pub use metrics::{
 };
 
 mod settings;
-pub use settings::{CongestionControl, QuicSettings, SettingError};
+pub use settings::{CongestionControl, KeyExchange, QuicSettings, SettingError};
 
 mod tls;
 #[cfg(feature = "self-signed")]

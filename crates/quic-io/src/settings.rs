@@ -14,6 +14,71 @@ pub enum CongestionControl {
     Reno,
 }
 
+/// A TLS key-exchange group (RFC 8446 §4.2.7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum KeyExchange {
+    /// The post-quantum hybrid of X25519 and ML-KEM-768
+    /// (draft-ietf-tls-ecdhe-mlkem): safe against a future quantum computer
+    /// recording today's traffic. Its key share makes a ClientHello larger than one
+    /// datagram, and costs the server more per handshake.
+    X25519MlKem768,
+    /// X25519 (RFC 7748).
+    X25519,
+    /// NIST P-256 (secp256r1).
+    P256,
+    /// NIST P-384 (secp384r1).
+    P384,
+}
+
+impl KeyExchange {
+    /// Its name, as TLS libraries and this crate's tools spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::X25519MlKem768 => "X25519MLKEM768",
+            Self::X25519 => "X25519",
+            Self::P256 => "P-256",
+            Self::P384 => "P-384",
+        }
+    }
+
+    /// The default preference: the post-quantum hybrid, then X25519, P-256, P-384.
+    pub const DEFAULT: [KeyExchange; 4] =
+        [Self::X25519MlKem768, Self::X25519, Self::P256, Self::P384];
+}
+
+impl std::fmt::Display for KeyExchange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for KeyExchange {
+    type Err = SettingError;
+
+    /// A name, in any case, with or without dashes: `x25519mlkem768`, `X25519`,
+    /// `p256`, `P-384`.
+    fn from_str(s: &str) -> Result<Self, SettingError> {
+        let norm: String = s
+            .chars()
+            .filter(|c| *c != '-' && *c != '_')
+            .flat_map(char::to_lowercase)
+            .collect();
+        Ok(match norm.as_str() {
+            "x25519mlkem768" => Self::X25519MlKem768,
+            "x25519" => Self::X25519,
+            "p256" | "secp256r1" => Self::P256,
+            "p384" | "secp384r1" => Self::P384,
+            _ => {
+                return Err(SettingError::new(
+                    "settings.key_exchange",
+                    "unknown group (known: x25519mlkem768, x25519, p256, p384)",
+                ));
+            }
+        })
+    }
+}
+
 /// QUIC transport settings shared by listeners and clients.
 ///
 /// Start from [`QuicSettings::default`] and change fields:
@@ -47,6 +112,12 @@ pub struct QuicSettings {
     pub max_streams_uni: u64,
     /// The congestion controller.
     pub congestion_control: CongestionControl,
+    /// The TLS key-exchange groups offered (client) or accepted (server), most
+    /// preferred first. Default [`KeyExchange::DEFAULT`]: the post-quantum hybrid
+    /// X25519MLKEM768, then X25519, P-256, P-384. A client's first key share is for
+    /// the first group; a server that does not take it asks for another
+    /// (HelloRetryRequest: one more round trip).
+    pub key_exchange: Vec<KeyExchange>,
     /// Let quiche pace sends; the worker then holds back packets quiche schedules for
     /// later.
     pub pacing: bool,
@@ -101,6 +172,7 @@ impl Default for QuicSettings {
             max_streams_bidi: 100,
             max_streams_uni: 100,
             congestion_control: CongestionControl::Cubic,
+            key_exchange: KeyExchange::DEFAULT.to_vec(),
             pacing: false,
             enable_datagrams: false,
             datagram_queue_len: 1024,
@@ -135,6 +207,10 @@ impl QuicSettings {
             CongestionControl::Reno => quiche::CongestionControlAlgorithm::Reno,
         });
         cfg.enable_pacing(self.pacing);
+        let groups: Vec<&str> = self.key_exchange.iter().map(|g| g.name()).collect();
+        if let Err(e) = cfg.set_curves_list(&groups.join(":")) {
+            tracing::warn!(error = %e, ?groups, "the TLS library refused the key-exchange groups; it uses its own");
+        }
         if self.enable_datagrams {
             cfg.enable_dgram(true, self.datagram_queue_len, self.datagram_queue_len);
         }
@@ -233,6 +309,16 @@ impl QuicSettings {
         }
         if self.max_streams_uni > MAX_STREAM_COUNT {
             return Err(err("settings.max_streams_uni", "above 2^60"));
+        }
+        if self.key_exchange.is_empty() {
+            return Err(err(
+                "settings.key_exchange",
+                "empty: at least one group is required",
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        if !self.key_exchange.iter().all(|g| seen.insert(*g)) {
+            return Err(err("settings.key_exchange", "a group listed twice"));
         }
         if self.enable_datagrams && self.datagram_queue_len == 0 {
             return Err(err(

@@ -489,18 +489,30 @@ thread_local! {
     /// The cipher suite of the last handshake completed on this thread: BoringSSL
     /// calls the info callback inside `Connection::recv` (or `send`), and the worker
     /// takes it out right after.
-    static LAST_CIPHER: std::cell::Cell<Option<&'static str>> = const { std::cell::Cell::new(None) };
+    static LAST_CIPHER: std::cell::Cell<Option<Negotiated>> = const { std::cell::Cell::new(None) };
 }
 
-/// Notes the cipher suite of a handshake that just completed.
+/// What a completed handshake settled on.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Negotiated {
+    /// The cipher suite's standard name.
+    pub(crate) cipher: Option<&'static str>,
+    /// The key-exchange group's name.
+    pub(crate) group: Option<&'static str>,
+}
+
+/// Notes the cipher suite and key-exchange group of a handshake that just completed.
 fn note_cipher(ssl: &SslRef, mode: SslInfoCallbackMode, _: SslInfoCallbackValue) {
     if mode == SslInfoCallbackMode::HANDSHAKE_DONE {
-        LAST_CIPHER.set(ssl.current_cipher().and_then(|c| c.standard_name()));
+        LAST_CIPHER.set(Some(Negotiated {
+            cipher: ssl.current_cipher().and_then(|c| c.standard_name()),
+            group: ssl.curve_name(),
+        }));
     }
 }
 
-/// Takes the cipher suite of the last handshake completed on this thread, if any.
-pub(crate) fn take_cipher() -> Option<&'static str> {
+/// Takes what the last handshake completed on this thread negotiated, if any.
+pub(crate) fn take_cipher() -> Option<Negotiated> {
     LAST_CIPHER.take()
 }
 

@@ -477,8 +477,9 @@ fn describe(resp: &http::Response<quay::h3::RecvBody>, head_at: Duration) {
             conn.id()
         );
         eprintln!(
-            "* TLS 1.3 over QUIC, cipher {}, ALPN {}, handshake {:.3} ms, session {}, 0-RTT {}",
+            "* TLS 1.3 over QUIC, cipher {}, key exchange {}, ALPN {}, handshake {:.3} ms, session {}, 0-RTT {}",
             hs.cipher.unwrap_or("unknown"),
+            hs.key_exchange.unwrap_or("unknown"),
             String::from_utf8_lossy(conn.alpn()),
             hs.duration.as_secs_f64() * 1000.0,
             if hs.resumed { "resumed" } else { "new" },

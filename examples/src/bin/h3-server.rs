@@ -8,6 +8,7 @@
 //!           [--request-header-timeout SECS] [--stats-route]
 //!           [--quic-lb-server-id HEX [--quic-lb-key HEX] [--quic-lb-nonce-len N]
 //!            [--quic-lb-config-id N]] [--shards N [--no-kernel-steering]]
+//!           [--key-exchange GROUP,...]
 //! ```
 //!
 //! Routes: `GET /bytes/N`, `POST /echo`, `POST /sha256`, `GET /trailers`, and
@@ -109,6 +110,10 @@ struct Args {
     /// length in the first octet: its low bits carry the shard.
     #[arg(long, default_value_t = 1)]
     shards: usize,
+    /// TLS key-exchange groups to accept, most preferred first (comma-separated:
+    /// x25519mlkem768, x25519, p256, p384) [default: all four, in that order].
+    #[arg(long, value_delimiter = ',')]
+    key_exchange: Vec<quay::io::KeyExchange>,
     /// With `--shards`: no kernel steering by connection ID; the kernel spreads
     /// datagrams by 4-tuple and shards forward the ones of another shard's
     /// connections.
@@ -225,6 +230,7 @@ async fn main() -> anyhow::Result<()> {
     let quic_lb = quic_lb(&args)?;
     let retry = args.retry;
     let (per_ip, handshakes_per_ip) = (args.max_connections_per_ip, args.max_handshakes_per_ip);
+    let key_exchange = args.key_exchange.clone();
     let mut h3 = H3Settings::default();
     h3.max_requests_per_connection = Some(args.max_requests_per_connection).filter(|&n| n > 0);
     h3.first_request_timeout = limit(args.first_request_timeout)?;
@@ -238,6 +244,9 @@ async fn main() -> anyhow::Result<()> {
                 p.retry = quay::io::RetryPolicy::Always;
             }
             p.limits.max_connections_per_ip = per_ip;
+            if !key_exchange.is_empty() {
+                p.settings.key_exchange = key_exchange;
+            }
             p.limits.max_handshakes_per_ip = handshakes_per_ip;
             if let Some(generator) = quic_lb {
                 p.set_cid_generator(generator);

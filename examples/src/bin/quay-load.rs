@@ -38,6 +38,10 @@ struct Args {
     /// The server's address.
     #[arg(long)]
     connect: SocketAddr,
+    /// TLS key-exchange groups to offer, most preferred first (comma-separated:
+    /// x25519mlkem768, x25519, p256, p384) [default: all four, in that order].
+    #[arg(long, value_delimiter = ',')]
+    key_exchange: Vec<quay::io::KeyExchange>,
     /// The name the certificate must carry (and SNI); default: the address's IP.
     #[arg(long)]
     server_name: Option<String>,
@@ -206,6 +210,9 @@ async fn main() -> anyhow::Result<()> {
     };
     params.server_name = args.server_name.clone();
     params.settings = QuicSettings::default();
+    if !args.key_exchange.is_empty() {
+        params.settings.key_exchange = args.key_exchange.clone();
+    }
     if let Some(n) = args.idle_connections {
         return hold_idle(n, &args, params).await;
     }

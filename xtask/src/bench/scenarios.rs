@@ -160,6 +160,19 @@ pub(super) fn scenarios() -> Vec<Scenario> {
             quay_only: false,
         },
         Scenario {
+            name: "H1X",
+            about: "handshakes as H1, X25519 alone on both sides (no post-quantum hybrid)",
+            load: |q| {
+                let mut args = handshakes(q);
+                args.extend(s(&["--key-exchange", "x25519"]));
+                args
+            },
+            server: &["--key-exchange", "x25519"],
+            kind: Kind::Handshakes,
+            placement: Placement::Pinned,
+            quay_only: true,
+        },
+        Scenario {
             name: "H1R",
             about: "handshakes as H1, every client validated with Retry",
             load: handshakes,

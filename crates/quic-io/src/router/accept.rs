@@ -433,9 +433,22 @@ impl FirstFlight {
             from: peer,
             to: local,
         };
-        if conn.recv(&mut self.dgram.buf, info).is_err() || conn.stats().recv == 0 {
+        let received = conn.recv(&mut self.dgram.buf, info);
+        if received.is_err() || conn.stats().recv == 0 {
             tracing::trace!(reason = ?RejectReason::InvalidInitial, "Initial rejected");
             self.metrics.initial_rejected(RejectReason::InvalidInitial);
+            if let Err(e) = received
+                && conn.local_error().is_some()
+            {
+                // The Initial was genuine but TLS refused it (no common key-exchange
+                // group, cipher or protocol): the client is told why at once, in the
+                // one small packet its Initial allows, instead of timing out.
+                tracing::debug!(error = %e, %peer, "handshake refused");
+                let mut out = [0u8; crate::socket::MAX_UDP_PAYLOAD];
+                if let Ok((len, send)) = conn.send(&mut out) {
+                    let _ = self.setup.socket.try_send_one(send.to, &out[..len]);
+                }
+            }
             return;
         }
         let p = self.setup;

@@ -285,8 +285,9 @@ struct Worker<A> {
     reported: bool,
     /// A client's move to a new socket, until the new path is validated.
     migration: Option<Migration>,
-    /// The negotiated cipher suite, once the handshake completed.
-    cipher: Option<&'static str>,
+    /// The negotiated cipher suite and key-exchange group, once the handshake
+    /// completed.
+    cipher: Option<crate::tls::Negotiated>,
 }
 
 /// A close that waits for [`ApplicationOverQuic::delivered`].
@@ -453,8 +454,8 @@ impl<A: ApplicationOverQuic> Worker<A> {
             self.verify_error = crate::tls::take_verify_error();
         }
         // Taken every time, so that none is left for another connection's turn.
-        if let Some(cipher) = crate::tls::take_cipher() {
-            self.cipher = Some(cipher);
+        if let Some(negotiated) = crate::tls::take_cipher() {
+            self.cipher = Some(negotiated);
         }
         // quiche marks the connection closed, with no error recorded, when a datagram
         // it cannot decrypt ends with the peer's stateless reset token.
@@ -544,7 +545,8 @@ impl<A: ApplicationOverQuic> Worker<A> {
         let cipher = self.cipher;
         self.driver.after_input(&mut self.setup.conn, |c| {
             let mut info = HandshakeInfo::from_connection(c, local, peer, started.elapsed());
-            info.cipher = cipher;
+            info.cipher = cipher.and_then(|n| n.cipher);
+            info.key_exchange = cipher.and_then(|n| n.group);
             info
         });
     }
@@ -596,7 +598,8 @@ impl<A: ApplicationOverQuic> Worker<A> {
             self.setup.peer,
             duration,
         );
-        info.cipher = self.cipher;
+        info.cipher = self.cipher.and_then(|n| n.cipher);
+        info.key_exchange = self.cipher.and_then(|n| n.group);
         tracing::debug!(?duration, alpn = %String::from_utf8_lossy(&info.alpn), "handshake complete");
         self.state_tx.send_replace(ConnState::Established(info));
         self.setup.registration.established();

@@ -1,6 +1,7 @@
 mod cids;
 mod echo;
 mod errors;
+mod groups;
 mod handoff;
 mod hardening;
 mod hostile;
