@@ -124,6 +124,15 @@ pub(super) fn scenarios() -> Vec<Scenario> {
             quay_only: false,
         },
         Scenario {
+            name: "R2M",
+            about: "R2 with a Prometheus recorder installed (metrics recorded, spans on)",
+            load: |q| requests(q, "32", "10"),
+            server: &["--metrics-listen", "127.0.0.1:0"],
+            kind: Kind::Requests,
+            placement: Placement::Pinned,
+            quay_only: true,
+        },
+        Scenario {
             name: "R2S2",
             about: "R2 on a listener of 2 shards, on the server's one core: what sharding costs",
             load: |q| requests(q, "32", "10"),
