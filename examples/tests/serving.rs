@@ -682,15 +682,21 @@ async fn h3_server_issues_quic_lb_ids_that_carry_its_server_id() {
             "config id 7",
         ),
     ] {
-        let out = Command::new(env!("CARGO_BIN_EXE_h3-server"))
-            .args(["--listen", "127.0.0.1:0", "--cert", cert_s, "--key", key_s])
-            .args(args)
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{args:?} was accepted");
-        assert!(err.contains(want), "{args:?}: {err}");
+        assert_refused(cert_s, key_s, args, want);
     }
+}
+
+/// h3-server with `args` (beside a listen address and an identity) exits with an
+/// error that says `want`.
+fn assert_refused(cert: &str, key: &str, args: &[&str], want: &str) {
+    let out = Command::new(env!("CARGO_BIN_EXE_h3-server"))
+        .args(["--listen", "127.0.0.1:0", "--cert", cert, "--key", key])
+        .args(args)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{args:?} was accepted");
+    assert!(err.contains(want), "{args:?}: {err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -770,13 +776,6 @@ async fn h3_server_shards_spread_clients_and_keep_a_migrating_download() {
     assert!(accepted >= 42, "{text}");
     // Bad shard counts are refused with a clear error.
     for (shards, want) in [("0", "outside 1..=32"), ("33", "outside 1..=32")] {
-        let out = Command::new(env!("CARGO_BIN_EXE_h3-server"))
-            .args(["--listen", "127.0.0.1:0", "--cert", cert_s, "--key", key_s])
-            .args(["--shards", shards])
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "--shards {shards} was accepted");
-        assert!(err.contains(want), "--shards {shards}: {err}");
+        assert_refused(cert_s, key_s, &["--shards", shards], want);
     }
 }

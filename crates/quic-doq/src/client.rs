@@ -113,23 +113,22 @@ impl DoqClient {
                 },
             );
         }
-        self.streams.retain(|&id, p| {
+        let mut failed = Vec::new();
+        for (&id, p) in &mut self.streams {
             if p.written == p.out.len() {
-                return true;
+                continue;
             }
             match conn.stream_send(id, &p.out[p.written..], true) {
-                Ok(n) => {
-                    p.written += n;
-                    true
-                }
-                Err(quiche::Error::Done) => true,
-                Err(e) => {
-                    let _ = std::mem::replace(&mut p.reply, oneshot::channel().0)
-                        .send(Err(QueryError::Unsendable(e.to_string())));
-                    false
-                }
+                Ok(n) => p.written += n,
+                Err(quiche::Error::Done) => {}
+                Err(e) => failed.push((id, e)),
             }
-        });
+        }
+        for (id, e) in failed {
+            if let Some(p) = self.streams.remove(&id) {
+                let _ = p.reply.send(Err(QueryError::Unsendable(e.to_string())));
+            }
+        }
     }
 
     fn read(&mut self, conn: &mut QuicConnection, id: u64) -> Result<(), AppError> {

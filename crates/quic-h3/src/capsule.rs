@@ -12,7 +12,9 @@
 use bytes::{Buf, Bytes, BytesMut};
 
 use crate::body::{RecvBody, SendBody};
-use crate::datagram::{DatagramError, DatagramFlow, get_varint, put_varint, varint_len};
+use crate::datagram::{
+    DatagramError, DatagramFlow, DatagramSender, get_varint, put_varint, varint_len,
+};
 use crate::error::{H3Code, StreamError};
 
 /// Reads a QUIC variable-length integer (RFC 9000 §16) from the front of `buf`: its
@@ -24,6 +26,22 @@ pub fn read_varint(buf: &[u8]) -> Option<(u64, usize)> {
 /// Appends `v` (below 2^62) to `out` as a QUIC variable-length integer.
 pub fn write_varint(out: &mut Vec<u8>, v: u64) {
     put_varint(out, v);
+}
+
+/// Writes `v` (below 2^62) as a QUIC variable-length integer at the front of `out`
+/// (at least 8 bytes); its length.
+fn write_varint_into(v: u64, out: &mut [u8]) -> usize {
+    let len = varint_len(v);
+    let tag = match len {
+        1 => 0,
+        2 => 0x40,
+        4 => 0x80,
+        _ => 0xc0,
+    };
+    let bytes = v.to_be_bytes();
+    out[..len].copy_from_slice(&bytes[8 - len..]);
+    out[0] |= tag;
+    len
 }
 
 /// The DATAGRAM capsule type (RFC 9297 §3.5).
@@ -211,19 +229,27 @@ pub struct DatagramTunnel {
     decoder: CapsuleDecoder,
     /// The stream's data has ended (or failed): only QUIC datagrams may still come.
     recv_done: bool,
-    capsule: Vec<u8>,
+    /// The flow's sending handle, for sends that do not wait.
+    sender: DatagramSender,
+    /// Where DATAGRAM capsules are built: each is split off the front, so one
+    /// allocation serves many.
+    out: BytesMut,
 }
+
+/// The bytes one allocation of a tunnel's capsule buffer holds.
+const CAPSULE_BUFFER: usize = 64 * 1024;
 
 impl DatagramTunnel {
     /// A tunnel over a stream's parts.
     pub fn new(flow: DatagramFlow, recv: RecvBody, send: SendBody) -> Self {
         Self {
+            sender: flow.sender(),
             flow,
             recv,
             send: Some(send),
             decoder: CapsuleDecoder::datagrams(),
             recv_done: false,
-            capsule: Vec::new(),
+            out: BytesMut::new(),
         }
     }
 
@@ -310,7 +336,7 @@ impl DatagramTunnel {
     /// capsule on the stream.
     pub async fn send(&mut self, payload: Bytes) -> Result<(), TunnelError> {
         if !self.uses_capsules() {
-            return match self.flow.sender().try_send(payload) {
+            return match self.sender.try_send(payload) {
                 Ok(()) | Err(DatagramError::Full) => Ok(()),
                 Err(e) => Err(e.into()),
             };
@@ -323,9 +349,18 @@ impl DatagramTunnel {
             .into());
         }
         let send = self.send.as_mut().ok_or(TunnelError::Closed)?;
-        self.capsule.clear();
-        encode(DATAGRAM_CAPSULE, &payload, &mut self.capsule);
-        send.send_data(Bytes::copy_from_slice(&self.capsule))
+        // The capsule's type and length: two varints, at most 16 bytes.
+        let mut head = [0u8; 16];
+        let at = write_varint_into(DATAGRAM_CAPSULE, &mut head);
+        let at = at + write_varint_into(payload.len() as u64, &mut head[at..]);
+        let head = &head[..at];
+        let len = head.len() + payload.len();
+        if self.out.capacity() < len {
+            self.out.reserve(CAPSULE_BUFFER.max(len));
+        }
+        self.out.extend_from_slice(head);
+        self.out.extend_from_slice(&payload);
+        send.send_data(self.out.split().freeze())
             .await
             .map_err(Into::into)
     }
@@ -391,6 +426,26 @@ mod tests {
             assert_eq!(&got[0][..], b"one");
             assert!(got[1].is_empty());
             assert_eq!(&got[2][..], &big[..]);
+        }
+    }
+
+    #[test]
+    fn varints_written_in_place_match_the_appended_ones() {
+        for v in [
+            0,
+            63,
+            64,
+            16_383,
+            16_384,
+            1_073_741_823,
+            1_073_741_824,
+            (1 << 62) - 1,
+        ] {
+            let mut appended = Vec::new();
+            put_varint(&mut appended, v);
+            let mut buf = [0u8; 8];
+            let n = write_varint_into(v, &mut buf);
+            assert_eq!(&buf[..n], &appended[..], "{v}");
         }
     }
 

@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use quic_h3::{ConnectStream, DatagramTunnel, StreamError, TunnelError};
 use tokio::net::UdpSocket;
 
@@ -55,7 +55,8 @@ pub fn request(
 #[derive(Debug)]
 pub struct UdpTunnel {
     tunnel: DatagramTunnel,
-    out: Vec<u8>,
+    /// Where outgoing datagrams are built.
+    out: BytesMut,
 }
 
 /// What a [`relay`](UdpTunnel::relay) carried.
@@ -93,7 +94,7 @@ impl UdpTunnel {
         }
         Ok(Self {
             tunnel: DatagramTunnel::new(datagrams, resp.into_body(), send),
-            out: Vec::new(),
+            out: BytesMut::new(),
         })
     }
 
@@ -107,11 +108,8 @@ impl UdpTunnel {
 
     /// Sends a UDP payload to the target.
     pub async fn send(&mut self, payload: &[u8]) -> Result<(), TunnelError> {
-        self.out.clear();
-        self.out.reserve(1 + payload.len());
-        quic_h3::capsule::write_varint(&mut self.out, UDP_PAYLOAD_CONTEXT);
-        self.out.extend_from_slice(payload);
-        self.tunnel.send(Bytes::copy_from_slice(&self.out)).await
+        let datagram = crate::udp_datagram(&mut self.out, payload);
+        self.tunnel.send(datagram).await
     }
 
     /// The next UDP payload from the target; `None` once the proxy ended the tunnel.
@@ -143,7 +141,6 @@ impl UdpTunnel {
     pub async fn relay(mut self, socket: UdpSocket) -> Result<RelayStats, TunnelError> {
         let mut stats = RelayStats::default();
         let mut peer: Option<SocketAddr> = None;
-        let mut buf = BytesMut::new();
         let mut scratch = vec![0u8; MAX_UDP_PAYLOAD].into_boxed_slice();
         loop {
             tokio::select! {
@@ -174,12 +171,8 @@ impl UdpTunnel {
                         stats.dropped += 1;
                         continue;
                     }
-                    if buf.capacity() < 1 + n {
-                        buf.reserve((64 * 1024).max(1 + n));
-                    }
-                    buf.put_u8(0);
-                    buf.extend_from_slice(&scratch[..n]);
-                    self.tunnel.send(buf.split().freeze()).await?;
+                    let datagram = crate::udp_datagram(&mut self.out, &scratch[..n]);
+                    self.tunnel.send(datagram).await?;
                     stats.sent += 1;
                 }
             }

@@ -44,3 +44,18 @@ pub const UDP_PAYLOAD_CONTEXT: u64 = 0;
 
 /// The largest UDP payload a tunnel carries (RFC 9298 §5: 65,527 bytes).
 pub const MAX_UDP_PAYLOAD: usize = 65_527;
+
+/// The bytes one allocation holds for the HTTP Datagrams a tunnel end builds.
+const DATAGRAM_BUFFER: usize = 64 * 1024;
+
+/// `payload` as an HTTP Datagram of context ID 0 (a single 0 byte, then the UDP
+/// payload), split off the front of `buf`: one allocation serves many datagrams.
+pub(crate) fn udp_datagram(buf: &mut bytes::BytesMut, payload: &[u8]) -> bytes::Bytes {
+    if buf.capacity() < 1 + payload.len() {
+        buf.reserve(DATAGRAM_BUFFER.max(1 + payload.len()));
+    }
+    // Context ID 0 is the one-byte varint 0x00.
+    buf.extend_from_slice(&[0]);
+    buf.extend_from_slice(payload);
+    buf.split().freeze()
+}

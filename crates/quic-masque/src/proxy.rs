@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use http::StatusCode;
 use quic_h3::DatagramTunnel;
 use tokio::net::UdpSocket;
@@ -14,9 +14,6 @@ use tokio::net::UdpSocket;
 use crate::policy::TargetPolicy;
 use crate::template::{Target, UriTemplate};
 use crate::{CONNECT_UDP, MAX_UDP_PAYLOAD, UDP_PAYLOAD_CONTEXT};
-
-/// The bytes one allocation holds for datagrams received from targets.
-const BATCH_BYTES: usize = 64 * 1024;
 
 /// How long a name may take to resolve before the request is refused (504).
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -509,19 +506,13 @@ fn strip_context(datagram: &[u8]) -> Option<&[u8]> {
     }
 }
 
-/// Receives one datagram from the socket and makes it an HTTP Datagram payload:
-/// context ID 0, then the bytes, split off `buf` (which serves many datagrams per
-/// allocation).
+/// Receives one datagram from the socket and makes it an HTTP Datagram payload
+/// (context ID 0), built in `buf`.
 async fn recv_with_context(
     socket: &UdpSocket,
     scratch: &mut [u8],
     buf: &mut BytesMut,
 ) -> std::io::Result<Bytes> {
     let n = socket.recv(scratch).await?;
-    if buf.capacity() < 1 + n {
-        buf.reserve(BATCH_BYTES.max(1 + n));
-    }
-    buf.put_u8(0);
-    buf.extend_from_slice(&scratch[..n]);
-    Ok(buf.split().freeze())
+    Ok(crate::udp_datagram(buf, &scratch[..n]))
 }
