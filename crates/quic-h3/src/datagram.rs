@@ -202,6 +202,22 @@ pub(crate) fn put_varint(out: &mut Vec<u8>, v: u64) {
     }
 }
 
+/// Writes `v` (below 2^62) as a QUIC variable-length integer at the front of `out`
+/// (at least 8 bytes); its length.
+pub(crate) fn write_varint_into(v: u64, out: &mut [u8]) -> usize {
+    let len = varint_len(v);
+    let tag = match len {
+        1 => 0,
+        2 => 0x40,
+        4 => 0x80,
+        _ => 0xc0,
+    };
+    let bytes = v.to_be_bytes();
+    out[..len].copy_from_slice(&bytes[8 - len..]);
+    out[0] |= tag;
+    len
+}
+
 /// Reads a QUIC variable-length integer; returns it and its length.
 pub(crate) fn get_varint(buf: &[u8]) -> Option<(u64, usize)> {
     let first = *buf.first()?;
@@ -234,6 +250,9 @@ mod tests {
             put_varint(&mut out, v);
             assert_eq!(out.len(), varint_len(v), "{v}");
             assert_eq!(get_varint(&out), Some((v, out.len())), "{v}");
+            let mut in_place = [0u8; 8];
+            let n = write_varint_into(v, &mut in_place);
+            assert_eq!(&in_place[..n], &out[..], "{v}");
         }
         // RFC 9000 §A.1's examples.
         assert_eq!(get_varint(&[0x25]), Some((37, 1)));
