@@ -7,6 +7,7 @@
 //! connection's output in GSO batches.
 
 pub(crate) mod batch;
+mod retired;
 
 use std::fs::OpenOptions;
 #[cfg(feature = "qlog")]
@@ -28,6 +29,7 @@ use crate::metrics::Metrics;
 use crate::router::Registration;
 use crate::socket::{Datagram, Socket};
 use batch::{Next, SendBatcher};
+use retired::RetiredIds;
 
 // The queues into a worker, filled by its router (datagrams) and its handles
 // (commands).
@@ -252,6 +254,7 @@ pub(crate) fn spawn<A: ApplicationOverQuic>(
         reported: false,
         migration: None,
         cipher: None,
+        retired: RetiredIds::default(),
     };
     // The task's future holds the worker once: `run` borrows it from the block's
     // capture. An async fn taking `self` by value (or a block that moves its capture
@@ -288,6 +291,8 @@ struct Worker<A> {
     /// The negotiated cipher suite and key-exchange group, once the handshake
     /// completed.
     cipher: Option<crate::tls::Negotiated>,
+    /// The source IDs the peer retired lately; see [`RetiredIds`].
+    retired: RetiredIds,
 }
 
 /// A close that waits for [`ApplicationOverQuic::delivered`].
@@ -405,6 +410,7 @@ impl<A: ApplicationOverQuic> Worker<A> {
                 }
             }
             self.note_established();
+            self.retired.expire(now);
             self.issue_connection_ids();
             self.finish_migration();
             self.close_when_delivered(now);
@@ -447,9 +453,14 @@ impl<A: ApplicationOverQuic> Worker<A> {
             from: d.from,
             to: d.to,
         };
+        if self.retired.addressed(&d.buf) {
+            tracing::trace!("datagram to a retired connection ID dropped");
+            return;
+        }
         if let Err(e) = self.setup.conn.recv(&mut d.buf, info) {
             tracing::trace!(error = %e, "datagram rejected");
         }
+        self.note_retired();
         if !self.setup.conn.is_server() && self.verify_error.is_none() {
             self.verify_error = crate::tls::take_verify_error();
         }
@@ -676,8 +687,20 @@ impl<A: ApplicationOverQuic> Worker<A> {
         }
     }
 
-    /// Once established: unroutes the connection IDs the peer retired, and gives it
-    /// new ones (routed first) until it holds as many as it allows. Each comes from
+    /// Unroutes the source IDs the peer has just retired, and remembers them: what
+    /// was sent to them before and arrives after must not reach quiche.
+    fn note_retired(&mut self) {
+        let extra = self.migration.as_ref().map(|m| &m.registration);
+        while let Some(cid) = self.setup.conn.retired_scid_next() {
+            for r in std::iter::once(&self.setup.registration).chain(extra) {
+                r.unroute(cid.to_vec());
+            }
+            self.retired.push(cid, Instant::now());
+        }
+    }
+
+    /// Once established: gives the peer new connection IDs (routed first) until it
+    /// holds as many as it allows. Each comes from
     /// the endpoint's generator, with a reset token derived from it.
     fn issue_connection_ids(&mut self) {
         let Some(issuer) = &self.setup.shared.issuer else {
@@ -688,11 +711,6 @@ impl<A: ApplicationOverQuic> Worker<A> {
             return;
         }
         let extra = self.migration.as_ref().map(|m| &m.registration);
-        while let Some(cid) = conn.retired_scid_next() {
-            for r in std::iter::once(&self.setup.registration).chain(extra) {
-                r.unroute(cid.to_vec());
-            }
-        }
         // Bounded: the peer's active_connection_id_limit caps `scids_left`, and a
         // failed issue ends the loop.
         while conn.scids_left() > 0 {

@@ -104,3 +104,170 @@ async fn a_migration_that_cannot_happen_says_why() {
         .unwrap_err();
     assert!(matches!(err, MigrateError::Closed), "{err}");
 }
+
+/// A quiche server driven by hand, so a test can choose which of its packets leave
+/// and in what order.
+struct HandServer {
+    socket: tokio::net::UdpSocket,
+    conn: quiche::Connection,
+    local: SocketAddr,
+    _dir: TempDir,
+}
+
+fn local_port(socket: &tokio::net::UdpSocket) -> u16 {
+    socket.local_addr().unwrap().port()
+}
+
+/// A directory removed when dropped.
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl HandServer {
+    /// Binds, then accepts the first connection that arrives, answering nothing else.
+    async fn accept(socket: tokio::net::UdpSocket, cert_pem: &str, key_pem: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "quic-io-hand-{}-{}",
+            std::process::id(),
+            local_port(&socket)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let dir = TempDir(dir);
+        std::fs::write(dir.0.join("cert.pem"), cert_pem).unwrap();
+        std::fs::write(dir.0.join("key.pem"), key_pem).unwrap();
+        let mut cfg = quiche::Config::new(quiche::PROTOCOL_VERSION).unwrap();
+        cfg.load_cert_chain_from_pem_file(dir.0.join("cert.pem").to_str().unwrap())
+            .unwrap();
+        cfg.load_priv_key_from_pem_file(dir.0.join("key.pem").to_str().unwrap())
+            .unwrap();
+        cfg.set_application_protos(&[quic_app::echo::ALPN]).unwrap();
+        cfg.set_max_idle_timeout(30_000);
+        cfg.set_initial_max_data(1 << 20);
+        cfg.set_initial_max_stream_data_bidi_remote(1 << 20);
+        cfg.set_initial_max_streams_bidi(10);
+        cfg.set_active_connection_id_limit(4);
+        let local = socket.local_addr().unwrap();
+        let mut buf = vec![0u8; 65535];
+        let (len, from) = socket.recv_from(&mut buf).await.unwrap();
+        let hdr = quiche::Header::from_slice(&mut buf[..len], quiche::MAX_CONN_ID_LEN).unwrap();
+        let scid = [0x5a; 16];
+        let scid = quiche::ConnectionId::from_ref(&scid);
+        let mut conn = quiche::accept(&scid, Some(&hdr.dcid), local, from, &mut cfg).unwrap();
+        conn.recv(&mut buf[..len], quiche::RecvInfo { from, to: local })
+            .unwrap();
+        let mut server = Self {
+            socket,
+            conn,
+            local,
+            _dir: dir,
+        };
+        server.flush().await;
+        server
+    }
+
+    /// Sends everything the connection has to send now.
+    async fn flush(&mut self) {
+        let mut out = vec![0u8; 1500];
+        while let Ok((len, info)) = self.conn.send(&mut out) {
+            self.socket.send_to(&out[..len], info.to).await.unwrap();
+        }
+    }
+
+    /// The next packet the connection would send, held back.
+    fn hold(&mut self) -> (Vec<u8>, SocketAddr) {
+        let mut out = vec![0u8; 1500];
+        let (len, info) = self.conn.send(&mut out).unwrap();
+        out.truncate(len);
+        (out, info.to)
+    }
+
+    /// Receives and answers until `done` holds or the time is up.
+    async fn drive_until(&mut self, mut done: impl FnMut(&quiche::Connection) -> bool) {
+        let mut buf = vec![0u8; 65535];
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !done(&self.conn) {
+            let wait = self
+                .conn
+                .timeout()
+                .unwrap_or(Duration::from_millis(100))
+                .min(Duration::from_millis(100));
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the hand-driven server never saw what it waited for"
+            );
+            match tokio::time::timeout(wait, self.socket.recv_from(&mut buf)).await {
+                Ok(Ok((len, from))) => {
+                    let info = quiche::RecvInfo {
+                        from,
+                        to: self.local,
+                    };
+                    let _ = self.conn.recv(&mut buf[..len], info);
+                }
+                Ok(Err(e)) => panic!("receive failed: {e}"),
+                Err(_) => self.conn.on_timeout(),
+            }
+            self.flush().await;
+        }
+    }
+}
+
+/// The peer retires one of the client's connection IDs, and a packet it sent to that
+/// ID earlier arrives after the retirement: reordered on the path, or (after a
+/// migration) on the old socket behind the new one. The packet is dropped; the
+/// connection carries on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_packet_to_a_just_retired_connection_id_does_not_close_the_connection() {
+    let identity = quic_io::TlsConfig::self_signed(&["localhost"]).unwrap();
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let server_addr = socket.local_addr().unwrap();
+    let server = tokio::spawn({
+        let (cert, key) = (identity.cert_pem.clone(), identity.key_pem.clone());
+        async move { HandServer::accept(socket, &cert, &key).await }
+    });
+    let connecting = tokio::spawn(quic_io::connect(
+        server_addr,
+        client_params(&identity.cert_pem),
+        Idle,
+    ));
+    let mut server = server.await.unwrap();
+    // Until the client has issued a spare ID the server can switch to.
+    server
+        .drive_until(|c| c.is_established() && c.available_dcids() > 0)
+        .await;
+    let conn = connecting.await.unwrap().unwrap();
+    let before = conn.stats().await;
+
+    // A packet to the client's first ID (sequence 0), held back...
+    let first = server.conn.destination_id().into_owned();
+    server.conn.send_ack_eliciting().unwrap();
+    let (early, to) = server.hold();
+    assert_eq!(&early[1..1 + first.len()], first.as_ref());
+    // ...then a packet that retires that ID, sent first.
+    server.conn.retire_dcid(0).unwrap();
+    assert_ne!(server.conn.destination_id(), first);
+    server.flush().await;
+    server.socket.send_to(&early, to).await.unwrap();
+
+    // Two round trips: the client answers both, and closes nothing.
+    for _ in 0..2 {
+        let recv = server.conn.stats().recv;
+        server.conn.send_ack_eliciting().unwrap();
+        server.flush().await;
+        server
+            .drive_until(|c| c.stats().recv > recv || c.is_closed() || c.is_draining())
+            .await;
+        assert_eq!(
+            server.conn.peer_error(),
+            None,
+            "the client closed the connection"
+        );
+    }
+    assert!(!conn.is_closed());
+    let after = conn.stats().await;
+    assert!(after.bytes_recv > before.bytes_recv);
+    conn.close(0, b"done").await;
+}
