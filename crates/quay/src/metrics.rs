@@ -33,9 +33,10 @@
 //!
 //! Bytes are counted when a connection closes, from its final statistics.
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
-use metrics::{counter, gauge, histogram};
+use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
 use quic_app::CloseReason;
 use quic_io::{ConnectionClosed, DropReason, Metrics, RejectReason};
 
@@ -118,28 +119,62 @@ fn close_label(reason: &CloseReason) -> &'static str {
     }
 }
 
-fn status_class(status: http::StatusCode) -> &'static str {
+/// The response classes, in the order [`class_index`] numbers them.
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+fn class_index(status: http::StatusCode) -> usize {
     match status.as_u16() / 100 {
-        1 => "1xx",
-        2 => "2xx",
-        3 => "3xx",
-        4 => "4xx",
-        _ => "5xx",
+        1 => 0,
+        2 => 1,
+        3 => 2,
+        4 => 3,
+        _ => 4,
     }
 }
 
-pub(crate) fn request_started() {
-    counter!("quay_http_requests_total").increment(1);
-    gauge!("quay_http_requests_active").increment(1.0);
+fn status_class(status: http::StatusCode) -> &'static str {
+    CLASSES[class_index(status)]
 }
 
-pub(crate) fn response_sent(status: http::StatusCode, elapsed: Duration) {
-    counter!("quay_http_responses_total", "class" => status_class(status)).increment(1);
-    histogram!("quay_http_request_duration_seconds").record(elapsed.as_secs_f64());
+/// The handles one connection's requests record through. Each `counter!` call looks
+/// its series up in the recorder (a hash of the name and labels, and a map lookup),
+/// so the server does that once per connection, not several times per request. A
+/// response class's counter is looked up the first time the connection sends one, so
+/// classes never sent do not appear in the recorder.
+pub(crate) struct RequestMetrics {
+    requests: Counter,
+    active: Gauge,
+    duration: Histogram,
+    responses: [OnceLock<Counter>; 5],
 }
 
-pub(crate) fn request_ended() {
-    gauge!("quay_http_requests_active").decrement(1.0);
+impl RequestMetrics {
+    /// Looks the handles up in the recorder in effect now.
+    pub(crate) fn new() -> Self {
+        Self {
+            requests: counter!("quay_http_requests_total"),
+            active: gauge!("quay_http_requests_active"),
+            duration: histogram!("quay_http_request_duration_seconds"),
+            responses: Default::default(),
+        }
+    }
+
+    pub(crate) fn request_started(&self) {
+        self.requests.increment(1);
+        self.active.increment(1.0);
+    }
+
+    pub(crate) fn response_sent(&self, status: http::StatusCode, elapsed: Duration) {
+        let i = class_index(status);
+        self.responses[i]
+            .get_or_init(|| counter!("quay_http_responses_total", "class" => CLASSES[i]))
+            .increment(1);
+        self.duration.record(elapsed.as_secs_f64());
+    }
+
+    pub(crate) fn request_ended(&self) {
+        self.active.decrement(1.0);
+    }
 }
 
 pub(crate) fn connection_opened() {

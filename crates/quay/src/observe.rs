@@ -1,20 +1,44 @@
 //! The server's per-request and per-connection bookkeeping: span fields always,
 //! metrics with the `metrics` feature.
 
+#[cfg(feature = "metrics")]
+use std::sync::Arc;
 use std::time::Instant;
 
 use quic_io::ConnectionClosed;
 
+/// What one connection's requests record into: the metric handles, looked up once
+/// per connection.
+#[derive(Clone)]
+pub(crate) struct RequestRecorder {
+    #[cfg(feature = "metrics")]
+    metrics: Arc<crate::metrics::RequestMetrics>,
+}
+
+impl RequestRecorder {
+    pub(crate) fn new() -> Self {
+        Self {
+            #[cfg(feature = "metrics")]
+            metrics: Arc::new(crate::metrics::RequestMetrics::new()),
+        }
+    }
+}
+
 /// One request being served: counted as active until dropped.
 pub(crate) struct RequestStarted {
     at: Instant,
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    recorder: RequestRecorder,
 }
 
 impl RequestStarted {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(recorder: RequestRecorder) -> Self {
         #[cfg(feature = "metrics")]
-        crate::metrics::request_started();
-        Self { at: Instant::now() }
+        recorder.metrics.request_started();
+        Self {
+            at: Instant::now(),
+            recorder,
+        }
     }
 
     /// The response went out (or failed) with `status`: recorded in the request's
@@ -24,14 +48,14 @@ impl RequestStarted {
         span.record("status", status.as_u16());
         span.record("ms", elapsed.as_secs_f64() * 1000.0);
         #[cfg(feature = "metrics")]
-        crate::metrics::response_sent(status, elapsed);
+        self.recorder.metrics.response_sent(status, elapsed);
     }
 }
 
 impl Drop for RequestStarted {
     fn drop(&mut self) {
         #[cfg(feature = "metrics")]
-        crate::metrics::request_ended();
+        self.recorder.metrics.request_ended();
     }
 }
 

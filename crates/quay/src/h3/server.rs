@@ -604,6 +604,7 @@ async fn serve_connection<S: ServeService>(
     conn_span: tracing::Span,
 ) {
     let control = requests.control();
+    let recorder = crate::observe::RequestRecorder::new();
     let mut in_flight = JoinSet::new();
     let mut draining = false;
     loop {
@@ -625,7 +626,9 @@ async fn serve_connection<S: ServeService>(
                 // Boxed where it is built: the task then moves a pointer, not the
                 // whole future (service state included) through every layer of the
                 // spawn.
-                in_flight.spawn(Box::pin(respond(req, service.clone()).instrument(span)));
+                in_flight.spawn(Box::pin(
+                    respond(req, service.clone(), recorder.clone()).instrument(span),
+                ));
             }
             Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
         }
@@ -635,8 +638,12 @@ async fn serve_connection<S: ServeService>(
 
 /// Runs the service for one request and streams its response, inside the request's
 /// span.
-async fn respond<S: ServeService>(req: IncomingRequest, service: S) {
-    let started = crate::observe::RequestStarted::new();
+async fn respond<S: ServeService>(
+    req: IncomingRequest,
+    service: S,
+    recorder: crate::observe::RequestRecorder,
+) {
+    let started = crate::observe::RequestStarted::new(recorder);
     let IncomingRequest {
         mut request,
         responder,
