@@ -69,6 +69,41 @@ impl Server {
         }
     }
 
+    /// Starts `program`, which prints nothing useful, to serve on the UDP `addr` its
+    /// arguments name; ready once `addr` is bound (another bind of it fails).
+    pub(crate) fn start_on_udp(program: &Path, args: &[&str], addr: SocketAddr) -> Result<Self> {
+        let mut child = Command::new(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", program.display()))?;
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(format!(
+                    "{} exited before binding {addr}: {status}",
+                    program.display()
+                ));
+            }
+            if std::net::UdpSocket::bind(addr)
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::AddrInUse)
+            {
+                return Ok(Self { child, addr });
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "{} did not bind {addr} within {START_TIMEOUT:?}",
+                    program.display()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// The server's process id.
     pub(crate) fn pid(&self) -> u32 {
         self.child.id()

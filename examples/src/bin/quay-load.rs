@@ -343,9 +343,10 @@ async fn hold_idle(n: usize, args: &Args, params: ClientParams) -> anyhow::Resul
                 if no_request {
                     return anyhow::Ok((send, handle));
                 }
-                // One request, so the server counts it as a client, not a loiterer.
+                // One request, so the server counts it as a client, not a loiterer. One
+                // byte, not none: a server of files (ngtcp2's) has no empty ones.
                 let req =
-                    http::Request::get(format!("https://{addr}/bytes/0")).body(Bytes::new())?;
+                    http::Request::get(format!("https://{addr}/bytes/1")).body(Bytes::new())?;
                 send.send(req).await?.body_mut().collect(16).await?;
                 anyhow::Ok((send, handle))
             });

@@ -1,12 +1,14 @@
 //! One measured run: a server started, the load run against it, the server's CPU
 //! time and memory read from `/proc`.
 
+use std::io::Write as _;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use super::Server;
 use super::scenarios::{Kind, Placement, Scenario, s};
+use super::{Flavour, Server};
 use crate::{Result, path_str, procs};
 
 /// One measured run.
@@ -38,30 +40,28 @@ pub(super) fn one(
     } else {
         server.bin.clone()
     };
-    server_args.extend(s(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--cert",
-        path_str(&certs.join("cert.pem"))?,
-        "--key",
-        path_str(&certs.join("priv.key"))?,
-    ]));
-    server_args.extend(s(sc.server));
-    if server.name == "quay" {
-        // All load comes from 127.0.0.1 and long runs send millions of requests on a
-        // connection: the per-source and per-connection limits, which the peers do not
-        // have, are lifted.
-        server_args.extend(s(&[
-            "--max-connections-per-ip",
-            "1000000",
-            "--max-handshakes-per-ip",
-            "1000000",
-            "--max-requests-per-connection",
-            "0",
-        ]));
-    }
-    let refs: Vec<&str> = server_args.iter().map(String::as_str).collect();
-    let running = procs::Server::start(&program, &refs)?;
+    let load_args = (sc.load)(quick);
+    let running = if server.flavour == Flavour::Ngtcp2 {
+        let htdocs = htdocs(dir, &load_args)?;
+        let addr = free_udp_port()?;
+        server_args.extend(s(&["-q", "-d", path_str(&htdocs)?]));
+        for arg in sc.server {
+            match *arg {
+                "--retry" => server_args.push("-V".into()),
+                other => return Err(format!("{}: gtlsserver has no `{other}`", sc.name)),
+            }
+        }
+        server_args.extend([
+            addr.ip().to_string(),
+            addr.port().to_string(),
+            path_str(&certs.join("priv.key"))?.to_owned(),
+            path_str(&certs.join("cert.pem"))?.to_owned(),
+        ]);
+        let refs: Vec<&str> = server_args.iter().map(String::as_str).collect();
+        procs::Server::start_on_udp(&program, &refs, addr)?
+    } else {
+        start_with_contract(server, sc, &program, server_args, certs)?
+    };
     let pid = running.pid();
     std::thread::sleep(Duration::from_millis(200));
     let json = dir.join(format!("{}-{}-{i}.json", sc.name, server.name));
@@ -75,7 +75,7 @@ pub(super) fn one(
         "--json".into(),
         path_str(&json)?.to_owned(),
     ];
-    load.extend((sc.load)(quick));
+    load.extend(load_args);
     let load_bin = bin.join("quay-load");
     let mut cmd = if pin {
         let mut c = Command::new("taskset");
@@ -121,6 +121,90 @@ pub(super) fn one(
         server_rss_growth_kib: rss_after as i64 - rss_before as i64,
         server_peak_kib: peak,
     })
+}
+
+/// Starts `h3-server` or a server of `bench/peers/`: the same arguments, and
+/// `listening on ADDR` on stdout.
+fn start_with_contract(
+    server: &Server,
+    sc: &Scenario,
+    program: &Path,
+    mut server_args: Vec<String>,
+    certs: &Path,
+) -> Result<procs::Server> {
+    server_args.extend(s(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--cert",
+        path_str(&certs.join("cert.pem"))?,
+        "--key",
+        path_str(&certs.join("priv.key"))?,
+    ]));
+    server_args.extend(s(sc.server));
+    if server.flavour == Flavour::Quay {
+        // All load comes from 127.0.0.1 and long runs send millions of requests on a
+        // connection: the per-source and per-connection limits, which the peers do not
+        // have, are lifted.
+        server_args.extend(s(&[
+            "--max-connections-per-ip",
+            "1000000",
+            "--max-handshakes-per-ip",
+            "1000000",
+            "--max-requests-per-connection",
+            "0",
+        ]));
+    }
+    let refs: Vec<&str> = server_args.iter().map(String::as_str).collect();
+    procs::Server::start(program, &refs)
+}
+
+/// A UDP port on 127.0.0.1 that was free a moment ago, for a server that cannot
+/// choose its own.
+fn free_udp_port() -> Result<SocketAddr> {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map_err(|e| format!("no free UDP port on 127.0.0.1: {e}"))
+}
+
+/// The directory gtlsserver serves: `bytes/N` for every size the load asks for
+/// (`--response-size`, and 1, which idle connections fetch), each what `h3-server`
+/// would send for `/bytes/N` (byte i is i % 256). Files of the right length are kept
+/// between runs.
+fn htdocs(dir: &Path, load: &[String]) -> Result<PathBuf> {
+    let root = dir.join("htdocs");
+    let bytes = root.join("bytes");
+    std::fs::create_dir_all(&bytes).map_err(|e| format!("{}: {e}", bytes.display()))?;
+    let mut sizes = vec![1u64];
+    if let Some(n) = load
+        .iter()
+        .position(|a| a == "--response-size")
+        .and_then(|i| load.get(i + 1))
+    {
+        sizes.push(
+            n.parse()
+                .map_err(|_| format!("a bad --response-size {n}"))?,
+        );
+    }
+    for size in sizes {
+        let file = bytes.join(size.to_string());
+        if std::fs::metadata(&file).is_ok_and(|m| m.len() == size) {
+            continue;
+        }
+        let mut out = std::io::BufWriter::new(
+            std::fs::File::create(&file).map_err(|e| format!("{}: {e}", file.display()))?,
+        );
+        let block: Vec<u8> = (0..=255u8).cycle().take(1 << 16).collect();
+        let mut left = size;
+        while left > 0 {
+            let n = left.min(block.len() as u64) as usize;
+            out.write_all(&block[..n])
+                .map_err(|e| format!("{}: {e}", file.display()))?;
+            left -= n as u64;
+        }
+        out.flush()
+            .map_err(|e| format!("{}: {e}", file.display()))?;
+    }
+    Ok(root)
 }
 
 /// User + system CPU seconds of process `pid`.

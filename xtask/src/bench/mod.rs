@@ -1,7 +1,7 @@
 //! `cargo xtask bench`: the field's scenarios against quay's `h3-server` and, with
 //! `--vs`, the same routes on tokio-quiche and quinn (`bench/peers/`, a workspace of
-//! its own), all driven by `quay-load`, with each server's CPU time and memory read
-//! from `/proc`.
+//! its own) and on ngtcp2's `gtlsserver` (Debian's, serving files), all driven by
+//! `quay-load`, with each server's CPU time and memory read from `/proc`.
 //!
 //! The server runs on core 0 and the load generator on core 1 (`taskset`, when there
 //! are two cores or more), but in the scenarios where they share every core. Each cell runs `--runs` times, the servers taking turns
@@ -33,8 +33,10 @@ usage: cargo xtask bench [--scenario NAME]... [--runs N] [--quick] [--vs PEER]..
   --runs      runs per cell (default 5; --quick: 1)
   --quick     seconds, one run each, quay only, debug build: proves the harness
               works (part of `cargo xtask test`); its figures mean nothing
-  --vs        a peer server to compare with: tokio-quiche, quinn (repeatable); built
-              from bench/peers/ in release mode (the first build takes minutes)
+  --vs        a peer server to compare with: tokio-quiche, quinn (repeatable; built
+              from bench/peers/ in release mode, the first build takes minutes), or
+              ngtcp2 (Debian's gtlsserver, installed with apt-get when missing,
+              serving files from target/bench/htdocs)
 ";
 
 struct Args {
@@ -68,8 +70,10 @@ fn parse(args: &[String]) -> Result<Args> {
             "--quick" => a.quick = true,
             "--vs" => {
                 let peer = value()?;
-                if !PEERS.iter().any(|(n, _)| *n == peer) {
-                    return Err(format!("unknown peer `{peer}`; known: tokio-quiche quinn"));
+                if !PEERS.iter().any(|(n, _)| *n == peer) && peer != NGTCP2 {
+                    return Err(format!(
+                        "unknown peer `{peer}`; known: tokio-quiche quinn {NGTCP2}"
+                    ));
                 }
                 if !a.vs.contains(&peer) {
                     a.vs.push(peer);
@@ -103,10 +107,25 @@ fn parse(args: &[String]) -> Result<Args> {
 struct Server {
     name: &'static str,
     bin: PathBuf,
+    /// How it is started.
+    flavour: Flavour,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Flavour {
+    /// `h3-server`: lifts its per-source limits for the load from one address.
+    Quay,
+    /// A server of `bench/peers/`: the same arguments, prints `listening on ADDR`.
+    Peer,
+    /// ngtcp2's `gtlsserver`: files from an htdocs directory, on a port chosen here.
+    Ngtcp2,
 }
 
 /// The peers `--vs` knows: name and binary in `bench/peers/`.
 const PEERS: [(&str, &str); 2] = [("tokio-quiche", "tq-server"), ("quinn", "quinn-server")];
+
+/// The peer `--vs` installs from Debian rather than builds.
+const NGTCP2: &str = "ngtcp2";
 
 /// All runs of one scenario, per server (quay first).
 struct Cell {
@@ -129,9 +148,10 @@ pub(crate) fn run(args: &[String]) -> Result {
     let mut servers = vec![Server {
         name: "quay",
         bin: bin.join("h3-server"),
+        flavour: Flavour::Quay,
     }];
     let mut unavailable = Vec::new();
-    if !args.vs.is_empty() {
+    if args.vs.iter().any(|p| p != NGTCP2) {
         let manifest = root().join("bench/peers/Cargo.toml");
         let built = crate::run(
             &env,
@@ -144,17 +164,31 @@ pub(crate) fn run(args: &[String]) -> Result {
                 path_str(&manifest)?,
             ],
         );
-        for peer in &args.vs {
+        for peer in args.vs.iter().filter(|p| *p != NGTCP2) {
             let (name, file) = PEERS.iter().find(|(n, _)| n == peer).expect("checked");
             match &built {
                 Ok(()) => servers.push(Server {
                     name,
                     bin: root().join("bench/peers/target/release").join(file),
+                    flavour: Flavour::Peer,
                 }),
                 Err(e) => {
                     println!("  {name}: unavailable: the peers did not build: {e}");
                     unavailable.push(format!("{name}: the peers did not build ({e})"));
                 }
+            }
+        }
+    }
+    if args.vs.iter().any(|p| p == NGTCP2) {
+        match crate::interop::ngtcp2() {
+            Ok((_, server)) => servers.push(Server {
+                name: NGTCP2,
+                bin: server,
+                flavour: Flavour::Ngtcp2,
+            }),
+            Err(e) => {
+                println!("  {NGTCP2}: unavailable: {e}");
+                unavailable.push(format!("{NGTCP2}: {e}"));
             }
         }
     }

@@ -19,7 +19,7 @@ mod smoke;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-pub(crate) use peers::install_with_apt;
+pub(crate) use peers::{install_with_apt, ngtcp2};
 pub(crate) use smoke::is_bytes_pattern;
 pub(crate) use smoke::smoke;
 pub(crate) use smoke::venv;

@@ -72,7 +72,7 @@ pub(super) fn get(name: &str, quay_bin: &Path) -> Result<Peer> {
 }
 
 /// Debian's ngtcp2 examples, installed with apt-get when missing and running as root.
-pub(super) fn ngtcp2() -> std::result::Result<(PathBuf, PathBuf), String> {
+pub(crate) fn ngtcp2() -> std::result::Result<(PathBuf, PathBuf), String> {
     let find = || {
         // Debian puts the client in /usr/bin and the server in /usr/sbin.
         let c = PathBuf::from("/usr/bin/gtlsclient");
