@@ -17,7 +17,9 @@
 //! Conntrack keeps every later packet of a flow where its first went. Clients download
 //! from all three servers byte for byte; clients that migrate to a new port mid-download
 //! start a new flow with a short-header packet, which only the server-ID rule can route
-//! right, and keep their connection.
+//! right, and keep their connection. Each migrating download takes its client ports
+//! from a range no earlier flow used: conntrack would send a reused 4-tuple to the
+//! server of the flow that used it before.
 
 use std::path::Path;
 use std::process::Command;
@@ -303,6 +305,22 @@ pub(crate) fn run(args: &[String]) -> Result {
             ))
         }
     };
+    // Conntrack keeps a flow's server for as long as its entry lives, after the flow
+    // has ended too: a migrating client whose new port an earlier flow used would be
+    // sent where that flow went, whatever its connection ID says. Each phase, and each
+    // migrating download, takes its ports from a range of its own.
+    let ports = |first: u32, last: u32| {
+        net.exec(
+            "c",
+            &[
+                "sysctl",
+                "-qw",
+                &format!("net.ipv4.ip_local_port_range={first} {last}"),
+            ],
+            None,
+        )
+    };
+    ports(20_000, 39_999)?;
     for n in 0..plain {
         if let Err(e) = client(n, size, false) {
             failures.push(e);
@@ -325,6 +343,8 @@ pub(crate) fn run(args: &[String]) -> Result {
     let before = rule_counters(&net)?;
     let mut migrate_failures = 0;
     for n in 0..migrating {
+        let first = 40_000 + 1_000 * n as u32;
+        ports(first, first + 999)?;
         if let Err(e) = client(plain + n, big, true) {
             failures.push(e);
             migrate_failures += 1;

@@ -8,7 +8,7 @@
 //!           [--request-header-timeout SECS] [--stats-route]
 //!           [--quic-lb-server-id HEX [--quic-lb-key HEX] [--quic-lb-nonce-len N]
 //!            [--quic-lb-config-id N]] [--shards N [--no-kernel-steering]]
-//!           [--key-exchange GROUP,...]
+//!           [--key-exchange GROUP,...] [--qlog-dir DIR]
 //! ```
 //!
 //! Routes: `GET /bytes/N`, `POST /echo`, `POST /sha256`, `GET /trailers`, and
@@ -114,6 +114,9 @@ struct Args {
     /// x25519mlkem768, x25519, p256, p384) [default: all four, in that order].
     #[arg(long, value_delimiter = ',')]
     key_exchange: Vec<quay::io::KeyExchange>,
+    /// Write a qlog trace per connection into this directory (each capped at 64 MiB).
+    #[arg(long)]
+    qlog_dir: Option<std::path::PathBuf>,
     /// With `--shards`: no kernel steering by connection ID; the kernel spreads
     /// datagrams by 4-tuple and shards forward the ones of another shard's
     /// connections.
@@ -231,6 +234,7 @@ async fn main() -> anyhow::Result<()> {
     let retry = args.retry;
     let (per_ip, handshakes_per_ip) = (args.max_connections_per_ip, args.max_handshakes_per_ip);
     let key_exchange = args.key_exchange.clone();
+    let qlog_dir = args.qlog_dir.clone();
     let mut h3 = H3Settings::default();
     h3.max_requests_per_connection = Some(args.max_requests_per_connection).filter(|&n| n > 0);
     h3.first_request_timeout = limit(args.first_request_timeout)?;
@@ -246,6 +250,9 @@ async fn main() -> anyhow::Result<()> {
             p.limits.max_connections_per_ip = per_ip;
             if !key_exchange.is_empty() {
                 p.settings.key_exchange = key_exchange;
+            }
+            if let Some(dir) = qlog_dir {
+                p.settings.qlog_dir = Some(dir);
             }
             p.limits.max_handshakes_per_ip = handshakes_per_ip;
             if let Some(generator) = quic_lb {

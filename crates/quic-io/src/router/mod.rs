@@ -255,6 +255,26 @@ pub(crate) struct Router {
     accepted: u64,
     /// Datagrams handed to another shard.
     forwarded: u64,
+    /// A migrating client's previous socket, read dry before each read of this one.
+    predecessor: Option<Predecessor>,
+}
+
+/// The socket a migrating client is moving away from, as the router of its new socket
+/// sees it.
+///
+/// Both sockets' routers feed the one worker queue. A router that is not scheduled
+/// for a moment leaves datagrams in its socket while the other delivers later ones:
+/// the connection then sees the old path's packets after the new path's, and a
+/// packet number sent short (one byte, which the peer may use once little is in
+/// flight) is decoded against the newer packets, wrongly, and the packet is lost. A
+/// peer that does not declare lost what it sent on a path it left (quiche) never sends
+/// those bytes again, and the transfer stalls. So the new socket's router first takes
+/// whatever the old socket holds, and everything that arrived there before what it is
+/// about to read is routed first.
+struct Predecessor {
+    /// Weak: the old socket closes once the worker and the old router let it go.
+    socket: std::sync::Weak<Socket>,
+    receiver: Receiver,
 }
 
 impl Router {
@@ -288,7 +308,17 @@ impl Router {
             shards: None,
             accepted: 0,
             forwarded: 0,
+            predecessor: None,
         }
+    }
+
+    /// Makes this router, of a migrating client's new socket, read `old` dry before
+    /// each read of its own socket, for as long as `old` is open.
+    pub(crate) fn follow(&mut self, old: &Arc<Socket>) {
+        self.predecessor = Some(Predecessor {
+            receiver: Receiver::new(old),
+            socket: Arc::downgrade(old),
+        });
     }
 
     /// Makes this router one shard of a sharded listener.
@@ -546,6 +576,7 @@ impl Router {
     }
 
     fn read_batches(&mut self) {
+        self.read_predecessor();
         for _ in 0..RECV_BATCHES_PER_TURN {
             let mut batch = std::mem::take(&mut self.batch);
             let r = self.receiver.recv_batch(&self.socket, &mut batch);
@@ -564,6 +595,32 @@ impl Router {
                 }
             }
         }
+    }
+
+    /// Routes what a migrating client's old socket holds; forgets the socket once it
+    /// is closed.
+    fn read_predecessor(&mut self) {
+        let Some(mut p) = self.predecessor.take() else {
+            return;
+        };
+        let Some(old) = p.socket.upgrade() else {
+            return;
+        };
+        for _ in 0..RECV_BATCHES_PER_TURN {
+            let mut batch = std::mem::take(&mut self.batch);
+            let r = p.receiver.recv_batch(&old, &mut batch);
+            for d in batch.drain(..) {
+                self.route(d);
+            }
+            self.batch = batch;
+            match r {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                // Empty (WouldBlock), or an error its own router reports.
+                Err(_) => break,
+            }
+        }
+        self.predecessor = Some(p);
     }
 
     /// Routes one datagram another shard forwarded, and any others waiting.
@@ -754,6 +811,58 @@ impl Router {
 mod tests {
     use super::*;
     use crate::metrics::NoopMetrics;
+
+    /// A migrating client's new router delivers what waits in the old socket before
+    /// what it reads from its own, even when the old socket's router has not run; and
+    /// lets the old socket go once everyone else has.
+    #[tokio::test]
+    async fn a_new_socket_router_delivers_the_old_sockets_datagrams_first() {
+        let bind = || {
+            let std = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            Arc::new(Socket::new(std, false).unwrap())
+        };
+        let (old, new) = (bind(), bind());
+        let mut router = Router::new(
+            Arc::clone(&new),
+            8,
+            Arc::new(NoopMetrics),
+            ResetKey::random(),
+            None,
+            CancellationToken::new(),
+        );
+        router.follow(&old);
+        let cid = vec![7u8; 8];
+        let (pkt_tx, mut pkt_rx) = queue::channel(64);
+        let (ctrl_tx, _ctrl_rx) = queue::channel(1);
+        let _registration = router.adopt(vec![cid.clone()], pkt_tx, ctrl_tx);
+        let peer = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let datagram = |n: u8| [&[0x40][..], &cid, &[n; 24]].concat();
+        for n in 0..5 {
+            peer.send_to(&datagram(n), old.local_addr()).unwrap();
+        }
+        peer.send_to(&datagram(5), new.local_addr()).unwrap();
+        // Loopback delivers at once; the wait only makes sure.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        router.read_batches();
+        let mut seen = Vec::new();
+        while let Ok(d) = pkt_rx.try_recv() {
+            seen.push((d.buf[9], d.to));
+        }
+        let expected: Vec<_> = (0..5)
+            .map(|n| (n, old.local_addr()))
+            .chain([(5, new.local_addr())])
+            .collect();
+        assert_eq!(seen, expected);
+        // Once the others let the old socket go, the router does too: it closes.
+        let addr = old.local_addr();
+        drop(old);
+        router.read_batches();
+        assert!(router.predecessor.is_none());
+        assert!(
+            std::net::UdpSocket::bind(addr).is_ok(),
+            "the old socket is closed"
+        );
+    }
 
     /// Registration messages go through however many are pending: a bounded queue
     /// that drops on full would leave handshakes counted (and Retry or

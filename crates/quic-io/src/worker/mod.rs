@@ -643,6 +643,7 @@ impl<A: ApplicationOverQuic> Worker<A> {
             None,
             self.setup.abort.clone(),
         );
+        router.follow(&self.setup.socket);
         let cids = conn.source_ids().map(|c| c.to_vec()).collect();
         let registration = router.adopt(cids, pkt_tx.clone(), self.setup.ctrl_tx.clone());
         conn.migrate_source(local).map_err(MigrateError::Refused)?;
