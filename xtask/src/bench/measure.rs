@@ -19,6 +19,18 @@ pub(super) struct Run {
     pub(super) server_peak_kib: u64,
 }
 
+impl Run {
+    /// A run that failed: every figure of it reads as missing (NaN).
+    pub(super) fn failed() -> Self {
+        Self {
+            load: String::new(),
+            server_cpu: f64::NAN,
+            server_rss_growth_kib: 0,
+            server_peak_kib: 0,
+        }
+    }
+}
+
 /// Starts a server, runs the load once, stops the server.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn one(

@@ -207,6 +207,7 @@ pub(crate) fn run(args: &[String]) -> Result {
     let pin = std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2)
         && Command::new("taskset").arg("-V").output().is_ok();
     let mut cells: Vec<Cell> = Vec::new();
+    let mut failed: Vec<String> = Vec::new();
     for sc in scenarios() {
         let selected = if args.scenarios.is_empty() {
             !(args.quick && sc.name == "M1-10k")
@@ -226,7 +227,29 @@ pub(crate) fn run(args: &[String]) -> Result {
         // Servers take turns within each round: A B A B.
         for i in 0..args.runs {
             for (server, (_, out)) in servers.iter().zip(runs.iter_mut()) {
-                let r = one(&bin, &dir, &certs, server, &sc, args.quick, pin, i)?;
+                let r = match one(&bin, &dir, &certs, server, &sc, args.quick, pin, i) {
+                    Ok(r) => r,
+                    // A quick run proves the harness: any failure fails it.
+                    Err(e) if args.quick => return Err(e),
+                    // A full run keeps going: one failed run (a peer that gave up
+                    // under load, say) must not lose the hour of runs around it.
+                    // It counts as missing (NaN) in the medians and its pair.
+                    Err(e) => {
+                        println!(
+                            "  {:<7} {:<13} run {}: FAILED: {e}",
+                            sc.name,
+                            server.name,
+                            i + 1
+                        );
+                        failed.push(format!(
+                            "{} run {} against {}: {e}",
+                            sc.name,
+                            i + 1,
+                            server.name
+                        ));
+                        Run::failed()
+                    }
+                };
                 println!(
                     "  {:<7} {:<13} run {}: {}",
                     sc.name,
@@ -244,7 +267,16 @@ pub(crate) fn run(args: &[String]) -> Result {
             runs,
         });
     }
+    unavailable.extend(failed.iter().map(|f| format!("failed: {f}")));
     write(&dir, &cells, pin, &unavailable)?;
     println!("bench: report in {}", dir.join("report.md").display());
-    Ok(())
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "bench: {} run(s) failed: {}",
+            failed.len(),
+            failed.join("; ")
+        ))
+    }
 }

@@ -169,7 +169,14 @@ pub(super) fn write(dir: &Path, cells: &[Cell], pinned: bool, unavailable: &[Str
             .join(", ")
     );
     for u in unavailable {
-        let _ = writeln!(md, "Unavailable: {u}.\n");
+        match u.strip_prefix("failed: ") {
+            Some(f) => {
+                let _ = writeln!(md, "Failed (left out of the medians): {f}.\n");
+            }
+            None => {
+                let _ = writeln!(md, "Unavailable: {u}.\n");
+            }
+        }
     }
     let charts = charts::present(cells);
     if !charts.is_empty() {
@@ -310,6 +317,18 @@ fn versions() -> Vec<(String, String)> {
         if let Some(v) = lock(file, name) {
             out.push((name.to_owned(), v));
         }
+    }
+    // ngtcp2's gtlsserver comes from Debian: its package's version.
+    if let Ok(o) = Command::new("dpkg-query")
+        .args(["-W", "-f", "${Version}", "ngtcp2-server"])
+        .output()
+        && o.status.success()
+        && !o.stdout.is_empty()
+    {
+        out.push((
+            "ngtcp2".to_owned(),
+            String::from_utf8_lossy(&o.stdout).trim().to_owned(),
+        ));
     }
     if let Ok(o) = Command::new("rustc").arg("-V").output() {
         let v = String::from_utf8_lossy(&o.stdout);
