@@ -267,8 +267,8 @@ pub(crate) struct Router {
 /// the connection then sees the old path's packets after the new path's, and a
 /// packet number sent short (one byte, which the peer may use once little is in
 /// flight) is decoded against the newer packets, wrongly, and the packet is lost. A
-/// peer that does not declare lost what it sent on a path it left (quiche) never sends
-/// those bytes again, and the transfer stalls. So the new socket's router first takes
+/// peer that does not declare lost what it sent on a path it left (quiche,
+/// cloudflare/quiche#2452) never sends those bytes again, and the transfer stalls. So the new socket's router first takes
 /// whatever the old socket holds, and everything that arrived there before what it is
 /// about to read is routed first.
 struct Predecessor {
