@@ -27,6 +27,17 @@ impl Server {
 
     /// Starts `program`, its stderr into `log` when given.
     pub(crate) fn start_logged(program: &Path, args: &[&str], log: Option<&Path>) -> Result<Self> {
+        Self::start_with_env(program, args, log, &[])
+    }
+
+    /// Starts `program` with `env` added to its environment, its stderr into `log`
+    /// when given.
+    pub(crate) fn start_with_env(
+        program: &Path,
+        args: &[&str],
+        log: Option<&Path>,
+        env: &[(&str, &str)],
+    ) -> Result<Self> {
         let stderr = match log {
             Some(log) => Stdio::from(
                 std::fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?,
@@ -35,6 +46,7 @@ impl Server {
         };
         let mut child = Command::new(program)
             .args(args)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(stderr)
             .spawn()

@@ -124,17 +124,16 @@ pub mod __private {
             ))
         }
 
-        /// Fills batches from `conn` until it has nothing more to send, dropping each
+        /// Fills batches from `conn` until it has nothing more to send, dropping them
         /// as a send would; returns the number of batches and of bytes.
         pub fn drain(&mut self, conn: &mut quiche::Connection) -> (usize, usize) {
             let (mut batches, mut bytes) = (0, 0);
             loop {
-                let (batch, next) = self.0.fill(conn);
-                if let Some(b) = batch {
-                    batches += 1;
-                    bytes += self.0.bytes(&b).len();
-                    self.0.sent();
-                }
+                let next = self.0.fill(conn);
+                let (_, filled) = self.0.batches();
+                batches += filled.len();
+                bytes += filled.iter().map(|b| b.len).sum::<usize>();
+                self.0.sent();
                 if next != crate::worker::batch::Next::More {
                     self.0.release();
                     return (batches, bytes);

@@ -167,7 +167,15 @@ fn start_with_contract(
         ]));
     }
     let refs: Vec<&str> = server_args.iter().map(String::as_str).collect();
-    procs::Server::start(program, &refs)
+    // The peers log nothing per request. quay logs at WARN, which leaves its request
+    // spans off, except in the scenarios that measure them on (INFO, the examples'
+    // default).
+    let log = if server.flavour == Flavour::Quay && !sc.spans {
+        "warn"
+    } else {
+        "info"
+    };
+    procs::Server::start_with_env(program, &refs, None, &[("RUST_LOG", log)])
 }
 
 /// A UDP port on 127.0.0.1 that was free a moment ago, for a server that cannot

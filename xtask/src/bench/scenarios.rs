@@ -13,6 +13,9 @@ pub(super) struct Scenario {
     pub(super) placement: Placement,
     /// Measures a feature of quay's alone: the peers sit it out.
     pub(super) quay_only: bool,
+    /// quay logs at INFO, with a span per request (otherwise at WARN: no span is
+    /// created, as the peers create none).
+    pub(super) spans: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -56,6 +59,7 @@ pub(super) fn scenarios() -> Vec<Scenario> {
             kind: Kind::Bulk { up: false },
             placement: Placement::Pinned,
             quay_only: false,
+            spans: false,
         },
         Scenario {
             name: "B2",
@@ -76,6 +80,7 @@ pub(super) fn scenarios() -> Vec<Scenario> {
             kind: Kind::Bulk { up: true },
             placement: Placement::Pinned,
             quay_only: false,
+            spans: false,
         },
         Scenario {
             name: "B4",
@@ -95,6 +100,7 @@ pub(super) fn scenarios() -> Vec<Scenario> {
             kind: Kind::Bulk { up: false },
             placement: Placement::Pinned,
             quay_only: false,
+            spans: false,
         },
         Scenario {
             name: "R1",
@@ -104,6 +110,7 @@ pub(super) fn scenarios() -> Vec<Scenario> {
             kind: Kind::Requests,
             placement: Placement::Pinned,
             quay_only: false,
+            spans: false,
         },
         Scenario {
             name: "R2",
@@ -113,6 +120,7 @@ pub(super) fn scenarios() -> Vec<Scenario> {
             kind: Kind::Requests,
             placement: Placement::Pinned,
             quay_only: false,
+            spans: false,
         },
         Scenario {
             name: "R3",
@@ -122,15 +130,17 @@ pub(super) fn scenarios() -> Vec<Scenario> {
             kind: Kind::Requests,
             placement: Placement::Pinned,
             quay_only: false,
+            spans: false,
         },
         Scenario {
             name: "R2M",
-            about: "R2 with a Prometheus recorder installed (metrics recorded, spans on)",
+            about: "R2 as a production server runs it: a span per request (logging at INFO) and a Prometheus recorder installed (metrics recorded)",
             load: |q| requests(q, "32", "10"),
             server: &["--metrics-listen", "127.0.0.1:0"],
             kind: Kind::Requests,
             placement: Placement::Pinned,
             quay_only: true,
+            spans: true,
         },
         Scenario {
             name: "R2S2",
@@ -140,6 +150,7 @@ pub(super) fn scenarios() -> Vec<Scenario> {
             kind: Kind::Requests,
             placement: Placement::Pinned,
             quay_only: true,
+            spans: false,
         },
         Scenario {
             name: "R2C1",
@@ -149,6 +160,7 @@ pub(super) fn scenarios() -> Vec<Scenario> {
             kind: Kind::Requests,
             placement: Placement::Shared,
             quay_only: true,
+            spans: false,
         },
         Scenario {
             name: "R2C2",
@@ -158,6 +170,7 @@ pub(super) fn scenarios() -> Vec<Scenario> {
             kind: Kind::Requests,
             placement: Placement::Shared,
             quay_only: true,
+            spans: false,
         },
         Scenario {
             name: "H1",
@@ -167,6 +180,7 @@ pub(super) fn scenarios() -> Vec<Scenario> {
             kind: Kind::Handshakes,
             placement: Placement::Pinned,
             quay_only: false,
+            spans: false,
         },
         Scenario {
             name: "H1X",
@@ -180,6 +194,7 @@ pub(super) fn scenarios() -> Vec<Scenario> {
             kind: Kind::Handshakes,
             placement: Placement::Pinned,
             quay_only: true,
+            spans: false,
         },
         Scenario {
             name: "H1R",
@@ -189,6 +204,7 @@ pub(super) fn scenarios() -> Vec<Scenario> {
             kind: Kind::Handshakes,
             placement: Placement::Pinned,
             quay_only: false,
+            spans: false,
         },
         Scenario {
             name: "M1",
@@ -201,6 +217,7 @@ pub(super) fn scenarios() -> Vec<Scenario> {
             kind: Kind::Idle,
             placement: Placement::Pinned,
             quay_only: false,
+            spans: false,
         },
         Scenario {
             name: "M1-10k",
@@ -210,6 +227,7 @@ pub(super) fn scenarios() -> Vec<Scenario> {
             kind: Kind::Idle,
             placement: Placement::Pinned,
             quay_only: false,
+            spans: false,
         },
     ]
 }

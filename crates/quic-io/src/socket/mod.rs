@@ -13,6 +13,10 @@ use std::net::SocketAddr;
 use bytes::BytesMut;
 use tokio::io::Interest;
 
+use crate::worker::batch::Batch;
+
+#[cfg(target_os = "linux")]
+mod mmsg;
 #[cfg(target_os = "linux")]
 pub(crate) mod steer;
 
@@ -103,6 +107,49 @@ impl Socket {
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// Sends `batches` (their bytes in `buf`), each a GSO batch with its own segment
+    /// size: on Linux in one `sendmmsg` (more when the socket buffer fills), elsewhere
+    /// one call each. A batch that fails is sent again on its own through
+    /// [`send`](Self::send), which knows GSO's failure modes; the first error is
+    /// returned once every batch had its turn.
+    pub(crate) async fn send_batches(&self, buf: &[u8], batches: &[Batch]) -> io::Result<()> {
+        let mut result = Ok(());
+        let mut i = 0;
+        while i < batches.len() {
+            #[cfg(target_os = "linux")]
+            if batches.len() - i > 1 {
+                let v6 = self.local_addr.is_ipv6();
+                let r = self.io.try_io(Interest::WRITABLE, || {
+                    mmsg::send(&self.io, v6, buf, &batches[i..])
+                });
+                match r {
+                    Ok(sent) if sent > 0 => {
+                        i += sent;
+                        continue;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        self.io.writable().await?;
+                        continue;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    // Nothing sent, or an error for the first batch: it goes alone.
+                    _ => {}
+                }
+            }
+            let b = &batches[i];
+            let r = self
+                .send(b.dst, &buf[b.offset..b.offset + b.len], Some(b.segment))
+                .await;
+            if let Err(e) = r
+                && result.is_ok()
+            {
+                result = Err(e);
+            }
+            i += 1;
+        }
+        result
     }
 
     /// Sends one datagram without waiting: for the router's stateless answers (Retry,
@@ -283,4 +330,76 @@ fn bind_with(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::UdpSock
     }
     socket.bind(&addr.into())?;
     Ok(socket.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::UdpSocket;
+    use std::time::Duration;
+
+    use super::*;
+
+    /// Sends three batches of different segment sizes from a socket bound to `from`
+    /// to a receiver on `to`, and checks each datagram's length and bytes.
+    async fn three_batches(from: &str, to: &str) {
+        let receiver = UdpSocket::bind(to).expect("bind receiver");
+        receiver
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let dst = receiver.local_addr().expect("addr");
+        let socket = Socket::new(UdpSocket::bind(from).expect("bind sender"), true)
+            .expect("socket");
+        let gso = socket.max_segments() > 1;
+        let buf: Vec<u8> = (0..8000u32).map(|i| (i % 251) as u8).collect();
+        // Without GSO every batch is one datagram.
+        let shapes: &[(usize, usize)] = if gso {
+            &[(4100, 1200), (300, 300), (2000, 1000)]
+        } else {
+            &[(1200, 1200), (300, 300), (1000, 1000)]
+        };
+        let mut batches = Vec::new();
+        let mut expected = Vec::new();
+        let mut offset = 0;
+        for &(len, segment) in shapes {
+            batches.push(Batch {
+                dst,
+                offset,
+                len,
+                segment,
+                count: len.div_ceil(segment),
+            });
+            expected.extend(buf[offset..offset + len].chunks(segment).map(<[u8]>::to_vec));
+            offset += len;
+        }
+        socket.send_batches(&buf, &batches).await.expect("send");
+        let mut got = Vec::new();
+        let mut slot = [0u8; 2048];
+        for _ in 0..expected.len() {
+            let n = receiver.recv(&mut slot).expect("a datagram");
+            got.push(slot[..n].to_vec());
+        }
+        let lens: Vec<usize> = got.iter().map(Vec::len).collect();
+        let want: Vec<usize> = expected.iter().map(Vec::len).collect();
+        assert_eq!(lens, want);
+        assert_eq!(got, expected);
+    }
+
+    #[tokio::test]
+    async fn batches_of_different_segment_sizes_leave_as_their_datagrams() {
+        three_batches("127.0.0.1:0", "127.0.0.1:0").await;
+    }
+
+    #[tokio::test]
+    async fn batches_reach_an_ipv4_peer_from_a_dual_stack_socket() {
+        three_batches("[::]:0", "127.0.0.1:0").await;
+    }
+
+    #[tokio::test]
+    async fn batches_reach_an_ipv6_peer() {
+        if UdpSocket::bind("[::1]:0").is_err() {
+            // No IPv6 loopback on this host: nothing to send over.
+            return;
+        }
+        three_batches("[::1]:0", "[::1]:0").await;
+    }
 }

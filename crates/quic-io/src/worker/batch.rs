@@ -7,26 +7,44 @@ use std::time::Instant;
 /// Send buffers kept for reuse per endpoint, beyond those in use.
 const POOL_MAX_FREE: usize = 64;
 
+/// The most batches one send carries (one `sendmmsg`, each batch a message of its
+/// own with its own segment size).
+pub(crate) const MAX_BATCHES: usize = 16;
+
+/// Packets a send buffer holds at least: without GSO every packet is a batch of its
+/// own, and this many leave in one call.
+const MIN_BUFFER_PACKETS: usize = MAX_BATCHES;
+
+/// A send buffer and the batches packed into it.
+#[derive(Debug)]
+struct SendBuf {
+    bytes: Box<[u8]>,
+    batches: Vec<Batch>,
+}
+
 /// Send buffers shared by the connections of one endpoint. A connection holds one
 /// only while it sends (or holds a paced packet), so an idle connection costs no
 /// send buffer.
 #[derive(Debug, Default)]
 pub(crate) struct BufferPool {
-    free: Mutex<Vec<Box<[u8]>>>,
+    free: Mutex<Vec<SendBuf>>,
 }
 
 impl BufferPool {
-    fn take(&self, size: usize) -> Box<[u8]> {
+    fn take(&self, size: usize) -> SendBuf {
         let reused = self
             .free
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .pop()
-            .filter(|b| b.len() == size);
-        reused.unwrap_or_else(|| vec![0; size].into_boxed_slice())
+            .filter(|b| b.bytes.len() == size);
+        reused.unwrap_or_else(|| SendBuf {
+            bytes: vec![0; size].into_boxed_slice(),
+            batches: Vec::with_capacity(MAX_BATCHES),
+        })
     }
 
-    fn give(&self, buf: Box<[u8]>) {
+    fn give(&self, buf: SendBuf) {
         let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
         if free.len() < POOL_MAX_FREE {
             free.push(buf);
@@ -41,12 +59,12 @@ const MAX_GSO_BYTES: usize = 65_000;
 /// Packets quiche schedules this close to now are sent at once rather than held.
 const PACING_GRANULARITY: std::time::Duration = std::time::Duration::from_millis(1);
 
-/// One batch, ready to send: `len` bytes to `dst` in segments of `segment` bytes.
+/// One batch, ready to send: `len` bytes at `offset` of the send buffer, to `dst` in
+/// segments of `segment` bytes (the last may be shorter).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Batch {
-    /// The local address it leaves from (a migrating client has two).
-    pub(crate) src: SocketAddr,
     pub(crate) dst: SocketAddr,
+    pub(crate) offset: usize,
     pub(crate) len: usize,
     pub(crate) segment: usize,
     pub(crate) count: usize,
@@ -57,14 +75,14 @@ pub(crate) struct Batch {
 pub(crate) enum Next {
     /// quiche has nothing more to send now.
     Done,
-    /// More may follow at once: send this batch and fill again.
+    /// More may follow at once: send these batches and fill again.
     More,
     /// The next packet is held until this instant (pacing).
     HoldUntil(Instant),
 }
 
-/// Where a packet that could not join the current batch waits: right after it in the
-/// buffer, moved to the front once the batch is sent.
+/// Where a packet that could not join the batches filled waits: right after them in
+/// the buffer, moved to the front once they are sent.
 #[derive(Debug, Clone, Copy)]
 struct Carry {
     len: usize,
@@ -74,18 +92,23 @@ struct Carry {
 }
 
 /// Packs one connection's output into batches, in a buffer taken from the endpoint's
-/// pool while it sends.
+/// pool while it sends. One fill packs as many batches as the buffer holds (up to
+/// [`MAX_BATCHES`]), all leaving from one local address, so that they go out in one
+/// system call: each short packet (the end of a response) ends a GSO batch, and a
+/// turn that answers ten requests fills ten batches.
 #[derive(Debug)]
 pub(crate) struct SendBatcher {
-    buf: Option<Box<[u8]>>,
+    buf: Option<SendBuf>,
     pool: Arc<BufferPool>,
-    /// One slot more than a batch holds, for the packet that ends it.
+    /// A batch's most packets, and one slot more for the packet that ends it.
     buf_len: usize,
     max_payload: usize,
     max_segments: usize,
     pacing: bool,
+    /// The local address the filled batches leave from (a migrating client has two).
+    src: Option<SocketAddr>,
     carry: Option<Carry>,
-    /// Where the carried packet sits while the batch before it is sent.
+    /// Where the carried packet sits while the batches before it are sent.
     carry_offset: usize,
 }
 
@@ -100,25 +123,35 @@ impl SendBatcher {
         Self {
             buf: None,
             pool,
-            buf_len: max_payload * (max_segments + 1),
+            buf_len: max_payload * (max_segments.max(MIN_BUFFER_PACKETS) + 1),
             max_payload,
             max_segments,
             pacing,
+            src: None,
             carry: None,
             carry_offset: 0,
         }
     }
 
-    /// The bytes of a batch [`fill`](Self::fill) returned.
-    pub(crate) fn bytes(&self, batch: &Batch) -> &[u8] {
-        self.buf.as_ref().map_or(&[], |b| &b[..batch.len])
+    /// The batches the last [`fill`](Self::fill) packed, and their buffer.
+    pub(crate) fn batches(&self) -> (&[u8], &[Batch]) {
+        self.buf
+            .as_ref()
+            .map_or((&[], &[]), |b| (&b.bytes[..], &b.batches[..]))
+    }
+
+    /// The local address the batches leave from; `None` when there are none.
+    pub(crate) fn src(&self) -> Option<SocketAddr> {
+        self.src
     }
 
     /// Returns the buffer to the pool unless a paced packet waits in it.
     pub(crate) fn release(&mut self) {
         if self.carry.is_none()
-            && let Some(buf) = self.buf.take()
+            && let Some(mut buf) = self.buf.take()
         {
+            buf.batches.clear();
+            self.src = None;
             self.pool.give(buf);
         }
     }
@@ -130,102 +163,243 @@ impl SendBatcher {
             .map(|c| c.at)
     }
 
-    /// Fills a batch from `conn`. Call [`sent`](Self::sent) after sending it.
-    pub(crate) fn fill(&mut self, conn: &mut quiche::Connection) -> (Option<Batch>, Next) {
+    /// Fills batches from `conn`. Call [`sent`](Self::sent) after sending them.
+    pub(crate) fn fill(&mut self, conn: &mut quiche::Connection) -> Next {
         self.fill_at_most(conn, usize::MAX)
     }
 
-    /// Fills a batch of at most `max` datagrams (at least one) from `conn`.
-    pub(crate) fn fill_at_most(
-        &mut self,
-        conn: &mut quiche::Connection,
-        max: usize,
-    ) -> (Option<Batch>, Next) {
-        let max_segments = self.max_segments.min(max.max(1));
+    /// Fills batches of at most `max` datagrams in all (at least one) from `conn`.
+    pub(crate) fn fill_at_most(&mut self, conn: &mut quiche::Connection, max: usize) -> Next {
+        let max = max.max(1);
         let now = Instant::now();
-        let buf_len = self.buf_len;
+        let (buf_len, max_payload, max_segments) =
+            (self.buf_len, self.max_payload, self.max_segments);
         let pool = &self.pool;
         let buf = self.buf.get_or_insert_with(|| pool.take(buf_len));
-        let mut batch: Option<Batch> = None;
+        let SendBuf { bytes, batches } = buf;
+        batches.clear();
+        self.src = None;
+        let mut used = 0;
+        let mut datagrams = 0;
+        // The last batch takes no more packets (it ended with a short one).
+        let mut closed = false;
         if let Some(c) = self.carry {
             if self.pacing && c.at > now + PACING_GRANULARITY {
-                return (None, Next::HoldUntil(c.at));
+                return Next::HoldUntil(c.at);
             }
             self.carry = None;
-            batch = Some(Batch {
-                src: c.src,
+            self.src = Some(c.src);
+            batches.push(Batch {
                 dst: c.dst,
+                offset: 0,
                 len: c.len,
                 segment: c.len,
                 count: 1,
             });
+            used = c.len;
+            datagrams = 1;
         }
         loop {
-            let len = batch.map_or(0, |b| b.len);
-            if batch.is_some_and(|b| b.count >= max_segments) {
-                return (batch, Next::More);
+            if datagrams >= max || used + max_payload > bytes.len() {
+                return Next::More;
             }
-            let (n, info) = match conn.send(&mut buf[len..len + self.max_payload]) {
+            let (n, info) = match conn.send(&mut bytes[used..used + max_payload]) {
                 Ok(v) => v,
-                Err(quiche::Error::Done) => return (batch, Next::Done),
+                Err(quiche::Error::Done) => return Next::Done,
                 Err(e) => {
                     tracing::debug!(error = %e, "send failed");
-                    return (batch, Next::Done);
+                    return Next::Done;
                 }
             };
             let held = self.pacing && info.at > now + PACING_GRANULARITY;
-            let Some(b) = batch.as_mut() else {
-                if held {
-                    self.carry = Some(Carry {
-                        len: n,
-                        src: info.from,
-                        dst: info.to,
-                        at: info.at,
-                    });
-                    self.carry_offset = 0;
-                    return (None, Next::HoldUntil(info.at));
-                }
-                batch = Some(Batch {
-                    src: info.from,
-                    dst: info.to,
-                    len: n,
-                    segment: n,
-                    count: 1,
+            let joins = !closed
+                && batches.last().is_some_and(|b| {
+                    b.dst == info.to && n <= b.segment && b.count < max_segments
                 });
-                continue;
-            };
-            if held || info.to != b.dst || info.from != b.src || n > b.segment {
+            let other_src = self.src.is_some_and(|s| s != info.from);
+            if held || other_src || (!joins && batches.len() == MAX_BATCHES) {
                 self.carry = Some(Carry {
                     len: n,
                     src: info.from,
                     dst: info.to,
                     at: info.at,
                 });
-                self.carry_offset = len;
-                let next = if held {
+                self.carry_offset = used;
+                return if held {
                     Next::HoldUntil(info.at)
                 } else {
                     Next::More
                 };
-                return (batch, next);
             }
-            b.len += n;
-            b.count += 1;
-            if n < b.segment {
+            self.src = Some(info.from);
+            if joins && let Some(b) = batches.last_mut() {
+                b.len += n;
+                b.count += 1;
                 // A shorter packet can only be the last segment of a GSO batch.
-                return (batch, Next::More);
+                closed = n < b.segment;
+            } else {
+                batches.push(Batch {
+                    dst: info.to,
+                    offset: used,
+                    len: n,
+                    segment: n,
+                    count: 1,
+                });
+                closed = false;
             }
+            used += n;
+            datagrams += 1;
         }
     }
 
-    /// The batch went out: move a carried packet to the front.
+    /// The batches went out: move a carried packet to the front.
     pub(crate) fn sent(&mut self) {
-        if let Some(c) = self.carry
-            && self.carry_offset != 0
-            && let Some(buf) = self.buf.as_mut()
-        {
-            buf.copy_within(self.carry_offset..self.carry_offset + c.len, 0);
-            self.carry_offset = 0;
+        if let Some(buf) = self.buf.as_mut() {
+            buf.batches.clear();
+            if let Some(c) = self.carry
+                && self.carry_offset != 0
+            {
+                buf.bytes
+                    .copy_within(self.carry_offset..self.carry_offset + c.len, 0);
+                self.carry_offset = 0;
+            }
         }
+        self.src = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use quic_app::testing::{Pair, PairConfig};
+    use quic_app::{AppError, ApplicationOverQuic, QuicConnection};
+
+    use super::*;
+
+    const MAX_PAYLOAD: usize = 1350;
+
+    /// An application that does nothing: the tests write to the streams themselves.
+    struct Quiet;
+
+    impl ApplicationOverQuic for Quiet {
+        fn process_reads(&mut self, _conn: &mut QuicConnection) -> Result<(), AppError> {
+            Ok(())
+        }
+
+        fn process_writes(&mut self, _conn: &mut QuicConnection) -> Result<(), AppError> {
+            Ok(())
+        }
+    }
+
+    /// An established pair whose server has `responses` bodies of `size` bytes queued,
+    /// one per stream, with windows wide enough to send all of them at once.
+    fn responses(responses: u64, size: usize) -> Pair<Quiet, Quiet> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("runtime");
+        let config = PairConfig::new(b"batch").configure(|c| {
+            c.set_initial_max_data(1 << 24);
+            c.set_initial_max_stream_data_bidi_local(1 << 20);
+            c.set_initial_max_stream_data_bidi_remote(1 << 20);
+            c.set_initial_congestion_window_packets(1000);
+        });
+        let mut pair = Pair::new(config, Quiet, Quiet).expect("pair");
+        rt.block_on(pair.run_until_established(Duration::from_secs(10)))
+            .expect("handshake");
+        let conn = pair.server_mut().conn_mut();
+        let body = vec![0x5a; size];
+        for i in 0..responses {
+            let written = conn.stream_send(1 + 4 * i, &body, true).expect("stream_send");
+            assert_eq!(written, size);
+        }
+        pair
+    }
+
+    /// Checks that `batches` lie back to back in the buffer, each a valid GSO batch
+    /// (equal segments, only the last shorter); returns their bytes.
+    fn check(batches: &[Batch], max_segments: usize) -> usize {
+        let mut offset = 0;
+        for b in batches {
+            assert_eq!(b.offset, offset, "{batches:?}");
+            assert!(b.count >= 1 && b.count <= max_segments, "{b:?}");
+            assert!(b.len <= b.segment * b.count, "{b:?}");
+            assert!(b.len > b.segment * (b.count - 1), "{b:?}");
+            offset += b.len;
+        }
+        offset
+    }
+
+    #[test]
+    fn one_fill_packs_batches_of_different_segment_sizes_for_one_send() {
+        let mut pair = responses(8, 4000);
+        let conn = pair.server_mut().conn_mut();
+        let mut batcher = SendBatcher::new(MAX_PAYLOAD, 64, false, Arc::default());
+        let next = batcher.fill(conn);
+        assert_eq!(next, Next::Done, "32 KB fits one send buffer");
+        let (buf, batches) = batcher.batches();
+        assert!(batcher.src().is_some());
+        // The stream data fills full packets; the short packets after it (their last
+        // bytes, acknowledgements) cannot join that GSO batch and form more.
+        assert!(batches.len() >= 2, "{batches:?}");
+        assert!(
+            batches.windows(2).any(|w| w[0].segment != w[1].segment),
+            "{batches:?}"
+        );
+        let bytes = check(batches, 64);
+        assert!(bytes > 8 * 4000 && bytes <= buf.len(), "{bytes} bytes");
+        batcher.sent();
+        batcher.release();
+        assert!(batcher.batches().1.is_empty());
+    }
+
+    #[test]
+    fn without_gso_a_fill_packs_up_to_max_batches_single_packets() {
+        let mut pair = responses(8, 4000);
+        let conn = pair.server_mut().conn_mut();
+        let mut batcher = SendBatcher::new(MAX_PAYLOAD, 1, false, Arc::default());
+        let mut total = 0;
+        let mut fills = 0;
+        loop {
+            let next = batcher.fill(conn);
+            let (_, batches) = batcher.batches();
+            assert!(batches.len() <= MAX_BATCHES);
+            assert!(batches.iter().all(|b| b.count == 1));
+            if next == Next::More {
+                assert_eq!(batches.len(), MAX_BATCHES, "a full send");
+            }
+            total += check(batches, 1);
+            fills += 1;
+            batcher.sent();
+            if next != Next::More {
+                break;
+            }
+        }
+        assert!(total > 8 * 4000, "{total} bytes");
+        assert!(fills <= total.div_ceil(MAX_PAYLOAD * MAX_BATCHES) + 1, "{fills} fills");
+    }
+
+    #[test]
+    fn a_bulk_send_fills_whole_batches_and_carries_nothing_over() {
+        let mut pair = responses(1, 1 << 20);
+        let conn = pair.server_mut().conn_mut();
+        let mut batcher = SendBatcher::new(MAX_PAYLOAD, 64, false, Arc::default());
+        let max_segments = MAX_GSO_BYTES / MAX_PAYLOAD;
+        let mut total = 0;
+        loop {
+            let next = batcher.fill_at_most(conn, usize::MAX);
+            let (_, batches) = batcher.batches();
+            total += check(batches, max_segments);
+            if next == Next::More {
+                // The buffer holds one full batch and the packet after it.
+                assert_eq!(batches[0].count, max_segments, "{batches:?}");
+            }
+            batcher.sent();
+            if next != Next::More {
+                break;
+            }
+        }
+        assert!(total > 1 << 20, "{total} bytes");
     }
 }

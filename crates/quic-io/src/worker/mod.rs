@@ -57,8 +57,9 @@ pub(crate) const WORKER_COMMAND_QUEUE: usize = 16;
 /// timer again: bounds the time between two sends under a flood of input.
 const MAX_DATAGRAMS_PER_TURN: usize = 256;
 
-/// Send batches per flush before the worker yields to other tasks.
-const BATCHES_BEFORE_YIELD: usize = 16;
+/// Sends (each a send buffer's worth of batches, at most about 64 KB) per flush
+/// before the worker yields to other tasks.
+const SENDS_BEFORE_YIELD: usize = 16;
 
 /// Datagrams one flush may send while the connection is closing (a close is pending
 /// but quiche is not yet draining). A close takes one or two; more means quiche
@@ -732,7 +733,7 @@ impl<A: ApplicationOverQuic> Worker<A> {
 
     /// Sends everything the connection has to send now.
     async fn flush(&mut self) {
-        let mut batches = 0;
+        let mut sends = 0;
         let mut closing_datagrams = 0;
         loop {
             let mut max = usize::MAX;
@@ -751,25 +752,24 @@ impl<A: ApplicationOverQuic> Worker<A> {
                 }
                 max = cap - closing_datagrams;
             }
-            let (batch, next) = self.batcher.fill_at_most(&mut self.setup.conn, max);
-            if let Some(b) = batch {
+            let next = self.batcher.fill_at_most(&mut self.setup.conn, max);
+            if let Some(src) = self.batcher.src() {
+                let (buf, batches) = self.batcher.batches();
                 if max != usize::MAX {
-                    closing_datagrams += b.count;
+                    closing_datagrams += batches.iter().map(|b| b.count).sum::<usize>();
                 }
                 let socket = match &self.migration {
-                    Some(m) if m.socket.local_addr() == b.src => &m.socket,
+                    Some(m) if m.socket.local_addr() == src => &m.socket,
                     _ => &self.setup.socket,
                 };
-                let r = socket
-                    .send(b.dst, self.batcher.bytes(&b), Some(b.segment))
-                    .await;
+                let r = socket.send_batches(buf, batches).await;
                 self.batcher.sent();
                 if let Err(e) = r {
                     // UDP is lossy anyway; QUIC recovers what this loses.
-                    tracing::debug!(error = %e, dst = %b.dst, "UDP send failed");
+                    tracing::debug!(error = %e, "UDP send failed");
                 }
-                batches += 1;
-                if batches % BATCHES_BEFORE_YIELD == 0 {
+                sends += 1;
+                if sends % SENDS_BEFORE_YIELD == 0 {
                     tokio::task::yield_now().await;
                 }
             }
