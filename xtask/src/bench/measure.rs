@@ -101,6 +101,8 @@ pub(super) fn one(
     let out = cmd
         .args(&load)
         .env("RUST_LOG", "error")
+        // A failure goes into the report as its message, without a backtrace.
+        .env("RUST_BACKTRACE", "0")
         .output()
         .map_err(|e| format!("cannot run quay-load: {e}"))?;
     // Idle runs: the connections are gone once quay-load exits, so their memory is
