@@ -347,8 +347,8 @@ mod tests {
             .set_read_timeout(Some(Duration::from_secs(5)))
             .expect("timeout");
         let dst = receiver.local_addr().expect("addr");
-        let socket = Socket::new(UdpSocket::bind(from).expect("bind sender"), true)
-            .expect("socket");
+        let socket =
+            Socket::new(UdpSocket::bind(from).expect("bind sender"), true).expect("socket");
         let gso = socket.max_segments() > 1;
         let buf: Vec<u8> = (0..8000u32).map(|i| (i % 251) as u8).collect();
         // Without GSO every batch is one datagram.
@@ -368,7 +368,11 @@ mod tests {
                 segment,
                 count: len.div_ceil(segment),
             });
-            expected.extend(buf[offset..offset + len].chunks(segment).map(<[u8]>::to_vec));
+            expected.extend(
+                buf[offset..offset + len]
+                    .chunks(segment)
+                    .map(<[u8]>::to_vec),
+            );
             offset += len;
         }
         socket.send_batches(&buf, &batches).await.expect("send");
