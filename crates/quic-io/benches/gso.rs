@@ -5,8 +5,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use quic_app::testing::{Pair, PairConfig};
-use quic_app::{AppError, ApplicationOverQuic, QuicConnection};
+use quic_app::testing::{Idle, Pair, PairConfig};
 use quic_io::__private::GsoBatches;
 
 const BYTES: usize = 1024 * 1024;
@@ -14,29 +13,16 @@ const MAX_PAYLOAD: usize = 1350;
 /// What Linux's UDP GSO takes per call (quinn-udp reports 64).
 const SEGMENTS: usize = 64;
 
-/// An application that does nothing: the benchmark writes to the stream itself.
-struct Quiet;
-
-impl ApplicationOverQuic for Quiet {
-    fn process_reads(&mut self, _conn: &mut QuicConnection) -> Result<(), AppError> {
-        Ok(())
-    }
-
-    fn process_writes(&mut self, _conn: &mut QuicConnection) -> Result<(), AppError> {
-        Ok(())
-    }
-}
-
 /// An established pair whose server has 1 MiB queued on a stream, with windows and a
 /// congestion window wide enough to send all of it at once.
-fn loaded(rt: &tokio::runtime::Runtime, data: &[u8]) -> Pair<Quiet, Quiet> {
+fn loaded(rt: &tokio::runtime::Runtime, data: &[u8]) -> Pair<Idle, Idle> {
     let config = PairConfig::new(b"bench").configure(|c| {
         c.set_initial_max_data(8 * BYTES as u64);
         c.set_initial_max_stream_data_bidi_local(4 * BYTES as u64);
         c.set_initial_max_stream_data_bidi_remote(4 * BYTES as u64);
         c.set_initial_congestion_window_packets(2000);
     });
-    let mut pair = Pair::new(config, Quiet, Quiet).expect("pair");
+    let mut pair = Pair::new(config, Idle, Idle).expect("pair");
     rt.block_on(pair.run_until_established(Duration::from_secs(10)))
         .expect("handshake");
     let conn = pair.server_mut().conn_mut();

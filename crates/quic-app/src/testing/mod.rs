@@ -49,6 +49,21 @@ const MAX_DATAGRAM: usize = 1350;
 /// tasks exchanging data with the apps (through channels) get to run.
 const TURNS_BEFORE_YIELD: usize = 64;
 
+/// An app that opens nothing and answers nothing: its connection stays idle, and a
+/// test or benchmark drives the `quiche::Connection` itself.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Idle;
+
+impl ApplicationOverQuic for Idle {
+    fn process_reads(&mut self, _conn: &mut QuicConnection) -> Result<(), crate::AppError> {
+        Ok(())
+    }
+
+    fn process_writes(&mut self, _conn: &mut QuicConnection) -> Result<(), crate::AppError> {
+        Ok(())
+    }
+}
+
 /// Errors of the harness itself (the apps' errors close their connection instead).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -1,10 +1,12 @@
 //! UDP sockets with the kernel's batching offloads.
 //!
 //! Sending uses UDP generic segmentation offload (GSO, `UDP_SEGMENT`) where the kernel
-//! has it: one `sendmsg` carries many equal-sized datagrams. Receiving uses `recvmmsg`
-//! and UDP generic receive offload (GRO) where available: one call returns many
-//! datagrams. Both come from `quinn-udp`, which detects what the kernel supports and
-//! falls back to one datagram per call where it must.
+//! has it: one message carries many equal-sized datagrams, and on Linux one
+//! `sendmmsg` carries a connection's turn of such messages, each with its own segment
+//! size ([`Socket::send_batches`]). Receiving uses `recvmmsg` and UDP generic receive
+//! offload (GRO) where available: one call returns many datagrams. `quinn-udp`
+//! detects what the kernel supports, receives, and sends single messages, falling
+//! back to one datagram per call where it must.
 
 use std::io;
 use std::io::IoSliceMut;
@@ -400,8 +402,8 @@ mod tests {
 
     #[tokio::test]
     async fn batches_reach_an_ipv6_peer() {
-        if UdpSocket::bind("[::1]:0").is_err() {
-            // No IPv6 loopback on this host: nothing to send over.
+        if let Err(e) = UdpSocket::bind("[::1]:0") {
+            eprintln!("skipped: no IPv6 loopback on this host ({e})");
             return;
         }
         three_batches("[::1]:0", "[::1]:0").await;

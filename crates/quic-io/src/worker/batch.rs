@@ -100,7 +100,9 @@ struct Carry {
 pub(crate) struct SendBatcher {
     buf: Option<SendBuf>,
     pool: Arc<BufferPool>,
-    /// A batch's most packets, and one slot more for the packet that ends it.
+    /// The send buffer's size: a full GSO batch (without GSO, [`MIN_BUFFER_PACKETS`]
+    /// packets) and one slot more, where a packet that joins none of the batches
+    /// waits as the next send's first.
     buf_len: usize,
     max_payload: usize,
     max_segments: usize,
@@ -279,29 +281,15 @@ impl SendBatcher {
 mod tests {
     use std::time::Duration;
 
-    use quic_app::testing::{Pair, PairConfig};
-    use quic_app::{AppError, ApplicationOverQuic, QuicConnection};
+    use quic_app::testing::{Idle, Pair, PairConfig};
 
     use super::*;
 
     const MAX_PAYLOAD: usize = 1350;
 
-    /// An application that does nothing: the tests write to the streams themselves.
-    struct Quiet;
-
-    impl ApplicationOverQuic for Quiet {
-        fn process_reads(&mut self, _conn: &mut QuicConnection) -> Result<(), AppError> {
-            Ok(())
-        }
-
-        fn process_writes(&mut self, _conn: &mut QuicConnection) -> Result<(), AppError> {
-            Ok(())
-        }
-    }
-
     /// An established pair whose server has `responses` bodies of `size` bytes queued,
     /// one per stream, with windows wide enough to send all of them at once.
-    fn responses(responses: u64, size: usize) -> Pair<Quiet, Quiet> {
+    fn responses(responses: u64, size: usize) -> Pair<Idle, Idle> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .build()
@@ -312,7 +300,7 @@ mod tests {
             c.set_initial_max_stream_data_bidi_remote(1 << 20);
             c.set_initial_congestion_window_packets(1000);
         });
-        let mut pair = Pair::new(config, Quiet, Quiet).expect("pair");
+        let mut pair = Pair::new(config, Idle, Idle).expect("pair");
         rt.block_on(pair.run_until_established(Duration::from_secs(10)))
             .expect("handshake");
         let conn = pair.server_mut().conn_mut();

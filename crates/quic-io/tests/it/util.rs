@@ -62,23 +62,7 @@ pub(super) fn client_params(cert_pem: &str) -> ClientParams {
     params
 }
 
-/// An app that opens nothing and answers nothing: the connection stays idle.
-pub(super) struct Idle;
-
-impl quic_app::ApplicationOverQuic for Idle {
-    fn process_reads(
-        &mut self,
-        _conn: &mut quic_app::QuicConnection,
-    ) -> Result<(), quic_app::AppError> {
-        Ok(())
-    }
-    fn process_writes(
-        &mut self,
-        _conn: &mut quic_app::QuicConnection,
-    ) -> Result<(), quic_app::AppError> {
-        Ok(())
-    }
-}
+pub(super) use quic_app::testing::Idle;
 
 /// A real client Initial (the first datagram of a quiche client), padded to 1200+ bytes.
 pub(super) fn real_initial() -> Vec<u8> {
