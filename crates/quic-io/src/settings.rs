@@ -131,9 +131,10 @@ pub struct QuicSettings {
     /// `disable_active_migration` transport parameter is sent.
     pub enable_migration: bool,
     /// Connection IDs the peer may hold for this endpoint at once
-    /// (`active_connection_id_limit`, RFC 9000 §18.2); the endpoint also issues the
-    /// peer that many, up to the peer's own limit. Each spare ID lets the peer move to
-    /// a new path without being linkable; each costs a routing entry. 2 to 16;
+    /// (`active_connection_id_limit`, RFC 9000 §18.2). The endpoint itself keeps the
+    /// peer supplied with one unused spare ID, and issues the next as soon as the peer
+    /// is seen using it, within the peer's own limit. Each spare ID lets the peer move
+    /// to a new path without being linkable; each costs a routing entry. 2 to 16;
     /// default 4.
     pub active_connection_id_limit: u64,
     /// The largest UDP payload sent; 1350 fits common paths without fragmentation.

@@ -79,6 +79,8 @@ pub(crate) enum Next {
     More,
     /// The next packet is held until this instant (pacing).
     HoldUntil(Instant),
+    /// quiche could not build a packet: an error other than `Done` from `send`.
+    Failed(quiche::Error),
 }
 
 /// Where a packet that could not join the batches filled waits: right after them in
@@ -215,10 +217,7 @@ impl SendBatcher {
             let (n, info) = match conn.send(&mut bytes[used..used + max_payload]) {
                 Ok(v) => v,
                 Err(quiche::Error::Done) => return Next::Done,
-                Err(e) => {
-                    tracing::debug!(error = %e, "send failed");
-                    return Next::Done;
-                }
+                Err(e) => return Next::Failed(e),
             };
             let held = self.pacing && info.at > now + PACING_GRANULARITY;
             let joins = !closed

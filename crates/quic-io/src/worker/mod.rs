@@ -79,6 +79,9 @@ const CLOSE_STALL_LIMIT: Duration = Duration::from_secs(2);
 /// starts (a dispatcher spawning a request handler).
 const HANDOFF_PASSES: usize = 2;
 
+/// The transport error code INTERNAL_ERROR (RFC 9000 §20.1).
+const INTERNAL_ERROR: u64 = 0x1;
+
 /// Messages into a worker from its handles and its router.
 #[derive(Debug)]
 pub(crate) enum WorkerCommand {
@@ -256,6 +259,7 @@ pub(crate) fn spawn<A: ApplicationOverQuic>(
         migration: None,
         cipher: None,
         retired: RetiredIds::default(),
+        spares: SpareIds::default(),
     };
     // The task's future holds the worker once: `run` borrows it from the block's
     // capture. An async fn taking `self` by value (or a block that moves its capture
@@ -294,6 +298,34 @@ struct Worker<A> {
     cipher: Option<crate::tls::Negotiated>,
     /// The source IDs the peer retired lately; see [`RetiredIds`].
     retired: RetiredIds,
+    /// The source IDs the peer has used; see [`Worker::issue_connection_ids`].
+    spares: SpareIds,
+}
+
+/// Spare source IDs the peer holds unused at a time (RFC 9000 §5.1.1 lets it hold up
+/// to its `active_connection_id_limit`). One: a peer given several can skip to a
+/// later one and retire the earlier unseen, as quinn's server does when quiche
+/// retransmits a lost packet's NEW_CONNECTION_ID frames in reverse order; quiche
+/// 0.30 then re-sends the retired ID's frame when the first copy is declared lost,
+/// and every later send fails (see [`Worker::fail_send`]). Another is issued as soon
+/// as the peer is seen using this one, so each move to a new path finds one.
+const SPARE_IDS: usize = 1;
+
+/// Which source IDs the peer has been seen sending to.
+struct SpareIds {
+    /// Each one the active path's packets came to since it was issued, until retired.
+    used: Vec<quiche::ConnectionId<'static>>,
+    /// An ID came into use or was retired since spares were last counted.
+    changed: bool,
+}
+
+impl Default for SpareIds {
+    fn default() -> Self {
+        Self {
+            used: Vec::new(),
+            changed: true,
+        }
+    }
 }
 
 /// A close that waits for [`ApplicationOverQuic::delivered`].
@@ -698,12 +730,14 @@ impl<A: ApplicationOverQuic> Worker<A> {
                 r.unroute(cid.to_vec());
             }
             self.retired.push(cid, Instant::now());
+            self.spares.changed = true;
         }
     }
 
-    /// Once established: gives the peer new connection IDs (routed first) until it
-    /// holds as many as it allows. Each comes from
-    /// the endpoint's generator, with a reset token derived from it.
+    /// Once established: keeps the peer supplied with [`SPARE_IDS`] unused connection
+    /// IDs (routed first), within the limit it allows, noting each time which ID its
+    /// packets come to. Each comes from the endpoint's generator, with a reset token
+    /// derived from it.
     fn issue_connection_ids(&mut self) {
         let Some(issuer) = &self.setup.shared.issuer else {
             return;
@@ -712,10 +746,28 @@ impl<A: ApplicationOverQuic> Worker<A> {
         if !conn.is_established() || conn.is_closed() || conn.is_draining() {
             return;
         }
+        let spares = &mut self.spares;
+        let current = conn.source_id();
+        if !spares.used.contains(&current) {
+            spares.used.push(current.into_owned());
+            spares.changed = true;
+        }
+        if !spares.changed {
+            return;
+        }
+        spares.changed = false;
+        spares.used.retain(|c| conn.source_ids().any(|s| s == c));
+        let unused = conn
+            .source_ids()
+            .filter(|s| !spares.used.contains(s))
+            .count();
         let extra = self.migration.as_ref().map(|m| &m.registration);
-        // Bounded: the peer's active_connection_id_limit caps `scids_left`, and a
-        // failed issue ends the loop.
-        while conn.scids_left() > 0 {
+        // Bounded by SPARE_IDS, and by the peer's active_connection_id_limit through
+        // `scids_left`.
+        for _ in unused..SPARE_IDS {
+            if conn.scids_left() == 0 {
+                break;
+            }
             let cid = issuer.cids.new_id();
             let token = u128::from_be_bytes(issuer.reset_key.token(&cid));
             for r in std::iter::once(&self.setup.registration).chain(extra) {
@@ -773,11 +825,35 @@ impl<A: ApplicationOverQuic> Worker<A> {
                     tokio::task::yield_now().await;
                 }
             }
+            if let Next::Failed(e) = next
+                && self.fail_send(e)
+            {
+                // The close goes out in the next fill.
+                continue;
+            }
             if next != Next::More {
                 self.batcher.release();
                 return;
             }
         }
+    }
+
+    /// quiche's `send` failed with `e`. Apart from a path briefly without a peer ID
+    /// (`OutOfIdentifiers`), such an error repeats at every later send: quiche 0.30,
+    /// for one, re-queues a lost NEW_CONNECTION_ID even when the peer has retired
+    /// that ID since, and then fails every packet with `InvalidState`. Rather than
+    /// wait out the idle timeout unable to send, the connection closes at once
+    /// (INTERNAL_ERROR; quiche builds the close without the failing frames), and its
+    /// handles learn why. Returns whether a close was started.
+    fn fail_send(&mut self, e: quiche::Error) -> bool {
+        let conn = &mut self.setup.conn;
+        if e == quiche::Error::OutOfIdentifiers || conn.local_error().is_some() {
+            tracing::debug!(error = %e, "send failed");
+            return false;
+        }
+        tracing::warn!(error = %e, "quiche cannot build a packet; closing the connection");
+        let reason = format!("cannot send: {e:?}");
+        conn.close(false, INTERNAL_ERROR, reason.as_bytes()).is_ok()
     }
 
     fn close_reason(&self) -> CloseReason {

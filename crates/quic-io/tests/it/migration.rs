@@ -187,9 +187,23 @@ impl HandServer {
 
     /// Receives and answers until `done` holds or the time is up.
     async fn drive_until(&mut self, mut done: impl FnMut(&quiche::Connection) -> bool) {
+        self.drive(|_| true, |c| done(c)).await;
+    }
+
+    /// Receives and answers until `done` holds or the time is up. Each datagram
+    /// `keep` refuses is dropped unread; `done` runs before each answer, and may act
+    /// on the connection so that the answer carries it.
+    async fn drive(
+        &mut self,
+        mut keep: impl FnMut(&[u8]) -> bool,
+        mut done: impl FnMut(&mut quiche::Connection) -> bool,
+    ) {
         let mut buf = vec![0u8; 65535];
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while !done(&self.conn) {
+        if done(&mut self.conn) {
+            return;
+        }
+        loop {
             let wait = self
                 .conn
                 .timeout()
@@ -200,6 +214,7 @@ impl HandServer {
                 "the hand-driven server never saw what it waited for"
             );
             match tokio::time::timeout(wait, self.socket.recv_from(&mut buf)).await {
+                Ok(Ok((len, _))) if !keep(&buf[..len]) => continue,
                 Ok(Ok((len, from))) => {
                     let info = quiche::RecvInfo {
                         from,
@@ -210,7 +225,11 @@ impl HandServer {
                 Ok(Err(e)) => panic!("receive failed: {e}"),
                 Err(_) => self.conn.on_timeout(),
             }
+            let finished = done(&mut self.conn);
             self.flush().await;
+            if finished {
+                return;
+            }
         }
     }
 }
@@ -270,4 +289,153 @@ async fn a_packet_to_a_just_retired_connection_id_does_not_close_the_connection(
     let after = conn.stats().await;
     assert!(after.bytes_recv > before.bytes_recv);
     conn.close(0, b"done").await;
+}
+
+/// Whether a datagram starts with a short-header (1-RTT) packet.
+fn short_header(datagram: &[u8]) -> bool {
+    datagram.first().is_some_and(|b| b & 0x80 == 0)
+}
+
+/// The client gives the server one spare ID at a time, and the next as soon as the
+/// server uses it. A peer holding several can skip to a later one while an earlier
+/// one's NEW_CONNECTION_ID is still being retransmitted, and retire the earlier one
+/// unseen; quiche then fails every send (the next test).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_keeps_one_spare_id_at_the_server_and_replaces_it_once_used() {
+    let identity = quic_io::TlsConfig::self_signed(&["localhost"]).unwrap();
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let server_addr = socket.local_addr().unwrap();
+    let server = tokio::spawn({
+        let (cert, key) = (identity.cert_pem.clone(), identity.key_pem.clone());
+        async move { HandServer::accept(socket, &cert, &key).await }
+    });
+    let connecting = tokio::spawn(quic_io::connect(
+        server_addr,
+        client_params(&identity.cert_pem),
+        Idle,
+    ));
+    let mut server = server.await.unwrap();
+    server
+        .drive_until(|c| c.is_established() && c.available_dcids() > 0)
+        .await;
+    let conn = connecting.await.unwrap().unwrap();
+    // Three round trips later the client still offers one, though both sides
+    // allow four IDs.
+    for _ in 0..3 {
+        let recv = server.conn.stats().recv;
+        server.conn.send_ack_eliciting().unwrap();
+        server.flush().await;
+        server.drive_until(|c| c.stats().recv > recv).await;
+    }
+    assert_eq!(server.conn.available_dcids(), 1);
+
+    // The server moves to the spare: the client issues the next one.
+    let first = server.conn.destination_id().into_owned();
+    server.conn.retire_dcid(0).unwrap();
+    assert_eq!(server.conn.available_dcids(), 0);
+    server.conn.send_ack_eliciting().unwrap();
+    server.flush().await;
+    server.drive_until(|c| c.available_dcids() == 1).await;
+    assert_ne!(server.conn.destination_id(), first);
+    assert!(!conn.is_closed());
+    conn.close(0, b"done").await;
+}
+
+/// quiche 0.30 re-sends a lost NEW_CONNECTION_ID even when the peer has retired
+/// that ID since, and from then on fails every packet it builds. The server here
+/// arranges it: it holds back the client's first 1-RTT datagram (the one with the
+/// spare ID) and answers the ones after it, so the client declares it lost and sends
+/// the ID again; it drops that copy, takes the first one, and retires the ID. When
+/// the client then declares the copy lost too, it cannot send again: it closes at
+/// once with INTERNAL_ERROR rather than going silent until the idle timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_can_no_longer_send_closes_at_once() {
+    let identity = quic_io::TlsConfig::self_signed(&["localhost"]).unwrap();
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let server_addr = socket.local_addr().unwrap();
+    let server = tokio::spawn({
+        let (cert, key) = (identity.cert_pem.clone(), identity.key_pem.clone());
+        async move { HandServer::accept(socket, &cert, &key).await }
+    });
+    let connecting = tokio::spawn(quic_io::connect(
+        server_addr,
+        client_params(&identity.cert_pem),
+        Idle,
+    ));
+    let mut server = server.await.unwrap();
+
+    // Every 1-RTT datagram of the client's is held until there are four, 150 ms
+    // after the first.
+    let held = std::cell::RefCell::new(Vec::<Vec<u8>>::new());
+    let first_at = std::cell::Cell::new(None::<tokio::time::Instant>);
+    server
+        .drive(
+            |d| {
+                if short_header(d) {
+                    held.borrow_mut().push(d.to_vec());
+                    if first_at.get().is_none() {
+                        first_at.set(Some(tokio::time::Instant::now()));
+                    }
+                    return false;
+                }
+                true
+            },
+            |_| {
+                held.borrow().len() >= 4
+                    && first_at
+                        .get()
+                        .is_some_and(|t| t.elapsed() >= Duration::from_millis(150))
+            },
+        )
+        .await;
+    let mut held = held.into_inner();
+    let conn = connecting.await.unwrap().unwrap();
+    let client = conn.local_addr();
+    let recv = |server: &mut HandServer, d: &mut [u8]| {
+        let info = quiche::RecvInfo {
+            from: client,
+            to: server.local,
+        };
+        let _ = server.conn.recv(d, info);
+    };
+    // The ones after the first are answered: the client declares the first lost
+    // and sends its frames again, in datagrams dropped for 100 ms.
+    for d in &mut held[1..] {
+        recv(&mut server, d);
+    }
+    assert_eq!(server.conn.available_dcids(), 0, "the spare ID came late");
+    server.flush().await;
+    let mut dropped = 0;
+    let until = tokio::time::Instant::now() + Duration::from_millis(100);
+    let mut buf = vec![0u8; 65535];
+    while let Ok(Ok(_)) = tokio::time::timeout_at(until, server.socket.recv_from(&mut buf)).await {
+        dropped += 1;
+    }
+    assert!(dropped > 0, "the client sent nothing again");
+    // The first arrives now, with the spare ID, which the answer retires.
+    recv(&mut server, &mut held[0]);
+    assert!(
+        server.conn.available_dcids() > 0,
+        "the first datagram held no spare ID"
+    );
+    server.conn.retire_dcid(1).unwrap();
+    server.flush().await;
+
+    let closed = async {
+        server.drive_until(|c| c.peer_error().is_some()).await;
+        conn.closed().await
+    };
+    let closed = tokio::time::timeout(Duration::from_secs(10), closed)
+        .await
+        .expect("the client neither sent nor closed");
+    match &closed.reason {
+        quic_app::CloseReason::Local { app, code, reason } => {
+            assert!(!app);
+            assert_eq!(*code, 0x1, "INTERNAL_ERROR");
+            assert_eq!(String::from_utf8_lossy(reason), "cannot send: InvalidState");
+        }
+        other => panic!("closed by {other:?}"),
+    }
+    let e = server.conn.peer_error().unwrap();
+    assert_eq!((e.is_app, e.error_code), (false, 0x1));
 }
