@@ -6,7 +6,7 @@ mod stream;
 use std::collections::HashMap;
 use std::task::{Context, Poll};
 
-use bytes::{Buf, Bytes};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use quic_app::{AppError, ApplicationOverQuic, CloseReason, HandshakeInfo, QuicConnection};
 use quiche::h3::NameValue;
 
@@ -213,7 +213,7 @@ impl Core {
                 continue;
             }
             s.flush_pending_in();
-            read_any |= read_body(h3, conn, id, s, scratch);
+            read_any |= read_body(h3, conn, id, s);
             s.maybe_close_inbound();
         }
         read_any
@@ -391,6 +391,43 @@ fn with_scratch<R>(f: impl FnOnce(&mut [u8]) -> R) -> R {
     SCRATCH.with_borrow_mut(|b| f(b))
 }
 
+/// A read of body bytes needs at least this much room left in the body arena; with
+/// less, the arena moves to a fresh allocation (or reuses its own, once every chunk
+/// split off it has been dropped).
+const MIN_BODY_READ: usize = 4 * 1024;
+
+thread_local! {
+    /// Where body bytes are read. Each chunk is split off it and handed on as is:
+    /// quiche copies a body once, into the allocation the reader gets. Chunks read
+    /// one after another share an allocation of [`RECV_CHUNK`] bytes, so a chunk
+    /// keeps at most that much memory alive, as a chunk of its own size would.
+    static BODY_ARENA: std::cell::RefCell<BytesMut> =
+        std::cell::RefCell::new(BytesMut::new());
+}
+
+/// Reads up to [`RECV_CHUNK`] bytes of stream `id`'s body (across DATA frames).
+fn recv_chunk(
+    h3: &mut quiche::h3::Connection,
+    conn: &mut QuicConnection,
+    id: u64,
+) -> Result<Bytes, quiche::h3::Error> {
+    BODY_ARENA.with_borrow_mut(|arena| {
+        if arena.capacity() - arena.len() < MIN_BODY_READ {
+            arena.reserve(RECV_CHUNK);
+        }
+        let room = (arena.capacity() - arena.len()).min(RECV_CHUNK);
+        match h3.recv_body_buf(conn, id, (&mut *arena).limit(room)) {
+            Ok(_) => Ok(arena.split().freeze()),
+            Err(e) => {
+                // Whatever an error left behind must not become part of the next
+                // stream's chunk.
+                arena.clear();
+                Err(e)
+            }
+        }
+    })
+}
+
 /// Reads stream `id`'s body while quiche has bytes and the body's queue has room;
 /// returns whether anything was read.
 fn read_body(
@@ -398,12 +435,12 @@ fn read_body(
     conn: &mut QuicConnection,
     id: u64,
     s: &mut Stream,
-    scratch: &mut [u8],
 ) -> bool {
     let mut read_any = false;
     while s.readable && s.has_room() {
-        match h3.recv_body(conn, id, scratch) {
-            Ok(n) => {
+        match recv_chunk(h3, conn, id) {
+            Ok(chunk) => {
+                let n = chunk.len();
                 read_any = true;
                 s.received += n as u64;
                 if let Some(limit) = s.body_limit.filter(|l| s.received > *l) {
@@ -420,7 +457,7 @@ fn read_body(
                     s.fail(StreamError::Malformed("body longer than content-length"));
                     break;
                 }
-                s.push_in(InFrame::Data(Bytes::copy_from_slice(&scratch[..n])));
+                s.push_in(InFrame::Data(chunk));
             }
             Err(quiche::h3::Error::Done) => s.readable = false,
             Err(e) => {
@@ -626,11 +663,9 @@ impl<H: Hooks> H3Driver<H> {
                         if !s.receiver_gone() {
                             // Read now: a stream quiche still holds data for stays in
                             // its readable set, which every later `poll` walks.
-                            with_scratch(|scratch| {
-                                s.flush_pending_in();
-                                read_body(h3, conn, id, s, scratch);
-                                s.maybe_close_inbound();
-                            });
+                            s.flush_pending_in();
+                            read_body(h3, conn, id, s);
+                            s.maybe_close_inbound();
                         }
                     } else {
                         // Data for a stream we gave up on: drop it.

@@ -416,3 +416,79 @@ async fn a_connection_lost_while_a_body_queue_is_full_reads_as_an_error_not_an_e
     assert_eq!(err, StreamError::ConnectionClosed);
     assert!(got > 0 && got < 512 * 1024, "{got} bytes before the error");
 }
+
+/// Body chunks are read into memory that later chunks reuse once it is free: a chunk
+/// a handler keeps stays as it arrived while megabytes of other bodies are read
+/// after it.
+#[tokio::test]
+async fn a_body_chunk_kept_by_its_reader_is_not_overwritten_by_later_reads() {
+    let (mut pair, send, mut requests) = pair(H3Settings::default());
+    let first_body = Bytes::from(vec![0xa5; 3000]);
+    let (kept_tx, kept_rx) = tokio::sync::oneshot::channel();
+    let server = tokio::spawn({
+        let first_body = first_body.clone();
+        async move {
+            // The first request's body: read, kept, not answered yet.
+            let first = requests.next().await.unwrap();
+            let (_, mut body) = first.request.into_parts();
+            let mut kept = Vec::new();
+            while let Some(c) = body.chunk().await.unwrap() {
+                kept.push(c);
+            }
+            kept_tx.send(()).unwrap();
+            // Eight more requests, 1 MiB each, echoed in full.
+            for _ in 0..8 {
+                let req = requests.next().await.unwrap();
+                let (_, mut body) = req.request.into_parts();
+                let mut out = req
+                    .responder
+                    .send_response(http::Response::new(()))
+                    .await
+                    .unwrap();
+                while let Some(c) = body.chunk().await.unwrap() {
+                    out.send_data(c).await.unwrap();
+                }
+                out.finish().await.unwrap();
+            }
+            let kept: Vec<u8> = kept.iter().flat_map(|c| c.iter().copied()).collect();
+            assert_eq!(kept, first_body, "the kept chunks changed");
+            let mut out = first
+                .responder
+                .send_response(http::Response::new(()))
+                .await
+                .unwrap();
+            out.send_data(Bytes::from(kept)).await.unwrap();
+            out.finish().await.unwrap();
+        }
+    });
+    let payload = pattern(1024 * 1024);
+    let expected = sha256(&payload);
+    let answers = pair
+        .run_with(LIMIT, async {
+            let first = tokio::spawn({
+                let (send, body) = (send.clone(), first_body.clone());
+                async move {
+                    let req = http::Request::post("https://localhost/first")
+                        .body(body)
+                        .unwrap();
+                    let mut resp = send.send(req).await.unwrap();
+                    resp.body_mut().collect(10_000).await.unwrap()
+                }
+            });
+            kept_rx.await.unwrap();
+            let mut hashes = Vec::new();
+            for _ in 0..8 {
+                let req = http::Request::post("https://localhost/next")
+                    .body(payload.clone())
+                    .unwrap();
+                let mut resp = send.send(req).await.unwrap();
+                hashes.push(sha256(&resp.body_mut().collect(2 << 20).await.unwrap()));
+            }
+            (first.await.unwrap(), hashes)
+        })
+        .await
+        .unwrap();
+    assert_eq!(answers.0, first_body);
+    assert_eq!(answers.1, vec![expected; 8]);
+    server.await.unwrap();
+}
