@@ -493,7 +493,13 @@ impl<A: ApplicationOverQuic> Worker<A> {
         if let Err(e) = self.setup.conn.recv(&mut d.buf, info) {
             tracing::trace!(error = %e, "datagram rejected");
         }
-        self.note_retired();
+        if self.note_retired() {
+            // At once, not at the end of the turn: with its last spare in use, quiche
+            // 0.30 closes the connection (PROTOCOL_VIOLATION) on any further
+            // RETIRE_CONNECTION_ID, even a repeat of one it has just processed, and
+            // a peer resending its retirement can land in the same batch.
+            self.issue_connection_ids();
+        }
         if !self.setup.conn.is_server() && self.verify_error.is_none() {
             self.verify_error = crate::tls::take_verify_error();
         }
@@ -723,15 +729,19 @@ impl<A: ApplicationOverQuic> Worker<A> {
 
     /// Unroutes the source IDs the peer has just retired, and remembers them: what
     /// was sent to them before and arrives after must not reach quiche.
-    fn note_retired(&mut self) {
+    /// Returns whether any was.
+    fn note_retired(&mut self) -> bool {
         let extra = self.migration.as_ref().map(|m| &m.registration);
+        let mut any = false;
         while let Some(cid) = self.setup.conn.retired_scid_next() {
             for r in std::iter::once(&self.setup.registration).chain(extra) {
                 r.unroute(cid.to_vec());
             }
             self.retired.push(cid, Instant::now());
-            self.spares.changed = true;
+            any = true;
         }
+        self.spares.changed |= any;
+        any
     }
 
     /// Once established: keeps the peer supplied with [`SPARE_IDS`] unused connection
