@@ -7,6 +7,7 @@ mod hardening;
 mod hostile;
 mod lifecycle;
 mod migration;
+mod pmtu;
 mod props;
 mod resume;
 mod shards;
