@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use quic_app::{AppError, ApplicationOverQuic, HandshakeInfo, QuicConnection};
@@ -83,51 +83,6 @@ async fn a_worker_that_panics_gives_its_connection_slot_back() {
     drop((first, second, admitted));
 }
 
-/// Forwards datagrams between one client and a server; `cut` drops everything the
-/// client sends. Counts what the client sent.
-struct Relay {
-    addr: SocketAddr,
-    cut: Arc<AtomicBool>,
-    from_client: Arc<AtomicU64>,
-}
-
-async fn relay(server: SocketAddr) -> Relay {
-    let front = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let back = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    back.connect(server).await.unwrap();
-    let addr = front.local_addr().unwrap();
-    let cut = Arc::new(AtomicBool::new(false));
-    let from_client = Arc::new(AtomicU64::new(0));
-    let (c, n) = (Arc::clone(&cut), Arc::clone(&from_client));
-    tokio::spawn(async move {
-        let mut client = None;
-        let (mut a, mut b) = (vec![0u8; 65_536], vec![0u8; 65_536]);
-        loop {
-            tokio::select! {
-                r = front.recv_from(&mut a) => {
-                    let Ok((len, from)) = r else { return };
-                    client = Some(from);
-                    n.fetch_add(1, Ordering::Relaxed);
-                    if !c.load(Ordering::Relaxed) {
-                        let _ = back.send(&a[..len]).await;
-                    }
-                }
-                r = back.recv(&mut b) => {
-                    let Ok(len) = r else { return };
-                    if let Some(to) = client {
-                        let _ = front.send_to(&b[..len], to).await;
-                    }
-                }
-            }
-        }
-    });
-    Relay {
-        addr,
-        cut,
-        from_client,
-    }
-}
-
 /// A client that cuts its own path to the server as the handshake completes (so its
 /// Finished is lost and a Handshake probe comes due), then closes in the turn the
 /// probe timer fires.
@@ -168,7 +123,7 @@ async fn a_close_quiche_cannot_send_does_not_flood_the_path() {
     let listener = quic_io::listen_on("127.0.0.1:0".parse().unwrap(), params).unwrap();
     let server_addr = listener.local_addr();
     let _server = super::util::serve_echo(listener);
-    let relay = relay(server_addr).await;
+    let relay = super::util::relay(server_addr, usize::MAX).await;
     let app = CloseOnProbe {
         cut: Arc::clone(&relay.cut),
         ptos: 0,

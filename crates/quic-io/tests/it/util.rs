@@ -1,5 +1,6 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use quic_app::echo::{ALPN, EchoServer};
 use quic_io::{ClientParams, ClientTlsConfig, CountingMetrics, Listener, ServerParams, TlsConfig};
@@ -106,4 +107,69 @@ pub(super) async fn migrate_when_ready(
             other => return other.unwrap(),
         }
     }
+}
+
+/// Forwards datagrams between one client and a server, as a path between them would.
+/// It drops every UDP payload over `limit` bytes (a link with a smaller MTU), and
+/// everything the client sends while `cut` is set. Counts what the client sent and
+/// what was dropped for size, and records the largest payload forwarded each way.
+pub(super) struct Relay {
+    pub addr: SocketAddr,
+    pub cut: Arc<AtomicBool>,
+    pub from_client: Arc<AtomicU64>,
+    pub dropped: Arc<AtomicU64>,
+    pub largest_from_client: Arc<AtomicUsize>,
+    pub largest_from_server: Arc<AtomicUsize>,
+}
+
+pub(super) async fn relay(server: SocketAddr, limit: usize) -> Relay {
+    let front = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let back = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    back.connect(server).await.unwrap();
+    let relay = Relay {
+        addr: front.local_addr().unwrap(),
+        cut: Arc::default(),
+        from_client: Arc::default(),
+        dropped: Arc::default(),
+        largest_from_client: Arc::default(),
+        largest_from_server: Arc::default(),
+    };
+    let (cut, sent, dropped) = (
+        Arc::clone(&relay.cut),
+        Arc::clone(&relay.from_client),
+        Arc::clone(&relay.dropped),
+    );
+    let (up, down) = (
+        Arc::clone(&relay.largest_from_client),
+        Arc::clone(&relay.largest_from_server),
+    );
+    tokio::spawn(async move {
+        let mut client = None;
+        let (mut a, mut b) = (vec![0u8; 65_536], vec![0u8; 65_536]);
+        loop {
+            tokio::select! {
+                r = front.recv_from(&mut a) => {
+                    let Ok((len, from)) = r else { return };
+                    client = Some(from);
+                    sent.fetch_add(1, Ordering::Relaxed);
+                    if len > limit {
+                        dropped.fetch_add(1, Ordering::Relaxed);
+                    } else if !cut.load(Ordering::Relaxed) {
+                        up.fetch_max(len, Ordering::Relaxed);
+                        let _ = back.send(&a[..len]).await;
+                    }
+                }
+                r = back.recv(&mut b) => {
+                    let Ok(len) = r else { return };
+                    if len > limit {
+                        dropped.fetch_add(1, Ordering::Relaxed);
+                    } else if let Some(to) = client {
+                        down.fetch_max(len, Ordering::Relaxed);
+                        let _ = front.send_to(&b[..len], to).await;
+                    }
+                }
+            }
+        }
+    });
+    relay
 }
