@@ -443,6 +443,42 @@ impl<T> Receiver<T> {
         Self::pop(state).ok_or(TryRecvError::Empty)
     }
 
+    /// Moves up to `max` queued items, oldest first, to the back of `out` under one
+    /// lock, and returns how many. Senders waiting for room are woken once, for all of
+    /// them. For a consumer that handles items in bursts: the queue's bounds no longer
+    /// count what sits in `out`, so `max` should be what the caller handles before it
+    /// next waits. Never waits; 0 when nothing is queued (see
+    /// [`try_recv`](Self::try_recv) for whether senders remain).
+    pub fn take_up_to(&mut self, out: &mut VecDeque<T>, max: usize) -> usize {
+        let mut state = self.shared.lock();
+        let n = state.items.len().min(max);
+        if n == 0 {
+            return 0;
+        }
+        if n == state.items.len() {
+            state.weight = 0;
+            if out.is_empty() {
+                // The whole queue: its storage changes hands, nothing moves.
+                std::mem::swap(&mut state.items, out);
+            } else {
+                out.append(&mut state.items);
+            }
+        } else {
+            let start = out.len();
+            out.extend(state.items.drain(..n));
+            let weigh = state.weigh;
+            let taken = out
+                .range(start..)
+                .fold(0usize, |sum, item| sum.saturating_add(weigh(item)));
+            state.weight = state.weight.saturating_sub(taken);
+        }
+        let next = state.notify_next();
+        let ready = std::mem::take(&mut state.ready_wakers);
+        drop(state);
+        next.into_iter().chain(ready).for_each(Waker::wake);
+        n
+    }
+
     /// Refuses further items (sends fail from now on) while those already queued can
     /// still be taken.
     pub fn close(&mut self) {
@@ -742,5 +778,68 @@ mod tests {
         assert_eq!(rx.try_recv().unwrap().len(), 6);
         assert_eq!(c.0.load(Ordering::SeqCst), 1);
         assert!(f.as_mut().poll(&mut cx).is_ready());
+    }
+    #[test]
+    fn take_up_to_moves_a_bounded_run_in_order_and_frees_its_weight() {
+        let (tx, mut rx) = weighted(4, 10, |v: &Vec<u8>| v.len());
+        for n in 1..=4 {
+            tx.try_send(vec![0; n]).unwrap();
+        }
+        assert!(matches!(
+            tx.try_send(vec![0; 1]),
+            Err(TrySendError::Full(_))
+        ));
+        let (c, w) = counter();
+        assert!(tx.poll_ready(&mut Context::from_waker(&w)).is_pending());
+        let mut out = VecDeque::new();
+        // Part of the queue: the two oldest, and their weight (3) is free again.
+        assert_eq!(rx.take_up_to(&mut out, 2), 2);
+        assert_eq!(out.iter().map(Vec::len).collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(c.0.load(Ordering::SeqCst), 1);
+        tx.try_send(vec![0; 3]).unwrap();
+        assert!(matches!(
+            tx.try_send(vec![0; 1]),
+            Err(TrySendError::Full(_))
+        ));
+        // The rest, behind what `out` already holds.
+        assert_eq!(rx.take_up_to(&mut out, 10), 3);
+        assert_eq!(
+            out.iter().map(Vec::len).collect::<Vec<_>>(),
+            [1, 2, 3, 4, 3]
+        );
+        assert_eq!(rx.take_up_to(&mut out, 10), 0);
+        // Empty again, weight and count both: a full load fits.
+        tx.try_send(vec![0; 10]).unwrap();
+        out.clear();
+        // The whole queue into an empty `out`.
+        assert_eq!(rx.take_up_to(&mut out, 10), 1);
+        assert_eq!(out.pop_front().map(|v| v.len()), Some(10));
+        for _ in 0..4 {
+            tx.try_send(vec![0; 2]).unwrap();
+        }
+        drop(tx);
+        assert_eq!(rx.take_up_to(&mut out, 0), 0);
+        assert_eq!(rx.take_up_to(&mut out, 4), 4);
+        assert_eq!(rx.try_recv(), Err(TryRecvError::Disconnected));
+    }
+
+    #[tokio::test]
+    async fn take_up_to_wakes_a_waiting_sender() {
+        let (tx, mut rx) = channel(2);
+        tx.try_send(1).unwrap();
+        tx.try_send(2).unwrap();
+        let sender = tokio::spawn(async move {
+            tx.send(3).await.unwrap();
+            tx.send(4).await.unwrap();
+        });
+        tokio::task::yield_now().await;
+        let mut out = VecDeque::new();
+        while out.len() < 4 {
+            if rx.take_up_to(&mut out, 2) == 0 {
+                tokio::task::yield_now().await;
+            }
+        }
+        sender.await.unwrap();
+        assert_eq!(out, [1, 2, 3, 4]);
     }
 }

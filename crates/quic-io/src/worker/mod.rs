@@ -10,6 +10,7 @@ pub(crate) mod batch;
 mod logging;
 mod retired;
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -259,6 +260,7 @@ pub(crate) fn spawn<A: ApplicationOverQuic>(
         cipher: None,
         retired: RetiredIds::default(),
         spares: SpareIds::default(),
+        inbox: VecDeque::new(),
     };
     // The task's future holds the worker once: `run` borrows it from the block's
     // capture. An async fn taking `self` by value (or a block that moves its capture
@@ -299,6 +301,10 @@ struct Worker<A> {
     retired: RetiredIds,
     /// The source IDs the peer has used; see [`Worker::issue_connection_ids`].
     spares: SpareIds,
+    /// Datagrams taken from `pkt_rx` in one go for this turn (never more than the
+    /// turn reads, so it is empty between turns): one lock per burst, not one per
+    /// datagram.
+    inbox: VecDeque<Datagram>,
 }
 
 /// Spare source IDs the peer holds unused at a time (RFC 9000 §5.1.1 lets it hold up
@@ -520,16 +526,25 @@ impl<A: ApplicationOverQuic> Worker<A> {
 
     /// Feeds every queued datagram, up to a bound.
     fn drain_queue(&mut self) {
-        for _ in 1..MAX_DATAGRAMS_PER_TURN {
+        for read in 1..MAX_DATAGRAMS_PER_TURN {
             if self.in_early_data() {
                 // What arrived on 0-RTT keys reaches the application before the next
                 // datagram can complete the handshake, so it can tell early data
                 // (replayable) from the rest.
                 self.run_application();
             }
-            match self.setup.pkt_rx.try_recv() {
-                Ok(d) => self.recv(d),
-                Err(_) => return,
+            if self.inbox.is_empty()
+                && self
+                    .setup
+                    .pkt_rx
+                    .take_up_to(&mut self.inbox, MAX_DATAGRAMS_PER_TURN - read)
+                    == 0
+            {
+                return;
+            }
+            match self.inbox.pop_front() {
+                Some(d) => self.recv(d),
+                None => return,
             }
         }
     }
