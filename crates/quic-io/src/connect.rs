@@ -192,7 +192,7 @@ pub async fn connect<A: ApplicationOverQuic>(
     );
     let (ctrl_tx, ctrl_rx) = quic_app::queue::channel(WORKER_COMMAND_QUEUE);
     let (registration, pkt_tx, pkt_rx) =
-        router.register(vec![scid.to_vec()], ctrl_tx.clone(), None);
+        router.register(vec![scid.to_vec()], None, ctrl_tx.clone(), None);
     let shared = WorkerShared::new(
         &params.settings,
         Arc::clone(&params.metrics),

@@ -92,13 +92,21 @@ pub mod __private {
     /// datagram takes.
     #[derive(Debug, Default)]
     pub struct RouteTable {
-        routes: std::collections::HashMap<Vec<u8>, u64>,
+        routes: crate::router::Routes<u64>,
     }
 
     impl RouteTable {
-        /// Routes `cid` to connection `id`.
+        /// Routes `cid`, an ID this endpoint issued, to connection `id`.
         pub fn insert(&mut self, cid: &[u8], id: u64) {
-            self.routes.insert(cid.to_vec(), id);
+            self.routes
+                .insert(cid.to_vec(), crate::router::ChosenBy::Us, id);
+        }
+
+        /// Routes `cid`, an ID a client chose for its first Initial, to connection
+        /// `id`.
+        pub fn insert_peer_chosen(&mut self, cid: &[u8], id: u64) {
+            self.routes
+                .insert(cid.to_vec(), crate::router::ChosenBy::Peer, id);
         }
 
         /// The connection a datagram goes to, with connection IDs of `cid_len` bytes

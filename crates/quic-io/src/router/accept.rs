@@ -353,13 +353,12 @@ impl Router {
         let config = Arc::clone(&accept.config);
         let shared = Arc::clone(&accept.shared);
         let (ctrl_tx, ctrl_rx) = queue::channel(WORKER_COMMAND_QUEUE);
-        let mut cids = vec![scid.to_vec()];
-        if client_dcid != cids[0] {
-            cids.push(client_dcid);
-        }
+        let cids = vec![scid.to_vec()];
+        let peer_cid = (client_dcid != cids[0]).then_some(client_dcid);
         // The worker holds no sender of its own queue: when the router is gone, the
         // queue closes and the worker ends.
-        let (registration, _, pkt_rx) = self.register(cids, ctrl_tx.clone(), Some(source));
+        let (registration, _, pkt_rx) =
+            self.register(cids, peer_cid, ctrl_tx.clone(), Some(source));
         self.accepted += 1;
         let first = FirstFlight {
             config,

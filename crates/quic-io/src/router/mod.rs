@@ -14,6 +14,7 @@ mod accept;
 pub(crate) mod header;
 pub(crate) mod reset;
 pub(crate) mod retry;
+mod routes;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -30,6 +31,7 @@ use crate::metrics::{DropReason, Metrics};
 use crate::socket::{Datagram, Receiver, Socket};
 use crate::worker::{COPY_SHARED_AFTER, WORKER_QUEUE, WORKER_QUEUE_BYTES, WorkerCommand};
 use header::Routing;
+pub(crate) use routes::{ChosenBy, Routes};
 
 /// Receive batches the router reads before it checks its commands again.
 const RECV_BATCHES_PER_TURN: usize = 16;
@@ -192,7 +194,7 @@ struct ConnEntry {
 /// The routing step every datagram takes: the destination connection ID of its first
 /// packet, looked up. `None` if the header is malformed.
 pub(crate) fn lookup<'r, 'b, V>(
-    routes: &'r HashMap<Vec<u8>, V>,
+    routes: &'r Routes<V>,
     buf: &'b [u8],
     cid_len: usize,
 ) -> Option<(Routing<'b>, Option<&'r V>)> {
@@ -232,7 +234,7 @@ pub(crate) struct Router {
     receiver: Receiver,
     /// The datagrams of one receive batch; keeps its capacity between batches.
     batch: Vec<Datagram>,
-    routes: HashMap<Vec<u8>, (u64, queue::Sender<Datagram>)>,
+    routes: Routes<(u64, queue::Sender<Datagram>)>,
     conns: HashMap<u64, ConnEntry>,
     /// Connections still in their handshake: kept as a count so the accept path does
     /// not walk every connection for each Initial.
@@ -291,7 +293,7 @@ impl Router {
             receiver: Receiver::new(&socket),
             batch: Vec::with_capacity(quinn_udp::BATCH_SIZE * 64),
             socket,
-            routes: HashMap::new(),
+            routes: Routes::default(),
             conns: HashMap::new(),
             handshaking: 0,
             sources: HashMap::new(),
@@ -360,6 +362,7 @@ impl Router {
     pub(crate) fn register(
         &mut self,
         cids: Vec<Vec<u8>>,
+        peer_cid: Option<Vec<u8>>,
         ctrl_tx: queue::Sender<WorkerCommand>,
         source: Option<SourceKey>,
     ) -> (
@@ -369,7 +372,8 @@ impl Router {
     ) {
         let (tx, rx) =
             queue::weighted(WORKER_QUEUE, WORKER_QUEUE_BYTES, |d: &Datagram| d.buf.len());
-        (self.insert(cids, tx.clone(), ctrl_tx, source, true), tx, rx)
+        let registration = self.insert(cids, peer_cid, tx.clone(), ctrl_tx, source, true);
+        (registration, tx, rx)
     }
 
     /// Routes `cids` into an existing connection's queue: a client connection that
@@ -380,12 +384,15 @@ impl Router {
         pkt_tx: queue::Sender<Datagram>,
         ctrl_tx: queue::Sender<WorkerCommand>,
     ) -> Registration {
-        self.insert(cids, pkt_tx, ctrl_tx, None, false)
+        self.insert(cids, None, pkt_tx, ctrl_tx, None, false)
     }
 
+    /// Routes `cids` (this endpoint's IDs) and `peer_cid` (the ID a client chose for
+    /// its first Initial, if it is not one of ours) to a new connection.
     fn insert(
         &mut self,
-        cids: Vec<Vec<u8>>,
+        mut cids: Vec<Vec<u8>>,
+        peer_cid: Option<Vec<u8>>,
         tx: queue::Sender<Datagram>,
         ctrl_tx: queue::Sender<WorkerCommand>,
         source: Option<SourceKey>,
@@ -394,7 +401,13 @@ impl Router {
         let id = self.next_id;
         self.next_id += 1;
         for cid in &cids {
-            self.routes.insert(cid.clone(), (id, tx.clone()));
+            self.routes
+                .insert(cid.clone(), ChosenBy::Us, (id, tx.clone()));
+        }
+        if let Some(cid) = peer_cid {
+            self.routes
+                .insert(cid.clone(), ChosenBy::Peer, (id, tx.clone()));
+            cids.push(cid);
         }
         self.conns.insert(
             id,
@@ -498,9 +511,7 @@ impl Router {
                         }
                     }
                     for cid in entry.cids {
-                        if self.routes.get(&cid).is_some_and(|(owner, _)| *owner == id) {
-                            self.routes.remove(&cid);
-                        }
+                        self.routes.remove_if(&cid, |(owner, _)| *owner == id);
                     }
                 }
                 if self.conns.is_empty()
@@ -511,16 +522,15 @@ impl Router {
             }
             RouterCommand::Route { id, cid } => {
                 if let Some(entry) = self.conns.get_mut(&id) {
-                    self.routes.insert(cid.clone(), (id, entry.pkt_tx.clone()));
+                    self.routes
+                        .insert(cid.clone(), ChosenBy::Us, (id, entry.pkt_tx.clone()));
                     entry.cids.push(cid);
                 }
             }
             RouterCommand::Unroute { id, cid } => {
                 if let Some(entry) = self.conns.get_mut(&id) {
                     entry.cids.retain(|c| *c != cid);
-                    if self.routes.get(&cid).is_some_and(|(owner, _)| *owner == id) {
-                        self.routes.remove(&cid);
-                    }
+                    self.routes.remove_if(&cid, |(owner, _)| *owner == id);
                 }
             }
             RouterCommand::FailForTest => panic!("router failure requested by a test"),
@@ -884,7 +894,7 @@ mod tests {
             let (ctrl_tx, _ctrl_rx) = queue::channel(1);
             let source = Some(SourceKey::of([10, 0, (i / 256) as u8, i as u8].into()));
             let (r, _pkt_tx, _pkt_rx) =
-                router.register(vec![i.to_be_bytes().to_vec()], ctrl_tx, source);
+                router.register(vec![i.to_be_bytes().to_vec()], None, ctrl_tx, source);
             registrations.push(r);
         }
         assert_eq!(router.handshaking, 5_000);
