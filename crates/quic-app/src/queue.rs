@@ -455,17 +455,13 @@ impl<T> Receiver<T> {
         if n == 0 {
             return 0;
         }
-        if n == state.items.len() {
+        // Moved, not swapped: the queue keeps its own storage, so the items' next
+        // owner never hands the queue a larger buffer than it had.
+        let start = out.len();
+        out.extend(state.items.drain(..n));
+        if state.items.is_empty() {
             state.weight = 0;
-            if out.is_empty() {
-                // The whole queue: its storage changes hands, nothing moves.
-                std::mem::swap(&mut state.items, out);
-            } else {
-                out.append(&mut state.items);
-            }
         } else {
-            let start = out.len();
-            out.extend(state.items.drain(..n));
             let weigh = state.weigh;
             let taken = out
                 .range(start..)

@@ -10,6 +10,7 @@ pub(crate) mod batch;
 mod logging;
 mod retired;
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -260,7 +261,6 @@ pub(crate) fn spawn<A: ApplicationOverQuic>(
         cipher: None,
         retired: RetiredIds::default(),
         spares: SpareIds::default(),
-        inbox: VecDeque::new(),
     };
     // The task's future holds the worker once: `run` borrows it from the block's
     // capture. An async fn taking `self` by value (or a block that moves its capture
@@ -301,10 +301,6 @@ struct Worker<A> {
     retired: RetiredIds,
     /// The source IDs the peer has used; see [`Worker::issue_connection_ids`].
     spares: SpareIds,
-    /// Datagrams taken from `pkt_rx` in one go for this turn (never more than the
-    /// turn reads, so it is empty between turns): one lock per burst, not one per
-    /// datagram.
-    inbox: VecDeque<Datagram>,
 }
 
 /// Spare source IDs the peer holds unused at a time (RFC 9000 §5.1.1 lets it hold up
@@ -526,6 +522,24 @@ impl<A: ApplicationOverQuic> Worker<A> {
 
     /// Feeds every queued datagram, up to a bound.
     fn drain_queue(&mut self) {
+        thread_local! {
+            /// The datagrams a turn under way has taken from its queue: per thread,
+            /// so that no connection keeps storage of its own for them.
+            static INBOX: RefCell<VecDeque<Datagram>> = const { RefCell::new(VecDeque::new()) };
+        }
+        INBOX.with(|inbox| match inbox.try_borrow_mut() {
+            Ok(mut inbox) => self.drain_into(&mut inbox),
+            // Never in practice (a turn does not start another), but never a panic.
+            Err(_) => self.drain_into(&mut VecDeque::new()),
+        });
+    }
+
+    /// Takes the queued datagrams a burst per lock, never more than the turn still
+    /// feeds, so `inbox` is empty when it returns.
+    fn drain_into(&mut self, inbox: &mut VecDeque<Datagram>) {
+        // Left over only if a turn on this thread panicked midway: not this
+        // connection's.
+        inbox.clear();
         for read in 1..MAX_DATAGRAMS_PER_TURN {
             if self.in_early_data() {
                 // What arrived on 0-RTT keys reaches the application before the next
@@ -533,16 +547,16 @@ impl<A: ApplicationOverQuic> Worker<A> {
                 // (replayable) from the rest.
                 self.run_application();
             }
-            if self.inbox.is_empty()
+            if inbox.is_empty()
                 && self
                     .setup
                     .pkt_rx
-                    .take_up_to(&mut self.inbox, MAX_DATAGRAMS_PER_TURN - read)
+                    .take_up_to(inbox, MAX_DATAGRAMS_PER_TURN - read)
                     == 0
             {
                 return;
             }
-            match self.inbox.pop_front() {
+            match inbox.pop_front() {
                 Some(d) => self.recv(d),
                 None => return,
             }
