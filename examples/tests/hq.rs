@@ -7,11 +7,29 @@ use std::time::Duration;
 use quay::app::testing::{Pair, PairConfig};
 use quay_examples::hq::{ALPN, Download, HqClient, HqServer};
 
-fn dir(name: &str) -> PathBuf {
+/// A fresh directory under the system's temporary one, removed when dropped (also when
+/// the test fails).
+struct TempDir(PathBuf);
+
+impl std::ops::Deref for TempDir {
+    type Target = std::path::Path;
+
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn dir(name: &str) -> TempDir {
     let d = std::env::temp_dir().join(format!("quay-hq-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
-    d
+    TempDir(d)
 }
 
 fn content(seed: usize, len: usize) -> Vec<u8> {
