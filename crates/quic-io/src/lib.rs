@@ -102,13 +102,6 @@ pub mod __private {
                 .insert(cid.to_vec(), crate::router::ChosenBy::Us, id);
         }
 
-        /// Routes `cid`, an ID a client chose for its first Initial, to connection
-        /// `id`.
-        pub fn insert_peer_chosen(&mut self, cid: &[u8], id: u64) {
-            self.routes
-                .insert(cid.to_vec(), crate::router::ChosenBy::Peer, id);
-        }
-
         /// The connection a datagram goes to, with connection IDs of `cid_len` bytes
         /// in short headers.
         pub fn route(&self, datagram: &[u8], cid_len: usize) -> Option<u64> {

@@ -14,8 +14,8 @@ use std::collections::HashMap;
 ///   collide in a weak hash, each admitted connection inserting one: they keep std's
 ///   SipHash with its random keys.
 ///
-/// A lookup tries the first map, then the second (which is empty but for the
-/// connections a server accepted, and costs no hashing when empty).
+/// A lookup tries the first map, then the second (empty but for the connections a
+/// server accepted; an empty map answers without hashing).
 pub(crate) struct Routes<V> {
     own: HashMap<Vec<u8>, V, foldhash::fast::RandomState>,
     peer: HashMap<Vec<u8>, V>,
@@ -52,11 +52,8 @@ impl<V> Routes<V> {
     /// The route of `cid`, if any.
     #[inline]
     pub(crate) fn get(&self, cid: &[u8]) -> Option<&V> {
-        match self.own.get(cid) {
-            Some(v) => Some(v),
-            None if self.peer.is_empty() => None,
-            None => self.peer.get(cid),
-        }
+        // An empty map answers without hashing.
+        self.own.get(cid).or_else(|| self.peer.get(cid))
     }
 
     /// Routes `cid` to `route`, replacing a route it had.
@@ -64,9 +61,7 @@ impl<V> Routes<V> {
         // One map holds an ID at a time, so that a lookup cannot find a stale route.
         match by {
             ChosenBy::Us => {
-                if !self.peer.is_empty() {
-                    self.peer.remove(&cid);
-                }
+                self.peer.remove(&cid);
                 self.own.insert(cid, route);
             }
             ChosenBy::Peer => {
