@@ -6,8 +6,10 @@
 //! block of 32 slots and a cache-padded channel head up front (about 1–4 KB per
 //! channel, aligned allocations included), which dominates the memory of an idle
 //! connection and the allocations of a short request. This queue costs one small
-//! allocation (about 100 bytes) until the first item, and its storage grows only as
-//! far as the items actually queued.
+//! allocation (about 100 bytes); one item at a time is held in place, and storage is
+//! allocated only for a second item waiting behind the first, growing only as far
+//! as the items actually queued. (A request's body of one chunk, or its response,
+//! passes through without an allocation of its own.)
 //!
 //! Any number of [`Sender`]s, one [`Receiver`]. Sending waits while the queue is full
 //! ([`Sender::send`]) or fails at once ([`Sender::try_send`]). Waiting senders are
@@ -54,7 +56,7 @@ pub fn weighted<T>(
 ) -> (Sender<T>, Receiver<T>) {
     let shared = Arc::new(Shared {
         state: Mutex::new(State {
-            items: VecDeque::new(),
+            items: Items::new(),
             weight: 0,
             max_weight,
             weigh,
@@ -79,8 +81,61 @@ struct Shared<T> {
     state: Mutex<State<T>>,
 }
 
+/// The queued items, oldest first: the oldest held in place, any behind it in a
+/// deque that is only allocated once two items wait together.
+struct Items<T> {
+    first: Option<T>,
+    /// Items queued behind `first`; never non-empty while `first` is `None`.
+    rest: VecDeque<T>,
+}
+
+impl<T> Items<T> {
+    const fn new() -> Self {
+        Self {
+            first: None,
+            rest: VecDeque::new(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        usize::from(self.first.is_some()) + self.rest.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.first.is_none()
+    }
+
+    fn push_back(&mut self, value: T) {
+        if self.first.is_none() {
+            self.first = Some(value);
+        } else {
+            self.rest.push_back(value);
+        }
+    }
+
+    fn pop_front(&mut self) -> Option<T> {
+        let item = self.first.take()?;
+        self.first = self.rest.pop_front();
+        Some(item)
+    }
+
+    /// Moves the `n` oldest items (at most `len`) to the back of `out`.
+    fn move_to(&mut self, out: &mut VecDeque<T>, n: usize) {
+        if n == 0 {
+            return;
+        }
+        let Some(first) = self.first.take() else {
+            return;
+        };
+        out.push_back(first);
+        let more = (n - 1).min(self.rest.len());
+        out.extend(self.rest.drain(..more));
+        self.first = self.rest.pop_front();
+    }
+}
+
 struct State<T> {
-    items: VecDeque<T>,
+    items: Items<T>,
     /// The weight of the items queued.
     weight: usize,
     max_weight: usize,
@@ -458,7 +513,7 @@ impl<T> Receiver<T> {
         // Moved, not swapped: the queue keeps its own storage, so the items' next
         // owner never hands the queue a larger buffer than it had.
         let start = out.len();
-        out.extend(state.items.drain(..n));
+        state.items.move_to(out, n);
         if state.items.is_empty() {
             state.weight = 0;
         } else {
@@ -504,7 +559,7 @@ impl<T> Drop for Receiver<T> {
     fn drop(&mut self) {
         let mut state = self.shared.lock();
         state.receiver_alive = false;
-        let items = std::mem::take(&mut state.items);
+        let items = std::mem::replace(&mut state.items, Items::new());
         state.weight = 0;
         let wakers = state.take_all_wakers();
         drop(state);
@@ -536,6 +591,39 @@ mod tests {
     fn counter() -> (Arc<Count>, Waker) {
         let c = Arc::new(Count(AtomicUsize::new(0)));
         (Arc::clone(&c), Waker::from(c))
+    }
+
+    #[test]
+    fn order_holds_across_the_item_held_in_place_and_those_behind_it() {
+        let (tx, mut rx) = channel(1000);
+        let mut next = 0;
+        let mut expected = VecDeque::new();
+        let mut out = VecDeque::new();
+        // Sends, receives and burst takes interleaved in every pattern up to a few
+        // items deep; everything comes out once, in the order it went in.
+        for round in 0..200usize {
+            for _ in 0..round % 4 {
+                tx.try_send(next).unwrap();
+                expected.push_back(next);
+                next += 1;
+            }
+            match round % 3 {
+                0 => assert_eq!(rx.try_recv().ok(), expected.pop_front()),
+                1 => {
+                    let n = rx.take_up_to(&mut out, round % 5);
+                    assert_eq!(n, expected.len().min(round % 5));
+                    for _ in 0..n {
+                        assert_eq!(out.pop_front(), expected.pop_front());
+                    }
+                }
+                _ => {}
+            }
+        }
+        while let Some(want) = expected.pop_front() {
+            assert_eq!(rx.try_recv(), Ok(want));
+        }
+        assert_eq!(rx.try_recv(), Err(TryRecvError::Empty));
+        assert!(out.is_empty());
     }
 
     #[test]
