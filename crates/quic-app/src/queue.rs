@@ -498,6 +498,17 @@ impl<T> Receiver<T> {
         Self::pop(state).ok_or(TryRecvError::Empty)
     }
 
+    /// Takes the oldest item if `pred` accepts it (seen under the lock: keep it
+    /// short); otherwise leaves the queue as it was. For a consumer that handles two
+    /// items together when the second is already there.
+    pub fn take_if(&mut self, pred: impl FnOnce(&T) -> bool) -> Option<T> {
+        let state = self.shared.lock();
+        if !state.items.first.as_ref().is_some_and(pred) {
+            return None;
+        }
+        Self::pop(state)
+    }
+
     /// Moves up to `max` queued items, oldest first, to the back of `out` under one
     /// lock, and returns how many. Senders waiting for room are woken once, for all of
     /// them. For a consumer that handles items in bursts: the queue's bounds no longer
@@ -624,6 +635,20 @@ mod tests {
         }
         assert_eq!(rx.try_recv(), Err(TryRecvError::Empty));
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn take_if_takes_only_an_accepted_oldest_item() {
+        let (tx, mut rx) = channel(2);
+        assert_eq!(rx.take_if(|_| true), None);
+        tx.try_send(1).unwrap();
+        tx.try_send(2).unwrap();
+        assert_eq!(rx.take_if(|v| *v == 2), None);
+        assert!(!tx.has_room());
+        assert_eq!(rx.take_if(|v| *v == 1), Some(1));
+        // The item left frees its slot.
+        assert!(tx.has_room());
+        assert_eq!(rx.try_recv(), Ok(2));
     }
 
     #[test]

@@ -36,6 +36,9 @@ pub(crate) enum OutFrame {
     /// A response head (server): informational (1xx) or final.
     Response(http::response::Parts),
     Data(Bytes),
+    /// The last data of the body: DATA and the stream's end together. Made by the
+    /// driver from `Data` with `Finish` queued behind it, never by a handle.
+    LastData(Bytes),
     Trailers(HeaderMap),
     Finish,
     /// Abort the stream both ways (RESET_STREAM and STOP_SENDING) with this code.

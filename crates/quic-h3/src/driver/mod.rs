@@ -238,7 +238,19 @@ impl Core {
                 s.out_done = true;
                 continue;
             }
-            while let Some(frame) = s.pending_out.take() {
+            while let Some(mut frame) = s.pending_out.take() {
+                if let OutFrame::Data(data) = frame {
+                    // The body's end already queued behind its last data: both leave
+                    // in one write, the FIN in the data's STREAM frame.
+                    let last = s
+                        .out_rx
+                        .as_mut()
+                        .and_then(|rx| rx.take_if(|next| matches!(next, OutFrame::Finish)));
+                    frame = match last {
+                        Some(_) => OutFrame::LastData(data),
+                        None => OutFrame::Data(data),
+                    };
+                }
                 match write_frame(h3, conn, id, frame, &mut s.head_sent) {
                     Written::All { ends } => {
                         if ends {
@@ -517,6 +529,21 @@ fn write_frame(
             }
             Err(quiche::h3::Error::Done | quiche::h3::Error::StreamBlocked) => {
                 Written::Blocked(OutFrame::Data(data))
+            }
+            Err(e) => {
+                tracing::debug!(stream = id, error = %e, "sending body data failed");
+                Written::Failed
+            }
+        },
+        OutFrame::LastData(mut data) => match h3.send_body(conn, id, &data, true) {
+            // quiche sets FIN only when the whole body was taken.
+            Ok(n) if n == data.len() => Written::All { ends: true },
+            Ok(n) => {
+                data.advance(n);
+                Written::Blocked(OutFrame::LastData(data))
+            }
+            Err(quiche::h3::Error::Done | quiche::h3::Error::StreamBlocked) => {
+                Written::Blocked(OutFrame::LastData(data))
             }
             Err(e) => {
                 tracing::debug!(stream = id, error = %e, "sending body data failed");
