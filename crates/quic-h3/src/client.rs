@@ -365,16 +365,24 @@ impl sealed::Sealed for ClientHooks {
                     continue;
                 }
             }
-            let fields = request_fields(&req.head);
-            // RFC 9114 §4.2.2: do not send a section larger than the peer accepts.
-            if let Some(limit) = peer_field_section_limit(h3) {
-                let size = section_size(&fields);
-                if size > limit {
+            let sent = {
+                let fields = request_fields(&req.head);
+                // RFC 9114 §4.2.2: do not send a section larger than the peer accepts.
+                match peer_field_section_limit(h3) {
+                    Some(limit) if section_size(&fields) > limit => {
+                        Err((section_size(&fields), limit))
+                    }
+                    _ => Ok(h3.send_request(conn, &fields, false)),
+                }
+            };
+            let sent = match sent {
+                Ok(sent) => sent,
+                Err((size, limit)) => {
                     req.fail(StreamError::HeadersTooLarge { size, limit });
                     continue;
                 }
-            }
-            match h3.send_request(conn, &fields, false) {
+            };
+            match sent {
                 Ok(id) => {
                     let mut stream = Stream::new(Some(req.body_rx));
                     stream.head_request = req.head.method == http::Method::HEAD;

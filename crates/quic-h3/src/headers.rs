@@ -1,8 +1,10 @@
 //! Conversions between `http` types and HTTP/3 field lists (RFC 9114 §4.3).
 
 use bytes::Bytes;
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use quiche::h3::{HeaderRef, NameValue};
+use smallvec::SmallVec;
 
 /// Fields that are connection-specific in HTTP/1.1 and must not appear in HTTP/3
 /// (RFC 9114 §4.2).
@@ -14,9 +16,13 @@ const CONNECTION_SPECIFIC: [&str; 5] = [
     "upgrade",
 ];
 
+/// A field list borrowed from a message head: on the stack up to 12 fields, which
+/// most heads fit.
+pub(crate) type Fields<'a> = SmallVec<[HeaderRef<'a>; 12]>;
+
 /// The field list of a request head, borrowed from it.
-pub(crate) fn request_fields(parts: &http::request::Parts) -> Vec<HeaderRef<'_>> {
-    let mut out = Vec::with_capacity(4 + parts.headers.len());
+pub(crate) fn request_fields(parts: &http::request::Parts) -> Fields<'_> {
+    let mut out = Fields::with_capacity(4 + parts.headers.len());
     out.push(HeaderRef::new(b":method", parts.method.as_str().as_bytes()));
     let scheme = parts.uri.scheme_str().unwrap_or("https");
     if parts.method != Method::CONNECT || extended_protocol(parts).is_some() {
@@ -46,21 +52,21 @@ fn extended_protocol(parts: &http::request::Parts) -> Option<&str> {
 pub struct Protocol(pub String);
 
 /// The field list of a response head, borrowed from it.
-pub(crate) fn response_fields(parts: &http::response::Parts) -> Vec<HeaderRef<'_>> {
-    let mut out = Vec::with_capacity(1 + parts.headers.len());
+pub(crate) fn response_fields(parts: &http::response::Parts) -> Fields<'_> {
+    let mut out = Fields::with_capacity(1 + parts.headers.len());
     out.push(HeaderRef::new(b":status", parts.status.as_str().as_bytes()));
     push_fields(&mut out, &parts.headers);
     out
 }
 
 /// The field list of a trailer section, borrowed from it.
-pub(crate) fn trailer_fields(trailers: &HeaderMap) -> Vec<HeaderRef<'_>> {
-    let mut out = Vec::with_capacity(trailers.len());
+pub(crate) fn trailer_fields(trailers: &HeaderMap) -> Fields<'_> {
+    let mut out = Fields::with_capacity(trailers.len());
     push_fields(&mut out, trailers);
     out
 }
 
-fn push_fields<'a>(out: &mut Vec<HeaderRef<'a>>, headers: &'a HeaderMap) {
+fn push_fields<'a>(out: &mut Fields<'a>, headers: &'a HeaderMap) {
     for (name, value) in headers {
         if CONNECTION_SPECIFIC.contains(&name.as_str()) {
             continue;
@@ -142,41 +148,45 @@ pub(crate) fn parse_request(list: &[impl NameValue]) -> Result<http::request::Pa
             return Err("host disagrees with :authority");
         }
     }
-    let mut uri = Uri::builder();
+    // The URI's parts and the request's are filled in place: the `http` builders move
+    // their whole state through every step.
+    let invalid_target = |_| "invalid request target";
+    let mut uri = http::uri::Parts::default();
     if method == Method::CONNECT && protocol.is_none() {
         // RFC 9114 §4.4: a CONNECT request carries only :method and :authority.
         if scheme.is_some() || path.is_some() {
             return Err(":scheme or :path in a CONNECT request");
         }
-        uri = uri.authority(authority.ok_or("missing :authority in CONNECT")?);
+        let authority = authority.ok_or("missing :authority in CONNECT")?;
+        uri.authority = Some(Authority::try_from(authority).map_err(invalid_target)?);
     } else {
         // RFC 9114 §4.3.1: :method, :scheme and :path are required.
         let scheme = scheme.ok_or("missing :scheme")?;
-        uri = uri
-            .scheme(scheme)
-            .path_and_query(path.filter(|p| !p.is_empty()).ok_or("missing :path")?);
-        match authority.or(host.map(HeaderValue::as_bytes)) {
-            Some(a) => uri = uri.authority(a),
+        let path = path.filter(|p| !p.is_empty()).ok_or("missing :path")?;
+        let authority = authority.or(host.map(HeaderValue::as_bytes));
+        if authority.is_none() && (scheme == b"https" || scheme == b"http") {
             // RFC 9114 §4.3.1: http and https require an authority, in :authority or
             // Host.
-            None if scheme == b"https" || scheme == b"http" => {
-                return Err("missing :authority and host");
-            }
-            None => {}
+            return Err("missing :authority and host");
+        }
+        uri.scheme = Some(match scheme {
+            b"https" => Scheme::HTTPS,
+            b"http" => Scheme::HTTP,
+            other => Scheme::try_from(other).map_err(invalid_target)?,
+        });
+        uri.path_and_query = Some(PathAndQuery::try_from(path).map_err(invalid_target)?);
+        if let Some(a) = authority {
+            uri.authority = Some(Authority::try_from(a).map_err(invalid_target)?);
         }
     }
-    let mut builder = http::Request::builder()
-        .method(method)
-        .uri(uri.build().map_err(|_| "invalid request target")?)
-        .version(http::Version::HTTP_3);
+    let (mut parts, ()) = http::Request::new(()).into_parts();
+    parts.method = method;
+    parts.uri = Uri::from_parts(uri).map_err(|_| "invalid request target")?;
+    parts.version = http::Version::HTTP_3;
     if let Some(p) = protocol {
         let p = std::str::from_utf8(p).map_err(|_| "invalid :protocol")?;
-        builder = builder.extension(Protocol(p.to_owned()));
+        parts.extensions.insert(Protocol(p.to_owned()));
     }
-    let (mut parts, ()) = builder
-        .body(())
-        .map_err(|_| "invalid request head")?
-        .into_parts();
     parts.headers = headers;
     Ok(parts)
 }

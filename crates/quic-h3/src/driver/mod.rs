@@ -501,11 +501,13 @@ fn write_frame(
 ) -> Written {
     match frame {
         OutFrame::Response(parts) => {
-            let fields = response_fields(&parts);
-            let r = if *head_sent {
-                h3.send_additional_headers(conn, id, &fields, false, false)
-            } else {
-                h3.send_response(conn, id, &fields, false)
+            let r = {
+                let fields = response_fields(&parts);
+                if *head_sent {
+                    h3.send_additional_headers(conn, id, &fields, false, false)
+                } else {
+                    h3.send_response(conn, id, &fields, false)
+                }
             };
             match r {
                 Ok(()) => {
@@ -551,8 +553,11 @@ fn write_frame(
             }
         },
         OutFrame::Trailers(trailers) => {
-            let fields = trailer_fields(&trailers);
-            match h3.send_additional_headers(conn, id, &fields, true, true) {
+            let r = {
+                let fields = trailer_fields(&trailers);
+                h3.send_additional_headers(conn, id, &fields, true, true)
+            };
+            match r {
                 Ok(()) => Written::All { ends: true },
                 Err(quiche::h3::Error::StreamBlocked | quiche::h3::Error::Done) => {
                     Written::Blocked(OutFrame::Trailers(trailers))
