@@ -82,6 +82,24 @@ impl http_body::Body for RouteBody {
                 .map(|o| o.map(|r| r.map(Frame::data).map_err(Into::into))),
         }
     }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RouteBody::Full(b) => b.is_end_stream(),
+            RouteBody::Pattern(left) => *left == 0,
+            RouteBody::Echo(b) => b.is_end_stream(),
+            RouteBody::Channel(_) => false,
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self {
+            RouteBody::Full(b) => b.size_hint(),
+            RouteBody::Pattern(left) => http_body::SizeHint::with_exact(*left),
+            RouteBody::Echo(b) => b.size_hint(),
+            RouteBody::Channel(_) => http_body::SizeHint::default(),
+        }
+    }
 }
 
 /// Handles one request; `root` is the directory files are served from.

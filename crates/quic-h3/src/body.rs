@@ -35,6 +35,8 @@ pub(crate) enum InFrame {
 pub(crate) enum OutFrame {
     /// A response head (server): informational (1xx) or final.
     Response(http::response::Parts),
+    /// A final response head with its whole body (server): the stream ends with it.
+    Whole(http::response::Parts, Bytes),
     Data(Bytes),
     /// The last data of the body: DATA and the stream's end together. Made by the
     /// driver from `Data` with `Finish` queued behind it, never by a handle.

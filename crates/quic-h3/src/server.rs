@@ -203,6 +203,25 @@ impl Responder {
             .map_err(|_| StreamError::Cancelled)?;
         Ok(SendBody::new(self.tx))
     }
+
+    /// Sends the final response with its whole body, which ends the stream: the same
+    /// as [`send_response`](Self::send_response), the body sent, then
+    /// [`finish`](SendBody::finish), in one step.
+    pub async fn send_whole_response(
+        self,
+        response: http::Response<bytes::Bytes>,
+    ) -> Result<(), StreamError> {
+        if response.status().is_informational() {
+            return Err(StreamError::Malformed(
+                "informational status as final response",
+            ));
+        }
+        let (parts, body) = response.into_parts();
+        self.tx
+            .send(OutFrame::Whole(parts, body))
+            .await
+            .map_err(|_| StreamError::Cancelled)
+    }
 }
 
 /// Request stream ids looked at past the next expected one, for clients that skip

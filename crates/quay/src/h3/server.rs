@@ -1,7 +1,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -705,23 +705,45 @@ where
     B::Data: Into<Bytes>,
     B::Error: Into<BoxError>,
 {
-    let mut out = responder.send_response(head).await?;
     let mut body = std::pin::pin!(body);
+    // A body whose first frame is ready and ends it (a complete body, as most are)
+    // leaves with the head in one step; otherwise the head goes out at once and the
+    // body follows as it comes.
+    let mut first = None;
+    let ready = match body
+        .as_mut()
+        .poll_frame(&mut Context::from_waker(Waker::noop()))
+    {
+        Poll::Ready(frame) => Some(next_of(frame)),
+        Poll::Pending => None,
+    };
+    if let Some(next) = ready {
+        match next {
+            Some(Next::End) => {
+                responder
+                    .send_whole_response(head.map(|()| Bytes::new()))
+                    .await?;
+                return Ok(0);
+            }
+            Some(Next::Data(data)) if body.is_end_stream() => {
+                let bytes = data.len() as u64;
+                responder.send_whole_response(head.map(|()| data)).await?;
+                return Ok(bytes);
+            }
+            other => first = other,
+        }
+    }
+    let mut out = responder.send_response(head).await?;
     let mut bytes = 0u64;
     loop {
-        // Frames are taken apart before any await: the body's own data and error
-        // types need not be `Send`.
-        let next = match std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
-            None => Next::End,
-            Some(Ok(frame)) => match frame.into_data() {
-                Ok(data) => Next::Data(data.into()),
-                Err(frame) => match frame.into_trailers() {
-                    Ok(trailers) => Next::Trailers(trailers),
-                    // A frame of a kind this server does not know: skipped.
-                    Err(_) => continue,
-                },
+        let next = match first.take() {
+            Some(next) => next,
+            // Frames are taken apart before any await: the body's own data and error
+            // types need not be `Send`.
+            None => match next_of(std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await) {
+                Some(next) => next,
+                None => continue,
             },
-            Some(Err(e)) => Next::Failed(e.into()),
         };
         match next {
             Next::End => {
@@ -746,6 +768,21 @@ where
             }
         }
     }
+}
+
+/// What a polled body frame means for the response; `None` for a frame of a kind
+/// this server does not know, which is skipped.
+fn next_of<D: Into<Bytes>, E: Into<BoxError>>(
+    frame: Option<Result<http_body::Frame<D>, E>>,
+) -> Option<Next> {
+    Some(match frame {
+        None => Next::End,
+        Some(Ok(frame)) => match frame.into_data() {
+            Ok(data) => Next::Data(data.into()),
+            Err(frame) => Next::Trailers(frame.into_trailers().ok()?),
+        },
+        Some(Err(e)) => Next::Failed(e.into()),
+    })
 }
 
 /// One step of a response body.

@@ -492,6 +492,41 @@ enum Written {
 
 /// Writes one frame of stream `id`; `head_sent` tells whether a response head (a 1xx)
 /// went out before, after which further heads are additional HEADERS frames.
+/// How writing a response head went.
+enum Head {
+    Sent,
+    /// Flow control: try again later.
+    Blocked,
+    Failed,
+}
+
+/// Writes a response head: the final one, or (after that) more headers.
+fn write_head(
+    h3: &mut quiche::h3::Connection,
+    conn: &mut QuicConnection,
+    id: u64,
+    parts: &http::response::Parts,
+    head_sent: &mut bool,
+) -> Head {
+    let fields = response_fields(parts);
+    let r = if *head_sent {
+        h3.send_additional_headers(conn, id, &fields, false, false)
+    } else {
+        h3.send_response(conn, id, &fields, false)
+    };
+    match r {
+        Ok(()) => {
+            *head_sent = true;
+            Head::Sent
+        }
+        Err(quiche::h3::Error::StreamBlocked | quiche::h3::Error::Done) => Head::Blocked,
+        Err(e) => {
+            tracing::debug!(stream = id, error = %e, "sending a response head failed");
+            Head::Failed
+        }
+    }
+}
+
 fn write_frame(
     h3: &mut quiche::h3::Connection,
     conn: &mut QuicConnection,
@@ -500,29 +535,16 @@ fn write_frame(
     head_sent: &mut bool,
 ) -> Written {
     match frame {
-        OutFrame::Response(parts) => {
-            let r = {
-                let fields = response_fields(&parts);
-                if *head_sent {
-                    h3.send_additional_headers(conn, id, &fields, false, false)
-                } else {
-                    h3.send_response(conn, id, &fields, false)
-                }
-            };
-            match r {
-                Ok(()) => {
-                    *head_sent = true;
-                    Written::All { ends: false }
-                }
-                Err(quiche::h3::Error::StreamBlocked | quiche::h3::Error::Done) => {
-                    Written::Blocked(OutFrame::Response(parts))
-                }
-                Err(e) => {
-                    tracing::debug!(stream = id, error = %e, "sending a response head failed");
-                    Written::Failed
-                }
-            }
-        }
+        OutFrame::Response(parts) => match write_head(h3, conn, id, &parts, head_sent) {
+            Head::Sent => Written::All { ends: false },
+            Head::Blocked => Written::Blocked(OutFrame::Response(parts)),
+            Head::Failed => Written::Failed,
+        },
+        OutFrame::Whole(parts, data) => match write_head(h3, conn, id, &parts, head_sent) {
+            Head::Sent => write_frame(h3, conn, id, OutFrame::LastData(data), head_sent),
+            Head::Blocked => Written::Blocked(OutFrame::Whole(parts, data)),
+            Head::Failed => Written::Failed,
+        },
         OutFrame::Data(mut data) => match h3.send_body(conn, id, &data, false) {
             Ok(n) if n == data.len() => Written::All { ends: false },
             Ok(n) => {

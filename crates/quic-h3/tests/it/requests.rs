@@ -71,6 +71,64 @@ async fn a_request_and_its_response_carry_method_uri_headers_and_body() {
 }
 
 #[tokio::test]
+async fn whole_responses_arrive_intact_large_or_empty() {
+    let (mut pair, send, requests) = pair(H3Settings::default());
+    // Larger than the stream's flow control window: the body leaves in parts, the
+    // end with the last.
+    let payload = pattern(3 * 1024 * 1024);
+    let expected = sha256(&payload);
+    let body = payload;
+    tokio::spawn(async move {
+        let mut requests = requests;
+        while let Some(req) = requests.next().await {
+            let body = body.clone();
+            tokio::spawn(async move {
+                let path = req.request.uri().path().to_owned();
+                if path == "/1xx" {
+                    let early = http::Response::builder().status(103).body(Bytes::new());
+                    let refused = req.responder.send_whole_response(early.unwrap()).await;
+                    assert!(matches!(refused, Err(StreamError::Malformed(_))));
+                    return;
+                }
+                let body = if path == "/large" { body } else { Bytes::new() };
+                let resp = http::Response::builder()
+                    .status(StatusCode::ACCEPTED)
+                    .header("x-path", path)
+                    .body(body)
+                    .unwrap();
+                req.responder.send_whole_response(resp).await.unwrap();
+            });
+        }
+    });
+    let got = pair
+        .run_with(LIMIT, async {
+            let mut out = Vec::new();
+            for path in ["/large", "/empty"] {
+                let req = http::Request::get(format!("https://localhost{path}"))
+                    .body(Bytes::new())
+                    .unwrap();
+                let mut resp = send.send(req).await.unwrap();
+                let body = resp.body_mut().collect(8 * 1024 * 1024).await.unwrap();
+                out.push((resp.status(), resp.headers()["x-path"].clone(), body));
+            }
+            let req = http::Request::get("https://localhost/1xx").body(Bytes::new());
+            let refused = send.send(req.unwrap()).await;
+            (out, refused.map(|r| r.status()))
+        })
+        .await
+        .unwrap();
+    let (out, refused) = got;
+    assert_eq!(out[0].0, StatusCode::ACCEPTED);
+    assert_eq!(out[0].1, "/large");
+    assert_eq!(sha256(&out[0].2), expected);
+    assert_eq!(out[1].0, StatusCode::ACCEPTED);
+    assert_eq!(out[1].1, "/empty");
+    assert!(out[1].2.is_empty());
+    // The refused whole response dropped its responder: the stream is reset.
+    assert!(refused.is_err(), "{refused:?}");
+}
+
+#[tokio::test]
 async fn ten_mib_bodies_cross_both_ways_intact() {
     let (mut pair, send, requests) = pair(H3Settings::default());
     tokio::spawn(echo_server(requests));
