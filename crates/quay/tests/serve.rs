@@ -50,3 +50,82 @@ async fn a_server_on_a_given_socket_serves_until_its_shutdown_future_completes()
         .unwrap();
     assert_eq!(closed.reason.app_code(), Some(quay::h3::H3Code::NO_ERROR.0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handlers_still_running_at_the_shutdown_deadline_are_cancelled() {
+    /// Counts the handler futures dropped.
+    struct Dropped(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+    impl Drop for Dropped {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+    let identity = TlsConfig::self_signed(&["localhost"]).unwrap();
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = socket.local_addr().unwrap();
+    let server = Server::builder()
+        .tls(identity.config)
+        .bind_socket(socket)
+        .unwrap();
+    let dropped = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (started_tx, mut started_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let handler = {
+        let dropped = dropped.clone();
+        move |_req| {
+            let flag = Dropped(dropped.clone());
+            let started = started_tx.clone();
+            async move {
+                let _flag = flag;
+                let _ = started.send(());
+                // Never answers.
+                std::future::pending::<()>().await;
+                Ok::<_, Infallible>(http::Response::new(Body::from("never")))
+            }
+        }
+    };
+    let serving = tokio::spawn(server.serve_with_graceful_shutdown(
+        handler,
+        async {
+            let _ = stop_rx.await;
+        },
+        Duration::from_millis(300),
+    ));
+
+    let mut params = ClientParams::new(&[quay::h3::ALPN]);
+    params.tls = ClientTlsConfig::new()
+        .add_root_pem(identity.cert_pem.as_bytes())
+        .unwrap();
+    params.server_name = Some("localhost".into());
+    let (driver, send) = ClientH3Driver::new(H3Settings::default());
+    let _conn = quay::io::connect(addr, params, driver).await.unwrap();
+    let mut waiting = Vec::new();
+    for _ in 0..3 {
+        let req = http::Request::get("https://localhost/")
+            .body(Bytes::new())
+            .unwrap();
+        let send = send.clone();
+        waiting.push(tokio::spawn(async move { send.send(req).await }));
+    }
+    for _ in 0..3 {
+        tokio::time::timeout(Duration::from_secs(10), started_rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    assert_eq!(dropped.load(std::sync::atomic::Ordering::SeqCst), 0);
+
+    stop_tx.send(()).unwrap();
+    let result = tokio::time::timeout(Duration::from_secs(10), serving)
+        .await
+        .expect("the server stopped at its deadline");
+    assert!(result.unwrap().is_ok());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while dropped.load(std::sync::atomic::Ordering::SeqCst) < 3 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "handlers still running after the server stopped"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

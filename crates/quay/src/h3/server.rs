@@ -605,7 +605,7 @@ async fn serve_connection<S: ServeService>(
 ) {
     let control = requests.control();
     let recorder = crate::observe::RequestRecorder::new();
-    let mut in_flight = JoinSet::new();
+    let in_flight = super::in_flight::InFlight::new();
     let mut draining = false;
     loop {
         tokio::select! {
@@ -630,10 +630,9 @@ async fn serve_connection<S: ServeService>(
                     respond(req, service.clone(), recorder.clone()).instrument(span),
                 ));
             }
-            Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
         }
     }
-    while in_flight.join_next().await.is_some() {}
+    in_flight.wait().await;
 }
 
 /// Runs the service for one request and streams its response, inside the request's
