@@ -13,7 +13,9 @@ use tokio::task::AbortHandle;
 /// is not woken once per finished request, as it would be to collect each from a
 /// `JoinSet`.
 pub(super) struct InFlight {
-    shared: Arc<Mutex<Tasks>>,
+    /// Made with the first task: a connection that never sees a request costs
+    /// nothing here.
+    shared: Option<Arc<Mutex<Tasks>>>,
 }
 
 struct Tasks {
@@ -26,26 +28,23 @@ struct Tasks {
 
 impl InFlight {
     pub(super) fn new() -> Self {
-        Self {
-            shared: Arc::new(Mutex::new(Tasks {
-                running: Slab::new(),
-                idle: None,
-            })),
-        }
-    }
-
-    fn lock(&self) -> MutexGuard<'_, Tasks> {
-        lock(&self.shared)
+        Self { shared: None }
     }
 
     /// Spawns `task` into the set.
-    pub(super) fn spawn<F>(&self, task: F)
+    pub(super) fn spawn<F>(&mut self, task: F)
     where
         F: Future<Output = ()> + Send + 'static,
     {
-        let key = self.lock().running.insert(None);
+        let shared = self.shared.get_or_insert_with(|| {
+            Arc::new(Mutex::new(Tasks {
+                running: Slab::new(),
+                idle: None,
+            }))
+        });
+        let key = lock(shared).running.insert(None);
         let leave = Leave {
-            shared: Arc::clone(&self.shared),
+            shared: Arc::clone(shared),
             key,
         };
         let handle = tokio::spawn(async move {
@@ -54,7 +53,7 @@ impl InFlight {
         });
         // Only this method adds slots, so a slot already gone is this task's own:
         // it has finished.
-        if let Some(slot) = self.lock().running.get_mut(key) {
+        if let Some(slot) = lock(shared).running.get_mut(key) {
             *slot = Some(handle.abort_handle());
         }
     }
@@ -62,13 +61,14 @@ impl InFlight {
     /// How many tasks are running.
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.lock().running.len()
+        self.shared.as_ref().map_or(0, |s| lock(s).running.len())
     }
 
     /// Waits until every task has finished.
     pub(super) async fn wait(&self) {
+        let Some(shared) = &self.shared else { return };
         poll_fn(|cx| {
-            let mut tasks = self.lock();
+            let mut tasks = lock(shared);
             if tasks.running.is_empty() {
                 return Poll::Ready(());
             }
@@ -84,7 +84,8 @@ impl InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        let running = std::mem::take(&mut self.lock().running);
+        let Some(shared) = &self.shared else { return };
+        let running = std::mem::take(&mut lock(shared).running);
         // Outside the lock: an aborted task that is not running is dropped at once,
         // and its `Leave` takes the lock.
         for (_, handle) in running {
@@ -130,7 +131,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn finished_tasks_leave_and_wait_returns_after_the_last() {
-        let set = InFlight::new();
+        let mut set = InFlight::new();
         let done = Arc::new(AtomicUsize::new(0));
         let (tx, rx) = tokio::sync::watch::channel(false);
         for _ in 0..50 {
@@ -162,7 +163,7 @@ mod tests {
                 self.0.fetch_add(1, Ordering::SeqCst);
             }
         }
-        let set = InFlight::new();
+        let mut set = InFlight::new();
         let dropped = Arc::new(AtomicUsize::new(0));
         for _ in 0..20 {
             let flag = Flag(Arc::clone(&dropped));
@@ -171,7 +172,7 @@ mod tests {
                 std::future::pending::<()>().await;
             });
         }
-        let shared = Arc::clone(&set.shared);
+        let shared = Arc::clone(set.shared.as_ref().unwrap());
         drop(set);
         // Aborted tasks drop their futures on their next turn on the runtime.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);

@@ -605,7 +605,7 @@ async fn serve_connection<S: ServeService>(
 ) {
     let control = requests.control();
     let recorder = crate::observe::RequestRecorder::new();
-    let in_flight = super::in_flight::InFlight::new();
+    let mut in_flight = super::in_flight::InFlight::new();
     let mut draining = false;
     loop {
         tokio::select! {
