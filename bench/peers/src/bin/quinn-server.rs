@@ -64,9 +64,12 @@ async fn serve(route: Route, mut stream: Stream) -> anyhow::Result<()> {
         received += chunk.remaining() as u64;
     }
     let status = if route == Route::NotFound { 404 } else { 200 };
-    stream
-        .send_response(http::Response::builder().status(status).body(())?)
-        .await?;
+    let mut head = http::Response::builder().status(status);
+    if let Route::Bytes(n) = route {
+        // As quay's h3-server does: the responses carry the same fields.
+        head = head.header(http::header::CONTENT_LENGTH, n);
+    }
+    stream.send_response(head.body(())?).await?;
     match route {
         Route::Bytes(mut n) => {
             while n > 0 {

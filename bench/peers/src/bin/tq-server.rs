@@ -95,7 +95,11 @@ async fn respond(tx: &mut OutboundFrameSender, route: Route, received: u64) -> O
         Route::Upload => (b"200", Body::Text(received.to_string())),
         Route::NotFound => (b"404", Body::Fill(0)),
     };
-    let headers = vec![Header::new(b":status", status)];
+    let mut headers = vec![Header::new(b":status", status)];
+    if let Route::Bytes(n) = route {
+        // As quay's h3-server does: the responses carry the same fields.
+        headers.push(Header::new(b"content-length", n.to_string().as_bytes()));
+    }
     tx.send(OutboundFrame::Headers(headers, None)).await.ok()?;
     match body {
         Body::Fill(mut n) => loop {
