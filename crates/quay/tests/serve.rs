@@ -3,12 +3,14 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
-use bytes::Bytes;
-use quay::h3::{Body, ClientH3Driver, H3Settings, Server};
-use quay::io::{ClientParams, ClientTlsConfig, TlsConfig};
+use std::net::SocketAddr;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_server_on_a_given_socket_serves_until_its_shutdown_future_completes() {
+use bytes::Bytes;
+use quay::h3::{Body, ClientH3Driver, H3Settings, SendRequest, Server};
+use quay::io::{ClientParams, ClientTlsConfig, ConnectionHandle, TlsConfig};
+
+/// A server on a socket bound here, its address and its certificate (PEM).
+fn server() -> (Server, SocketAddr, String) {
     let identity = TlsConfig::self_signed(&["localhost"]).unwrap();
     let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let addr = socket.local_addr().unwrap();
@@ -16,6 +18,24 @@ async fn a_server_on_a_given_socket_serves_until_its_shutdown_future_completes()
         .tls(identity.config)
         .bind_socket(socket)
         .unwrap();
+    (server, addr, identity.cert_pem)
+}
+
+/// An HTTP/3 connection to `addr`, trusting `cert_pem`.
+async fn connect(addr: SocketAddr, cert_pem: &str) -> (ConnectionHandle, SendRequest) {
+    let mut params = ClientParams::new(&[quay::h3::ALPN]);
+    params.tls = ClientTlsConfig::new()
+        .add_root_pem(cert_pem.as_bytes())
+        .unwrap();
+    params.server_name = Some("localhost".into());
+    let (driver, send) = ClientH3Driver::new(H3Settings::default());
+    let conn = quay::io::connect(addr, params, driver).await.unwrap();
+    (conn, send)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_on_a_given_socket_serves_until_its_shutdown_future_completes() {
+    let (server, addr, cert_pem) = server();
     assert_eq!(server.local_addr(), addr);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let serving = tokio::spawn(server.serve_with_graceful_shutdown(
@@ -26,13 +46,7 @@ async fn a_server_on_a_given_socket_serves_until_its_shutdown_future_completes()
         Duration::from_secs(5),
     ));
 
-    let mut params = ClientParams::new(&[quay::h3::ALPN]);
-    params.tls = ClientTlsConfig::new()
-        .add_root_pem(identity.cert_pem.as_bytes())
-        .unwrap();
-    params.server_name = Some("localhost".into());
-    let (driver, send) = ClientH3Driver::new(H3Settings::default());
-    let conn = quay::io::connect(addr, params, driver).await.unwrap();
+    let (conn, send) = connect(addr, &cert_pem).await;
     let req = http::Request::get("https://localhost/")
         .body(Bytes::new())
         .unwrap();
@@ -60,13 +74,7 @@ async fn handlers_still_running_at_the_shutdown_deadline_are_cancelled() {
             self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         }
     }
-    let identity = TlsConfig::self_signed(&["localhost"]).unwrap();
-    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let addr = socket.local_addr().unwrap();
-    let server = Server::builder()
-        .tls(identity.config)
-        .bind_socket(socket)
-        .unwrap();
+    let (server, addr, cert_pem) = server();
     let dropped = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let (started_tx, mut started_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -92,20 +100,14 @@ async fn handlers_still_running_at_the_shutdown_deadline_are_cancelled() {
         Duration::from_millis(300),
     ));
 
-    let mut params = ClientParams::new(&[quay::h3::ALPN]);
-    params.tls = ClientTlsConfig::new()
-        .add_root_pem(identity.cert_pem.as_bytes())
-        .unwrap();
-    params.server_name = Some("localhost".into());
-    let (driver, send) = ClientH3Driver::new(H3Settings::default());
-    let _conn = quay::io::connect(addr, params, driver).await.unwrap();
-    let mut waiting = Vec::new();
+    let (_conn, send) = connect(addr, &cert_pem).await;
     for _ in 0..3 {
         let req = http::Request::get("https://localhost/")
             .body(Bytes::new())
             .unwrap();
         let send = send.clone();
-        waiting.push(tokio::spawn(async move { send.send(req).await }));
+        // Never answered: the server stops at its deadline with these in flight.
+        tokio::spawn(async move { send.send(req).await });
     }
     for _ in 0..3 {
         tokio::time::timeout(Duration::from_secs(10), started_rx.recv())

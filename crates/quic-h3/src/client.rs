@@ -368,11 +368,12 @@ impl sealed::Sealed for ClientHooks {
             let sent = {
                 let fields = request_fields(&req.head);
                 // RFC 9114 §4.2.2: do not send a section larger than the peer accepts.
-                match peer_field_section_limit(h3) {
-                    Some(limit) if section_size(&fields) > limit => {
-                        Err((section_size(&fields), limit))
-                    }
-                    _ => Ok(h3.send_request(conn, &fields, false)),
+                let too_large = peer_field_section_limit(h3)
+                    .map(|limit| (section_size(&fields), limit))
+                    .filter(|&(size, limit)| size > limit);
+                match too_large {
+                    Some(over) => Err(over),
+                    None => Ok(h3.send_request(conn, &fields, false)),
                 }
             };
             let sent = match sent {

@@ -708,30 +708,27 @@ where
     // A body whose first frame is ready and ends it (a complete body, as most are)
     // leaves with the head in one step; otherwise the head goes out at once and the
     // body follows as it comes.
-    let mut first = None;
-    let ready = match body
+    let first = match body
         .as_mut()
         .poll_frame(&mut Context::from_waker(Waker::noop()))
     {
-        Poll::Ready(frame) => Some(next_of(frame)),
+        Poll::Ready(frame) => next_of(frame),
         Poll::Pending => None,
     };
-    if let Some(next) = ready {
-        match next {
-            Some(Next::End) => {
-                responder
-                    .send_whole_response(head.map(|()| Bytes::new()))
-                    .await?;
-                return Ok(0);
-            }
-            Some(Next::Data(data)) if body.is_end_stream() => {
-                let bytes = data.len() as u64;
-                responder.send_whole_response(head.map(|()| data)).await?;
-                return Ok(bytes);
-            }
-            other => first = other,
+    let mut first = match first {
+        Some(Next::End) => {
+            responder
+                .send_whole_response(head.map(|()| Bytes::new()))
+                .await?;
+            return Ok(0);
         }
-    }
+        Some(Next::Data(data)) if body.is_end_stream() => {
+            let bytes = data.len() as u64;
+            responder.send_whole_response(head.map(|()| data)).await?;
+            return Ok(bytes);
+        }
+        other => other,
+    };
     let mut out = responder.send_response(head).await?;
     let mut bytes = 0u64;
     loop {

@@ -490,8 +490,6 @@ enum Written {
     Failed,
 }
 
-/// Writes one frame of stream `id`; `head_sent` tells whether a response head (a 1xx)
-/// went out before, after which further heads are additional HEADERS frames.
 /// How writing a response head went.
 enum Head {
     Sent,
@@ -527,6 +525,40 @@ fn write_head(
     }
 }
 
+/// Writes body data, with the stream's FIN if `last` (quiche sets it only once the
+/// whole of `data` is taken); what is left waits for flow control.
+fn write_data(
+    h3: &mut quiche::h3::Connection,
+    conn: &mut QuicConnection,
+    id: u64,
+    mut data: Bytes,
+    last: bool,
+) -> Written {
+    let rest = |data| {
+        if last {
+            OutFrame::LastData(data)
+        } else {
+            OutFrame::Data(data)
+        }
+    };
+    match h3.send_body(conn, id, &data, last) {
+        Ok(n) if n == data.len() => Written::All { ends: last },
+        Ok(n) => {
+            data.advance(n);
+            Written::Blocked(rest(data))
+        }
+        Err(quiche::h3::Error::Done | quiche::h3::Error::StreamBlocked) => {
+            Written::Blocked(rest(data))
+        }
+        Err(e) => {
+            tracing::debug!(stream = id, error = %e, "sending body data failed");
+            Written::Failed
+        }
+    }
+}
+
+/// Writes one frame of stream `id`; `head_sent` tells whether a response head (a 1xx)
+/// went out before, after which further heads are additional HEADERS frames.
 fn write_frame(
     h3: &mut quiche::h3::Connection,
     conn: &mut QuicConnection,
@@ -541,39 +573,12 @@ fn write_frame(
             Head::Failed => Written::Failed,
         },
         OutFrame::Whole(parts, data) => match write_head(h3, conn, id, &parts, head_sent) {
-            Head::Sent => write_frame(h3, conn, id, OutFrame::LastData(data), head_sent),
+            Head::Sent => write_data(h3, conn, id, data, true),
             Head::Blocked => Written::Blocked(OutFrame::Whole(parts, data)),
             Head::Failed => Written::Failed,
         },
-        OutFrame::Data(mut data) => match h3.send_body(conn, id, &data, false) {
-            Ok(n) if n == data.len() => Written::All { ends: false },
-            Ok(n) => {
-                data.advance(n);
-                Written::Blocked(OutFrame::Data(data))
-            }
-            Err(quiche::h3::Error::Done | quiche::h3::Error::StreamBlocked) => {
-                Written::Blocked(OutFrame::Data(data))
-            }
-            Err(e) => {
-                tracing::debug!(stream = id, error = %e, "sending body data failed");
-                Written::Failed
-            }
-        },
-        OutFrame::LastData(mut data) => match h3.send_body(conn, id, &data, true) {
-            // quiche sets FIN only when the whole body was taken.
-            Ok(n) if n == data.len() => Written::All { ends: true },
-            Ok(n) => {
-                data.advance(n);
-                Written::Blocked(OutFrame::LastData(data))
-            }
-            Err(quiche::h3::Error::Done | quiche::h3::Error::StreamBlocked) => {
-                Written::Blocked(OutFrame::LastData(data))
-            }
-            Err(e) => {
-                tracing::debug!(stream = id, error = %e, "sending body data failed");
-                Written::Failed
-            }
-        },
+        OutFrame::Data(data) => write_data(h3, conn, id, data, false),
+        OutFrame::LastData(data) => write_data(h3, conn, id, data, true),
         OutFrame::Trailers(trailers) => {
             let r = {
                 let fields = trailer_fields(&trailers);
