@@ -72,6 +72,7 @@ const CHARTS: [Chart; 7] = [
         "CPU ms/handshake",
         &[
             ("H1", "server CPU ms/handshake"),
+            ("H1X", "server CPU ms/handshake"),
             ("H1R", "server CPU ms/handshake"),
         ],
         false,
