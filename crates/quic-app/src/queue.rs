@@ -292,6 +292,43 @@ impl<T> Sender<T> {
         Ok(())
     }
 
+    /// Queues each item of `values` that fits, under one lock, waking the receiver
+    /// once: for a burst of items that arrive together. `prepare` sees each item with
+    /// the number queued before it, as in [`try_send_with`](Self::try_send_with)
+    /// (under the lock: keep it short, and keep the weight). An item that does not fit
+    /// goes to `refused` with the reason, also under the lock; the items after it are
+    /// still tried, each on its own merits. Returns how many were queued.
+    pub fn try_send_each(
+        &self,
+        values: impl IntoIterator<Item = T>,
+        mut prepare: impl FnMut(T, usize) -> T,
+        mut refused: impl FnMut(TrySendError<T>),
+    ) -> usize {
+        let mut state = self.shared.lock();
+        let mut queued = 0;
+        for value in values {
+            if !state.receiver_alive {
+                refused(TrySendError::Closed(value));
+            } else if !state.fits((state.weigh)(&value)) {
+                refused(TrySendError::Full(value));
+            } else {
+                let value = prepare(value, state.items.len());
+                state.push(value);
+                queued += 1;
+            }
+        }
+        let waker = if queued > 0 {
+            state.receiver_waker.take()
+        } else {
+            None
+        };
+        drop(state);
+        if let Some(w) = waker {
+            w.wake();
+        }
+        queued
+    }
+
     /// Queues `value` even when the queue is full: for the last item of a stream (the
     /// error that ends it), which must not be lost to a full queue. Fails only when
     /// the receiver is gone. Meant for once, at the end: each call may exceed the
@@ -635,6 +672,40 @@ mod tests {
         }
         assert_eq!(rx.try_recv(), Err(TryRecvError::Empty));
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn try_send_each_queues_what_fits_in_order_and_wakes_once() {
+        let (tx, mut rx) = weighted(3, 10, |v: &usize| *v);
+        let (count, waker) = counter();
+        assert!(rx.poll_recv(&mut Context::from_waker(&waker)).is_pending());
+        let mut refused = Vec::new();
+        let mut seen = Vec::new();
+        // 4 fits, 7 would pass the weight bound, 5 fits, then the count bound refuses 1.
+        let queued = tx.try_send_each(
+            [4, 7, 5, 1, 0],
+            |v, before| {
+                seen.push(before);
+                v
+            },
+            |e| refused.push(e),
+        );
+        assert_eq!(queued, 3);
+        assert_eq!(seen, [0, 1, 2]);
+        assert_eq!(
+            refused,
+            [TrySendError::Full(7), TrySendError::Full(0)],
+            "the item after a refused one is still tried"
+        );
+        assert_eq!(count.0.load(Ordering::SeqCst), 1, "one wake for the burst");
+        assert_eq!(rx.try_recv(), Ok(4));
+        assert_eq!(rx.try_recv(), Ok(5));
+        assert_eq!(rx.try_recv(), Ok(1));
+        assert_eq!(rx.try_recv(), Err(TryRecvError::Empty));
+        drop(rx);
+        let mut closed = Vec::new();
+        assert_eq!(tx.try_send_each([2, 3], |v, _| v, |e| closed.push(e)), 0);
+        assert_eq!(closed, [TrySendError::Closed(2), TrySendError::Closed(3)]);
     }
 
     #[test]

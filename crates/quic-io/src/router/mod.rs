@@ -205,6 +205,31 @@ pub(crate) fn lookup<'r, 'b, V>(
     Some((routing, routes.get(dcid)))
 }
 
+/// A datagram about to be queued behind `queued` others.
+fn prepare_queued(mut d: Datagram, queued: usize) -> Datagram {
+    if d.shared && queued >= COPY_SHARED_AFTER {
+        // Behind many others it may wait long: it stops keeping the rest of its
+        // receive batch (other senders' bytes) alive.
+        d.buf = bytes::BytesMut::from(&d.buf[..]);
+        d.shared = false;
+    }
+    d
+}
+
+/// The destination ID of a short-header packet (what [`header::parse`] reads as
+/// `Routing::Short`), or `None`.
+fn short_dcid(buf: &[u8], cid_len: usize) -> Option<&[u8]> {
+    match buf.first() {
+        Some(first) if first & 0x80 == 0 => buf.get(1..1 + cid_len),
+        _ => None,
+    }
+}
+
+/// Whether `buf` is a short-header packet for `dcid`.
+fn has_short_dcid(buf: &[u8], dcid: &[u8]) -> bool {
+    short_dcid(buf, dcid.len()) == Some(dcid)
+}
+
 /// Datagrams one shard's router hands another: bounded, and dropped when full like a
 /// worker's queue.
 pub(crate) const SHARD_QUEUE: usize = 1024;
@@ -590,9 +615,7 @@ impl Router {
         for _ in 0..RECV_BATCHES_PER_TURN {
             let mut batch = std::mem::take(&mut self.batch);
             let r = self.receiver.recv_batch(&self.socket, &mut batch);
-            for d in batch.drain(..) {
-                self.route(d);
-            }
+            self.route_batch(&mut batch);
             self.batch = batch;
             match r {
                 Ok(_) => {}
@@ -619,9 +642,7 @@ impl Router {
         for _ in 0..RECV_BATCHES_PER_TURN {
             let mut batch = std::mem::take(&mut self.batch);
             let r = p.receiver.recv_batch(&old, &mut batch);
-            for d in batch.drain(..) {
-                self.route(d);
-            }
+            self.route_batch(&mut batch);
             self.batch = batch;
             match r {
                 Ok(_) => {}
@@ -675,6 +696,43 @@ impl Router {
         }
     }
 
+    /// Routes a receive batch, leaving `batch` empty. A run of consecutive
+    /// short-header datagrams with one destination ID (the segments of a GRO read, a
+    /// burst from one peer) is looked up once and queued to its connection under one
+    /// lock; every other datagram takes [`route`](Self::route).
+    fn route_batch(&mut self, batch: &mut Vec<Datagram>) {
+        let cid_len = self.cid_len;
+        let mut datagrams = batch.drain(..).peekable();
+        while let Some(d) = datagrams.next() {
+            let Some(dcid) = short_dcid(&d.buf, cid_len).filter(|dcid| {
+                dcid.len() <= quiche::MAX_CONN_ID_LEN
+                    && datagrams
+                        .peek()
+                        .is_some_and(|n| has_short_dcid(&n.buf, dcid))
+            }) else {
+                self.route(d);
+                continue;
+            };
+            let Some((_, tx)) = self.routes.get(dcid) else {
+                self.route(d);
+                continue;
+            };
+            // Copied out: the run's first datagram moves into the queue.
+            let mut id = [0u8; quiche::MAX_CONN_ID_LEN];
+            id[..cid_len].copy_from_slice(dcid);
+            let id = &id[..cid_len];
+            let run = std::iter::once(d).chain(std::iter::from_fn(|| {
+                datagrams.next_if(|n| has_short_dcid(&n.buf, id))
+            }));
+            let metrics = &self.metrics;
+            tx.try_send_each(run, prepare_queued, |e| match e {
+                queue::TrySendError::Full(_) => metrics.queue_full_drop(),
+                // The worker ended and its Unregister is on the way.
+                queue::TrySendError::Closed(_) => {}
+            });
+        }
+    }
+
     /// Routes one datagram: to its connection, or down the accept or reset path.
     fn route(&mut self, dgram: Datagram) {
         self.route_inner(dgram, true);
@@ -688,15 +746,7 @@ impl Router {
             return;
         };
         if let Some((_, tx)) = route {
-            let queued = tx.try_send_with(dgram, |mut d, queued| {
-                if d.shared && queued >= COPY_SHARED_AFTER {
-                    // Behind many others it may wait long: it stops keeping the rest
-                    // of its receive batch (other senders' bytes) alive.
-                    d.buf = bytes::BytesMut::from(&d.buf[..]);
-                    d.shared = false;
-                }
-                d
-            });
+            let queued = tx.try_send_with(dgram, prepare_queued);
             match queued {
                 Ok(()) => {}
                 Err(queue::TrySendError::Full(_)) => self.metrics.queue_full_drop(),
@@ -872,6 +922,64 @@ mod tests {
             std::net::UdpSocket::bind(addr).is_ok(),
             "the old socket is closed"
         );
+    }
+
+    /// A receive batch mixing connections, a run per connection ID among them, reaches
+    /// each connection whole and in order; what a full queue cannot take is counted,
+    /// and the rest of its run still goes in once there is room for it.
+    #[tokio::test]
+    async fn runs_of_a_batch_reach_their_connections_in_order() {
+        let std = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let socket = Arc::new(Socket::new(std, false).unwrap());
+        let metrics = Arc::new(crate::metrics::CountingMetrics::default());
+        let mut router = Router::new(
+            socket,
+            8,
+            Arc::clone(&metrics) as Arc<dyn Metrics>,
+            ResetKey::random(),
+            None,
+            CancellationToken::new(),
+        );
+        let (a, b) = (vec![1u8; 8], vec![2u8; 8]);
+        // A's queue takes 4 datagrams of 20 bytes by weight; B's has room for all.
+        let (a_tx, mut a_rx) = queue::weighted(16, 80, |d: &Datagram| d.buf.len());
+        let (b_tx, mut b_rx) = queue::channel(64);
+        let (ctrl_tx, _ctrl_rx) = queue::channel(1);
+        let _ra = router.adopt(vec![a.clone()], a_tx, ctrl_tx.clone());
+        let _rb = router.adopt(vec![b.clone()], b_tx, ctrl_tx);
+        let from: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let to = router.local_addr();
+        let datagram = |cid: &[u8], n: u8| Datagram {
+            buf: bytes::BytesMut::from(&[&[0x40][..], cid, &[n; 11]].concat()[..]),
+            shared: false,
+            from,
+            to,
+        };
+        // A A A B A B B A A: runs of 3, 1, 1, 2 and 2.
+        let order = [&a, &a, &a, &b, &a, &b, &b, &a, &a];
+        let mut batch: Vec<Datagram> = order
+            .iter()
+            .enumerate()
+            .map(|(n, cid)| datagram(cid, n as u8))
+            .collect();
+        router.route_batch(&mut batch);
+        assert!(batch.is_empty());
+        let drain = |rx: &mut queue::Receiver<Datagram>| {
+            let mut seen = Vec::new();
+            while let Ok(d) = rx.try_recv() {
+                assert_eq!(d.buf.len(), 20);
+                seen.push(d.buf[9]);
+            }
+            seen
+        };
+        assert_eq!(drain(&mut a_rx), [0, 1, 2, 4], "A's queue full after four");
+        assert_eq!(drain(&mut b_rx), [3, 5, 6]);
+        assert_eq!(metrics.snapshot().queue_full_drops, 2);
+        // With room again, a whole run goes in.
+        let mut batch = vec![datagram(&a, 9), datagram(&a, 10)];
+        router.route_batch(&mut batch);
+        assert_eq!(drain(&mut a_rx), [9, 10]);
+        assert_eq!(metrics.snapshot().queue_full_drops, 2);
     }
 
     /// Registration messages go through however many are pending: a bounded queue
