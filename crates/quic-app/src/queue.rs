@@ -101,6 +101,10 @@ impl<T> Items<T> {
         usize::from(self.first.is_some()) + self.rest.len()
     }
 
+    fn iter(&self) -> impl Iterator<Item = &T> {
+        self.first.iter().chain(self.rest.iter())
+    }
+
     fn is_empty(&self) -> bool {
         self.first.is_none()
     }
@@ -553,8 +557,36 @@ impl<T> Receiver<T> {
     /// next waits. Never waits; 0 when nothing is queued (see
     /// [`try_recv`](Self::try_recv) for whether senders remain).
     pub fn take_up_to(&mut self, out: &mut VecDeque<T>, max: usize) -> usize {
+        self.take_within(out, max, |_| 1)
+    }
+
+    /// As [`take_up_to`](Self::take_up_to), with items of different sizes: moves the
+    /// oldest items while their `cost`s add up to at most `budget`, and the oldest one
+    /// whatever its cost (so an item costlier than any budget still leaves). 0 when
+    /// `budget` is 0 or nothing is queued.
+    pub fn take_within(
+        &mut self,
+        out: &mut VecDeque<T>,
+        budget: usize,
+        cost: impl Fn(&T) -> usize,
+    ) -> usize {
+        if budget == 0 {
+            return 0;
+        }
         let mut state = self.shared.lock();
-        let n = state.items.len().min(max);
+        let mut n = 0;
+        let mut spent = 0usize;
+        for item in state.items.iter() {
+            let c = cost(item);
+            if n > 0 && spent.saturating_add(c) > budget {
+                break;
+            }
+            n += 1;
+            spent = spent.saturating_add(c);
+            if spent >= budget {
+                break;
+            }
+        }
         if n == 0 {
             return 0;
         }
@@ -706,6 +738,32 @@ mod tests {
         let mut closed = Vec::new();
         assert_eq!(tx.try_send_each([2, 3], |v, _| v, |e| closed.push(e)), 0);
         assert_eq!(closed, [TrySendError::Closed(2), TrySendError::Closed(3)]);
+    }
+
+    #[test]
+    fn take_within_keeps_to_the_budget_but_always_takes_the_oldest() {
+        let (tx, mut rx) = channel(16);
+        for v in [3usize, 2, 4, 1, 9] {
+            tx.try_send(v).unwrap();
+        }
+        let mut out = VecDeque::new();
+        assert_eq!(rx.take_within(&mut out, 0, |v| *v), 0);
+        // 3 + 2 = 5 fits a budget of 6; 4 more would not.
+        assert_eq!(rx.take_within(&mut out, 6, |v| *v), 2);
+        assert_eq!(out, [3, 2]);
+        // The oldest goes even when it alone is over the budget.
+        assert_eq!(rx.take_within(&mut out, 1, |v| *v), 1);
+        assert_eq!(out, [3, 2, 4]);
+        assert_eq!(rx.take_within(&mut out, 100, |v| *v), 2);
+        assert_eq!(out, [3, 2, 4, 1, 9]);
+        assert_eq!(rx.take_within(&mut out, 100, |v| *v), 0);
+        // The queue's weight and room follow what left.
+        for v in 0..16 {
+            tx.try_send(v).unwrap();
+        }
+        assert!(!tx.has_room());
+        assert_eq!(rx.take_within(&mut out, 3, |_| 1), 3);
+        assert!(tx.has_room());
     }
 
     #[test]

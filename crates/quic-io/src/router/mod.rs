@@ -367,6 +367,7 @@ impl Router {
         let to = self.socket.local_addr();
         self.route(Datagram {
             buf: bytes::BytesMut::from(buf),
+            segment: 0,
             shared: false,
             from,
             to,
@@ -721,9 +722,20 @@ impl Router {
             let mut id = [0u8; quiche::MAX_CONN_ID_LEN];
             id[..cid_len].copy_from_slice(dcid);
             let id = &id[..cid_len];
-            let run = std::iter::once(d).chain(std::iter::from_fn(|| {
-                datagrams.next_if(|n| has_short_dcid(&n.buf, id))
-            }));
+            let mut same = std::iter::from_fn(|| datagrams.next_if(|n| has_short_dcid(&n.buf, id)));
+            // Datagrams that lie end to end in one receive buffer (a GRO read's
+            // segments) go as one item, which the worker splits again.
+            let mut pending = Some(d);
+            let run = std::iter::from_fn(|| {
+                let mut item = pending.take()?;
+                for next in same.by_ref() {
+                    if let Err(next) = item.try_merge(next) {
+                        pending = Some(next);
+                        break;
+                    }
+                }
+                Some(item)
+            });
             let metrics = &self.metrics;
             tx.try_send_each(run, prepare_queued, |e| match e {
                 queue::TrySendError::Full(_) => metrics.queue_full_drop(),
@@ -905,8 +917,17 @@ mod tests {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         router.read_batches();
         let mut seen = Vec::new();
-        while let Ok(d) = pkt_rx.try_recv() {
-            seen.push((d.buf[9], d.to));
+        while let Ok(mut d) = pkt_rx.try_recv() {
+            // A run read at once arrives as one item of equal segments.
+            let segment = if d.segment == 0 {
+                d.buf.len()
+            } else {
+                d.segment
+            };
+            while !d.buf.is_empty() {
+                let one = d.buf.split_to(segment.min(d.buf.len()));
+                seen.push((one[9], d.to));
+            }
         }
         let expected: Vec<_> = (0..5)
             .map(|n| (n, old.local_addr()))
@@ -951,6 +972,7 @@ mod tests {
         let to = router.local_addr();
         let datagram = |cid: &[u8], n: u8| Datagram {
             buf: bytes::BytesMut::from(&[&[0x40][..], cid, &[n; 11]].concat()[..]),
+            segment: 0,
             shared: false,
             from,
             to,
@@ -980,6 +1002,63 @@ mod tests {
         router.route_batch(&mut batch);
         assert_eq!(drain(&mut a_rx), [9, 10]);
         assert_eq!(metrics.snapshot().queue_full_drops, 2);
+    }
+
+    /// Datagrams of one receive buffer that lie end to end (a GRO read's segments)
+    /// reach their connection as one item of equal segments, bytes untouched; a gap, a
+    /// longer datagram or another sender starts a new item.
+    #[tokio::test]
+    async fn segments_of_one_buffer_are_queued_as_one_run() {
+        let std = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let socket = Arc::new(Socket::new(std, false).unwrap());
+        let mut router = Router::new(
+            socket,
+            8,
+            Arc::new(NoopMetrics),
+            ResetKey::random(),
+            None,
+            CancellationToken::new(),
+        );
+        let cid = vec![3u8; 8];
+        let (tx, mut rx) = queue::channel(64);
+        let (ctrl_tx, _ctrl_rx) = queue::channel(1);
+        let _r = router.adopt(vec![cid.clone()], tx, ctrl_tx);
+        let from: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let other: std::net::SocketAddr = "127.0.0.1:10".parse().unwrap();
+        let to = router.local_addr();
+        // Segments of 20 bytes, then a short last one; then 20 more from another
+        // sender; then two full ones again.
+        let lens = [20, 20, 20, 15, 20, 20, 20];
+        let froms = [from, from, from, from, other, from, from];
+        let mut bytes = bytes::BytesMut::new();
+        for (n, len) in lens.iter().enumerate() {
+            bytes.extend_from_slice(&[0x40]);
+            bytes.extend_from_slice(&cid);
+            bytes.extend_from_slice(&vec![n as u8; len - 9]);
+        }
+        let whole = bytes.clone().freeze();
+        let mut batch = Vec::new();
+        for (len, from) in lens.iter().zip(froms) {
+            batch.push(Datagram {
+                buf: bytes.split_to(*len),
+                segment: 0,
+                shared: false,
+                from,
+                to,
+            });
+        }
+        router.route_batch(&mut batch);
+        let mut items = Vec::new();
+        while let Ok(d) = rx.try_recv() {
+            items.push((d.buf.len(), d.segment, d.count(), d.from, d.buf.freeze()));
+        }
+        let shape: Vec<_> = items.iter().map(|i| (i.0, i.1, i.2, i.3)).collect();
+        assert_eq!(
+            shape,
+            [(75, 20, 4, from), (20, 0, 1, other), (40, 20, 2, from)],
+        );
+        let joined: Vec<u8> = items.iter().flat_map(|i| i.4.to_vec()).collect();
+        assert_eq!(joined, whole.to_vec(), "bytes and order unchanged");
     }
 
     /// Registration messages go through however many are pending: a bounded queue

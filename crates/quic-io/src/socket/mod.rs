@@ -179,12 +179,64 @@ impl Socket {
 /// so handing it to a worker costs no allocation of its own.
 #[derive(Debug)]
 pub(crate) struct Datagram {
+    /// One datagram or, when `segment` is not zero, several of `segment` bytes each
+    /// (the last may be shorter): a run the router merged back for one connection.
     pub(crate) buf: BytesMut,
+    /// The size of each datagram in `buf`; 0 when it holds one.
+    pub(crate) segment: usize,
     /// Its bytes share one allocation with other senders' datagrams of its receive
     /// batch: kept waiting long, it keeps theirs alive too.
     pub(crate) shared: bool,
     pub(crate) from: SocketAddr,
     pub(crate) to: SocketAddr,
+}
+
+impl Datagram {
+    /// How many datagrams it holds.
+    pub(crate) fn count(&self) -> usize {
+        if self.segment == 0 {
+            1
+        } else {
+            self.buf.len().div_ceil(self.segment).max(1)
+        }
+    }
+
+    /// Hands each datagram it holds to `f`, in order.
+    pub(crate) fn for_each_datagram(mut self, mut f: impl FnMut(&mut [u8])) {
+        if self.segment == 0 || self.buf.len() <= self.segment {
+            return f(&mut self.buf);
+        }
+        for one in self.buf.chunks_mut(self.segment) {
+            f(one);
+        }
+    }
+
+    /// Appends `next`, a datagram from the same sender to the same address whose bytes
+    /// follow this one's in their buffer, if the result is still a run of equal
+    /// segments (the last may be shorter); otherwise hands it back.
+    pub(crate) fn try_merge(&mut self, next: Datagram) -> Result<(), Datagram> {
+        let segment = if self.segment == 0 {
+            self.buf.len()
+        } else {
+            self.segment
+        };
+        let follows = self.buf.as_ptr().wrapping_add(self.buf.len()) == next.buf.as_ptr();
+        let mergeable = next.segment == 0
+            && follows
+            && segment > 0
+            && self.buf.len().is_multiple_of(segment)
+            && next.buf.len() <= segment
+            && next.from == self.from
+            && next.to == self.to
+            && next.shared == self.shared;
+        if !mergeable {
+            return Err(next);
+        }
+        // Contiguous, so O(1): no bytes move.
+        self.buf.unsplit(next.buf);
+        self.segment = segment;
+        Ok(())
+    }
 }
 
 /// The receive side: a fixed buffer carved into slots for one `recvmmsg`.
@@ -284,6 +336,7 @@ impl Receiver {
                 count += 1;
                 out.push(Datagram {
                     buf: seg,
+                    segment: 0,
                     shared: from_shared,
                     from: meta.addr,
                     to,
@@ -388,6 +441,76 @@ mod tests {
         let want: Vec<usize> = expected.iter().map(Vec::len).collect();
         assert_eq!(lens, want);
         assert_eq!(got, expected);
+    }
+
+    #[test]
+    fn a_merged_run_gives_back_its_datagrams_and_only_equal_neighbours_merge() {
+        let from: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let to: SocketAddr = "127.0.0.1:2".parse().unwrap();
+        let mut bytes = BytesMut::new();
+        for (n, len) in [5usize, 5, 5, 3, 5].iter().enumerate() {
+            bytes.extend_from_slice(&vec![n as u8; *len]);
+        }
+        let mut parts: Vec<Datagram> = [5, 5, 5, 3, 5]
+            .iter()
+            .map(|len| Datagram {
+                buf: bytes.split_to(*len),
+                segment: 0,
+                shared: false,
+                from,
+                to,
+            })
+            .collect();
+        let last = parts.pop().unwrap();
+        let mut run = parts.remove(0);
+        for p in parts {
+            run.try_merge(p)
+                .expect("equal segments end to end, then a shorter one");
+        }
+        // After a shorter datagram the run is closed.
+        let last = run
+            .try_merge(last)
+            .expect_err("nothing follows a short segment");
+        assert_eq!((run.segment, run.count(), last.count()), (5, 4, 1));
+        let mut seen = Vec::new();
+        run.for_each_datagram(|d| seen.push(d.to_vec()));
+        assert_eq!(seen, [vec![0; 5], vec![1; 5], vec![2; 5], vec![3; 3]]);
+        // Not end to end, or a longer one, or another sender: no merge.
+        let single = |b: &[u8], from| Datagram {
+            buf: BytesMut::from(b),
+            segment: 0,
+            shared: false,
+            from,
+            to,
+        };
+        let mut a = single(&[1; 4], from);
+        assert!(
+            a.try_merge(single(&[1; 4], from)).is_err(),
+            "another buffer"
+        );
+        let mut whole = BytesMut::from(&[7u8; 9][..]);
+        let mut first = Datagram {
+            buf: whole.split_to(4),
+            ..single(&[], from)
+        };
+        let longer = Datagram {
+            buf: whole.split_to(5),
+            ..single(&[], from)
+        };
+        assert!(first.try_merge(longer).is_err(), "a longer one");
+        let mut whole = BytesMut::from(&[7u8; 8][..]);
+        let mut first = Datagram {
+            buf: whole.split_to(4),
+            ..single(&[], from)
+        };
+        let elsewhere = Datagram {
+            buf: whole.split_to(4),
+            ..single(&[], to)
+        };
+        assert!(first.try_merge(elsewhere).is_err(), "another sender");
+        let mut one = Vec::new();
+        first.for_each_datagram(|d| one.push(d.len()));
+        assert_eq!(one, [4]);
     }
 
     #[tokio::test]

@@ -344,7 +344,7 @@ impl<A: ApplicationOverQuic> Worker<A> {
             // share does not fit in one). Reading what has arrived since the router
             // took the first one lets the server answer once, with its whole first
             // flight, rather than with an ACK-only Initial padded to full size first.
-            self.drain_queue();
+            self.drain_queue(1);
         }
         // A client's first flight is ready before anything arrives.
         self.flush().await;
@@ -384,8 +384,9 @@ impl<A: ApplicationOverQuic> Worker<A> {
                         // find the queue closed on every turn, without ever yielding.
                         break CloseReason::Aborted;
                     };
+                    let fed = d.count();
                     self.recv(d);
-                    self.drain_queue();
+                    self.drain_queue(fed);
                 }
                 cmd = s.ctrl_rx.recv() => {
                     if let Some(cmd) = cmd {
@@ -481,17 +482,22 @@ impl<A: ApplicationOverQuic> Worker<A> {
     }
 
     /// Feeds one datagram to the connection.
-    fn recv(&mut self, mut d: Datagram) {
-        let was_closed = self.setup.conn.is_closed();
+    /// Feeds `d`, one datagram or a run of them, to quiche.
+    fn recv(&mut self, d: Datagram) {
         let info = quiche::RecvInfo {
             from: d.from,
             to: d.to,
         };
-        if self.retired.addressed(&d.buf) {
+        d.for_each_datagram(|buf| self.recv_one(buf, info));
+    }
+
+    fn recv_one(&mut self, buf: &mut [u8], info: quiche::RecvInfo) {
+        let was_closed = self.setup.conn.is_closed();
+        if self.retired.addressed(buf) {
             tracing::trace!("datagram to a retired connection ID dropped");
             return;
         }
-        if let Err(e) = self.setup.conn.recv(&mut d.buf, info) {
+        if let Err(e) = self.setup.conn.recv(buf, info) {
             tracing::trace!(error = %e, "datagram rejected");
         }
         if self.note_retired() {
@@ -521,26 +527,29 @@ impl<A: ApplicationOverQuic> Worker<A> {
     }
 
     /// Feeds every queued datagram, up to a bound.
-    fn drain_queue(&mut self) {
+    fn drain_queue(&mut self, fed: usize) {
         thread_local! {
             /// The datagrams a turn under way has taken from its queue: per thread,
             /// so that no connection keeps storage of its own for them.
             static INBOX: RefCell<VecDeque<Datagram>> = const { RefCell::new(VecDeque::new()) };
         }
         INBOX.with(|inbox| match inbox.try_borrow_mut() {
-            Ok(mut inbox) => self.drain_into(&mut inbox),
+            Ok(mut inbox) => self.drain_into(&mut inbox, fed),
             // Never in practice (a turn does not start another), but never a panic.
-            Err(_) => self.drain_into(&mut VecDeque::new()),
+            Err(_) => self.drain_into(&mut VecDeque::new(), fed),
         });
     }
 
     /// Takes the queued datagrams a burst per lock, never more than the turn still
-    /// feeds, so `inbox` is empty when it returns.
-    fn drain_into(&mut self, inbox: &mut VecDeque<Datagram>) {
+    /// feeds, so `inbox` is empty when it returns. A merged run counts as its
+    /// datagrams; one that alone is over what the turn has left is still taken, so a
+    /// turn may go past its bound by the rest of one run.
+    /// `fed`: the datagrams this turn has fed already.
+    fn drain_into(&mut self, inbox: &mut VecDeque<Datagram>, mut fed: usize) {
         // Left over only if a turn on this thread panicked midway: not this
         // connection's.
         inbox.clear();
-        for read in 1..MAX_DATAGRAMS_PER_TURN {
+        while fed < MAX_DATAGRAMS_PER_TURN {
             if self.in_early_data() {
                 // What arrived on 0-RTT keys reaches the application before the next
                 // datagram can complete the handshake, so it can tell early data
@@ -548,16 +557,19 @@ impl<A: ApplicationOverQuic> Worker<A> {
                 self.run_application();
             }
             if inbox.is_empty()
-                && self
-                    .setup
-                    .pkt_rx
-                    .take_up_to(inbox, MAX_DATAGRAMS_PER_TURN - read)
-                    == 0
+                && self.setup.pkt_rx.take_within(
+                    inbox,
+                    MAX_DATAGRAMS_PER_TURN - fed,
+                    Datagram::count,
+                ) == 0
             {
                 return;
             }
             match inbox.pop_front() {
-                Some(d) => self.recv(d),
+                Some(d) => {
+                    fed += d.count();
+                    self.recv(d);
+                }
                 None => return,
             }
         }
