@@ -481,8 +481,8 @@ impl<A: ApplicationOverQuic> Worker<A> {
         // The registration unregisters the connection when the worker is dropped.
     }
 
-    /// Feeds one datagram to the connection.
-    /// Feeds `d`, one datagram or a run of them, to quiche.
+    /// Feeds `d`, one datagram or a run of them (only 1-RTT packets are merged, so
+    /// none of a run's can carry 0-RTT data), to the connection.
     fn recv(&mut self, d: Datagram) {
         let info = quiche::RecvInfo {
             from: d.from,
@@ -543,8 +543,8 @@ impl<A: ApplicationOverQuic> Worker<A> {
     /// Takes the queued datagrams a burst per lock, never more than the turn still
     /// feeds, so `inbox` is empty when it returns. A merged run counts as its
     /// datagrams; one that alone is over what the turn has left is still taken, so a
-    /// turn may go past its bound by the rest of one run.
-    /// `fed`: the datagrams this turn has fed already.
+    /// turn may go past its bound by the rest of one run. `fed`: the datagrams the
+    /// turn has fed already.
     fn drain_into(&mut self, inbox: &mut VecDeque<Datagram>, mut fed: usize) {
         // Left over only if a turn on this thread panicked midway: not this
         // connection's.
