@@ -443,24 +443,31 @@ mod tests {
         assert_eq!(got, expected);
     }
 
-    #[test]
-    fn a_merged_run_gives_back_its_datagrams_and_only_equal_neighbours_merge() {
-        let from: SocketAddr = "127.0.0.1:1".parse().unwrap();
-        let to: SocketAddr = "127.0.0.1:2".parse().unwrap();
+    /// Datagrams of the given sizes and senders, end to end in one buffer: the `n`th
+    /// filled with byte `n`.
+    fn end_to_end(shapes: &[(usize, SocketAddr)]) -> Vec<Datagram> {
         let mut bytes = BytesMut::new();
-        for (n, len) in [5usize, 5, 5, 3, 5].iter().enumerate() {
+        for (n, (len, _)) in shapes.iter().enumerate() {
             bytes.extend_from_slice(&vec![n as u8; *len]);
         }
-        let mut parts: Vec<Datagram> = [5, 5, 5, 3, 5]
+        let to: SocketAddr = "127.0.0.1:2".parse().unwrap();
+        shapes
             .iter()
-            .map(|len| Datagram {
-                buf: bytes.split_to(*len),
+            .map(|&(len, from)| Datagram {
+                buf: bytes.split_to(len),
                 segment: 0,
                 shared: false,
                 from,
                 to,
             })
-            .collect();
+            .collect()
+    }
+
+    #[test]
+    fn a_merged_run_gives_back_its_datagrams_and_only_equal_neighbours_merge() {
+        let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let b: SocketAddr = "127.0.0.1:3".parse().unwrap();
+        let mut parts = end_to_end(&[(5, a), (5, a), (5, a), (3, a), (5, a)]);
         let last = parts.pop().unwrap();
         let mut run = parts.remove(0);
         for p in parts {
@@ -475,42 +482,24 @@ mod tests {
         let mut seen = Vec::new();
         run.for_each_datagram(|d| seen.push(d.to_vec()));
         assert_eq!(seen, [vec![0; 5], vec![1; 5], vec![2; 5], vec![3; 3]]);
-        // Not end to end, or a longer one, or another sender: no merge.
-        let single = |b: &[u8], from| Datagram {
-            buf: BytesMut::from(b),
-            segment: 0,
-            shared: false,
-            from,
-            to,
-        };
-        let mut a = single(&[1; 4], from);
-        assert!(
-            a.try_merge(single(&[1; 4], from)).is_err(),
-            "another buffer"
-        );
-        let mut whole = BytesMut::from(&[7u8; 9][..]);
-        let mut first = Datagram {
-            buf: whole.split_to(4),
-            ..single(&[], from)
-        };
-        let longer = Datagram {
-            buf: whole.split_to(5),
-            ..single(&[], from)
-        };
-        assert!(first.try_merge(longer).is_err(), "a longer one");
-        let mut whole = BytesMut::from(&[7u8; 8][..]);
-        let mut first = Datagram {
-            buf: whole.split_to(4),
-            ..single(&[], from)
-        };
-        let elsewhere = Datagram {
-            buf: whole.split_to(4),
-            ..single(&[], to)
-        };
-        assert!(first.try_merge(elsewhere).is_err(), "another sender");
-        let mut one = Vec::new();
-        first.for_each_datagram(|d| one.push(d.len()));
-        assert_eq!(one, [4]);
+        // A longer one, another sender, or not end to end: no merge.
+        for (pair, why) in [
+            (end_to_end(&[(4, a), (5, a)]), "a longer one"),
+            (end_to_end(&[(4, a), (4, b)]), "another sender"),
+            (
+                end_to_end(&[(4, a)])
+                    .into_iter()
+                    .chain(end_to_end(&[(4, a)]))
+                    .collect(),
+                "another buffer",
+            ),
+        ] {
+            let [mut first, second]: [Datagram; 2] = pair.try_into().unwrap();
+            assert!(first.try_merge(second).is_err(), "{why}");
+            let mut one = Vec::new();
+            first.for_each_datagram(|d| one.push(d.len()));
+            assert_eq!(one, [4], "{why}");
+        }
     }
 
     #[tokio::test]
