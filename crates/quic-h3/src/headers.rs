@@ -98,6 +98,33 @@ pub(crate) fn peer_field_section_limit(h3: &quiche::h3::Connection) -> Option<u6
 
 /// Builds a request head from a received field list.
 pub(crate) fn parse_request(list: &[impl NameValue]) -> Result<http::request::Parts, &'static str> {
+    parse_request_with(list, &mut LastAuthority::default())
+}
+
+/// The authority the last request of a connection named (in `:authority` or Host),
+/// parsed: a connection's requests nearly always name the same one, which is then
+/// neither parsed nor copied again (a clone shares its bytes).
+#[derive(Debug, Default)]
+pub(crate) struct LastAuthority(Option<Authority>);
+
+impl LastAuthority {
+    fn parse(&mut self, raw: &[u8]) -> Result<Authority, http::uri::InvalidUri> {
+        if let Some(last) = &self.0
+            && last.as_str().as_bytes() == raw
+        {
+            return Ok(last.clone());
+        }
+        let parsed = Authority::try_from(raw)?;
+        self.0 = Some(parsed.clone());
+        Ok(parsed)
+    }
+}
+
+/// [`parse_request`], with the authority of the connection's last request.
+pub(crate) fn parse_request_with(
+    list: &[impl NameValue],
+    last: &mut LastAuthority,
+) -> Result<http::request::Parts, &'static str> {
     let mut method = None;
     let mut scheme = None;
     let mut authority = None;
@@ -158,7 +185,7 @@ pub(crate) fn parse_request(list: &[impl NameValue]) -> Result<http::request::Pa
             return Err(":scheme or :path in a CONNECT request");
         }
         let authority = authority.ok_or("missing :authority in CONNECT")?;
-        uri.authority = Some(Authority::try_from(authority).map_err(invalid_target)?);
+        uri.authority = Some(last.parse(authority).map_err(invalid_target)?);
     } else {
         // RFC 9114 §4.3.1: :method, :scheme and :path are required.
         let scheme = scheme.ok_or("missing :scheme")?;
@@ -176,7 +203,7 @@ pub(crate) fn parse_request(list: &[impl NameValue]) -> Result<http::request::Pa
         });
         uri.path_and_query = Some(PathAndQuery::try_from(path).map_err(invalid_target)?);
         if let Some(a) = authority {
-            uri.authority = Some(Authority::try_from(a).map_err(invalid_target)?);
+            uri.authority = Some(last.parse(a).map_err(invalid_target)?);
         }
     }
     let (mut parts, ()) = http::Request::new(()).into_parts();
@@ -306,6 +333,39 @@ mod tests {
         assert_eq!(back.method, Method::POST);
         assert_eq!(back.uri, "https://example.org:4433/a/b?c=d");
         assert_eq!(back.headers["x-one"], "1");
+    }
+
+    #[test]
+    fn a_connection_reuses_its_last_authority_only_when_the_bytes_are_the_same() {
+        let get = |authority: &str| {
+            [
+                h(":method", "GET"),
+                h(":scheme", "https"),
+                h(":authority", authority),
+                h(":path", "/"),
+            ]
+        };
+        let mut last = LastAuthority::default();
+        let one = parse_request_with(&get("a.example:4433"), &mut last).unwrap();
+        let two = parse_request_with(&get("a.example:4433"), &mut last).unwrap();
+        let (one, two) = (one.uri.authority().unwrap(), two.uri.authority().unwrap());
+        assert_eq!(two, "a.example:4433");
+        // The second shares the first's bytes: it was not parsed and copied again.
+        assert_eq!(one.as_str().as_ptr(), two.as_str().as_ptr());
+
+        let other = parse_request_with(&get("A.example:4433"), &mut last).unwrap();
+        assert_eq!(other.uri.authority().unwrap().as_str(), "A.example:4433");
+        let host_only = [
+            h(":method", "GET"),
+            h(":scheme", "https"),
+            h(":path", "/"),
+            h("host", "b.example"),
+        ];
+        let host = parse_request_with(&host_only, &mut last).unwrap();
+        assert_eq!(host.uri.authority().unwrap().as_str(), "b.example");
+        assert!(parse_request_with(&get("bad authority"), &mut last).is_err());
+        let again = parse_request_with(&get("b.example"), &mut last).unwrap();
+        assert_eq!(again.uri, "https://b.example/");
     }
 
     #[test]

@@ -12,7 +12,7 @@ use crate::datagram::DatagramFlow;
 use crate::driver::{
     Core, H3Driver, Hooks, Stream, is_informational, reset_both_ways, response_frame, sealed,
 };
-use crate::headers::{Protocol, parse_request};
+use crate::headers::{LastAuthority, Protocol, parse_request_with};
 use crate::{H3Code, H3Settings, RecvBody, SendBody, StreamError};
 
 /// The server variant of [`H3Driver`].
@@ -57,6 +57,8 @@ pub struct ServerHooks {
     head_timer: Option<Pin<Box<tokio::time::Sleep>>>,
     /// `head_timer` fired: reset the streams that are late.
     head_timer_fired: bool,
+    /// The authority the last request named.
+    last_authority: LastAuthority,
 }
 
 #[derive(Debug)]
@@ -107,6 +109,7 @@ impl ServerH3Driver {
                 heads_probed: None,
                 head_timer: None,
                 head_timer_fired: false,
+                last_authority: LastAuthority::default(),
             },
         };
         let requests = RequestStream {
@@ -353,7 +356,7 @@ impl sealed::Sealed for ServerHooks {
             core.abort_stream(conn, stream_id, H3Code::REQUEST_REJECTED);
             return;
         }
-        let mut parts = match parse_request(&list) {
+        let mut parts = match parse_request_with(&list, &mut self.last_authority) {
             Ok(p) => p,
             Err(why) => {
                 // RFC 9114 §4.1.2: a malformed request is a stream error of type
