@@ -230,6 +230,16 @@ fn has_short_dcid(buf: &[u8], dcid: &[u8]) -> bool {
     short_dcid(buf, dcid.len()) == Some(dcid)
 }
 
+/// Whether every datagram `d` holds (one, or a GRO read's several) is a short-header
+/// packet for `dcid`.
+fn all_for(d: &Datagram, dcid: &[u8]) -> bool {
+    if d.segment == 0 {
+        has_short_dcid(&d.buf, dcid)
+    } else {
+        d.buf.chunks(d.segment).all(|one| has_short_dcid(one, dcid))
+    }
+}
+
 /// Datagrams one shard's router hands another: bounded, and dropped when full like a
 /// worker's queue.
 pub(crate) const SHARD_QUEUE: usize = 1024;
@@ -698,18 +708,18 @@ impl Router {
     }
 
     /// Routes a receive batch, leaving `batch` empty. A run of consecutive
-    /// short-header datagrams with one destination ID (the segments of a GRO read, a
-    /// burst from one peer) is looked up once and queued to its connection under one
-    /// lock; every other datagram takes [`route`](Self::route).
+    /// short-header datagrams with one destination ID (a GRO read, a burst from one
+    /// peer) is looked up once and queued to its connection under one lock; every
+    /// other datagram takes [`route`](Self::route), a GRO read whose datagrams are
+    /// not all for one connection taken apart first.
     fn route_batch(&mut self, batch: &mut Vec<Datagram>) {
         let cid_len = self.cid_len;
         let mut datagrams = batch.drain(..).peekable();
         while let Some(d) = datagrams.next() {
             let Some(dcid) = short_dcid(&d.buf, cid_len).filter(|dcid| {
                 dcid.len() <= quiche::MAX_CONN_ID_LEN
-                    && datagrams
-                        .peek()
-                        .is_some_and(|n| has_short_dcid(&n.buf, dcid))
+                    && all_for(&d, dcid)
+                    && (d.segment != 0 || datagrams.peek().is_some_and(|n| all_for(n, dcid)))
             }) else {
                 self.route(d);
                 continue;
@@ -722,9 +732,9 @@ impl Router {
             let mut id = [0u8; quiche::MAX_CONN_ID_LEN];
             id[..cid_len].copy_from_slice(dcid);
             let id = &id[..cid_len];
-            let mut same = std::iter::from_fn(|| datagrams.next_if(|n| has_short_dcid(&n.buf, id)));
-            // Datagrams that lie end to end in one receive buffer (a GRO read's
-            // segments) go as one item, which the worker splits again.
+            let mut same = std::iter::from_fn(|| datagrams.next_if(|n| all_for(n, id)));
+            // Datagrams that lie end to end in one receive buffer (a bulk flow's
+            // consecutive GRO reads) go as one item, which the worker splits again.
             let mut pending = Some(d);
             let run = std::iter::from_fn(|| {
                 let mut item = pending.take()?;
@@ -745,9 +755,15 @@ impl Router {
         }
     }
 
-    /// Routes one datagram: to its connection, or down the accept or reset path.
+    /// Routes one datagram: to its connection, or down the accept or reset path. A
+    /// GRO read's datagrams go one by one.
     fn route(&mut self, dgram: Datagram) {
-        self.route_inner(dgram, true);
+        if dgram.segment == 0 {
+            return self.route_inner(dgram, true);
+        }
+        for one in dgram.into_singles() {
+            self.route_inner(one, true);
+        }
     }
 
     /// Routes one datagram; one for no connection of this shard goes to the shard its

@@ -167,6 +167,67 @@ async fn segments_of_one_buffer_are_queued_as_one_run() {
     assert_eq!(joined, whole.to_vec(), "bytes and order unchanged");
 }
 
+/// A GRO read (one item of several datagrams) whose datagrams are all for one
+/// connection reaches it as that one item; one that mixes connections is taken
+/// apart, each datagram reaching its own connection, in order, bytes untouched.
+#[tokio::test]
+async fn a_gro_read_goes_whole_only_when_its_datagrams_share_a_connection() {
+    let metrics = Arc::new(crate::metrics::CountingMetrics::default());
+    let mut router = router_on(loopback(), Arc::clone(&metrics) as Arc<dyn Metrics>);
+    let (a, b) = (vec![1u8; 8], vec![2u8; 8]);
+    let (a_tx, mut a_rx) = queue::channel(64);
+    let (b_tx, mut b_rx) = queue::channel(64);
+    let (ctrl_tx, _ctrl_rx) = queue::channel(1);
+    let _ra = router.adopt(vec![a.clone()], a_tx, ctrl_tx.clone());
+    let _rb = router.adopt(vec![b.clone()], b_tx, ctrl_tx);
+    let from: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let to = router.local_addr();
+    // Datagrams of 20 bytes (the last 15), the `n`th filled with `n`, end to end.
+    let read = |cids: &[&Vec<u8>], first: u8| {
+        let mut bytes = bytes::BytesMut::new();
+        for (i, cid) in cids.iter().enumerate() {
+            let len = if i + 1 == cids.len() { 15 } else { 20 };
+            bytes.extend_from_slice(&[0x40]);
+            bytes.extend_from_slice(cid);
+            bytes.extend_from_slice(&vec![first + i as u8; len - 9]);
+        }
+        Datagram {
+            buf: bytes,
+            segment: 20,
+            shared: false,
+            from,
+            to,
+        }
+    };
+    let items = |rx: &mut queue::Receiver<Datagram>| {
+        let mut seen = Vec::new();
+        while let Ok(d) = rx.try_recv() {
+            let mut tags = Vec::new();
+            let segment = d.segment;
+            d.for_each_datagram(|one| tags.push(one[9]));
+            seen.push((segment, tags));
+        }
+        seen
+    };
+    let mut batch = vec![read(&[&a, &a, &a], 0)];
+    router.route_batch(&mut batch);
+    assert_eq!(items(&mut a_rx), [(20, vec![0, 1, 2])], "one item, whole");
+    // A, B, A, A, an unknown ID, B: each on its own.
+    let unknown = vec![7u8; 8];
+    let mut batch = vec![read(&[&a, &b, &a, &a, &unknown, &b], 10)];
+    router.route_batch(&mut batch);
+    assert_eq!(
+        items(&mut a_rx),
+        [(0, vec![10]), (0, vec![12]), (0, vec![13])]
+    );
+    assert_eq!(items(&mut b_rx), [(0, vec![11]), (0, vec![15])]);
+    // A read with a long-header packet in it is taken apart too.
+    let mut mixed = read(&[&a, &a], 20);
+    mixed.buf[20] = 0xc0;
+    router.route_batch(&mut vec![mixed]);
+    assert_eq!(items(&mut a_rx), [(0, vec![20])]);
+}
+
 /// Registration messages go through however many are pending: a bounded queue
 /// that drops on full would leave handshakes counted (and Retry or
 /// `HandshakeLimit` for everyone) or routes leaked.

@@ -211,9 +211,30 @@ impl Datagram {
         }
     }
 
-    /// Appends `next`, a datagram from the same sender to the same address whose bytes
-    /// follow this one's in their buffer, if the result is still a run of equal
-    /// segments (the last may be shorter); otherwise hands it back.
+    /// Takes it apart: each datagram it holds on its own (sharing its bytes).
+    pub(crate) fn into_singles(mut self) -> impl Iterator<Item = Datagram> {
+        let segment = if self.segment == 0 {
+            self.buf.len()
+        } else {
+            self.segment
+        };
+        std::iter::from_fn(move || {
+            if self.buf.is_empty() {
+                return None;
+            }
+            Some(Datagram {
+                buf: self.buf.split_to(segment.min(self.buf.len())),
+                segment: 0,
+                shared: self.shared,
+                from: self.from,
+                to: self.to,
+            })
+        })
+    }
+
+    /// Appends `next` (one datagram or a run), from the same sender to the same
+    /// address, whose bytes follow this one's in their buffer, if the result is still
+    /// a run of equal segments (the last may be shorter); otherwise hands it back.
     pub(crate) fn try_merge(&mut self, next: Datagram) -> Result<(), Datagram> {
         let segment = if self.segment == 0 {
             self.buf.len()
@@ -221,11 +242,15 @@ impl Datagram {
             self.segment
         };
         let follows = self.buf.as_ptr().wrapping_add(self.buf.len()) == next.buf.as_ptr();
-        let mergeable = next.segment == 0
+        let fits = if next.segment == 0 {
+            next.buf.len() <= segment
+        } else {
+            next.segment == segment
+        };
+        let mergeable = fits
             && follows
             && segment > 0
             && self.buf.len().is_multiple_of(segment)
-            && next.buf.len() <= segment
             && next.from == self.from
             && next.to == self.to
             && next.shared == self.shared;
@@ -242,12 +267,14 @@ impl Datagram {
 /// The receive side: a fixed buffer carved into slots for one `recvmmsg`.
 ///
 /// After each call, the bytes received (not the slots) are copied into fresh buffers
-/// that the datagrams split among themselves: a run of consecutive messages from one
+/// that the messages split among themselves: a run of consecutive messages from one
 /// sender of at least [`OWN_BUFFER_RUN`] bytes (a bulk flow, GRO) gets a buffer of its
 /// own, the rest of the batch shares one. At most a few allocations per batch, never
 /// one per datagram; a datagram of a long run pins only its own sender's bytes, and
 /// the router copies a shared one out before it queues behind many others (see
-/// `worker::COPY_SHARED_AFTER`).
+/// `worker::COPY_SHARED_AFTER`). Each message becomes one [`Datagram`]: a GRO read's
+/// several datagrams stay together, marked by their segment size, so that a bulk
+/// flow's reads reach the router as a few items rather than one per packet.
 #[derive(Debug)]
 pub(crate) struct Receiver {
     buf: Box<[u8]>,
@@ -272,8 +299,9 @@ impl Receiver {
         }
     }
 
-    /// Reads one batch without waiting and appends every datagram to `out`. Returns the
-    /// number of datagrams, or `WouldBlock` when there was nothing to read.
+    /// Reads one batch without waiting and appends each message to `out` (a GRO
+    /// read's datagrams as one item, see [`Datagram::segment`]). Returns the number of
+    /// datagrams, or `WouldBlock` when there was nothing to read.
     pub(crate) fn recv_batch(
         &mut self,
         socket: &Socket,
@@ -322,26 +350,33 @@ impl Receiver {
                 run = BytesMut::with_capacity(len);
                 run_end = end;
             }
+            if meta.len == 0 {
+                // An empty datagram carries no packet.
+                continue;
+            }
             let from_shared = i >= run_end;
             // Appended to its buffer, then split off: the buffer keeps one allocation.
             let buf = if from_shared { &mut shared } else { &mut run };
             buf.extend_from_slice(&self.buf[i * self.slot..i * self.slot + meta.len]);
-            let mut slot = buf.split_to(meta.len);
             let to = meta
                 .dst_ip
                 .map_or(local, |ip| SocketAddr::new(ip, local.port()));
-            let stride = meta.stride.max(1);
-            while !slot.is_empty() {
-                let seg = slot.split_to(stride.min(slot.len()));
+            // A GRO read stays one item, its segments marked; the router takes it
+            // apart only if they are not all for one connection.
+            let segment = if meta.stride > 0 && meta.stride < meta.len {
+                count += meta.len.div_ceil(meta.stride);
+                meta.stride
+            } else {
                 count += 1;
-                out.push(Datagram {
-                    buf: seg,
-                    segment: 0,
-                    shared: from_shared,
-                    from: meta.addr,
-                    to,
-                });
-            }
+                0
+            };
+            out.push(Datagram {
+                buf: buf.split_to(meta.len),
+                segment,
+                shared: from_shared,
+                from: meta.addr,
+                to,
+            });
         }
         Ok(count)
     }
