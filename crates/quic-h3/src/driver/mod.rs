@@ -225,20 +225,23 @@ impl Core {
     /// Writes what handles queued, as far as QUIC flow control allows.
     fn pump_outbound(&mut self, conn: &mut QuicConnection) {
         let Some(h3) = self.h3.as_mut() else { return };
+        // Streams done both ways, found in this pass over every stream and removed
+        // after it (rather than in a second pass).
+        let mut finished: smallvec::SmallVec<[u64; 16]> = smallvec::SmallVec::new();
         for (&id, s) in self.streams.iter_mut() {
             if s.pending_out.is_none() && s.out_rx.is_some() && !s.out_closed_early {
                 s.pending_out = s.try_next_out();
             }
-            if s.out_closed_early {
+            let closed_early = s.out_closed_early;
+            if closed_early {
                 s.out_closed_early = false;
                 // The sending handle was dropped before the end: the peer must not
                 // take a truncated body for a complete one.
                 let _ =
                     conn.stream_shutdown(id, quiche::Shutdown::Write, H3Code::REQUEST_CANCELLED.0);
                 s.out_done = true;
-                continue;
             }
-            while let Some(mut frame) = s.pending_out.take() {
+            while !closed_early && let Some(mut frame) = s.pending_out.take() {
                 if let OutFrame::Data(data) = frame {
                     // The body's end already queued behind its last data: both leave
                     // in one write, the FIN in the data's STREAM frame.
@@ -272,9 +275,13 @@ impl Core {
                     s.pending_out = Some(next);
                 }
             }
+            if s.in_done && s.out_done && s.response_tx.is_none() {
+                finished.push(id);
+            }
         }
-        self.streams
-            .retain(|_, s| !(s.in_done && s.out_done && s.response_tx.is_none()));
+        for id in finished {
+            self.streams.remove(&id);
+        }
         if self.unacked.len() >= self.prune_at {
             self.all_acknowledged(conn);
         }
