@@ -718,8 +718,12 @@ impl Router {
         while let Some(d) = datagrams.next() {
             let Some(dcid) = short_dcid(&d.buf, cid_len).filter(|dcid| {
                 dcid.len() <= quiche::MAX_CONN_ID_LEN
-                    && all_for(&d, dcid)
-                    && (d.segment != 0 || datagrams.peek().is_some_and(|n| all_for(n, dcid)))
+                    && if d.segment == 0 {
+                        // A single datagram starts a run only with a neighbour.
+                        datagrams.peek().is_some_and(|n| all_for(n, dcid))
+                    } else {
+                        all_for(&d, dcid)
+                    }
             }) else {
                 self.route(d);
                 continue;

@@ -74,15 +74,10 @@ async fn a_new_socket_router_delivers_the_old_sockets_datagrams_first() {
 /// and the rest of its run still goes in once there is room for it.
 #[tokio::test]
 async fn runs_of_a_batch_reach_their_connections_in_order() {
-    let metrics = Arc::new(crate::metrics::CountingMetrics::default());
-    let mut router = router_on(loopback(), Arc::clone(&metrics) as Arc<dyn Metrics>);
-    let (a, b) = (vec![1u8; 8], vec![2u8; 8]);
     // A's queue takes 4 datagrams of 20 bytes by weight; B's has room for all.
     let (a_tx, mut a_rx) = queue::weighted(16, 80, |d: &Datagram| d.buf.len());
     let (b_tx, mut b_rx) = queue::channel(64);
-    let (ctrl_tx, _ctrl_rx) = queue::channel(1);
-    let _ra = router.adopt(vec![a.clone()], a_tx, ctrl_tx.clone());
-    let _rb = router.adopt(vec![b.clone()], b_tx, ctrl_tx);
+    let (mut router, metrics, (a, b), _routes) = two_connections(a_tx, b_tx);
     let from: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
     let to = router.local_addr();
     let datagram = |cid: &[u8], n: u8| Datagram {
@@ -172,14 +167,9 @@ async fn segments_of_one_buffer_are_queued_as_one_run() {
 /// apart, each datagram reaching its own connection, in order, bytes untouched.
 #[tokio::test]
 async fn a_gro_read_goes_whole_only_when_its_datagrams_share_a_connection() {
-    let metrics = Arc::new(crate::metrics::CountingMetrics::default());
-    let mut router = router_on(loopback(), Arc::clone(&metrics) as Arc<dyn Metrics>);
-    let (a, b) = (vec![1u8; 8], vec![2u8; 8]);
     let (a_tx, mut a_rx) = queue::channel(64);
     let (b_tx, mut b_rx) = queue::channel(64);
-    let (ctrl_tx, _ctrl_rx) = queue::channel(1);
-    let _ra = router.adopt(vec![a.clone()], a_tx, ctrl_tx.clone());
-    let _rb = router.adopt(vec![b.clone()], b_tx, ctrl_tx);
+    let (mut router, metrics, (a, b), _routes) = two_connections(a_tx, b_tx);
     let from: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
     let to = router.local_addr();
     // Datagrams of 20 bytes (the last 15), the `n`th filled with `n`, end to end.
@@ -221,11 +211,51 @@ async fn a_gro_read_goes_whole_only_when_its_datagrams_share_a_connection() {
         [(0, vec![10]), (0, vec![12]), (0, vec![13])]
     );
     assert_eq!(items(&mut b_rx), [(0, vec![11]), (0, vec![15])]);
-    // A read with a long-header packet in it is taken apart too.
+    let dropped = |reason| {
+        let snapshot = metrics.snapshot();
+        snapshot
+            .datagrams_dropped
+            .iter()
+            .find(|(r, _)| *r == reason)
+            .unwrap()
+            .1
+    };
+    // The unknown ID's datagram alone is dropped (a client's router: no reset).
+    assert_eq!(dropped(DropReason::UnknownConnection), 1);
+    // A read with a long-header packet in it is taken apart too: its short-header
+    // datagram reaches A, the other is judged on its own and dropped.
     let mut mixed = read(&[&a, &a], 20);
     mixed.buf[20] = 0xc0;
     router.route_batch(&mut vec![mixed]);
     assert_eq!(items(&mut a_rx), [(0, vec![20])]);
+    let total: u64 = metrics
+        .snapshot()
+        .datagrams_dropped
+        .iter()
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!(total, 2);
+}
+
+/// A client's router (no accept path) with connections A (ID 1…1) and B (ID 2…2)
+/// queuing to `a_tx` and `b_tx`, its metrics counted; the routes last as long as
+/// the last value returned (the registrations and the workers' command queue).
+fn two_connections(
+    a_tx: queue::Sender<Datagram>,
+    b_tx: queue::Sender<Datagram>,
+) -> (
+    Router,
+    Arc<crate::metrics::CountingMetrics>,
+    (Vec<u8>, Vec<u8>),
+    impl Sized,
+) {
+    let metrics = Arc::new(crate::metrics::CountingMetrics::default());
+    let mut router = router_on(loopback(), Arc::clone(&metrics) as Arc<dyn Metrics>);
+    let (a, b) = (vec![1u8; 8], vec![2u8; 8]);
+    let (ctrl_tx, ctrl_rx) = queue::channel(1);
+    let ra = router.adopt(vec![a.clone()], a_tx, ctrl_tx.clone());
+    let rb = router.adopt(vec![b.clone()], b_tx, ctrl_tx);
+    (router, metrics, (a, b), (ra, rb, ctrl_rx))
 }
 
 /// Registration messages go through however many are pending: a bounded queue

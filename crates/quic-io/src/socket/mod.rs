@@ -211,13 +211,18 @@ impl Datagram {
         }
     }
 
-    /// Takes it apart: each datagram it holds on its own (sharing its bytes).
-    pub(crate) fn into_singles(mut self) -> impl Iterator<Item = Datagram> {
-        let segment = if self.segment == 0 {
+    /// The size of each datagram it holds but the last: its length when it holds one.
+    fn segment_size(&self) -> usize {
+        if self.segment == 0 {
             self.buf.len()
         } else {
             self.segment
-        };
+        }
+    }
+
+    /// Takes it apart: each datagram it holds on its own (sharing its bytes).
+    pub(crate) fn into_singles(mut self) -> impl Iterator<Item = Datagram> {
+        let segment = self.segment_size();
         std::iter::from_fn(move || {
             if self.buf.is_empty() {
                 return None;
@@ -236,11 +241,7 @@ impl Datagram {
     /// address, whose bytes follow this one's in their buffer, if the result is still
     /// a run of equal segments (the last may be shorter); otherwise hands it back.
     pub(crate) fn try_merge(&mut self, next: Datagram) -> Result<(), Datagram> {
-        let segment = if self.segment == 0 {
-            self.buf.len()
-        } else {
-            self.segment
-        };
+        let segment = self.segment_size();
         let follows = self.buf.as_ptr().wrapping_add(self.buf.len()) == next.buf.as_ptr();
         let fits = if next.segment == 0 {
             next.buf.len() <= segment
