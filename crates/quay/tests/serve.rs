@@ -131,3 +131,75 @@ async fn handlers_still_running_at_the_shutdown_deadline_are_cancelled() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_runs_at_most_max_pending_requests_handlers_and_refuses_more() {
+    let identity = TlsConfig::self_signed(&["localhost"]).unwrap();
+    let mut h3 = H3Settings::default();
+    h3.max_pending_requests = 2;
+    let server = Server::builder()
+        .tls(identity.config)
+        .h3_settings(h3)
+        .bind("127.0.0.1:0".parse().unwrap())
+        .unwrap();
+    let addr = server.local_addr();
+    let (started_tx, mut started_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let (release_tx, release_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(server.serve(move |req: http::Request<quay::h3::RecvBody>| {
+        let started = started_tx.clone();
+        let mut release = release_rx.clone();
+        async move {
+            if req.uri().path() == "/wait" {
+                let _ = started.send(());
+                let _ = release.wait_for(|go| *go).await;
+            }
+            Ok::<_, Infallible>(http::Response::new(Body::from(req.uri().path().to_owned())))
+        }
+    }));
+
+    let (_conn, send) = connect(addr, &identity.cert_pem).await;
+    let get = |path: &'static str| {
+        let send = send.clone();
+        async move {
+            let req = http::Request::get(format!("https://localhost{path}"))
+                .body(Bytes::new())
+                .unwrap();
+            let mut resp = send.send(req).await?;
+            assert_eq!(resp.status(), 200);
+            resp.body_mut().collect(64).await
+        }
+    };
+    let waiting: Vec<_> = (0..2).map(|_| tokio::spawn(get("/wait"))).collect();
+    for _ in 0..2 {
+        tokio::time::timeout(Duration::from_secs(10), started_rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    // Two handlers run: a third request is refused, in a way safe to retry.
+    let refused = tokio::time::timeout(Duration::from_secs(10), get("/third"))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(
+        refused,
+        quay::h3::StreamError::Reset(quay::h3::H3Code::REQUEST_REJECTED)
+    );
+    assert!(refused.is_retryable());
+
+    release_tx.send(true).unwrap();
+    for w in waiting {
+        let body = tokio::time::timeout(Duration::from_secs(10), w)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(body, "/wait");
+    }
+    // Their handlers done, the connection takes requests again.
+    let body = tokio::time::timeout(Duration::from_secs(10), get("/after"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(body, "/after");
+}

@@ -5,6 +5,11 @@ use crate::{AppError, CloseReason, HandshakeInfo};
 /// The QUIC connection an application drives: quiche's state machine.
 pub type QuicConnection = quiche::Connection;
 
+/// The most rounds of ready tasks a connection's loop runs after a handoff
+/// ([`ApplicationOverQuic::handoff_passes`]) before it sends: each round puts the
+/// connection behind every other ready task of the runtime's thread.
+pub const MAX_HANDOFF_PASSES: usize = 4;
+
 /// A protocol that runs over one QUIC connection.
 ///
 /// The I/O loop that owns the connection (one task per connection) calls these methods,
@@ -27,7 +32,8 @@ pub type QuicConnection = quiche::Connection;
 ///    - [`process_reads`](Self::process_reads), then
 ///      [`process_writes`](Self::process_writes);
 ///    - if [`handed_off_work`](Self::handed_off_work) says so, the loop lets the tasks
-///      that work went to run, then calls `process_reads` and `process_writes` again;
+///      that work went to run ([`handoff_passes`](Self::handoff_passes) rounds), then
+///      calls `process_reads` and `process_writes` again;
 ///    - the connection's outgoing packets are sent.
 /// 3. [`on_conn_close`](Self::on_conn_close): once, when the connection has closed, for
 ///    whatever reason. The connection is still readable (stats, errors) but can no
@@ -109,6 +115,15 @@ pub trait ApplicationOverQuic: Send + 'static {
     /// since the previous one. The default, `false`, sends at once.
     fn handed_off_work(&mut self) -> bool {
         false
+    }
+
+    /// How many rounds of the runtime's ready tasks the loop runs when
+    /// [`handed_off_work`](Self::handed_off_work) says work was handed off: one when
+    /// the task the work went to answers it, two when that task passes it on to another
+    /// (a queue's reader that starts a task per request). The loop runs at most
+    /// [`MAX_HANDOFF_PASSES`](crate::MAX_HANDOFF_PASSES). The default is 2.
+    fn handoff_passes(&self) -> usize {
+        2
     }
 
     /// Whether the application's exchanges are over: nothing in progress, and the

@@ -117,11 +117,18 @@ impl<A: ApplicationOverQuic> AppDriver<A> {
         }
     }
 
-    /// Whether the last [`after_input`](Self::after_input) handed work to other tasks
-    /// ([`handed_off_work`](ApplicationOverQuic::handed_off_work)); if so, the loop
-    /// should let them run and call `after_input` again before it sends.
-    pub fn handed_off_work(&mut self) -> bool {
-        self.established && !self.closed && self.app.handed_off_work()
+    /// How many rounds of ready tasks the loop should let run before it calls
+    /// `after_input` again and sends: 0 when the last [`after_input`](Self::after_input)
+    /// handed no work to other tasks
+    /// ([`handed_off_work`](ApplicationOverQuic::handed_off_work)), else the
+    /// application's [`handoff_passes`](ApplicationOverQuic::handoff_passes), at most
+    /// [`MAX_HANDOFF_PASSES`](crate::MAX_HANDOFF_PASSES).
+    pub fn handoff_passes(&mut self) -> usize {
+        if self.established && !self.closed && self.app.handed_off_work() {
+            self.app.handoff_passes().min(crate::MAX_HANDOFF_PASSES)
+        } else {
+            0
+        }
     }
 
     /// Tells the application the connection closed; only the first call reaches it.

@@ -52,7 +52,7 @@
 
 mod app;
 pub mod queue;
-pub use app::{ApplicationOverQuic, QuicConnection};
+pub use app::{ApplicationOverQuic, MAX_HANDOFF_PASSES, QuicConnection};
 
 mod error;
 pub use error::{AppError, CloseReason, transport_code};

@@ -229,6 +229,11 @@ impl ApplicationOverQuic for DoqServer {
         std::mem::take(&mut self.handed_off)
     }
 
+    fn handoff_passes(&self) -> usize {
+        // Each query's own task answers it.
+        1
+    }
+
     fn delivered(&mut self, _conn: &mut QuicConnection) -> bool {
         self.in_flight == 0 && self.outgoing.is_empty()
     }

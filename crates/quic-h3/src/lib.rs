@@ -5,7 +5,8 @@
 //! backpressured bodies. It does no I/O: `quic-io` runs it over UDP, and the
 //! `quic-app` harness runs it in memory. Its two variants:
 //!
-//! - [`ServerH3Driver`]: every request arrives on the [`RequestStream`] as an
+//! - [`ServerH3Driver`]: every request arrives on the [`RequestStream`] (or at a
+//!   [`Dispatch`] of the application's, inside the connection's task) as an
 //!   [`IncomingRequest`]: an `http::Request<RecvBody>` and a [`Responder`] that sends
 //!   1xx responses, the final head, then body chunks and trailers through a
 //!   [`SendBody`];
@@ -83,7 +84,7 @@ pub use quic_app::ConnectionInfo;
 
 mod server;
 pub use server::{
-    EarlyData, IncomingRequest, RequestStream, Responder, ServerControl, ServerH3Driver,
+    Dispatch, EarlyData, IncomingRequest, RequestStream, Responder, ServerControl, ServerH3Driver,
     ServerHooks,
 };
 

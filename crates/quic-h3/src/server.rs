@@ -21,10 +21,9 @@ pub type ServerH3Driver = H3Driver<ServerHooks>;
 /// The server's hooks (sealed).
 #[derive(Debug)]
 pub struct ServerHooks {
-    /// `None` once the connection closed: the request stream then ends.
-    /// Boxed: a channel allocates its first block of 32 slots up front, so on an idle
-    /// connection slots of a full request would cost kilobytes.
-    requests_tx: Option<queue::Sender<Box<IncomingRequest>>>,
+    /// Where requests go; `None` once the connection closed (a request stream then
+    /// ends, a dispatcher is dropped).
+    requests: Option<Requests>,
     control_rx: queue::Receiver<ServerCommand>,
     /// A command taken from `control_rx`, to carry out in `start_work`.
     pending: Option<ServerCommand>,
@@ -66,6 +65,38 @@ enum ServerCommand {
     GoAway,
 }
 
+/// Where a server driver's requests go.
+enum Requests {
+    /// Queued for a [`RequestStream`]. Boxed: a channel allocates its first block of
+    /// 32 slots up front, so on an idle connection slots of a full request would cost
+    /// kilobytes.
+    Queue(queue::Sender<Box<IncomingRequest>>),
+    /// Handed to the application's dispatcher as they arrive.
+    Dispatch(Box<dyn Dispatch>),
+}
+
+impl std::fmt::Debug for Requests {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Requests::Queue(_) => "Queue",
+            Requests::Dispatch(_) => "Dispatch",
+        })
+    }
+}
+
+/// Takes a server connection's requests as they arrive, inside the connection's task;
+/// see [`ServerH3Driver::with_dispatch`].
+pub trait Dispatch: Send + 'static {
+    /// Whether another request can be taken now. One that cannot is refused with
+    /// H3_REQUEST_REJECTED, which tells the client it may safely retry it.
+    fn has_room(&self) -> bool;
+
+    /// Takes one request. This runs inside the connection's task (and its tracing
+    /// span), between the connection's reads and writes: it should start the
+    /// request's work, on a task of its own, and return.
+    fn dispatch(&mut self, request: IncomingRequest);
+}
+
 /// Controls a server connection from outside its driver.
 #[derive(Debug, Clone)]
 pub struct ServerControl {
@@ -86,14 +117,35 @@ impl ServerControl {
 impl Hooks for ServerHooks {}
 
 impl ServerH3Driver {
-    /// A server driver for one connection, and the stream of its requests.
+    /// A server driver for one connection, and the stream of its requests: at most
+    /// [`H3Settings::max_pending_requests`] wait in it, and more are refused with
+    /// H3_REQUEST_REJECTED.
     pub fn new(settings: H3Settings) -> (Self, RequestStream) {
         let (requests_tx, requests_rx) = queue::channel(settings.max_pending_requests.max(1));
+        let (driver, control) = Self::with_requests(settings, Requests::Queue(requests_tx));
+        let requests = RequestStream {
+            rx: requests_rx,
+            control,
+        };
+        (driver, requests)
+    }
+
+    /// A server driver for one connection that hands each request to `dispatch` as
+    /// its head arrives, from inside the connection's task, instead of queueing it for
+    /// another task to take. A server that starts a task per request saves a hop
+    /// between tasks this way. `dispatch` decides how many requests it takes
+    /// ([`Dispatch::has_room`]); [`H3Settings::max_pending_requests`] does not apply.
+    /// It is dropped when the connection closes.
+    pub fn with_dispatch(settings: H3Settings, dispatch: impl Dispatch) -> (Self, ServerControl) {
+        Self::with_requests(settings, Requests::Dispatch(Box::new(dispatch)))
+    }
+
+    fn with_requests(settings: H3Settings, requests: Requests) -> (Self, ServerControl) {
         let (control_tx, control_rx) = queue::channel(4);
         let driver = H3Driver {
             core: Core::new(settings),
             hooks: ServerHooks {
-                requests_tx: Some(requests_tx),
+                requests: Some(requests),
                 control_rx,
                 pending: None,
                 last_request: None,
@@ -112,11 +164,7 @@ impl ServerH3Driver {
                 last_authority: LastAuthority::default(),
             },
         };
-        let requests = RequestStream {
-            rx: requests_rx,
-            control: ServerControl { tx: control_tx },
-        };
-        (driver, requests)
+        (driver, ServerControl { tx: control_tx })
     }
 }
 
@@ -392,16 +440,18 @@ impl sealed::Sealed for ServerHooks {
         if let Some(info) = &core.info {
             parts.extensions.insert(info.clone().with_early_data(early));
         }
-        let Some(requests_tx) = self.requests_tx.as_ref() else {
+        let Some(requests) = self.requests.as_mut() else {
             return;
         };
-        if !requests_tx.has_room() {
-            {
-                // The application is not taking requests fast enough: refuse this
-                // one in a way the client may safely retry.
-                core.abort_stream(conn, stream_id, H3Code::REQUEST_REJECTED);
-                return;
-            }
+        let room = match requests {
+            Requests::Queue(tx) => tx.has_room(),
+            Requests::Dispatch(d) => d.has_room(),
+        };
+        if !room {
+            // The application is not taking requests fast enough: refuse this one in
+            // a way the client may safely retry.
+            core.abort_stream(conn, stream_id, H3Code::REQUEST_REJECTED);
+            return;
         }
         let (out_tx, out_rx) = queue::channel(SEND_QUEUE);
         let mut stream = Stream::new(Some(out_rx));
@@ -428,13 +478,19 @@ impl sealed::Sealed for ServerHooks {
             // The last request this connection takes: drain after it.
             self.pending = Some(ServerCommand::GoAway);
         }
-        // Room was checked above, and the driver is the only sender.
         core.handed_off = true;
-        let _ = requests_tx.try_send(Box::new(IncomingRequest {
+        let request = IncomingRequest {
             request: http::Request::from_parts(parts, body),
             responder: Responder { tx: out_tx },
             datagrams,
-        }));
+        };
+        match requests {
+            // Room was checked above, and the driver is the only sender.
+            Requests::Queue(tx) => {
+                let _ = tx.try_send(Box::new(request));
+            }
+            Requests::Dispatch(d) => d.dispatch(request),
+        }
     }
 
     fn poll_work(
@@ -552,6 +608,16 @@ impl sealed::Sealed for ServerHooks {
     fn on_goaway(&mut self, _core: &mut Core, _id: u64) {}
 
     fn on_close(&mut self, _core: &mut Core) {
-        self.requests_tx = None;
+        self.requests = None;
+    }
+
+    fn handoff_passes(&self) -> usize {
+        match self.requests {
+            // The dispatcher starts the request's task: it answers in the first round.
+            Some(Requests::Dispatch(_)) => 1,
+            // The stream's reader takes the request, then starts its task (or answers
+            // it itself).
+            _ => 2,
+        }
     }
 }

@@ -7,10 +7,14 @@ pub struct H3Settings {
     /// The largest field section (headers or trailers) accepted from the peer, in
     /// bytes as RFC 9114 §4.2.2 counts them; sent as SETTINGS_MAX_FIELD_SECTION_SIZE.
     pub max_field_section_size: u64,
-    /// Requests a server queues for the application before it refuses more with
-    /// H3_REQUEST_REJECTED. (How many requests run at once on a connection is the
-    /// QUIC stream limit, `QuicSettings::max_streams_bidi` in quic-io: MAX_STREAMS
-    /// makes clients wait instead of failing.)
+    /// Requests a server connection queues for the application (on its
+    /// [`RequestStream`](crate::RequestStream)) before it refuses more with
+    /// H3_REQUEST_REJECTED. A [`Dispatch`](crate::Dispatch) sets its own bound; quay's
+    /// `Server` applies this one to the requests whose handlers still run on the
+    /// connection (a handler may outlive its stream, after the client reset it). How
+    /// many requests a client may have open at once is the QUIC stream limit,
+    /// `QuicSettings::max_streams_bidi` in quic-io: MAX_STREAMS makes clients wait
+    /// instead of failing.
     pub max_pending_requests: usize,
     /// Allow extended CONNECT (RFC 9220).
     pub enable_extended_connect: bool,

@@ -9,13 +9,16 @@ use tokio::task::AbortHandle;
 
 /// The request tasks of one connection: awaited together when the connection ends,
 /// aborted together when the set is dropped (its connection's task was, at a shutdown
-/// deadline). A task leaves the set itself as it finishes, so the connection's task
-/// is not woken once per finished request, as it would be to collect each from a
-/// `JoinSet`.
+/// deadline). Tasks are started through a [`Spawner`], which the connection's driver
+/// holds. A task leaves the set itself as it finishes, so the connection's task is not
+/// woken once per finished request, as it would be to collect each from a `JoinSet`.
 pub(super) struct InFlight {
-    /// Made with the first task: a connection that never sees a request costs
-    /// nothing here.
-    shared: Option<Arc<Mutex<Tasks>>>,
+    shared: Arc<Mutex<Tasks>>,
+}
+
+/// Starts tasks in an [`InFlight`] set; once the set is dropped, starts none.
+pub(super) struct Spawner {
+    shared: Arc<Mutex<Tasks>>,
 }
 
 struct Tasks {
@@ -24,51 +27,38 @@ struct Tasks {
     running: Slab<Option<AbortHandle>>,
     /// Woken when the last task leaves.
     idle: Option<Waker>,
+    /// The set was dropped: its tasks were aborted, and no more start.
+    closed: bool,
 }
 
 impl InFlight {
     pub(super) fn new() -> Self {
-        Self { shared: None }
-    }
-
-    /// Spawns `task` into the set.
-    pub(super) fn spawn<F>(&mut self, task: F)
-    where
-        F: Future<Output = ()> + Send + 'static,
-    {
-        let shared = self.shared.get_or_insert_with(|| {
-            Arc::new(Mutex::new(Tasks {
+        Self {
+            shared: Arc::new(Mutex::new(Tasks {
                 running: Slab::new(),
                 idle: None,
-            }))
-        });
-        let key = lock(shared).running.insert(None);
-        let leave = Leave {
-            shared: Arc::clone(shared),
-            key,
-        };
-        let handle = tokio::spawn(async move {
-            let _leave = leave;
-            task.await;
-        });
-        // Only this method adds slots, so a slot already gone is this task's own:
-        // it has finished.
-        if let Some(slot) = lock(shared).running.get_mut(key) {
-            *slot = Some(handle.abort_handle());
+                closed: false,
+            })),
+        }
+    }
+
+    /// A handle that starts tasks in this set.
+    pub(super) fn spawner(&self) -> Spawner {
+        Spawner {
+            shared: Arc::clone(&self.shared),
         }
     }
 
     /// How many tasks are running.
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.shared.as_ref().map_or(0, |s| lock(s).running.len())
+        lock(&self.shared).running.len()
     }
 
     /// Waits until every task has finished.
     pub(super) async fn wait(&self) {
-        let Some(shared) = &self.shared else { return };
         poll_fn(|cx| {
-            let mut tasks = lock(shared);
+            let mut tasks = lock(&self.shared);
             if tasks.running.is_empty() {
                 return Poll::Ready(());
             }
@@ -82,10 +72,52 @@ impl InFlight {
     }
 }
 
+impl Spawner {
+    /// Spawns `task` into the set; drops it instead if the set is gone.
+    pub(super) fn spawn<F>(&self, task: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let key = {
+            let mut tasks = lock(&self.shared);
+            if tasks.closed {
+                return;
+            }
+            tasks.running.insert(None)
+        };
+        let leave = Leave {
+            shared: Arc::clone(&self.shared),
+            key,
+        };
+        let handle = tokio::spawn(async move {
+            let _leave = leave;
+            task.await;
+        });
+        // Only this method adds slots, so a slot already gone is this task's own:
+        // it has finished. A set dropped meanwhile took the slot and missed the
+        // handle: the task is aborted here.
+        let mut tasks = lock(&self.shared);
+        if tasks.closed {
+            drop(tasks);
+            handle.abort();
+        } else if let Some(slot) = tasks.running.get_mut(key) {
+            *slot = Some(handle.abort_handle());
+        }
+    }
+
+    /// How many tasks are running.
+    pub(super) fn len(&self) -> usize {
+        lock(&self.shared).running.len()
+    }
+}
+
 impl Drop for InFlight {
     fn drop(&mut self) {
-        let Some(shared) = &self.shared else { return };
-        let running = std::mem::take(&mut lock(shared).running);
+        let running = {
+            let mut tasks = lock(&self.shared);
+            tasks.closed = true;
+            std::mem::take(&mut tasks.running)
+        };
         // Outside the lock: an aborted task that is not running is dropped at once,
         // and its `Leave` takes the lock.
         for (_, handle) in running {
@@ -131,20 +163,21 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn finished_tasks_leave_and_wait_returns_after_the_last() {
-        let mut set = InFlight::new();
+        let set = InFlight::new();
+        let spawner = set.spawner();
         let done = Arc::new(AtomicUsize::new(0));
         let (tx, rx) = tokio::sync::watch::channel(false);
         for _ in 0..50 {
             let done = Arc::clone(&done);
             let mut rx = rx.clone();
-            set.spawn(async move {
+            spawner.spawn(async move {
                 let _ = rx.wait_for(|go| *go).await;
                 done.fetch_add(1, Ordering::SeqCst);
             });
         }
         // Tasks that finish at once leave too.
         for _ in 0..50 {
-            set.spawn(async {});
+            spawner.spawn(async {});
         }
         assert!(set.len() >= 50);
         tx.send(true).unwrap();
@@ -163,16 +196,17 @@ mod tests {
                 self.0.fetch_add(1, Ordering::SeqCst);
             }
         }
-        let mut set = InFlight::new();
+        let set = InFlight::new();
+        let spawner = set.spawner();
         let dropped = Arc::new(AtomicUsize::new(0));
         for _ in 0..20 {
             let flag = Flag(Arc::clone(&dropped));
-            set.spawn(async move {
+            spawner.spawn(async move {
                 let _flag = flag;
                 std::future::pending::<()>().await;
             });
         }
-        let shared = Arc::clone(set.shared.as_ref().unwrap());
+        let shared = Arc::clone(&set.shared);
         drop(set);
         // Aborted tasks drop their futures on their next turn on the runtime.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -184,5 +218,38 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         assert_eq!(lock(&shared).running.len(), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_spawner_outliving_its_set_starts_nothing() {
+        let set = InFlight::new();
+        let spawner = set.spawner();
+        let ran = Arc::new(AtomicUsize::new(0));
+        let dropped = Arc::new(AtomicUsize::new(0));
+        struct Flag(Arc<AtomicUsize>);
+        impl Drop for Flag {
+            fn drop(&mut self) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let (ran2, flag) = (Arc::clone(&ran), Flag(Arc::clone(&dropped)));
+        spawner.spawn(async move {
+            let _flag = flag;
+            ran2.fetch_add(1, Ordering::SeqCst);
+        });
+        tokio::time::timeout(Duration::from_secs(10), set.wait())
+            .await
+            .unwrap();
+        assert_eq!((ran.load(Ordering::SeqCst), spawner.len()), (1, 0));
+        drop(set);
+        let (ran2, flag) = (Arc::clone(&ran), Flag(Arc::clone(&dropped)));
+        spawner.spawn(async move {
+            let _flag = flag;
+            ran2.fetch_add(1, Ordering::SeqCst);
+        });
+        // The task was dropped unstarted, not spawned.
+        assert_eq!(dropped.load(Ordering::SeqCst), 2);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!((ran.load(Ordering::SeqCst), spawner.len()), (1, 0));
     }
 }

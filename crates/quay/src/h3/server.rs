@@ -400,14 +400,26 @@ impl Server {
                                 break;
                             }
                         };
-                        let (driver, requests) = ServerH3Driver::new(h3.clone());
+                        let tasks = super::in_flight::InFlight::new();
+                        let dispatcher = Dispatcher {
+                            service: service.clone(),
+                            recorder: crate::observe::RequestRecorder::new(),
+                            tasks: tasks.spawner(),
+                            limit: h3.max_pending_requests.max(1),
+                        };
+                        let (driver, control) = ServerH3Driver::with_dispatch(h3.clone(), dispatcher);
                         let handle = incoming.start(driver);
-                        let service = service.clone();
                         let stop = shutdown.clone();
                         connections.spawn(async move {
                             let opened = crate::observe::ConnectionOpened::new();
-                            serve_connection(requests, service, stop, handle.span().clone()).await;
-                            let closed = handle.closed().await;
+                            let closed = tokio::select! {
+                                closed = handle.closed() => closed,
+                                () = stop.cancelled() => {
+                                    control.goaway().await;
+                                    handle.closed().await
+                                }
+                            };
+                            tasks.wait().await;
                             opened.closed(&closed);
                         });
                     }
@@ -597,42 +609,36 @@ impl<T> Drop for AbortOnDrop<T> {
     }
 }
 
-async fn serve_connection<S: ServeService>(
-    mut requests: quic_h3::RequestStream,
+/// Takes a connection's requests inside its task, each to a task of its own that runs
+/// the service in the request's span.
+struct Dispatcher<S> {
     service: S,
-    shutdown: CancellationToken,
-    conn_span: tracing::Span,
-) {
-    let control = requests.control();
-    let recorder = crate::observe::RequestRecorder::new();
-    let mut in_flight = super::in_flight::InFlight::new();
-    let mut draining = false;
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled(), if !draining => {
-                draining = true;
-                control.goaway().await;
-            }
-            req = requests.next() => {
-                let Some(req) = req else { break };
-                let span = tracing::info_span!(
-                    parent: &conn_span,
-                    "request",
-                    method = %req.request.method(),
-                    path = req.request.uri().path(),
-                    status = tracing::field::Empty,
-                    ms = tracing::field::Empty,
-                );
-                // Boxed where it is built: the task then moves a pointer, not the
-                // whole future (service state included) through every layer of the
-                // spawn.
-                in_flight.spawn(Box::pin(
-                    respond(req, service.clone(), recorder.clone()).instrument(span),
-                ));
-            }
-        }
+    recorder: crate::observe::RequestRecorder,
+    tasks: super::in_flight::Spawner,
+    /// The requests whose tasks may run at once ([`H3Settings::max_pending_requests`]).
+    limit: usize,
+}
+
+impl<S: ServeService> quic_h3::Dispatch for Dispatcher<S> {
+    fn has_room(&self) -> bool {
+        self.tasks.len() < self.limit
     }
-    in_flight.wait().await;
+
+    fn dispatch(&mut self, req: IncomingRequest) {
+        // A child of the connection's span, in which the driver runs.
+        let span = tracing::info_span!(
+            "request",
+            method = %req.request.method(),
+            path = req.request.uri().path(),
+            status = tracing::field::Empty,
+            ms = tracing::field::Empty,
+        );
+        // Boxed where it is built: the task then moves a pointer, not the whole future
+        // (service state included) through every layer of the spawn.
+        self.tasks.spawn(Box::pin(
+            respond(req, self.service.clone(), self.recorder.clone()).instrument(span),
+        ));
+    }
 }
 
 /// Runs the service for one request and streams its response, inside the request's

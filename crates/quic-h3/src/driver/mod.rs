@@ -49,6 +49,10 @@ pub(crate) mod sealed {
         fn on_goaway(&mut self, core: &mut Core, id: u64);
         /// The connection closed.
         fn on_close(&mut self, core: &mut Core);
+        /// See [`ApplicationOverQuic::handoff_passes`].
+        fn handoff_passes(&self) -> usize {
+            2
+        }
     }
 }
 
@@ -675,6 +679,10 @@ impl<H: Hooks> ApplicationOverQuic for H3Driver<H> {
 
     fn handed_off_work(&mut self) -> bool {
         std::mem::take(&mut self.core.handed_off)
+    }
+
+    fn handoff_passes(&self) -> usize {
+        self.hooks.handoff_passes()
     }
 
     /// Every request has finished both ways and the peer has acknowledged every

@@ -54,6 +54,9 @@ impl<A: ApplicationOverQuic> ApplicationOverQuic for Counting<A> {
     fn handed_off_work(&mut self) -> bool {
         self.inner.handed_off_work()
     }
+    fn handoff_passes(&self) -> usize {
+        self.inner.handoff_passes()
+    }
     fn on_conn_close(&mut self, conn: &mut QuicConnection, reason: &CloseReason) {
         self.inner.on_conn_close(conn, reason)
     }

@@ -550,3 +550,92 @@ async fn a_body_chunk_kept_by_its_reader_is_not_overwritten_by_later_reads() {
     assert_eq!(answers.1, vec![expected; 8]);
     server.await.unwrap();
 }
+
+/// Keeps the requests it takes; has room for `room` of them at a time.
+struct Keep {
+    taken: std::sync::Arc<std::sync::Mutex<Vec<quic_h3::IncomingRequest>>>,
+    room: usize,
+}
+
+impl quic_h3::Dispatch for Keep {
+    fn has_room(&self) -> bool {
+        self.taken.lock().unwrap().len() < self.room
+    }
+    fn dispatch(&mut self, request: quic_h3::IncomingRequest) {
+        self.taken.lock().unwrap().push(request);
+    }
+}
+
+#[tokio::test]
+async fn a_dispatcher_takes_each_request_as_it_arrives_and_its_room_refuses_the_rest() {
+    let taken = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keep = Keep {
+        taken: taken.clone(),
+        room: 2,
+    };
+    let (server, _control) = quic_h3::ServerH3Driver::with_dispatch(H3Settings::default(), keep);
+    let (client, send) = quic_h3::ClientH3Driver::new(H3Settings::default());
+    let mut pair = Pair::new(PairConfig::new(quic_h3::ALPN), client, server).unwrap();
+    let get = |path: &str| {
+        http::Request::get(format!("https://localhost{path}"))
+            .body(())
+            .unwrap()
+    };
+    /// Answers every request taken so far with its path; returns the paths.
+    fn answer_all(
+        taken: &std::sync::Mutex<Vec<quic_h3::IncomingRequest>>,
+    ) -> Vec<tokio::task::JoinHandle<String>> {
+        std::mem::take(&mut *taken.lock().unwrap())
+            .into_iter()
+            .map(|req| {
+                tokio::spawn(async move {
+                    let path = req.request.uri().path().to_owned();
+                    let resp = http::Response::new(Bytes::from(path.clone()));
+                    req.responder.send_whole_response(resp).await.unwrap();
+                    path
+                })
+            })
+            .collect()
+    }
+    let (answered, refused, later) = pair
+        .run_with(LIMIT, async {
+            let mut responses = Vec::new();
+            for path in ["/a", "/b"] {
+                let (body, response) = send.send_request(get(path)).await.unwrap();
+                body.finish().await.unwrap();
+                responses.push(response);
+            }
+            while taken.lock().unwrap().len() < 2 {
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+            // Two taken and kept: the third is refused.
+            let (body, third) = send.send_request(get("/c")).await.unwrap();
+            let _ = body.finish().await;
+            let refused = third.await.map(|r| r.status()).unwrap_err();
+            let mut answered = Vec::new();
+            for h in answer_all(&taken) {
+                answered.push(h.await.unwrap());
+            }
+            for r in responses {
+                let mut r = r.await.unwrap();
+                answered.push(
+                    String::from_utf8(r.body_mut().collect(64).await.unwrap().to_vec()).unwrap(),
+                );
+            }
+            // Room again.
+            let (body, fourth) = send.send_request(get("/d")).await.unwrap();
+            body.finish().await.unwrap();
+            while taken.lock().unwrap().is_empty() {
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+            answer_all(&taken);
+            let mut r = fourth.await.unwrap();
+            let later = r.body_mut().collect(64).await.unwrap();
+            (answered, refused, later)
+        })
+        .await
+        .unwrap();
+    assert_eq!(answered, ["/a", "/b", "/a", "/b"]);
+    assert_eq!(refused, StreamError::Reset(H3Code::REQUEST_REJECTED));
+    assert_eq!(later, "/d");
+}

@@ -75,11 +75,6 @@ const CLOSING_DATAGRAMS_PER_FLUSH: usize = 8;
 /// idle timeout, or from a stateless reset.
 const CLOSE_STALL_LIMIT: Duration = Duration::from_secs(2);
 
-/// Times the worker goes to the back of the run queue after handing work to other
-/// tasks, before it sends: one pass for the task it woke, one for a task that one
-/// starts (a dispatcher spawning a request handler).
-const HANDOFF_PASSES: usize = 2;
-
 /// The transport error code INTERNAL_ERROR (RFC 9000 §20.1).
 const INTERNAL_ERROR: u64 = 0x1;
 
@@ -433,12 +428,15 @@ impl<A: ApplicationOverQuic> Worker<A> {
             }
             if self.refuse.is_none() {
                 self.run_application();
-                if self.driver.handed_off_work() && self.setup.shared.coalesce_answers {
-                    // The tasks just handed work (a request's dispatcher, and the
-                    // handler it starts) often answer at once. Letting them run first
-                    // puts the answer in this flush, with the acknowledgements, instead
-                    // of in a second flush (and system call) of its own.
-                    for _ in 0..HANDOFF_PASSES {
+                let passes = self.driver.handoff_passes();
+                if passes > 0 && self.setup.shared.coalesce_answers {
+                    // The tasks just handed work (a request's handler, say) often
+                    // answer at once. Letting them run first puts the answer in this
+                    // flush, with the acknowledgements, instead of in a second flush
+                    // (and system call) of its own. Each pass puts the worker at the
+                    // back of the run queue once: one for the task it woke, one more
+                    // for each task that task passes the work on to.
+                    for _ in 0..passes {
                         requeue().await;
                     }
                     self.run_application();
