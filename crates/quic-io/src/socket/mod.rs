@@ -7,16 +7,27 @@
 //! offload (GRO) where available: one call returns many datagrams. `quinn-udp`
 //! detects what the kernel supports, receives, and sends single messages, falling
 //! back to one datagram per call where it must.
+//!
+//! A socket is registered with the runtime for readability only. Registered for
+//! writability too, it would wake the runtime after nearly every send: the kernel
+//! signals write space each time a sent datagram's buffer is freed (on loopback, as it
+//! is delivered), an event with nothing waiting for it. Sends go straight to the socket;
+//! the rare send that finds the socket's buffer full registers a duplicate of its
+//! descriptor for writability, shared by every send waiting, until they are done.
 
 use std::io;
 use std::io::IoSliceMut;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
 
 use crate::worker::batch::Batch;
 
+mod fd;
 #[cfg(target_os = "linux")]
 mod mmsg;
 #[cfg(target_os = "linux")]
@@ -40,13 +51,28 @@ const SLOT_GRO: usize = 64 * 1024;
 /// Receive slots per batch with GRO: 8 × 64 KiB = 512 KiB per receive call.
 const SLOTS_GRO: usize = 8;
 
+/// How long a send waits before it tries again when the socket's buffer is full and
+/// no descriptor is left to wait for write space with.
+const WRITE_RETRY: Duration = Duration::from_millis(1);
+
 /// A UDP socket shared by a router (the only reader) and workers (writers).
 #[derive(Debug)]
 pub(crate) struct Socket {
-    io: tokio::net::UdpSocket,
+    /// Registered for readability only (see the module's docs).
+    io: AsyncFd<std::net::UdpSocket>,
+    /// A duplicate of the descriptor registered for writability, while sends wait for
+    /// buffer space; dropped (and unregistered) with the last of them.
+    write_wait: Mutex<Weak<AsyncFd<std::net::UdpSocket>>>,
     state: quinn_udp::UdpSocketState,
     local_addr: SocketAddr,
     gso: bool,
+    /// A receive batch that did not fill every slot leaves the socket's queue empty.
+    /// `recvmmsg` stops early only at an empty queue or at an error, and an
+    /// unconnected socket without `IP_RECVERR` has no error to report, so for it the
+    /// read that would only say "empty" can be skipped. A connected socket (a
+    /// client's) can stop early at an ICMP error, with datagrams still queued: it reads
+    /// until the queue says it is empty.
+    short_read_drains: bool,
 }
 
 impl Socket {
@@ -58,13 +84,49 @@ impl Socket {
         let _ = state.set_recv_buffer_size((&socket).into(), 4 * 1024 * 1024);
         let _ = state.set_send_buffer_size((&socket).into(), 4 * 1024 * 1024);
         let local_addr = socket.local_addr()?;
-        let io = tokio::net::UdpSocket::from_std(socket)?;
+        let short_read_drains = socket.peer_addr().is_err();
+        let io = fd::register(socket, Interest::READABLE)?;
         Ok(Self {
             io,
+            write_wait: Mutex::new(Weak::new()),
             state,
             local_addr,
             gso: enable_gso,
+            short_read_drains,
         })
+    }
+
+    /// Waits until the socket may have room for a send that found its buffer full.
+    /// The caller then tries again (and comes back here if it is still full).
+    async fn writable(&self) -> io::Result<()> {
+        match self.write_waiter() {
+            Ok(waiter) => {
+                // Registered after the send failed: a socket with room by then reports
+                // it at once. Readiness is cleared before the caller tries again, so a
+                // send that fails again waits for new room, not for this event.
+                let mut ready = waiter.writable().await?;
+                ready.clear_ready();
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot wait for write space; retrying shortly");
+                tokio::time::sleep(WRITE_RETRY).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// The registration for write space the waiting sends share, made if none waits.
+    fn write_waiter(&self) -> io::Result<Arc<AsyncFd<std::net::UdpSocket>>> {
+        let mut slot = self.write_wait.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(w) = slot.upgrade() {
+            return Ok(w);
+        }
+        let w = Arc::new(fd::register(
+            self.io.get_ref().try_clone()?,
+            Interest::WRITABLE,
+        )?);
+        *slot = Arc::downgrade(&w);
+        Ok(w)
     }
 
     pub(crate) fn local_addr(&self) -> SocketAddr {
@@ -96,12 +158,9 @@ impl Socket {
             src_ip: None,
         };
         loop {
-            let r = self.io.try_io(Interest::WRITABLE, || {
-                self.state.try_send((&self.io).into(), &transmit)
-            });
-            match r {
+            match self.state.try_send(self.io.get_ref().into(), &transmit) {
                 Ok(()) => return Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.io.writable().await?,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.writable().await?,
                 // EMSGSIZE: a datagram larger than the path allows (an MTU probe); it is
                 // lost like any other datagram and QUIC recovers.
                 Err(e) if quinn_udp::is_msg_size_err(&e) => return Ok(()),
@@ -123,16 +182,13 @@ impl Socket {
             #[cfg(target_os = "linux")]
             if batches.len() - i > 1 {
                 let v6 = self.local_addr.is_ipv6();
-                let r = self.io.try_io(Interest::WRITABLE, || {
-                    mmsg::send(&self.io, v6, buf, &batches[i..])
-                });
-                match r {
+                match mmsg::send(self.io.get_ref(), v6, buf, &batches[i..]) {
                     Ok(sent) if sent > 0 => {
                         i += sent;
                         continue;
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        self.io.writable().await?;
+                        self.writable().await?;
                         continue;
                     }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -164,14 +220,12 @@ impl Socket {
             segment_size: None,
             src_ip: None,
         };
-        self.io.try_io(Interest::WRITABLE, || {
-            self.state.try_send((&self.io).into(), &transmit)
-        })
+        self.state.try_send(self.io.get_ref().into(), &transmit)
     }
 
     /// Waits until the socket may have datagrams to read.
     pub(crate) async fn readable(&self) -> io::Result<()> {
-        self.io.readable().await
+        self.io.readable().await.map(drop)
     }
 }
 
@@ -316,9 +370,24 @@ impl Receiver {
             }
             let meta = &mut self.meta;
             let state = &socket.state;
-            socket.io.try_io(Interest::READABLE, || {
-                state.recv((&socket.io).into(), &mut slices[..self.slots], meta)
-            })?
+            let slots = self.slots;
+            // A batch that drains the queue goes out of `try_io` as `WouldBlock`, kept
+            // here, so that the runtime clears the readiness as for an empty read: the
+            // read that would only find the queue empty is skipped. Datagrams that
+            // arrive after it signal readiness anew.
+            let mut drained = None;
+            let r = socket.io.try_io(Interest::READABLE, |fd| {
+                let n = state.recv(fd.into(), &mut slices[..slots], meta)?;
+                if n < slots && socket.short_read_drains {
+                    drained = Some(n);
+                    return Err(io::ErrorKind::WouldBlock.into());
+                }
+                Ok(n)
+            });
+            match (r, drained) {
+                (_, Some(n)) => n,
+                (r, None) => r?,
+            }
         };
         let local = socket.local_addr;
         let metas = &self.meta[..msgs];
@@ -497,6 +566,83 @@ mod tests {
                 to,
             })
             .collect()
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn sends_waiting_for_room_share_one_registration_gone_with_the_last() {
+        let socket = Socket::new(UdpSocket::bind("127.0.0.1:0").unwrap(), true).unwrap();
+        let a = socket.write_waiter().unwrap();
+        let b = socket.write_waiter().unwrap();
+        assert!(Arc::ptr_eq(&a, &b));
+        // A socket with room says so at once, however late the registration.
+        tokio::time::timeout(Duration::from_secs(5), socket.writable())
+            .await
+            .expect("room reported")
+            .unwrap();
+        drop((a, b));
+        assert!(socket.write_wait.lock().unwrap().upgrade().is_none());
+        // The socket still sends after its waiters are gone.
+        let receiver = UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket
+            .send(receiver.local_addr().unwrap(), b"after", None)
+            .await
+            .unwrap();
+        let mut buf = [0u8; 16];
+        receiver
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        assert_eq!(receiver.recv(&mut buf).unwrap(), 5);
+        assert_eq!(&buf[..5], b"after");
+    }
+
+    /// Receives on a socket (bound to loopback, connected to the sender when
+    /// `connected`) one datagram, then checks whether the read right after a second
+    /// one arrives sees it (a connected socket) or skips the system call (an
+    /// unconnected one, whose first batch drained its queue); either way the second
+    /// datagram is read once the socket reports readiness again.
+    async fn drain_then_arrival(connected: bool) {
+        let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let std_socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        if connected {
+            std_socket.connect(sender.local_addr().unwrap()).unwrap();
+        }
+        let to = std_socket.local_addr().unwrap();
+        let socket = Socket::new(std_socket, true).unwrap();
+        assert_eq!(socket.short_read_drains, !connected);
+        let mut receiver = Receiver::new(&socket);
+        let mut out = Vec::new();
+        sender.send_to(b"first", to).unwrap();
+        let wait = Duration::from_secs(5);
+        tokio::time::timeout(wait, socket.readable())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(receiver.recv_batch(&socket, &mut out).unwrap(), 1);
+        sender.send_to(b"second", to).unwrap();
+        // Loopback delivers within the send: the datagram is queued now.
+        let next = receiver.recv_batch(&socket, &mut out);
+        if connected {
+            assert_eq!(next.unwrap(), 1);
+        } else {
+            assert_eq!(next.unwrap_err().kind(), io::ErrorKind::WouldBlock);
+            tokio::time::timeout(wait, socket.readable())
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(receiver.recv_batch(&socket, &mut out).unwrap(), 1);
+        }
+        let got: Vec<&[u8]> = out.iter().map(|d| &d.buf[..]).collect();
+        assert_eq!(got, [&b"first"[..], &b"second"[..]]);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_batch_that_drains_an_unconnected_socket_skips_the_empty_read() {
+        drain_then_arrival(false).await;
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_connected_socket_reads_until_its_queue_says_it_is_empty() {
+        drain_then_arrival(true).await;
     }
 
     #[test]
