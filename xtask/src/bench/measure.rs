@@ -55,7 +55,6 @@ pub(super) fn one(
     let load_args = (sc.load)(quick);
     let running = if server.flavour == Flavour::Ngtcp2 {
         let htdocs = htdocs(dir, &load_args)?;
-        let addr = free_udp_port()?;
         server_args.extend(s(&["-q", "-d", path_str(&htdocs)?]));
         for arg in sc.server {
             match *arg {
@@ -63,14 +62,32 @@ pub(super) fn one(
                 other => return Err(format!("{}: gtlsserver has no `{other}`", sc.name)),
             }
         }
-        server_args.extend([
-            addr.ip().to_string(),
-            addr.port().to_string(),
-            path_str(&certs.join("priv.key"))?.to_owned(),
-            path_str(&certs.join("cert.pem"))?.to_owned(),
-        ]);
-        let refs: Vec<&str> = server_args.iter().map(String::as_str).collect();
-        procs::Server::start_on_udp(&program, &refs, addr)?
+        // The port is free when chosen, not necessarily when gtlsserver binds it
+        // (another process may take it in between): a server that exits before
+        // binding is started again on another port, a bounded number of times.
+        let mut attempt = 1;
+        loop {
+            let addr = free_udp_port()?;
+            let mut args = server_args.clone();
+            args.extend([
+                addr.ip().to_string(),
+                addr.port().to_string(),
+                path_str(&certs.join("priv.key"))?.to_owned(),
+                path_str(&certs.join("cert.pem"))?.to_owned(),
+            ]);
+            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+            match procs::Server::start_on_udp(&program, &refs, addr) {
+                Ok(running) => break running,
+                Err(e) if attempt < NGTCP2_STARTS => {
+                    eprintln!(
+                        "  {} {}: {e}; starting it again on another port",
+                        sc.name, server.name
+                    );
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     } else {
         start_with_contract(server, sc, &program, server_args, certs)?
     };
@@ -179,6 +196,9 @@ fn start_with_contract(
     };
     procs::Server::start_with_env(program, &refs, None, &[("RUST_LOG", log)])
 }
+
+/// How many times gtlsserver is started on a fresh port before a run counts as failed.
+const NGTCP2_STARTS: usize = 3;
 
 /// A UDP port on 127.0.0.1 that was free a moment ago, for a server that cannot
 /// choose its own.

@@ -105,8 +105,16 @@ impl Spawner {
         }
     }
 
+    /// Whether another task may start: the set is still there and runs fewer than
+    /// `limit`.
+    pub(super) fn has_room(&self, limit: usize) -> bool {
+        let tasks = lock(&self.shared);
+        !tasks.closed && tasks.running.len() < limit
+    }
+
     /// How many tasks are running.
-    pub(super) fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         lock(&self.shared).running.len()
     }
 }
@@ -241,14 +249,16 @@ mod tests {
             .await
             .unwrap();
         assert_eq!((ran.load(Ordering::SeqCst), spawner.len()), (1, 0));
+        assert!(spawner.has_room(1) && !spawner.has_room(0));
         drop(set);
         let (ran2, flag) = (Arc::clone(&ran), Flag(Arc::clone(&dropped)));
         spawner.spawn(async move {
             let _flag = flag;
             ran2.fetch_add(1, Ordering::SeqCst);
         });
-        // The task was dropped unstarted, not spawned.
+        // The task was dropped unstarted, not spawned, and the set has no room.
         assert_eq!(dropped.load(Ordering::SeqCst), 2);
+        assert!(!spawner.has_room(usize::MAX));
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!((ran.load(Ordering::SeqCst), spawner.len()), (1, 0));
     }

@@ -166,6 +166,15 @@ impl ServerBuilder {
         for f in self.configure {
             f(&mut params);
         }
+        if params.settings.max_streams_bidi > self.h3.max_pending_requests as u64 {
+            tracing::warn!(
+                max_streams_bidi = params.settings.max_streams_bidi,
+                max_pending_requests = self.h3.max_pending_requests,
+                "a client may open more request streams than a connection runs handlers: \
+                 requests past max_pending_requests are refused (H3_REQUEST_REJECTED) \
+                 rather than held back by the stream limit"
+            );
+        }
         Ok((params, self.h3))
     }
 }
@@ -621,7 +630,8 @@ struct Dispatcher<S> {
 
 impl<S: ServeService> quic_h3::Dispatch for Dispatcher<S> {
     fn has_room(&self) -> bool {
-        self.tasks.len() < self.limit
+        // Past the shutdown deadline the set is gone: refused, a client may retry.
+        self.tasks.has_room(self.limit)
     }
 
     fn dispatch(&mut self, req: IncomingRequest) {

@@ -67,11 +67,12 @@ pub(crate) struct Socket {
     local_addr: SocketAddr,
     gso: bool,
     /// A receive batch that did not fill every slot leaves the socket's queue empty.
-    /// `recvmmsg` stops early only at an empty queue or at an error, and an
-    /// unconnected socket without `IP_RECVERR` has no error to report, so for it the
-    /// read that would only say "empty" can be skipped. A connected socket (a
-    /// client's) can stop early at an ICMP error, with datagrams still queued: it reads
-    /// until the queue says it is empty.
+    /// On Linux, `recvmmsg` (which `quinn-udp` reads with there) stops early only at
+    /// an empty queue or at an error, and an unconnected socket without `IP_RECVERR`
+    /// has no error to report, so for it the read that would only say "empty" can be
+    /// skipped. A connected socket (a client's) can stop early at an ICMP error, with
+    /// datagrams still queued, and elsewhere `quinn-udp` reads one datagram per call:
+    /// those read until the queue says it is empty.
     short_read_drains: bool,
 }
 
@@ -84,7 +85,8 @@ impl Socket {
         let _ = state.set_recv_buffer_size((&socket).into(), 4 * 1024 * 1024);
         let _ = state.set_send_buffer_size((&socket).into(), 4 * 1024 * 1024);
         let local_addr = socket.local_addr()?;
-        let short_read_drains = socket.peer_addr().is_err();
+        let short_read_drains =
+            cfg!(any(target_os = "linux", target_os = "android")) && socket.peer_addr().is_err();
         let io = fd::register(socket, Interest::READABLE)?;
         Ok(Self {
             io,
@@ -94,25 +96,6 @@ impl Socket {
             gso: enable_gso,
             short_read_drains,
         })
-    }
-
-    /// Waits until the socket may have room for a send that found its buffer full.
-    /// The caller then tries again (and comes back here if it is still full).
-    async fn writable(&self) -> io::Result<()> {
-        match self.write_waiter() {
-            Ok(waiter) => {
-                // Registered after the send failed: a socket with room by then reports
-                // it at once. Readiness is cleared before the caller tries again, so a
-                // send that fails again waits for new room, not for this event.
-                let mut ready = waiter.writable().await?;
-                ready.clear_ready();
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, "cannot wait for write space; retrying shortly");
-                tokio::time::sleep(WRITE_RETRY).await;
-            }
-        }
-        Ok(())
     }
 
     /// The registration for write space the waiting sends share, made if none waits.
@@ -157,10 +140,11 @@ impl Socket {
             segment_size: segment_size.filter(|s| *s < contents.len()),
             src_ip: None,
         };
+        let mut room = RoomWait::new(self);
         loop {
             match self.state.try_send(self.io.get_ref().into(), &transmit) {
                 Ok(()) => return Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.writable().await?,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => room.wait().await?,
                 // EMSGSIZE: a datagram larger than the path allows (an MTU probe); it is
                 // lost like any other datagram and QUIC recovers.
                 Err(e) if quinn_udp::is_msg_size_err(&e) => return Ok(()),
@@ -177,6 +161,7 @@ impl Socket {
     /// returned once every batch had its turn.
     pub(crate) async fn send_batches(&self, buf: &[u8], batches: &[Batch]) -> io::Result<()> {
         let mut result = Ok(());
+        let mut room = RoomWait::new(self);
         let mut i = 0;
         while i < batches.len() {
             #[cfg(target_os = "linux")]
@@ -188,7 +173,7 @@ impl Socket {
                         continue;
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        self.writable().await?;
+                        room.wait().await?;
                         continue;
                     }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -226,6 +211,45 @@ impl Socket {
     /// Waits until the socket may have datagrams to read.
     pub(crate) async fn readable(&self) -> io::Result<()> {
         self.io.readable().await.map(drop)
+    }
+}
+
+/// One send's waits for room in the socket's full buffer. The registration it waits on
+/// is held until the send is done, so that a wait after a retry that failed again
+/// waits for new room, not for the event it already saw.
+struct RoomWait<'a> {
+    socket: &'a Socket,
+    waiter: Option<Arc<AsyncFd<std::net::UdpSocket>>>,
+}
+
+impl<'a> RoomWait<'a> {
+    fn new(socket: &'a Socket) -> Self {
+        Self {
+            socket,
+            waiter: None,
+        }
+    }
+
+    /// Waits until the socket may have room; the caller then tries again.
+    async fn wait(&mut self) -> io::Result<()> {
+        if self.waiter.is_none() {
+            match self.socket.write_waiter() {
+                Ok(w) => self.waiter = Some(w),
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot wait for write space; retrying shortly");
+                    tokio::time::sleep(WRITE_RETRY).await;
+                    return Ok(());
+                }
+            }
+        }
+        if let Some(waiter) = &self.waiter {
+            // Registered after the send failed: a socket with room by then reports it
+            // at once. The readiness is cleared before the caller tries again, so a
+            // send that fails again waits for room freed after that.
+            let mut ready = waiter.writable().await?;
+            ready.clear_ready();
+        }
+        Ok(())
     }
 }
 
@@ -356,7 +380,9 @@ impl Receiver {
 
     /// Reads one batch without waiting and appends each message to `out` (a GRO
     /// read's datagrams as one item, see [`Datagram::segment`]). Returns the number of
-    /// datagrams, or `WouldBlock` when there was nothing to read.
+    /// datagrams, or `WouldBlock` when there was nothing to read, or when the last
+    /// batch drained the queue (see `Socket::short_read_drains`): datagrams that came
+    /// after it are read once the socket reports readiness again.
     pub(crate) fn recv_batch(
         &mut self,
         socket: &Socket,
@@ -575,11 +601,13 @@ mod tests {
         let b = socket.write_waiter().unwrap();
         assert!(Arc::ptr_eq(&a, &b));
         // A socket with room says so at once, however late the registration.
-        tokio::time::timeout(Duration::from_secs(5), socket.writable())
+        let mut room = RoomWait::new(&socket);
+        tokio::time::timeout(Duration::from_secs(5), room.wait())
             .await
             .expect("room reported")
             .unwrap();
-        drop((a, b));
+        assert!(Arc::ptr_eq(room.waiter.as_ref().unwrap(), &a));
+        drop((a, b, room));
         assert!(socket.write_wait.lock().unwrap().upgrade().is_none());
         // The socket still sends after its waiters are gone.
         let receiver = UdpSocket::bind("127.0.0.1:0").unwrap();
