@@ -11,11 +11,17 @@ use quay::io::{ClientParams, ClientTlsConfig, ConnectionHandle, TlsConfig};
 
 /// A server on a socket bound here, its address and its certificate (PEM).
 fn server() -> (Server, SocketAddr, String) {
+    server_with(H3Settings::default())
+}
+
+/// [`server`] with these HTTP/3 settings.
+fn server_with(h3: H3Settings) -> (Server, SocketAddr, String) {
     let identity = TlsConfig::self_signed(&["localhost"]).unwrap();
     let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let addr = socket.local_addr().unwrap();
     let server = Server::builder()
         .tls(identity.config)
+        .h3_settings(h3)
         .bind_socket(socket)
         .unwrap();
     (server, addr, identity.cert_pem)
@@ -134,15 +140,9 @@ async fn handlers_still_running_at_the_shutdown_deadline_are_cancelled() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_runs_at_most_max_pending_requests_handlers_and_refuses_more() {
-    let identity = TlsConfig::self_signed(&["localhost"]).unwrap();
     let mut h3 = H3Settings::default();
     h3.max_pending_requests = 2;
-    let server = Server::builder()
-        .tls(identity.config)
-        .h3_settings(h3)
-        .bind("127.0.0.1:0".parse().unwrap())
-        .unwrap();
-    let addr = server.local_addr();
+    let (server, addr, cert_pem) = server_with(h3);
     let (started_tx, mut started_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     let (release_tx, release_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(server.serve(move |req: http::Request<quay::h3::RecvBody>| {
@@ -157,7 +157,7 @@ async fn a_connection_runs_at_most_max_pending_requests_handlers_and_refuses_mor
         }
     }));
 
-    let (_conn, send) = connect(addr, &identity.cert_pem).await;
+    let (_conn, send) = connect(addr, &cert_pem).await;
     let get = |path: &'static str| {
         let send = send.clone();
         async move {
