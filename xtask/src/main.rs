@@ -124,6 +124,7 @@ fn test() -> Result {
         "cargo",
         &["test", "--workspace", "--all-features", "--locked"],
     )?;
+    root_tests(&env)?;
     // The criterion benchmarks, each run once as a test, so they cannot rot.
     run(
         &env,
@@ -380,6 +381,42 @@ fn demo() -> Result {
 }
 
 const DEMO_PAGE: &str = "<!doctype html><title>quay</title><h1>Hello from quay over HTTP/3</h1>\n";
+
+/// The tests a plain `cargo test` leaves out (`#[ignore]`) because they need root:
+/// each takes a network namespace of its own and shapes its loopback with `tc` (a send
+/// into a full socket buffer, which plain loopback never fills). Skipped, and said so,
+/// where they cannot run.
+fn root_tests(env: &prereqs::Env) -> Result {
+    println!("\n==> tests that need root (network namespaces, tc)");
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    let missing = ["ip", "tc"]
+        .into_iter()
+        .find(|tool| Command::new(tool).arg("-V").output().is_err());
+    if !root {
+        println!("SKIPPED: root tests: not running as root");
+        return Ok(());
+    }
+    if let Some(tool) = missing {
+        println!("SKIPPED: root tests: `{tool}` (iproute2) is not installed");
+        return Ok(());
+    }
+    run(
+        env,
+        "cargo",
+        &[
+            "test",
+            "--workspace",
+            "--all-features",
+            "--locked",
+            "--lib",
+            "--",
+            "--ignored",
+        ],
+    )
+}
 
 /// Runs the h3-client steps of the demo; returns the report lines.
 fn demo_steps(client: &Path, ca: &str, base: &str, dir: &Path) -> Result<Vec<String>> {

@@ -623,6 +623,138 @@ mod tests {
         assert_eq!(&buf[..5], b"after");
     }
 
+    /// A send that finds the socket's buffer full waits on the write registration, and
+    /// once the network drains the buffer it sends: every datagram arrives, once and in
+    /// order; for single sends and for `sendmmsg` batches. Loopback delivers within
+    /// `sendmsg`, so its buffer never fills: the test takes a network namespace of its
+    /// own (this thread only) whose loopback queue holds packets back. Needs root, `ip`
+    /// and `tc`; `cargo xtask test` runs it, or `sudo cargo test -p quic-io --lib --
+    /// --ignored full_buffer`.
+    #[test]
+    #[cfg(target_os = "linux")]
+    #[ignore = "needs root, ip and tc: run by cargo xtask test"]
+    fn a_send_into_a_full_buffer_waits_for_room_and_loses_nothing() {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+            .expect("a network namespace of the test's own (needs root)");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        sh("ip", &["link", "set", "lo", "up"]);
+        for batches in [false, true] {
+            rt.block_on(stall_then_drain(batches));
+        }
+    }
+
+    /// Runs `cmd` with `args`, which must succeed.
+    #[cfg(target_os = "linux")]
+    fn sh(cmd: &str, args: &[&str]) {
+        let status = std::process::Command::new(cmd)
+            .args(args)
+            .status()
+            .unwrap_or_else(|e| panic!("{cmd}: {e}"));
+        assert!(status.success(), "{cmd} {args:?}: {status}");
+    }
+
+    /// Fills a socket's send buffer on a loopback that holds packets back, starts a
+    /// send that must wait, speeds the loopback up, and checks that the send completes
+    /// and nothing was lost.
+    #[cfg(target_os = "linux")]
+    async fn stall_then_drain(batches: bool) {
+        // 100 bit/s past a burst of one packet (the next leaves after 80 s), with room
+        // to queue everything: the socket's datagrams wait in the queue, charged to its
+        // send buffer.
+        let slow = [
+            "tbf", "rate", "100bit", "burst", "1600", "limit", "10000000",
+        ];
+        sh(
+            "tc",
+            &[&["qdisc", "replace", "dev", "lo", "root"][..], &slow].concat(),
+        );
+        let receiver = UdpSocket::bind("127.0.0.1:0").unwrap();
+        receiver
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let to = receiver.local_addr().unwrap();
+        let socket = Socket::new(UdpSocket::bind("127.0.0.1:0").unwrap(), false).unwrap();
+        let socket = &socket;
+        socket2::SockRef::from(socket.io.get_ref())
+            .set_send_buffer_size(4096)
+            .unwrap();
+        let datagram = |n: u32| {
+            let mut d = vec![n as u8; 1000];
+            d[..4].copy_from_slice(&n.to_be_bytes());
+            d
+        };
+        // Each step sends the two datagrams from `first`: two sends, or one call of
+        // two batches.
+        let step = |first: u32| {
+            let (a, b) = (datagram(first), datagram(first + 1));
+            async move {
+                if batches {
+                    let buf = [&a[..], &b[..]].concat();
+                    let batch = |offset| Batch {
+                        dst: to,
+                        offset,
+                        len: a.len(),
+                        segment: a.len(),
+                        count: 1,
+                    };
+                    socket.send_batches(&buf, &[batch(0), batch(a.len())]).await
+                } else {
+                    socket.send(to, &a, None).await?;
+                    socket.send(to, &b, None).await
+                }
+            }
+        };
+        // Fill the send buffer to the last byte it takes.
+        let mut n = 0u32;
+        while socket.try_send_one(to, &datagram(n)).is_ok() {
+            n += 1;
+            assert!(n < 1000, "the send buffer never filled");
+        }
+        assert!(n > 0, "the first datagram had room");
+        // The next step finds it full, and waits.
+        let mut stalled = Box::pin(step(n));
+        tokio::select! {
+            r = &mut stalled => panic!("a send into a full buffer returned {r:?}"),
+            () = tokio::time::sleep(Duration::from_millis(300)) => {}
+        }
+        assert!(
+            socket.write_wait.lock().unwrap().upgrade().is_some(),
+            "the waiting send holds the write registration"
+        );
+        // The network speeds up: the queue drains, the buffer frees, the send goes.
+        let fast = ["tbf", "rate", "1gbit", "burst", "1mb", "limit", "10000000"];
+        sh(
+            "tc",
+            &[&["qdisc", "change", "dev", "lo", "root"][..], &fast].concat(),
+        );
+        // tbf looks at its queue again on its timer (80 s away) or when a packet
+        // arrives: one from another socket starts the drain now.
+        let kick = UdpSocket::bind("127.0.0.1:0").unwrap();
+        kick.send_to(b"kick", kick.local_addr().unwrap()).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), stalled)
+            .await
+            .expect("the waiting send went once there was room")
+            .unwrap();
+        assert!(socket.write_wait.lock().unwrap().upgrade().is_none());
+        for m in 1..6 {
+            step(n + 2 * m).await.unwrap();
+        }
+        let mut buf = [0u8; 2048];
+        for m in 0..n + 12 {
+            let len = receiver.recv(&mut buf).expect("every datagram arrives");
+            assert_eq!(&buf[..len], &datagram(m)[..], "datagram {m}");
+        }
+        receiver.set_nonblocking(true).unwrap();
+        assert_eq!(
+            receiver.recv(&mut buf).unwrap_err().kind(),
+            io::ErrorKind::WouldBlock,
+            "nothing more"
+        );
+    }
+
     /// Receives on a socket (bound to loopback, connected to the sender when
     /// `connected`) one datagram, then checks whether the read right after a second
     /// one arrives sees it (a connected socket) or skips the system call (an
