@@ -65,7 +65,7 @@ pub struct H3Driver<H> {
 
 /// The state both roles share.
 pub struct Core {
-    pub(crate) h3: Option<quiche::h3::Connection>,
+    pub(crate) h3: Option<H3Conn>,
     pub(crate) settings: H3Settings,
     /// Boxed: an idle connection keeps its emptied table's buckets, which then hold a
     /// pointer each rather than a whole stream. Fx hashing takes a few instructions per
@@ -88,6 +88,125 @@ pub struct Core {
     pub(crate) closing: bool,
     /// What the handshake established, for the requests' extensions.
     pub(crate) info: Option<quic_app::ConnectionInfo>,
+}
+
+/// quiche's HTTP/3 connection, which knows when a `poll` would find nothing.
+///
+/// quiche's HTTP/3 events come from the streams in the connection's readable set
+/// (the control and QPACK streams among them) and from a list of finished streams. A
+/// `poll` that says `Done` has emptied that list, and only a body read adds to it
+/// afterwards (the read that reaches a stream's end). So once a `poll` has said
+/// `Done`, until a body is read, a `poll` with no readable stream would say `Done`
+/// again: it is answered here without walking the streams. A connection turn that
+/// only sends (an answer handed back by its handler) then costs no `poll`.
+///
+/// Only the calls below change the connection (`Deref` gives the queries): a read
+/// that went around `recv_body` would leave `poll` answering `Done` over a finished
+/// stream.
+pub(crate) struct H3Conn {
+    inner: quiche::h3::Connection,
+    /// The last `poll` said `Done`, and no body was read since.
+    drained: bool,
+}
+
+impl H3Conn {
+    fn new(inner: quiche::h3::Connection) -> Self {
+        Self {
+            inner,
+            drained: false,
+        }
+    }
+
+    pub(crate) fn poll(
+        &mut self,
+        conn: &mut QuicConnection,
+    ) -> quiche::h3::Result<(u64, quiche::h3::Event)> {
+        if self.drained && !conn.is_readable() {
+            return Err(quiche::h3::Error::Done);
+        }
+        let polled = self.inner.poll(conn);
+        self.drained = matches!(polled, Err(quiche::h3::Error::Done));
+        polled
+    }
+
+    pub(crate) fn recv_body(
+        &mut self,
+        conn: &mut QuicConnection,
+        stream_id: u64,
+        out: &mut [u8],
+    ) -> quiche::h3::Result<usize> {
+        self.drained = false;
+        self.inner.recv_body(conn, stream_id, out)
+    }
+
+    pub(crate) fn recv_body_buf<B: BufMut>(
+        &mut self,
+        conn: &mut QuicConnection,
+        stream_id: u64,
+        out: B,
+    ) -> quiche::h3::Result<usize> {
+        self.drained = false;
+        self.inner.recv_body_buf(conn, stream_id, out)
+    }
+}
+
+impl std::ops::Deref for H3Conn {
+    type Target = quiche::h3::Connection;
+
+    fn deref(&self) -> &Self::Target {
+        &self.inner
+    }
+}
+
+impl H3Conn {
+    pub(crate) fn send_request<T: NameValue>(
+        &mut self,
+        conn: &mut QuicConnection,
+        headers: &[T],
+        fin: bool,
+    ) -> quiche::h3::Result<u64> {
+        self.inner.send_request(conn, headers, fin)
+    }
+
+    pub(crate) fn send_response<T: NameValue>(
+        &mut self,
+        conn: &mut QuicConnection,
+        stream_id: u64,
+        headers: &[T],
+        fin: bool,
+    ) -> quiche::h3::Result<()> {
+        self.inner.send_response(conn, stream_id, headers, fin)
+    }
+
+    pub(crate) fn send_additional_headers<T: NameValue>(
+        &mut self,
+        conn: &mut QuicConnection,
+        stream_id: u64,
+        headers: &[T],
+        is_trailer_section: bool,
+        fin: bool,
+    ) -> quiche::h3::Result<()> {
+        self.inner
+            .send_additional_headers(conn, stream_id, headers, is_trailer_section, fin)
+    }
+
+    pub(crate) fn send_body(
+        &mut self,
+        conn: &mut QuicConnection,
+        stream_id: u64,
+        body: &[u8],
+        fin: bool,
+    ) -> quiche::h3::Result<usize> {
+        self.inner.send_body(conn, stream_id, body, fin)
+    }
+
+    pub(crate) fn send_goaway(
+        &mut self,
+        conn: &mut QuicConnection,
+        id: u64,
+    ) -> quiche::h3::Result<()> {
+        self.inner.send_goaway(conn, id)
+    }
 }
 
 /// The smallest length of [`Core`]'s list of unacknowledged streams at which it is
@@ -433,7 +552,7 @@ thread_local! {
 
 /// Reads up to [`RECV_CHUNK`] bytes of stream `id`'s body (across DATA frames).
 fn recv_chunk(
-    h3: &mut quiche::h3::Connection,
+    h3: &mut H3Conn,
     conn: &mut QuicConnection,
     id: u64,
 ) -> Result<Bytes, quiche::h3::Error> {
@@ -456,12 +575,7 @@ fn recv_chunk(
 
 /// Reads stream `id`'s body while quiche has bytes and the body's queue has room;
 /// returns whether anything was read.
-fn read_body(
-    h3: &mut quiche::h3::Connection,
-    conn: &mut QuicConnection,
-    id: u64,
-    s: &mut Stream,
-) -> bool {
+fn read_body(h3: &mut H3Conn, conn: &mut QuicConnection, id: u64, s: &mut Stream) -> bool {
     let mut read_any = false;
     while s.readable && s.has_room() {
         match recv_chunk(h3, conn, id) {
@@ -511,7 +625,7 @@ enum Head {
 
 /// Writes a response head: the final one, or (after that) more headers.
 fn write_head(
-    h3: &mut quiche::h3::Connection,
+    h3: &mut H3Conn,
     conn: &mut QuicConnection,
     id: u64,
     parts: &http::response::Parts,
@@ -539,7 +653,7 @@ fn write_head(
 /// Writes body data, with the stream's FIN if `last` (quiche sets it only once the
 /// whole of `data` is taken); what is left waits for flow control.
 fn write_data(
-    h3: &mut quiche::h3::Connection,
+    h3: &mut H3Conn,
     conn: &mut QuicConnection,
     id: u64,
     mut data: Bytes,
@@ -571,7 +685,7 @@ fn write_data(
 /// Writes one frame of stream `id`; `head_sent` tells whether a response head (a 1xx)
 /// went out before, after which further heads are additional HEADERS frames.
 fn write_frame(
-    h3: &mut quiche::h3::Connection,
+    h3: &mut H3Conn,
     conn: &mut QuicConnection,
     id: u64,
     frame: OutFrame,
@@ -636,7 +750,7 @@ impl<H: Hooks> ApplicationOverQuic for H3Driver<H> {
         cfg.set_max_field_section_size(self.core.settings.max_field_section_size);
         cfg.enable_extended_connect(self.core.settings.enable_extended_connect);
         let h3 = quiche::h3::Connection::with_transport(conn, &cfg).map_err(h3_to_app)?;
-        self.core.h3 = Some(h3);
+        self.core.h3 = Some(H3Conn::new(h3));
         Ok(())
     }
 
