@@ -403,6 +403,10 @@ fn root_tests(env: &prereqs::Env) -> Result {
         println!("SKIPPED: root tests: `{tool}` (iproute2) is not installed");
         return Ok(());
     }
+    if let Some(why) = shaped_namespace_unavailable() {
+        println!("SKIPPED: root tests: {why}");
+        return Ok(());
+    }
     run(
         env,
         "cargo",
@@ -416,6 +420,28 @@ fn root_tests(env: &prereqs::Env) -> Result {
             "--ignored",
         ],
     )
+}
+
+/// Why the root tests' setup cannot be made here, if it cannot: a network namespace,
+/// and in it a `tbf` queue on the loopback (a container without `CAP_SYS_ADMIN`, or a
+/// kernel without `sch_tbf`, has neither).
+fn shaped_namespace_unavailable() -> Option<String> {
+    let probe = format!("qrootprobe{}", std::process::id());
+    let ok = |args: &[&str]| {
+        Command::new("ip")
+            .args(args)
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if !ok(&["netns", "add", &probe]) {
+        return Some("network namespaces cannot be made here".into());
+    }
+    let shaped = ok(&[
+        "netns", "exec", &probe, "tc", "qdisc", "add", "dev", "lo", "root", "tbf", "rate",
+        "100bit", "burst", "1600", "limit", "10000000",
+    ]);
+    let _ = ok(&["netns", "del", &probe]);
+    (!shaped).then(|| "a tbf queue cannot be set on a namespace's loopback (sch_tbf)".into())
 }
 
 /// Runs the h3-client steps of the demo; returns the report lines.
