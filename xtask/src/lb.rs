@@ -185,11 +185,7 @@ impl Drop for Net {
 
 /// Why the test cannot run here, if it cannot.
 fn unavailable() -> Option<String> {
-    let root_user = Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
-    if !root_user {
+    if !running_as_root() {
         return Some("network namespaces need root".into());
     }
     if Command::new("ip").arg("-V").output().is_err() {
@@ -205,13 +201,35 @@ fn unavailable() -> Option<String> {
     if let Err(reason) = nft {
         return Some(reason);
     }
-    let probe = format!("qlbprobe{}", std::process::id());
-    let made = Command::new("ip")
-        .args(["netns", "add", &probe])
+    in_probe_namespace(|_| true)
+        .is_none()
+        .then(|| "network namespaces cannot be made here".into())
+}
+
+/// Whether this process runs as root (network namespaces, nftables and qdiscs need it).
+pub(crate) fn running_as_root() -> bool {
+    Command::new("id")
+        .arg("-u")
         .output()
-        .is_ok_and(|o| o.status.success());
-    let _ = Command::new("ip").args(["netns", "del", &probe]).status();
-    (!made).then(|| "network namespaces cannot be made here".into())
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// Makes a throwaway network namespace, runs `check` with its name, and removes it:
+/// `None` when no namespace can be made here, otherwise what `check` said.
+pub(crate) fn in_probe_namespace(check: impl FnOnce(&str) -> bool) -> Option<bool> {
+    let probe = format!("qprobe{}", std::process::id());
+    let ip = |args: &[&str]| {
+        Command::new("ip")
+            .args(args)
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if !ip(&["netns", "add", &probe]) {
+        return None;
+    }
+    let said = check(&probe);
+    let _ = ip(&["netns", "del", &probe]);
+    Some(said)
 }
 
 /// `cargo xtask lb ...`

@@ -388,10 +388,7 @@ const DEMO_PAGE: &str = "<!doctype html><title>quay</title><h1>Hello from quay o
 /// where they cannot run.
 fn root_tests(env: &prereqs::Env) -> Result {
     println!("\n==> tests that need root (network namespaces, tc)");
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    let root = lb::running_as_root();
     let missing = ["ip", "tc"]
         .into_iter()
         .find(|tool| Command::new(tool).arg("-V").output().is_err());
@@ -426,22 +423,20 @@ fn root_tests(env: &prereqs::Env) -> Result {
 /// and in it a `tbf` queue on the loopback (a container without `CAP_SYS_ADMIN`, or a
 /// kernel without `sch_tbf`, has neither).
 fn shaped_namespace_unavailable() -> Option<String> {
-    let probe = format!("qrootprobe{}", std::process::id());
-    let ok = |args: &[&str]| {
+    let shaped = lb::in_probe_namespace(|ns| {
         Command::new("ip")
-            .args(args)
+            .args([
+                "netns", "exec", ns, "tc", "qdisc", "add", "dev", "lo", "root", "tbf",
+            ])
+            .args(["rate", "100bit", "burst", "1600", "limit", "10000000"])
             .output()
             .is_ok_and(|o| o.status.success())
-    };
-    if !ok(&["netns", "add", &probe]) {
-        return Some("network namespaces cannot be made here".into());
+    });
+    match shaped {
+        None => Some("network namespaces cannot be made here".into()),
+        Some(false) => Some("a tbf queue cannot be set on a namespace's loopback (sch_tbf)".into()),
+        Some(true) => None,
     }
-    let shaped = ok(&[
-        "netns", "exec", &probe, "tc", "qdisc", "add", "dev", "lo", "root", "tbf", "rate",
-        "100bit", "burst", "1600", "limit", "10000000",
-    ]);
-    let _ = ok(&["netns", "del", &probe]);
-    (!shaped).then(|| "a tbf queue cannot be set on a namespace's loopback (sch_tbf)".into())
 }
 
 /// Runs the h3-client steps of the demo; returns the report lines.

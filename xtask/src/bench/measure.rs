@@ -1,6 +1,7 @@
 //! One measured run: a server started, the load run against it, the server's CPU
 //! time and memory read from `/proc`.
 
+use std::collections::HashMap;
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -114,7 +115,7 @@ pub(super) fn one(
         Command::new(&load_bin)
     };
     let rss_before = rss_kib(pid, "VmRSS");
-    let cpu_before = cpu_seconds(pid);
+    let cpu_before = CpuReading::of(pid);
     let out = cmd
         .args(&load)
         .env("RUST_LOG", "error")
@@ -129,7 +130,7 @@ pub(super) fn one(
     } else {
         rss_kib(pid, "VmRSS")
     };
-    let server_cpu = cpu_seconds(pid) - cpu_before;
+    let server_cpu = CpuReading::of(pid).seconds_since(&cpu_before);
     let peak = rss_kib(pid, "VmHWM");
     running.stop()?;
     if !out.status.success() {
@@ -249,31 +250,57 @@ fn htdocs(dir: &Path, load: &[String]) -> Result<PathBuf> {
     Ok(root)
 }
 
-/// User + system CPU seconds of process `pid`.
+/// A reading of a process's CPU time (user + system), to take a later one against.
 ///
-/// The scheduler's own count (`/proc/<pid>/task/<tid>/schedstat`, nanoseconds on a
-/// CPU, summed over the threads) when the kernel keeps it; otherwise `/proc/<pid>/stat`,
-/// whose clock ticks (10 ms) are a tenth of a short row's measurement. A thread that
-/// ends between the two readings takes its time with it from the first count; the
-/// servers measured run a fixed set of threads.
-fn cpu_seconds(pid: u32) -> f64 {
-    on_cpu_nanos(pid).map_or_else(|| stat_seconds(pid), |ns| ns as f64 / 1e9)
+/// Per thread, the scheduler's own count (`/proc/<pid>/task/<tid>/schedstat`,
+/// nanoseconds on a CPU) when the kernel keeps it; and always the clock ticks of
+/// `/proc/<pid>/stat` (10 ms each, several per cent of a short row's reading), the
+/// fallback.
+struct CpuReading {
+    threads: Option<HashMap<u32, u64>>,
+    ticks: f64,
 }
 
-/// Nanoseconds the threads of `pid` have spent on a CPU, from their `schedstat`.
-fn on_cpu_nanos(pid: u32) -> Option<u64> {
+impl CpuReading {
+    fn of(pid: u32) -> Self {
+        Self {
+            threads: thread_nanos(pid),
+            ticks: stat_seconds(pid),
+        }
+    }
+
+    /// Seconds on a CPU since `before`, thread by thread: a thread that started since
+    /// counts whole, one that ended since counts nothing (its time after `before` is
+    /// gone with it, rather than its whole count taken away).
+    fn seconds_since(&self, before: &Self) -> f64 {
+        match (&self.threads, &before.threads) {
+            (Some(now), Some(then)) => {
+                let ns: u64 = now
+                    .iter()
+                    .map(|(tid, ns)| ns.saturating_sub(then.get(tid).copied().unwrap_or(0)))
+                    .sum();
+                ns as f64 / 1e9
+            }
+            _ => self.ticks - before.ticks,
+        }
+    }
+}
+
+/// Nanoseconds each thread of `pid` has spent on a CPU, from its `schedstat`.
+fn thread_nanos(pid: u32) -> Option<HashMap<u32, u64>> {
     let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
-    let mut total = 0u64;
-    let mut threads = 0;
+    let mut threads = HashMap::new();
     for task in tasks.flatten() {
-        let Ok(text) = std::fs::read_to_string(task.path().join("schedstat")) else {
-            // A thread gone since the listing: its time is no longer counted.
+        let Some(tid) = task.file_name().to_str().and_then(|t| t.parse().ok()) else {
             continue;
         };
-        total += schedstat_nanos(&text)?;
-        threads += 1;
+        let Ok(text) = std::fs::read_to_string(task.path().join("schedstat")) else {
+            // A thread gone since the listing.
+            continue;
+        };
+        threads.insert(tid, schedstat_nanos(&text)?);
     }
-    (threads > 0).then_some(total)
+    (!threads.is_empty()).then_some(threads)
 }
 
 /// The first field of a `schedstat` line: time on a CPU, in nanoseconds.
@@ -333,16 +360,35 @@ mod tests {
     }
 
     #[test]
+    fn time_is_taken_thread_by_thread() {
+        let reading = |threads: &[(u32, u64)], ticks| CpuReading {
+            threads: Some(threads.iter().copied().collect()),
+            ticks,
+        };
+        // Thread 1 ran 2 ms more, 2 ended (its 9 ms are not taken away), 3 started
+        // and ran 0.5 ms.
+        let before = reading(&[(1, 10_000_000), (2, 9_000_000)], 0.5);
+        let after = reading(&[(1, 12_000_000), (3, 500_000)], 0.6);
+        assert_eq!(after.seconds_since(&before), 0.0025);
+        // Without a per-thread count on either side, the ticks.
+        let ticks_only = CpuReading {
+            threads: None,
+            ticks: 0.8,
+        };
+        assert!((ticks_only.seconds_since(&before) - 0.3).abs() < 1e-9);
+    }
+
+    #[test]
     #[cfg(target_os = "linux")]
     fn this_process_is_counted_in_nanoseconds() {
         let pid = std::process::id();
-        let before = on_cpu_nanos(pid).expect("schedstat of this process");
-        // Spend a little CPU: the count moves by less than a clock tick's worth.
+        let before = CpuReading::of(pid);
+        assert!(before.threads.is_some(), "schedstat of this process");
         let mut x = 0u64;
         for i in 0..2_000_000u64 {
             x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
         }
-        let after = on_cpu_nanos(pid).expect("schedstat of this process");
-        assert!(after > before, "{before} -> {after} ({x})");
+        let spent = CpuReading::of(pid).seconds_since(&before);
+        assert!(spent > 0.0, "{spent} s ({x})");
     }
 }

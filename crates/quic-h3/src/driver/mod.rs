@@ -148,17 +148,7 @@ impl H3Conn {
         self.drained = false;
         self.inner.recv_body_buf(conn, stream_id, out)
     }
-}
 
-impl std::ops::Deref for H3Conn {
-    type Target = quiche::h3::Connection;
-
-    fn deref(&self) -> &Self::Target {
-        &self.inner
-    }
-}
-
-impl H3Conn {
     pub(crate) fn send_request<T: NameValue>(
         &mut self,
         conn: &mut QuicConnection,
@@ -206,6 +196,14 @@ impl H3Conn {
         id: u64,
     ) -> quiche::h3::Result<()> {
         self.inner.send_goaway(conn, id)
+    }
+}
+
+impl std::ops::Deref for H3Conn {
+    type Target = quiche::h3::Connection;
+
+    fn deref(&self) -> &Self::Target {
+        &self.inner
     }
 }
 
