@@ -73,6 +73,8 @@ const CHARTS: [Chart; 7] = [
         &[
             ("H1", "server CPU ms/handshake"),
             ("H1X", "server CPU ms/handshake"),
+            ("H1P256", "server CPU ms/handshake"),
+            ("H1P384", "server CPU ms/handshake"),
             ("H1R", "server CPU ms/handshake"),
         ],
         false,

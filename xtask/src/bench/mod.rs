@@ -26,12 +26,13 @@ use scenarios::{Kind, scenarios};
 const USAGE: &str = "\
 usage: cargo xtask bench [--scenario NAME]... [--runs N] [--quick] [--vs PEER]...
 
-  --scenario  B1 B2 B4 R1 R2 R2M R2S2 R2C1 R2C2 R3 H1 H1X H1R M1 M1-10k (default:
-              all; R2M (request spans and metrics on), R2S2, R2C1 and R2C2
-              (sharded listener) run quay only; R2C1 and R2C2 let server and load
-              share both cores; in H1X the client offers X25519 alone, the one group
-              every peer shares). quay logs at WARN, which creates no request spans
-              (the peers log nothing), except in R2M
+  --scenario  B1 B2 B4 R1 R2 R2M R2S2 R2C1 R2C2 R3 H1 H1X H1P256 H1P384 H1R M1
+              M1-10k (default: all; R2M (request spans and metrics on), R2S2, R2C1
+              and R2C2 (sharded listener), H1P256 and H1P384 run quay only; R2C1
+              and R2C2 let server and load share both cores; in H1X the client
+              offers X25519 alone, the one group every peer shares, in H1P256 and
+              H1P384 P-256 and P-384 alone). quay logs at WARN, which creates no
+              request spans (the peers log nothing), except in R2M
   --runs      runs per cell (default 5; --quick: 1)
   --quick     seconds, one run each, quay only, debug build: proves the harness
               works (part of `cargo xtask test`); its figures mean nothing

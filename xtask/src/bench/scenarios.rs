@@ -201,6 +201,36 @@ pub(super) fn scenarios() -> Vec<Scenario> {
             spans: false,
         },
         Scenario {
+            name: "H1P256",
+            about: "handshakes as H1, the client offering P-256 alone (ECDHE over \
+                    secp256r1): the cost of the server's third group",
+            load: |q| {
+                let mut args = handshakes(q);
+                args.extend(s(&["--key-exchange", "p256"]));
+                args
+            },
+            server: &[],
+            kind: Kind::Handshakes,
+            placement: Placement::Pinned,
+            quay_only: true,
+            spans: false,
+        },
+        Scenario {
+            name: "H1P384",
+            about: "handshakes as H1, the client offering P-384 alone (ECDHE over \
+                    secp384r1): the cost of the server's fourth group",
+            load: |q| {
+                let mut args = handshakes(q);
+                args.extend(s(&["--key-exchange", "p384"]));
+                args
+            },
+            server: &[],
+            kind: Kind::Handshakes,
+            placement: Placement::Pinned,
+            quay_only: true,
+            spans: false,
+        },
+        Scenario {
             name: "H1R",
             about: "handshakes as H1, every client validated with Retry",
             load: handshakes,
