@@ -117,6 +117,19 @@ pub trait ApplicationOverQuic: Send + 'static {
         false
     }
 
+    /// Asked after each datagram of a turn but the last: whether the loop should run
+    /// [`process_reads`](Self::process_reads) before it feeds the next one.
+    ///
+    /// An application whose reads cost more the more of the connection has data
+    /// waiting (HTTP/3: quiche's `poll` lists every readable stream each time it is
+    /// called) can say `true` while many exchanges start per turn, so that each read
+    /// finds only what a datagram or two brought. The turn still ends with
+    /// `process_reads` and [`process_writes`](Self::process_writes) as usual. The
+    /// default, `false`, reads once per turn.
+    fn reads_between_datagrams(&self) -> bool {
+        false
+    }
+
     /// How many rounds of the runtime's ready tasks the loop runs when
     /// [`handed_off_work`](Self::handed_off_work) says work was handed off: one when
     /// the task the work went to answers it, two when that task passes it on to another

@@ -70,6 +70,25 @@ impl<A: ApplicationOverQuic> AppDriver<A> {
         }
     }
 
+    /// Between two datagrams of a turn's input: runs the application's
+    /// [`process_reads`](ApplicationOverQuic::process_reads) alone when it asks for
+    /// that ([`reads_between_datagrams`](ApplicationOverQuic::reads_between_datagrams)),
+    /// once the connection is established and while it is open. The turn still ends
+    /// with [`after_input`](Self::after_input).
+    pub fn reads_between(&mut self, conn: &mut QuicConnection) {
+        if !self.established
+            || self.closed
+            || !self.app.reads_between_datagrams()
+            || conn.is_closed()
+            || conn.is_draining()
+        {
+            return;
+        }
+        if let Err(e) = self.app.process_reads(conn) {
+            e.close_connection(conn);
+        }
+    }
+
     /// Whether the next [`after_input`](Self::after_input) will tell the application
     /// that the connection is established.
     ///

@@ -63,6 +63,10 @@ pub struct H3Driver<H> {
     pub(crate) hooks: H,
 }
 
+/// Header sections in one turn from which the next turn reads between its datagrams
+/// (see `reads_between_datagrams`).
+const READS_BETWEEN_HEADS: usize = 4;
+
 /// The state both roles share.
 pub struct Core {
     pub(crate) h3: Option<H3Conn>,
@@ -79,6 +83,11 @@ pub struct Core {
     dgram_out: Vec<u8>,
     /// A request (server) or a response head (client) went to the user this turn.
     pub(crate) handed_off: bool,
+    /// Header sections received since the turn began.
+    heads: usize,
+    /// The last turn received at least [`READS_BETWEEN_HEADS`] header sections: the
+    /// next reads between its datagrams.
+    reads_between: bool,
     /// Streams whose last bytes went to quiche, kept until the peer has acknowledged
     /// them all (quiche then forgets the stream); pruned as the list grows.
     unacked: Vec<u64>,
@@ -235,6 +244,8 @@ impl Core {
             max_datagram: MaxDatagram::default(),
             dgram_out: Vec::new(),
             handed_off: false,
+            heads: 0,
+            reads_between: false,
             unacked: Vec::new(),
             prune_at: PRUNE_MIN,
             closing: false,
@@ -790,7 +801,19 @@ impl<H: Hooks> ApplicationOverQuic for H3Driver<H> {
     }
 
     fn handed_off_work(&mut self) -> bool {
+        // Asked once a turn: the turn's count of header sections decides the next.
+        self.core.reads_between = std::mem::take(&mut self.core.heads) >= READS_BETWEEN_HEADS;
         std::mem::take(&mut self.core.handed_off)
+    }
+
+    /// quiche's HTTP/3 `poll` lists every readable stream each time it is called, and
+    /// a request takes two such calls (its head, then its body), so a turn that reads
+    /// `n` new requests at once spends time in `n²`. While requests arrive many per
+    /// turn, reads between datagrams keep `n` to what a datagram carries. One upload
+    /// at a time gains nothing from them (a body read per datagram instead of one for
+    /// the turn), nor does one request at a time.
+    fn reads_between_datagrams(&self) -> bool {
+        self.core.reads_between
     }
 
     fn handoff_passes(&self) -> usize {
@@ -840,6 +863,7 @@ impl<H: Hooks> H3Driver<H> {
             };
             match event {
                 quiche::h3::Event::Headers { list, more_frames } => {
+                    self.core.heads += 1;
                     // A head may open a datagram flow (or answer one): its user reads
                     // the datagram size at once, before this turn's writes.
                     self.core.refresh_max_datagram(conn);

@@ -639,3 +639,67 @@ async fn a_dispatcher_takes_each_request_as_it_arrives_and_its_room_refuses_the_
     assert_eq!(refused, StreamError::Reset(H3Code::REQUEST_REJECTED));
     assert_eq!(later, "/d");
 }
+
+/// Sends `n` GETs that stay unanswered and runs the pair until the server's queue has
+/// handed out `total` requests in all.
+async fn heads_arrive(
+    pair: &mut super::util::H3Pair,
+    send: &quic_h3::SendRequest,
+    taken: &std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    n: usize,
+    total: usize,
+) {
+    for i in 0..n {
+        let send = send.clone();
+        tokio::spawn(async move {
+            let req = http::Request::get(format!("https://localhost:4433/{i}"))
+                .body(Bytes::new())
+                .unwrap();
+            let _ = send.send(req).await;
+        });
+    }
+    pair.run_with(LIMIT, async {
+        // Yielding lets the senders and the server's reader run between turns.
+        while taken.load(std::sync::atomic::Ordering::SeqCst) < total {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn a_turn_of_many_heads_makes_the_next_read_between_datagrams() {
+    let (mut pair, send, mut requests) = pair(H3Settings::default());
+    let taken = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let held = {
+        let taken = std::sync::Arc::clone(&taken);
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Some(req) = requests.next().await {
+                held.push(req);
+                taken.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            held.len()
+        })
+    };
+    pair.run_until_established(LIMIT).await.unwrap();
+    let server = |pair: &mut super::util::H3Pair| -> bool {
+        // What a worker asks once a turn, then between the next turn's datagrams.
+        let app = pair.server_mut().app_mut();
+        app.handed_off_work();
+        app.reads_between_datagrams()
+    };
+    assert!(!pair.server().app().reads_between_datagrams());
+    // Three heads in a turn: below the threshold.
+    heads_arrive(&mut pair, &send, &taken, 3, 3).await;
+    assert!(!server(&mut pair));
+    // Six: the next turn reads between its datagrams.
+    heads_arrive(&mut pair, &send, &taken, 6, 9).await;
+    assert!(server(&mut pair));
+    // A turn without heads: back to one read per turn.
+    assert!(!server(&mut pair));
+    drop(send);
+    drop(pair);
+    assert_eq!(held.await.unwrap(), 9);
+}

@@ -243,6 +243,7 @@ pub(crate) fn spawn<A: ApplicationOverQuic>(
         state_tx,
         refuse,
         reset_seen: false,
+        unread: false,
         handshake_timed_out: false,
         verify_error: None,
         established_at: None,
@@ -273,6 +274,8 @@ struct Worker<A> {
     handshake_deadline: Instant,
     refuse: Option<u64>,
     reset_seen: bool,
+    /// A datagram was fed since the application last read.
+    unread: bool,
     handshake_timed_out: bool,
     verify_error: Option<String>,
     established_at: Option<Instant>,
@@ -495,6 +498,11 @@ impl<A: ApplicationOverQuic> Worker<A> {
             tracing::trace!("datagram to a retired connection ID dropped");
             return;
         }
+        if self.unread {
+            // Between two datagrams of a turn, if the application asks for it.
+            self.driver.reads_between(&mut self.setup.conn);
+        }
+        self.unread = true;
         if let Err(e) = self.setup.conn.recv(buf, info) {
             tracing::trace!(error = %e, "datagram rejected");
         }
@@ -629,6 +637,7 @@ impl<A: ApplicationOverQuic> Worker<A> {
     }
 
     fn run_application(&mut self) {
+        self.unread = false;
         let (local, peer, started) = (self.setup.local, self.setup.peer, self.setup.started);
         let cipher = self.cipher;
         self.driver.after_input(&mut self.setup.conn, |c| {
