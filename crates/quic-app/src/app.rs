@@ -28,7 +28,8 @@ pub const MAX_HANDOFF_PASSES: usize = 4;
 ///    - the loop waits for the first of: the connection's timer, incoming datagrams,
 ///      [`wait_for_data`](Self::wait_for_data) (if it takes part);
 ///    - incoming datagrams (all that are queued, up to a bound) are fed to the
-///      connection;
+///      connection, with `process_reads` before each one but the first while
+///      [`reads_between_datagrams`](Self::reads_between_datagrams) says so;
 ///    - [`process_reads`](Self::process_reads), then
 ///      [`process_writes`](Self::process_writes);
 ///    - if [`handed_off_work`](Self::handed_off_work) says so, the loop lets the tasks

@@ -188,11 +188,7 @@ pub(super) fn scenarios() -> Vec<Scenario> {
             name: "H1X",
             about: "handshakes as H1, the client offering X25519 alone: every server \
                     negotiates the same group",
-            load: |q| {
-                let mut args = handshakes(q);
-                args.extend(s(&["--key-exchange", "x25519"]));
-                args
-            },
+            load: |q| handshakes_offering(q, "x25519"),
             // Each server at its defaults: all of them accept X25519.
             server: &[],
             kind: Kind::Handshakes,
@@ -204,11 +200,7 @@ pub(super) fn scenarios() -> Vec<Scenario> {
             name: "H1P256",
             about: "handshakes as H1, the client offering P-256 alone (ECDHE over \
                     secp256r1): the cost of the server's third group",
-            load: |q| {
-                let mut args = handshakes(q);
-                args.extend(s(&["--key-exchange", "p256"]));
-                args
-            },
+            load: |q| handshakes_offering(q, "p256"),
             server: &[],
             kind: Kind::Handshakes,
             placement: Placement::Pinned,
@@ -219,11 +211,7 @@ pub(super) fn scenarios() -> Vec<Scenario> {
             name: "H1P384",
             about: "handshakes as H1, the client offering P-384 alone (ECDHE over \
                     secp384r1): the cost of the server's fourth group",
-            load: |q| {
-                let mut args = handshakes(q);
-                args.extend(s(&["--key-exchange", "p384"]));
-                args
-            },
+            load: |q| handshakes_offering(q, "p384"),
             server: &[],
             kind: Kind::Handshakes,
             placement: Placement::Pinned,
@@ -286,6 +274,13 @@ fn requests(quick: bool, conns: &str, inflight: &str) -> Vec<String> {
 
 /// One GET of one byte per connection: not none, for a server of files (ngtcp2's)
 /// has no empty ones.
+/// Handshakes as [`handshakes`], the client offering `group` alone.
+fn handshakes_offering(quick: bool, group: &str) -> Vec<String> {
+    let mut args = handshakes(quick);
+    args.extend(s(&["--key-exchange", group]));
+    args
+}
+
 fn handshakes(quick: bool) -> Vec<String> {
     let secs = if quick { "1" } else { "10" };
     s(&[

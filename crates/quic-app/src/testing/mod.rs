@@ -216,6 +216,18 @@ impl<A: ApplicationOverQuic> Side<A> {
         }
     }
 
+    /// Feeds one datagram, after the application's reads if it asks for them between
+    /// datagrams and one came before it (`unread`) in this delivery.
+    fn feed(&mut self, dgram: &mut [u8], from: SocketAddr, unread: &mut bool) {
+        if *unread {
+            self.driver.reads_between(&mut self.conn);
+        }
+        *unread = true;
+        let to = self.addr;
+        // A datagram the connection rejects is dropped, as on a real socket.
+        let _ = self.conn.recv(dgram, quiche::RecvInfo { from, to });
+    }
+
     fn fire_timer(&mut self, now: Instant) -> bool {
         match self.conn.timeout_instant() {
             Some(t) if t <= now => {
@@ -486,14 +498,19 @@ impl<C: ApplicationOverQuic, S: ApplicationOverQuic> Pair<C, S> {
 
     fn deliver(&mut self) -> bool {
         let mut moved = false;
+        let (mut client_unread, mut server_unread) = (false, false);
         while let Some((dir, mut dgram)) = self.link.pop() {
             moved = true;
-            let (side_conn, from, to) = match dir {
-                Direction::ToServer => (&mut self.server.conn, self.client.addr, self.server.addr),
-                Direction::ToClient => (&mut self.client.conn, self.server.addr, self.client.addr),
-            };
-            // A datagram the connection rejects is dropped, as on a real socket.
-            let _ = side_conn.recv(&mut dgram, quiche::RecvInfo { from, to });
+            match dir {
+                Direction::ToServer => {
+                    self.server
+                        .feed(&mut dgram, self.client.addr, &mut server_unread);
+                }
+                Direction::ToClient => {
+                    self.client
+                        .feed(&mut dgram, self.server.addr, &mut client_unread);
+                }
+            }
             self.link.recycle(dgram);
         }
         moved
