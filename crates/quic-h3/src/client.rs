@@ -279,11 +279,15 @@ impl sealed::Sealed for ClientHooks {
                 s.expected_len = expected;
                 s.info_tx = None;
                 let body = s.open_body(more_frames);
+                let open = s.inbound_open();
                 if let Some(tx) = s.response_tx.take() {
                     // A dropped waiter means nobody wants the response; the body's
                     // drop then stops the stream.
                     let _ = tx.send(Ok(http::Response::from_parts(parts, body)));
                     core.handed_off = true;
+                }
+                if open {
+                    core.inbound.push(stream_id);
                 }
             }
             Err(why) => {

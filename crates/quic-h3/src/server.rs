@@ -464,6 +464,9 @@ impl sealed::Sealed for ServerHooks {
             stream.flow = Some(end);
             flow
         });
+        if stream.inbound_open() {
+            core.inbound.push(stream_id);
+        }
         core.streams.insert(stream_id, Box::new(stream));
         self.last_request = Some(self.last_request.map_or(stream_id, |l| l.max(stream_id)));
         self.first_request_timer = None;

@@ -211,8 +211,9 @@ impl<T> State<T> {
 
     /// Everyone waiting for room, to wake outside the lock (the receiver left).
     fn take_all_wakers(&mut self) -> Vec<Waker> {
-        let mut all: Vec<Waker> = self.waiters.drain(..).map(|w| w.waker).collect();
-        all.append(&mut self.ready_wakers);
+        // Moved out, not collected: no allocation when nobody waits, as is usual.
+        let mut all = std::mem::take(&mut self.ready_wakers);
+        all.extend(self.waiters.drain(..).map(|w| w.waker));
         all
     }
 }

@@ -77,6 +77,10 @@ pub struct Core {
     /// keys here: a peer opens stream IDs in order (RFC 9000 §2.1), so the open ones
     /// are a run of consecutive IDs within its stream limit, not keys it can pick.
     pub(crate) streams: FxHashMap<u64, Box<Stream>>,
+    /// The streams opened with a body still to come: the only ones whose inbound side
+    /// [`pump_inbound`](Self::pump_inbound) may have work for. Entries leave as it
+    /// finds their body ended, so a turn does not walk every open stream.
+    pub(crate) inbound: Vec<u64>,
     /// The largest HTTP Datagram frame payload sendable now, shared with the flows.
     pub(crate) max_datagram: MaxDatagram,
     /// Where an outgoing datagram is assembled.
@@ -241,6 +245,7 @@ impl Core {
             h3: None,
             settings,
             streams: FxHashMap::default(),
+            inbound: Vec::new(),
             max_datagram: MaxDatagram::default(),
             dgram_out: Vec::new(),
             handed_off: false,
@@ -324,8 +329,12 @@ impl Core {
         let Some(h3) = self.h3.as_mut() else {
             return false;
         };
+        let streams = &mut self.streams;
         let mut read_any = false;
-        for (&id, s) in self.streams.iter_mut() {
+        self.inbound.retain(|&id| {
+            let Some(s) = streams.get_mut(&id) else {
+                return false;
+            };
             if s.receiver_gone() {
                 if s.in_finished {
                     // The peer already sent everything: drop what nobody will read.
@@ -345,12 +354,13 @@ impl Core {
                 }
                 s.readable = false;
                 s.drop_body_tx();
-                continue;
+                return false;
             }
             s.flush_pending_in();
             read_any |= read_body(h3, conn, id, s);
             s.maybe_close_inbound();
-        }
+            s.inbound_open()
+        });
         read_any
     }
 
@@ -899,6 +909,12 @@ impl<H: Hooks> H3Driver<H> {
                             continue;
                         }
                         s.in_finished = true;
+                        if !s.inbound_open() {
+                            // No body to hand the end to (`pump_inbound` does that
+                            // for the others): the inbound side is done.
+                            s.flush_pending_in();
+                            s.maybe_close_inbound();
+                        }
                     }
                 }
                 quiche::h3::Event::Reset(code) => {

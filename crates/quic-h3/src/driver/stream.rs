@@ -160,6 +160,11 @@ impl Stream {
         self.in_done = true;
     }
 
+    /// Whether the body may still take frames.
+    pub(crate) fn inbound_open(&self) -> bool {
+        self.body_tx.is_some()
+    }
+
     /// The reader dropped its [`RecvBody`].
     pub(crate) fn receiver_gone(&self) -> bool {
         self.body_tx.as_ref().is_some_and(queue::Sender::is_closed)

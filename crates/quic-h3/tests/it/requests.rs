@@ -227,6 +227,54 @@ async fn a_client_dropping_its_body_mid_way_is_seen_as_a_reset_by_the_server() {
 }
 
 #[tokio::test]
+async fn a_handler_dropping_a_request_body_stops_the_client_sending_it() {
+    let (mut pair, send, mut requests) = pair(H3Settings::default());
+    let server = tokio::spawn(async move {
+        let req = requests.next().await.unwrap();
+        let (_, mut body) = req.request.into_parts();
+        let first = body.chunk().await.unwrap().expect("a first chunk").len();
+        // Not interested in the rest: the client is asked to stop (STOP_SENDING), and
+        // the answer goes out all the same.
+        drop(body);
+        let out = req
+            .responder
+            .send_response(http::Response::new(()))
+            .await
+            .unwrap();
+        out.finish().await.unwrap();
+        first
+    });
+    const OFFERED: usize = 64 * 1024 * 1024;
+    let (sent, failed, status) = pair
+        .run_with(LIMIT, async {
+            let req = http::Request::post("https://localhost/upload")
+                .body(())
+                .unwrap();
+            let (mut body, response) = send.send_request(req).await.unwrap();
+            let mut sent = 0;
+            let mut failed = None;
+            while sent < OFFERED {
+                if let Err(e) = body.send_data(pattern(64 * 1024)).await {
+                    failed = Some(e);
+                    break;
+                }
+                sent += 64 * 1024;
+            }
+            (sent, failed, response.await.unwrap().status())
+        })
+        .await
+        .unwrap();
+    let first = server.await.unwrap();
+    assert!(first > 0);
+    assert_eq!(status, StatusCode::OK);
+    // Without the STOP_SENDING the server's flow control would hold the body, and
+    // the client's sends would wait until the connection timed out (and then fail
+    // as `ConnectionClosed`).
+    assert_eq!(failed, Some(StreamError::Cancelled), "after {sent} bytes");
+    assert!(sent < OFFERED, "{sent} bytes sent");
+}
+
+#[tokio::test]
 async fn a_server_dropping_its_body_mid_way_is_seen_as_a_reset_by_the_client() {
     let (mut pair, send, mut requests) = pair(H3Settings::default());
     tokio::spawn(async move {
