@@ -1,7 +1,9 @@
 //! Streaming bodies: [`RecvBody`] for what the peer sends, [`SendBody`] for what this
 //! side sends. Both sit on bounded channels to the connection's driver, so a slow
 //! reader or writer slows the peer down through QUIC flow control instead of
-//! buffering without bound.
+//! buffering without bound. A request body that arrived whole with its head (up to
+//! one chunk of 32 KiB, read in the same pass) needs no channel: the
+//! server hands it over complete.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -52,7 +54,9 @@ pub(crate) type InResult = Result<InFrame, StreamError>;
 /// A body received from the peer: data chunks, then optional trailers.
 ///
 /// Implements [`http_body::Body`]; [`chunk`](Self::chunk) and
-/// [`trailers`](Self::trailers) are the direct way.
+/// [`trailers`](Self::trailers) are the direct way. A request body the server
+/// received whole before handing the request over reports its exact size
+/// ([`size_hint`](http_body::Body::size_hint)).
 ///
 /// # Drop behavior
 ///
@@ -60,6 +64,8 @@ pub(crate) type InResult = Result<InFrame, StreamError>;
 /// H3_REQUEST_CANCELLED).
 #[derive(Debug)]
 pub struct RecvBody {
+    /// A body that arrived whole before it was handed out: its one chunk.
+    whole: Option<Bytes>,
     rx: Option<queue::Receiver<InResult>>,
     trailers: Option<HeaderMap>,
     done: bool,
@@ -77,6 +83,7 @@ struct Timers {
 impl RecvBody {
     pub(crate) fn new(rx: queue::Receiver<InResult>) -> Self {
         Self {
+            whole: None,
             rx: Some(rx),
             trailers: None,
             done: false,
@@ -87,9 +94,21 @@ impl RecvBody {
     /// A body that is already complete and empty.
     pub fn empty() -> Self {
         Self {
+            whole: None,
             rx: None,
             trailers: None,
             done: true,
+            timers: None,
+        }
+    }
+
+    /// A body that is already complete: `data`, then the end.
+    pub(crate) fn complete(data: Option<Bytes>) -> Self {
+        Self {
+            done: data.is_none(),
+            whole: data,
+            rx: None,
+            trailers: None,
             timers: None,
         }
     }
@@ -147,6 +166,10 @@ impl RecvBody {
     }
 
     fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Bytes>, StreamError>> {
+        if let Some(data) = self.whole.take() {
+            self.done = true;
+            return Poll::Ready(Ok(Some(data)));
+        }
         if self.done {
             return Poll::Ready(Ok(None));
         }
@@ -220,7 +243,15 @@ impl http_body::Body for RecvBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.done && self.trailers.is_none()
+        self.done && self.whole.is_none() && self.trailers.is_none()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match &self.whole {
+            Some(data) => http_body::SizeHint::with_exact(data.len() as u64),
+            None if self.done && self.trailers.is_none() => http_body::SizeHint::with_exact(0),
+            None => http_body::SizeHint::default(),
+        }
     }
 }
 

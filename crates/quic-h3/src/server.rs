@@ -58,6 +58,19 @@ pub struct ServerHooks {
     head_timer_fired: bool,
     /// The authority the last request named.
     last_authority: LastAuthority,
+    /// A request whose body was still coming when its head arrived, kept until the
+    /// end of the read pass (or the next head) so that a body complete by then is
+    /// handed over whole. At most one: the next head releases it first, so the
+    /// room for requests is checked with it counted.
+    held: Option<Held>,
+}
+
+/// A request's head, kept while its stream reads the body (see `ServerHooks::held`).
+#[derive(Debug)]
+struct Held {
+    stream_id: u64,
+    parts: http::request::Parts,
+    responder: Responder,
 }
 
 #[derive(Debug)]
@@ -162,6 +175,7 @@ impl ServerH3Driver {
                 head_timer: None,
                 head_timer_fired: false,
                 last_authority: LastAuthority::default(),
+                held: None,
             },
         };
         (driver, ServerControl { tx: control_tx })
@@ -373,6 +387,45 @@ impl ServerHooks {
     }
 }
 
+impl ServerHooks {
+    /// Hands the held request over: its body whole if all of it arrived, else on a
+    /// queue that takes what did.
+    fn release_held(&mut self, core: &mut Core) {
+        let Some(held) = self.held.take() else {
+            return;
+        };
+        // Reset or found malformed meanwhile: the request never reaches a handler.
+        let Some(s) = core.streams.get_mut(&held.stream_id) else {
+            return;
+        };
+        let body = s.release();
+        self.hand_off(
+            core,
+            IncomingRequest {
+                request: http::Request::from_parts(held.parts, body),
+                responder: held.responder,
+                datagrams: None,
+            },
+        );
+    }
+
+    /// Gives a request to the application.
+    fn hand_off(&mut self, core: &mut Core, request: IncomingRequest) {
+        let Some(requests) = self.requests.as_mut() else {
+            return;
+        };
+        core.handed_off = true;
+        match requests {
+            // Room was checked as the head arrived (a held request counted, since the
+            // next head releases it first), and the driver is the only sender.
+            Requests::Queue(tx) => {
+                let _ = tx.try_send(Box::new(request));
+            }
+            Requests::Dispatch(d) => d.dispatch(request),
+        }
+    }
+}
+
 impl sealed::Sealed for ServerHooks {
     fn on_headers(
         &mut self,
@@ -386,6 +439,8 @@ impl sealed::Sealed for ServerHooks {
             core.receive_trailers(conn, stream_id, &list);
             return;
         }
+        // Before this request's room is looked at.
+        self.release_held(core);
         self.head_arrived(stream_id);
         if core.closing {
             // A request that arrived with the peer's close: nobody can answer it.
@@ -458,7 +513,14 @@ impl sealed::Sealed for ServerHooks {
         stream.head_received = true;
         stream.body_limit = core.settings.max_request_body_size;
         stream.expected_len = expected_len;
-        let body = stream.open_body(more_frames);
+        // A body still to come waits for the end of the read pass, which often brings
+        // all of it. An extended CONNECT's stream is a tunnel: it goes at once.
+        let body = if more_frames && !extended {
+            stream.holding = true;
+            None
+        } else {
+            Some(stream.open_body(more_frames))
+        };
         let datagrams = extended.then(|| {
             let (flow, end) = DatagramFlow::new(stream_id, core.max_datagram.clone());
             stream.flow = Some(end);
@@ -481,19 +543,28 @@ impl sealed::Sealed for ServerHooks {
             // The last request this connection takes: drain after it.
             self.pending = Some(ServerCommand::GoAway);
         }
-        core.handed_off = true;
-        let request = IncomingRequest {
-            request: http::Request::from_parts(parts, body),
-            responder: Responder { tx: out_tx },
-            datagrams,
-        };
-        match requests {
-            // Room was checked above, and the driver is the only sender.
-            Requests::Queue(tx) => {
-                let _ = tx.try_send(Box::new(request));
+        let responder = Responder { tx: out_tx };
+        match body {
+            Some(body) => self.hand_off(
+                core,
+                IncomingRequest {
+                    request: http::Request::from_parts(parts, body),
+                    responder,
+                    datagrams,
+                },
+            ),
+            None => {
+                self.held = Some(Held {
+                    stream_id,
+                    parts,
+                    responder,
+                })
             }
-            Requests::Dispatch(d) => d.dispatch(request),
         }
+    }
+
+    fn after_events(&mut self, core: &mut Core) {
+        self.release_held(core);
     }
 
     fn poll_work(
@@ -611,6 +682,7 @@ impl sealed::Sealed for ServerHooks {
     fn on_goaway(&mut self, _core: &mut Core, _id: u64) {}
 
     fn on_close(&mut self, _core: &mut Core) {
+        self.held = None;
         self.requests = None;
     }
 

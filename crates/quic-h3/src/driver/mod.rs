@@ -34,6 +34,9 @@ pub(crate) mod sealed {
             list: Vec<quiche::h3::Header>,
             more_frames: bool,
         );
+        /// Every event quiche had was taken: what waited for the end of the pass
+        /// goes on.
+        fn after_events(&mut self, _core: &mut Core) {}
         /// Resolves when the role has new work (a new request to send, ...).
         fn poll_work(
             &mut self,
@@ -617,6 +620,11 @@ fn read_body(h3: &mut H3Conn, conn: &mut QuicConnection, id: u64, s: &mut Stream
                     break;
                 }
                 s.push_in(InFrame::Data(chunk));
+                if s.holding && !conn.stream_readable(id) {
+                    // All of it so far: no read to learn that from (the chunk just
+                    // read fills the only slot).
+                    s.readable = false;
+                }
             }
             Err(quiche::h3::Error::Done) => s.readable = false,
             Err(e) => {
@@ -796,6 +804,7 @@ impl<H: Hooks> ApplicationOverQuic for H3Driver<H> {
         self.core.recv_datagrams(conn);
         loop {
             self.poll_events(conn);
+            self.hooks.after_events(&mut self.core);
             if !self.core.pump_inbound(conn) {
                 return Ok(());
             }

@@ -22,6 +22,12 @@ pub(crate) struct Stream {
     body_tx: Option<queue::Sender<InResult>>,
     /// One frame waiting for room in `body_tx` (trailers, an error).
     pending_in: Option<InResult>,
+    /// The request's head waits for the end of the read pass, its body kept here
+    /// instead of a queue: a body complete by then goes to the handler whole, with
+    /// no queue at all.
+    pub(crate) holding: bool,
+    /// While `holding`, the body's first chunk (quiche keeps the rest).
+    held: Option<Bytes>,
     /// quiche has body bytes for us that we have not read.
     pub(crate) readable: bool,
     /// The peer finished its side (FIN read).
@@ -66,6 +72,8 @@ impl Stream {
         Self {
             body_tx: None,
             pending_in: None,
+            holding: false,
+            held: None,
             readable: false,
             in_finished: false,
             in_done: false,
@@ -99,8 +107,29 @@ impl Stream {
         RecvBody::new(rx)
     }
 
+    /// Ends `holding`: the body, whole if the peer finished it and everything arrived
+    /// in one chunk, else on a queue that takes what was kept.
+    pub(crate) fn release(&mut self) -> RecvBody {
+        self.holding = false;
+        let first = self.held.take();
+        if self.in_finished && !self.readable && self.pending_in.is_none() {
+            self.in_done = true;
+            return RecvBody::complete(first);
+        }
+        let body = self.open_body(true);
+        if let Some(chunk) = first {
+            self.push_in(InFrame::Data(chunk));
+        }
+        self.flush_pending_in();
+        self.maybe_close_inbound();
+        body
+    }
+
     /// Whether a frame can be handed to the body now.
     pub(crate) fn has_room(&self) -> bool {
+        if self.holding {
+            return self.pending_in.is_none() && self.held.is_none();
+        }
         self.pending_in.is_none()
             && self
                 .body_tx
@@ -111,6 +140,13 @@ impl Stream {
     /// Hands a frame on; [`has_room`](Self::has_room) must have said there is room
     /// (the driver is the body's only sender, so the room stays).
     pub(crate) fn push_in(&mut self, frame: InFrame) {
+        if self.holding {
+            match frame {
+                InFrame::Data(d) => self.held = Some(d),
+                InFrame::Trailers(t) => self.pending_in = Some(Ok(InFrame::Trailers(t))),
+            }
+            return;
+        }
         if let Some(tx) = self.body_tx.as_ref() {
             if self.last_pass {
                 let _ = tx.send_last(Ok(frame));
@@ -127,6 +163,10 @@ impl Stream {
     }
 
     pub(crate) fn flush_pending_in(&mut self) {
+        if self.holding {
+            // Kept for the queue `release` opens.
+            return;
+        }
         let Some(item) = self.pending_in.take() else {
             return;
         };
@@ -150,6 +190,9 @@ impl Stream {
 
     /// Ends the body once the peer finished and everything was handed on.
     pub(crate) fn maybe_close_inbound(&mut self) {
+        if self.holding {
+            return;
+        }
         if self.in_finished && !self.readable && self.pending_in.is_none() {
             self.drop_body_tx();
         }
@@ -162,7 +205,7 @@ impl Stream {
 
     /// Whether the body may still take frames.
     pub(crate) fn inbound_open(&self) -> bool {
-        self.body_tx.is_some()
+        self.body_tx.is_some() || self.holding
     }
 
     /// The reader dropped its [`RecvBody`].
@@ -177,7 +220,7 @@ impl Stream {
         }
         self.readable = false;
         self.in_finished = true;
-        if self.body_tx.is_some() {
+        if self.body_tx.is_some() || self.holding {
             self.queue_in(Err(err));
         } else {
             self.in_done = true;

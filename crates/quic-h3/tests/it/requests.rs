@@ -227,6 +227,40 @@ async fn a_client_dropping_its_body_mid_way_is_seen_as_a_reset_by_the_server() {
 }
 
 #[tokio::test]
+async fn a_body_that_arrives_with_its_head_is_handed_over_whole() {
+    let (mut pair, send, mut requests) = pair(H3Settings::default());
+    let server = tokio::spawn(async move {
+        let req = requests.next().await.unwrap();
+        let (_, mut body) = req.request.into_parts();
+        // Whole: its size is known before a read, and it ends with its one chunk.
+        let hint = http_body::Body::size_hint(&body).exact();
+        let first = body.chunk().await.unwrap();
+        let ended = http_body::Body::is_end_stream(&body);
+        let rest = body.chunk().await.unwrap();
+        req.responder
+            .send_whole_response(http::Response::new(Bytes::from_static(b"ok")))
+            .await
+            .unwrap();
+        (hint, first, ended, rest)
+    });
+    let resp = pair
+        .run_with(LIMIT, async {
+            let req = http::Request::post("https://localhost/small")
+                .body(Bytes::from_static(b"a body in the head's packet"))
+                .unwrap();
+            send.send(req).await.unwrap()
+        })
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let (hint, first, ended, rest) = server.await.unwrap();
+    assert_eq!(hint, Some(27));
+    assert_eq!(first.as_deref(), Some(&b"a body in the head's packet"[..]));
+    assert!(ended);
+    assert_eq!(rest, None);
+}
+
+#[tokio::test]
 async fn a_handler_dropping_a_request_body_stops_the_client_sending_it() {
     let (mut pair, send, mut requests) = pair(H3Settings::default());
     let server = tokio::spawn(async move {
