@@ -237,6 +237,12 @@ impl Stream {
             // Past the queue's bound if need be: a reader must see the failure, never
             // an end that looks like a complete body.
             let _ = tx.send_last(Err(err));
+        } else if self.holding {
+            // The request is not handed over yet: its body, once it is, ends with the
+            // failure after what was read before it.
+            self.readable = false;
+            self.in_finished = true;
+            self.pending_in = Some(Err(err));
         }
         self.out_rx = None;
         self.info_tx = None;

@@ -171,6 +171,8 @@ enum Outcome {
 struct RawClient {
     fields: Vec<quiche::h3::Header>,
     body: Option<Vec<u8>>,
+    /// Whether the body ends the stream (FIN); without it the stream stays open.
+    fin: bool,
     h3: Option<quiche::h3::Connection>,
     outcome: Arc<std::sync::Mutex<Option<Outcome>>>,
 }
@@ -187,7 +189,7 @@ impl ApplicationOverQuic for RawClient {
             .send_request(conn, &self.fields, self.body.is_none())
             .unwrap();
         if let Some(body) = &self.body {
-            assert_eq!(h3.send_body(conn, id, body, true).unwrap(), body.len());
+            assert_eq!(h3.send_body(conn, id, body, self.fin).unwrap(), body.len());
         }
         self.h3 = Some(h3);
         Ok(())
@@ -250,6 +252,15 @@ async fn raw_request(
     fields: Vec<quiche::h3::Header>,
     body: Option<&[u8]>,
 ) -> (Outcome, Option<Result<usize, quic_h3::StreamError>>) {
+    raw_request_with(fields, body, true).await
+}
+
+/// [`raw_request`], the body ending the stream or not (`fin`).
+async fn raw_request_with(
+    fields: Vec<quiche::h3::Header>,
+    body: Option<&[u8]>,
+    fin: bool,
+) -> (Outcome, Option<Result<usize, quic_h3::StreamError>>) {
     let (server, mut requests) = ServerH3Driver::new(H3Settings::default());
     let handler_saw = Arc::new(std::sync::Mutex::new(None));
     let saw = Arc::clone(&handler_saw);
@@ -274,6 +285,7 @@ async fn raw_request(
     let client = RawClient {
         fields,
         body: body.map(<[u8]>::to_vec),
+        fin,
         h3: None,
         outcome: Arc::clone(&outcome),
     };
@@ -309,6 +321,14 @@ async fn a_request_body_that_disagrees_with_its_content_length_is_malformed() {
             Some(Err(quic_h3::StreamError::Malformed(_))) | None => {}
             other => panic!("content-length {length}: the handler read {other:?}"),
         }
+    }
+    // Longer than announced while the stream is still open (no FIN yet): the excess
+    // is seen in the first read, before the request is handed over.
+    let (outcome, saw) = raw_request_with(with_length("5"), Some(b"12345678901"), false).await;
+    assert_eq!(outcome, MESSAGE_ERROR, "content-length 5, 11 bytes, no FIN");
+    match saw {
+        Some(Err(quic_h3::StreamError::Malformed(_))) | None => {}
+        other => panic!("content-length 5, 11 bytes, no FIN: the handler read {other:?}"),
     }
     // Announced but absent, unparsable, or two values that disagree.
     for fields in [with_length("5"), with_length("five"), with_length("-1"), {
