@@ -9,6 +9,7 @@ mod lifecycle;
 mod migration;
 mod pmtu;
 mod props;
+mod reads_between;
 mod resume;
 mod shards;
 mod util;
