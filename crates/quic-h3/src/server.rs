@@ -385,9 +385,7 @@ impl ServerHooks {
         let next = self.next_stream;
         self.early_heads.retain(|&h| h >= next);
     }
-}
 
-impl ServerHooks {
     /// Hands the held request over: its body whole if all of it arrived, else on a
     /// queue that takes what did.
     fn release_held(&mut self, core: &mut Core) {
