@@ -203,3 +203,89 @@ async fn a_connection_runs_at_most_max_pending_requests_handlers_and_refuses_mor
         .unwrap();
     assert_eq!(body, "/after");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_that_panics_fails_only_its_own_request() {
+    let (server, addr, cert_pem) = server();
+    let serving = tokio::spawn(server.serve_with_graceful_shutdown(
+        |req: http::Request<quay::h3::RecvBody>| async move {
+            match req.uri().path() {
+                // Before its first wait: in the step the connection's task runs.
+                "/now" => panic!("a handler failed at once"),
+                // After a wait: in the request's own task.
+                "/later" => {
+                    tokio::task::yield_now().await;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    panic!("a handler failed later")
+                }
+                _ => Ok::<_, Infallible>(http::Response::new(Body::from("hello"))),
+            }
+        },
+        std::future::pending::<()>(),
+        Duration::from_secs(5),
+    ));
+
+    let (conn, send) = connect(addr, &cert_pem).await;
+    let get = |path: &str| {
+        http::Request::get(format!("https://localhost{path}"))
+            .body(Bytes::new())
+            .unwrap()
+    };
+    for path in ["/now", "/later", "/now"] {
+        let failed = send.send(get(path)).await.map(|_| ());
+        assert_eq!(
+            failed,
+            Err(quay::h3::StreamError::Reset(
+                quay::h3::H3Code::REQUEST_CANCELLED
+            )),
+            "{path}"
+        );
+        // The connection lives on and serves the next request.
+        let mut resp = send.send(get("/")).await.unwrap();
+        assert_eq!(resp.body_mut().collect(64).await.unwrap(), "hello");
+    }
+    drop(conn);
+    serving.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_that_answers_at_once_runs_in_its_connections_task() {
+    let (server, addr, cert_pem) = server();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = seen.clone();
+    let serving = tokio::spawn(server.serve_with_graceful_shutdown(
+        move |req: http::Request<quay::h3::RecvBody>| {
+            let record = record.clone();
+            async move {
+                if req.uri().path() == "/wait" {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                record
+                    .lock()
+                    .unwrap()
+                    .push((req.uri().path().to_owned(), tokio::task::id()));
+                Ok::<_, Infallible>(http::Response::new(Body::from("hello")))
+            }
+        },
+        std::future::pending::<()>(),
+        Duration::from_secs(5),
+    ));
+
+    let (_conn, send) = connect(addr, &cert_pem).await;
+    for path in ["/now", "/now", "/wait", "/wait"] {
+        let req = http::Request::get(format!("https://localhost{path}"))
+            .body(Bytes::new())
+            .unwrap();
+        let mut resp = send.send(req).await.unwrap();
+        assert_eq!(resp.body_mut().collect(64).await.unwrap(), "hello");
+    }
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 4);
+    // Answered in their first step: both in the one task of their connection.
+    assert_eq!(seen[0].1, seen[1].1);
+    // Those that waited went on in tasks of their own.
+    assert_ne!(seen[2].1, seen[0].1);
+    assert_ne!(seen[3].1, seen[0].1);
+    assert_ne!(seen[2].1, seen[3].1);
+    serving.abort();
+}

@@ -106,8 +106,13 @@ pub trait Dispatch: Send + 'static {
 
     /// Takes one request. This runs inside the connection's task (and its tracing
     /// span), between the connection's reads and writes: it should start the
-    /// request's work, on a task of its own, and return.
-    fn dispatch(&mut self, request: IncomingRequest);
+    /// request's work and return, without blocking.
+    ///
+    /// Returns whether the work went to another task. The connection then lets that
+    /// task run before it sends, so an answer the task gives at once leaves in the
+    /// same packets as the acknowledgements. Work done here (an answer queued on
+    /// the [`Responder`] before returning) is sent in this turn as it is.
+    fn dispatch(&mut self, request: IncomingRequest) -> bool;
 }
 
 /// Controls a server connection from outside its driver.
@@ -412,15 +417,16 @@ impl ServerHooks {
         let Some(requests) = self.requests.as_mut() else {
             return;
         };
-        core.handed_off = true;
-        match requests {
+        let handed_off = match requests {
             // Room was checked as the head arrived (a held request counted, since the
             // next head releases it first), and the driver is the only sender.
             Requests::Queue(tx) => {
                 let _ = tx.try_send(Box::new(request));
+                true
             }
             Requests::Dispatch(d) => d.dispatch(request),
-        }
+        };
+        core.handed_off |= handed_off;
     }
 }
 

@@ -161,11 +161,14 @@ pub struct QuicSettings {
     /// Use UDP generic segmentation offload when the kernel has it: many datagrams per
     /// `sendmsg`. Turning it off sends one datagram per call.
     pub enable_gso: bool,
-    /// When the application hands work to other tasks (an HTTP/3 request to its
-    /// handler), let those tasks run before sending, so a quick answer leaves with the
-    /// acknowledgement of its request: one packet and one system call instead of two
-    /// for a small exchange. Off, the acknowledgement leaves at once and the answer
-    /// follows in packets of its own, which can reach an idle peer a little sooner.
+    /// When the application hands work to other tasks (an HTTP/3 request whose
+    /// handler waited, or a request queue's reader), let those tasks run before
+    /// sending, so a quick answer leaves with the acknowledgement of its request: one
+    /// packet and one system call instead of two for a small exchange. Off, the
+    /// acknowledgement leaves at once and the answer follows in packets of its own,
+    /// which can reach an idle peer a little sooner. (A `quay::h3::Server` handler
+    /// that answers without waiting answers inside the connection's task, and its
+    /// answer leaves with the acknowledgement either way.)
     pub coalesce_answers: bool,
     /// Write a qlog file per connection into this directory.
     pub qlog_dir: Option<PathBuf>,

@@ -295,6 +295,15 @@ impl Server {
     /// Serves every request with `handler` until the listener stops (or the shutdown
     /// set with [`with_graceful_shutdown`](Self::with_graceful_shutdown) drains it);
     /// an error if it failed.
+    ///
+    /// A request's handler takes its first step in its connection's task, as the
+    /// request's head arrives: one that answers without waiting (its body, if any,
+    /// came with the head) needs no task of its own, and its answer leaves with the
+    /// acknowledgement of the request. A handler that waits goes on in a task of its
+    /// own. So work that holds the thread for long belongs after an await, or in
+    /// `tokio::task::spawn_blocking`: before it, it holds up the connection's other
+    /// requests. A handler that panics fails its own request only (its stream is
+    /// reset with H3_REQUEST_CANCELLED).
     pub async fn serve<H: Handler>(self, handler: H) -> Result<(), ServeError> {
         self.run(HandlerService(handler)).await
     }
@@ -304,8 +313,9 @@ impl Server {
     /// `http::Response` whose body yields data convertible to `Bytes`.
     ///
     /// Each request goes to a clone of the service, which is polled for readiness
-    /// first. An error from the service is logged and answered with 500; an error
-    /// from a response body resets the stream.
+    /// first, in the connection's task as [`serve`](Self::serve) describes. An error
+    /// from the service is logged and answered with 500; an error from a response
+    /// body resets the stream.
     ///
     /// ```no_run
     /// use axum::{Extension, Router, routing::get};
@@ -618,8 +628,9 @@ impl<T> Drop for AbortOnDrop<T> {
     }
 }
 
-/// Takes a connection's requests inside its task, each to a task of its own that runs
-/// the service in the request's span.
+/// Takes a connection's requests inside its task. It runs the service's first step
+/// for each request there, in the request's span; a request that is not finished by
+/// then goes on in a task of its own.
 struct Dispatcher<S> {
     service: S,
     recorder: crate::observe::RequestRecorder,
@@ -634,7 +645,7 @@ impl<S: ServeService> quic_h3::Dispatch for Dispatcher<S> {
         self.tasks.has_room(self.limit)
     }
 
-    fn dispatch(&mut self, req: IncomingRequest) {
+    fn dispatch(&mut self, req: IncomingRequest) -> bool {
         // A child of the connection's span, in which the driver runs.
         let span = tracing::info_span!(
             "request",
@@ -643,11 +654,31 @@ impl<S: ServeService> quic_h3::Dispatch for Dispatcher<S> {
             status = tracing::field::Empty,
             ms = tracing::field::Empty,
         );
-        // Boxed where it is built: the task then moves a pointer, not the whole future
+        // Boxed where it is built: a task then moves a pointer, not the whole future
         // (service state included) through every layer of the spawn.
-        self.tasks.spawn(Box::pin(
-            respond(req, self.service.clone(), self.recorder.clone()).instrument(span),
-        ));
+        let mut task =
+            Box::pin(respond(req, self.service.clone(), self.recorder.clone()).instrument(span));
+        // Most handlers answer without waiting (their body, if any, came with the
+        // head): run the first step here, and such a request needs no task, and its
+        // answer leaves in this turn's packets. A step that waits registers no
+        // waker that matters: the task polls it again as it starts.
+        let first = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            task.as_mut().poll(&mut Context::from_waker(Waker::noop()))
+        }));
+        match first {
+            Ok(Poll::Ready(())) => false,
+            Ok(Poll::Pending) => {
+                self.tasks.spawn(task);
+                true
+            }
+            Err(_) => {
+                // As in a task of its own, a panic ends only its request: the
+                // responder, dropped with the future, resets the stream.
+                tracing::error!("request handler panicked");
+                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(task)));
+                false
+            }
+        }
     }
 }
 

@@ -643,8 +643,9 @@ impl quic_h3::Dispatch for Keep {
     fn has_room(&self) -> bool {
         self.taken.lock().unwrap().len() < self.room
     }
-    fn dispatch(&mut self, request: quic_h3::IncomingRequest) {
+    fn dispatch(&mut self, request: quic_h3::IncomingRequest) -> bool {
         self.taken.lock().unwrap().push(request);
+        true
     }
 }
 
