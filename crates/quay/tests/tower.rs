@@ -108,3 +108,77 @@ async fn the_alt_svc_layer_adds_its_header_unless_the_response_has_one() {
         .unwrap();
     assert_eq!(resp.headers()[http::header::ALT_SVC], "clear");
 }
+
+/// A service that is not ready on its first `poll_ready` of each request (it wakes
+/// its caller at once), and whose readiness fails for a request once `fail` is set.
+#[derive(Clone)]
+struct Reluctant {
+    asked: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    fail: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ready: bool,
+}
+
+impl tower::Service<http::Request<quay::h3::RecvBody>> for Reluctant {
+    type Response = http::Response<quay::h3::Body>;
+    type Error = std::io::Error;
+    type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if !self.ready {
+            self.ready = true;
+            cx.waker().wake_by_ref();
+            return std::task::Poll::Pending;
+        }
+        if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+            return std::task::Poll::Ready(Err(std::io::Error::other("not today")));
+        }
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<quay::h3::RecvBody>) -> Self::Future {
+        assert!(self.ready, "called before it was ready");
+        std::future::ready(Ok(http::Response::new(quay::h3::Body::from(format!(
+            "ready for {}",
+            req.uri().path()
+        )))))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_is_called_only_once_ready_and_its_readiness_error_is_a_500() {
+    let identity = TlsConfig::self_signed(&["localhost"]).unwrap();
+    let asked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let fail = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let service = Reluctant {
+        asked: asked.clone(),
+        fail: fail.clone(),
+        ready: false,
+    };
+    let server = Server::builder()
+        .tls(identity.config)
+        .bind("127.0.0.1:0".parse().unwrap())
+        .unwrap();
+    let port = server.local_addr().port();
+    let serving = tokio::spawn(server.serve_service(service));
+    let client = Client::builder()
+        .add_root_certificate_pem(identity.cert_pem.as_bytes())
+        .unwrap()
+        .build();
+    let base = format!("https://localhost:{port}");
+
+    let mut resp = client.get(&format!("{base}/a")).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.body_mut().collect(1024).await.unwrap(), "ready for /a");
+    // Each request's clone was asked twice: not ready, then ready.
+    assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 2);
+
+    fail.store(true, std::sync::atomic::Ordering::SeqCst);
+    let resp = client.get(&format!("{base}/b")).await.unwrap();
+    assert_eq!(resp.status(), 500);
+    assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 4);
+    serving.abort();
+}

@@ -563,16 +563,20 @@ where
 }
 
 /// What the server runs for each request: a tower `Service` with the bounds
-/// [`Server::serve_service`] states, written once here (the blanket impl); its
-/// errors become [`BoxError`]s before any await, so they need not be `Send`.
+/// [`Server::serve_service`] states, written once here (the blanket impl). Its errors
+/// become [`BoxError`]s as they come out, before any await, so they need not be
+/// `Send`.
 trait ServeService: Clone + Send + 'static {
     /// The response body.
     type Body: HttpBody<Data: Into<Bytes>, Error: Into<BoxError>> + Send + 'static;
-    /// Waits until the service is ready, then calls it with `req`.
-    fn oneshot(
-        self,
-        req: http::Request<RecvBody>,
-    ) -> impl Future<Output = Result<http::Response<Self::Body>, BoxError>> + Send + 'static;
+    /// What the service fails with.
+    type Error: Into<BoxError>;
+    /// The response, on its way.
+    type Future: Future<Output = Result<http::Response<Self::Body>, Self::Error>> + Send + 'static;
+    /// Whether the service can take a request now.
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>>;
+    /// Takes a request, once ready.
+    fn call(&mut self, req: http::Request<RecvBody>) -> Self::Future;
 }
 
 impl<S, B> ServeService for S
@@ -588,16 +592,15 @@ where
     B::Error: Into<BoxError>,
 {
     type Body = B;
+    type Error = S::Error;
+    type Future = S::Future;
 
-    async fn oneshot(
-        mut self,
-        req: http::Request<RecvBody>,
-    ) -> Result<http::Response<B>, BoxError> {
-        let ready: Result<(), BoxError> = std::future::poll_fn(|cx| self.poll_ready(cx))
-            .await
-            .map_err(Into::into);
-        ready?;
-        self.call(req).await.map_err(Into::into)
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        tower_service::Service::poll_ready(self, cx)
+    }
+
+    fn call(&mut self, req: http::Request<RecvBody>) -> S::Future {
+        tower_service::Service::call(self, req)
     }
 }
 
@@ -686,7 +689,7 @@ impl<S: ServeService> quic_h3::Dispatch for Dispatcher<S> {
 /// span.
 async fn respond<S: ServeService>(
     req: IncomingRequest,
-    service: S,
+    mut service: S,
     recorder: crate::observe::RequestRecorder,
 ) {
     let started = crate::observe::RequestStarted::new(recorder);
@@ -697,7 +700,13 @@ async fn respond<S: ServeService>(
         ..
     } = req;
     let upgrade = datagrams.map(|flow| super::connect::Upgrade::offer(&mut request, flow));
-    let response = service.oneshot(request).await;
+    // The service's calls are made here, not in a function of their own: the request
+    // then moves once, into the call, and the future holds no second copy of it.
+    let response = match std::future::poll_fn(|cx| service.poll_ready(cx).map_err(Into::into)).await
+    {
+        Ok(()) => service.call(request).await.map_err(Into::into),
+        Err(e) => Err::<_, BoxError>(e),
+    };
     let response = match response {
         Ok(r) => r,
         Err(e) => {
@@ -732,7 +741,12 @@ async fn respond<S: ServeService>(
         }
         return;
     }
-    let result = send_body(responder, http::Response::from_parts(parts, ()), body).await;
+    let result = send_body(
+        responder,
+        http::Response::from_parts(parts, ()),
+        std::pin::pin!(body),
+    )
+    .await;
     let span = tracing::Span::current();
     started.finished(status, &span);
     match result {
@@ -741,17 +755,18 @@ async fn respond<S: ServeService>(
     }
 }
 
+/// Sends the response: `body` is pinned by the caller, so that it is not copied into
+/// this function's future.
 async fn send_body<B>(
     responder: quic_h3::Responder,
     head: http::Response<()>,
-    body: B,
+    mut body: Pin<&mut B>,
 ) -> Result<u64, StreamError>
 where
     B: HttpBody,
     B::Data: Into<Bytes>,
     B::Error: Into<BoxError>,
 {
-    let mut body = std::pin::pin!(body);
     // A body whose first frame is ready and ends it (a complete body, as most are)
     // leaves with the head in one step; otherwise the head goes out at once and the
     // body follows as it comes.
