@@ -302,8 +302,10 @@ impl Server {
     /// acknowledgement of the request. A handler that waits goes on in a task of its
     /// own. So work that holds the thread for long belongs after an await, or in
     /// `tokio::task::spawn_blocking`: before it, it holds up the connection's other
-    /// requests. A handler that panics fails its own request only (its stream is
-    /// reset with H3_REQUEST_CANCELLED).
+    /// requests, and a blocking wait there for something of the same connection (its
+    /// own body read with `futures::executor::block_on`, say) never ends. A handler
+    /// that panics fails its own request only (its stream is reset with
+    /// H3_REQUEST_CANCELLED).
     pub async fn serve<H: Handler>(self, handler: H) -> Result<(), ServeError> {
         self.run(HandlerService(handler)).await
     }
@@ -674,11 +676,21 @@ impl<S: ServeService> quic_h3::Dispatch for Dispatcher<S> {
                 self.tasks.spawn(task);
                 true
             }
-            Err(_) => {
+            Err(payload) => {
                 // As in a task of its own, a panic ends only its request: the
                 // responder, dropped with the future, resets the stream.
-                tracing::error!("request handler panicked");
-                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(task)));
+                let message = payload
+                    .downcast_ref::<&str>()
+                    .copied()
+                    .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+                    .unwrap_or("(not a string)");
+                task.span()
+                    .in_scope(|| tracing::error!(panic = message, "request handler panicked"));
+                // Whatever a drop here may throw stays here too.
+                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+                    drop(payload);
+                    drop(task);
+                }));
                 false
             }
         }
@@ -689,7 +701,7 @@ impl<S: ServeService> quic_h3::Dispatch for Dispatcher<S> {
 /// span.
 async fn respond<S: ServeService>(
     req: IncomingRequest,
-    mut service: S,
+    service: S,
     recorder: crate::observe::RequestRecorder,
 ) {
     let started = crate::observe::RequestStarted::new(recorder);
@@ -701,11 +713,15 @@ async fn respond<S: ServeService>(
     } = req;
     let upgrade = datagrams.map(|flow| super::connect::Upgrade::offer(&mut request, flow));
     // The service's calls are made here, not in a function of their own: the request
-    // then moves once, into the call, and the future holds no second copy of it.
-    let response = match std::future::poll_fn(|cx| service.poll_ready(cx).map_err(Into::into)).await
-    {
-        Ok(()) => service.call(request).await.map_err(Into::into),
-        Err(e) => Err::<_, BoxError>(e),
+    // then moves once, into the call, and the future holds no second copy of it. The
+    // service's clone is dropped once it has answered, not kept while the body
+    // streams.
+    let response = {
+        let mut service = service;
+        match std::future::poll_fn(|cx| service.poll_ready(cx).map_err(Into::into)).await {
+            Ok(()) => service.call(request).await.map_err(Into::into),
+            Err(e) => Err::<_, BoxError>(e),
+        }
     };
     let response = match response {
         Ok(r) => r,
