@@ -112,7 +112,7 @@ impl Stream {
     pub(crate) fn release(&mut self) -> RecvBody {
         self.holding = false;
         let first = self.held.take();
-        if self.in_finished && !self.readable && self.pending_in.is_none() {
+        if self.all_read() {
             self.in_done = true;
             return RecvBody::complete(first);
         }
@@ -188,12 +188,18 @@ impl Stream {
         }
     }
 
+    /// The peer finished, quiche has nothing more for us, and nothing waits to be
+    /// handed on.
+    fn all_read(&self) -> bool {
+        self.in_finished && !self.readable && self.pending_in.is_none()
+    }
+
     /// Ends the body once the peer finished and everything was handed on.
     pub(crate) fn maybe_close_inbound(&mut self) {
         if self.holding {
             return;
         }
-        if self.in_finished && !self.readable && self.pending_in.is_none() {
+        if self.all_read() {
             self.drop_body_tx();
         }
     }

@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use quic_app::{AppError, ApplicationOverQuic, HandshakeInfo, QuicConnection};
+use quic_app::{AppError, ApplicationOverQuic, QuicConnection};
 
 use super::util::{client_params, server_params};
 
@@ -20,14 +20,6 @@ struct Sink {
 }
 
 impl ApplicationOverQuic for Sink {
-    fn on_conn_established(
-        &mut self,
-        _conn: &mut QuicConnection,
-        _info: &HandshakeInfo,
-    ) -> Result<(), AppError> {
-        Ok(())
-    }
-
     fn reads_between_datagrams(&self) -> bool {
         self.asks
     }
@@ -63,14 +55,6 @@ struct Upload {
 }
 
 impl ApplicationOverQuic for Upload {
-    fn on_conn_established(
-        &mut self,
-        _conn: &mut QuicConnection,
-        _info: &HandshakeInfo,
-    ) -> Result<(), AppError> {
-        Ok(())
-    }
-
     fn process_reads(&mut self, _conn: &mut QuicConnection) -> Result<(), AppError> {
         Ok(())
     }
