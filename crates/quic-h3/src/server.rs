@@ -113,6 +113,11 @@ pub trait Dispatch: Send + 'static {
     /// same packets as the acknowledgements. Work done here (an answer queued on
     /// the [`Responder`] before returning) is sent in this turn as it is.
     fn dispatch(&mut self, request: IncomingRequest) -> bool;
+
+    /// The connection has no request open: called after a turn's writes, while it
+    /// has none. Memory kept for the next request (a spare allocation) should go
+    /// here, so that an idle connection holds none. Does nothing by default.
+    fn idle(&mut self) {}
 }
 
 /// Controls a server connection from outside its driver.
@@ -660,7 +665,13 @@ impl sealed::Sealed for ServerHooks {
     }
 
     fn after_writes(&mut self, core: &mut Core, conn: &mut QuicConnection) {
-        if self.goaway_id.is_none() || !core.streams.is_empty() {
+        if !core.streams.is_empty() {
+            return;
+        }
+        if let Some(Requests::Dispatch(d)) = &mut self.requests {
+            d.idle();
+        }
+        if self.goaway_id.is_none() {
             return;
         }
         // Drained: every request taken before the GOAWAY has finished. Close once the

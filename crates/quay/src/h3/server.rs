@@ -427,6 +427,8 @@ impl Server {
                             recorder: crate::observe::RequestRecorder::new(),
                             tasks: tasks.spawner(),
                             limit: h3.max_pending_requests.max(1),
+                            make_answer: answer::<S::Body>,
+                            spare: None,
                         };
                         let (driver, control) = ServerH3Driver::with_dispatch(h3.clone(), dispatcher);
                         let handle = incoming.start(driver);
@@ -636,15 +638,31 @@ impl<T> Drop for AbortOnDrop<T> {
 /// Takes a connection's requests inside its task. It runs the service's first step
 /// for each request there, in the request's span; a request that is not finished by
 /// then goes on in a task of its own.
-struct Dispatcher<S> {
+struct Dispatcher<S: ServeService, A> {
     service: S,
     recorder: crate::observe::RequestRecorder,
     tasks: super::in_flight::Spawner,
     /// The requests whose tasks may run at once ([`H3Settings::max_pending_requests`]).
     limit: usize,
+    make_answer: MakeAnswer<S, A>,
+    /// The allocation of a request finished in its first step, for the next one: a
+    /// busy connection allocates a request's future once, not per request. Given
+    /// back when the connection has no request open.
+    spare: Option<Pin<Box<RequestSlot<S, A>>>>,
 }
 
-impl<S: ServeService> quic_h3::Dispatch for Dispatcher<S> {
+/// Starts a request's answer: [`answer`], for the service's body type.
+type MakeAnswer<S, A> =
+    fn(Result<http::Response<<S as ServeService>::Body>, BoxError>, Answer) -> A;
+
+/// The allocation a request's future lives in.
+type RequestSlot<S, A> = Slot<tracing::instrument::Instrumented<Respond<S, A>>>;
+
+impl<S, A> quic_h3::Dispatch for Dispatcher<S, A>
+where
+    S: ServeService,
+    A: Future<Output = ()> + Send + 'static,
+{
     fn has_room(&self) -> bool {
         // Past the shutdown deadline the set is gone: refused, a client may retry.
         self.tasks.has_room(self.limit)
@@ -659,10 +677,32 @@ impl<S: ServeService> quic_h3::Dispatch for Dispatcher<S> {
             status = tracing::field::Empty,
             ms = tracing::field::Empty,
         );
-        // Boxed where it is built: a task then moves a pointer, not the whole future
-        // (service state included) through every layer of the spawn.
-        let mut task =
-            Box::pin(respond(req, self.service.clone(), self.recorder.clone()).instrument(span));
+        let IncomingRequest {
+            mut request,
+            responder,
+            datagrams,
+            ..
+        } = req;
+        let started = crate::observe::RequestStarted::new(self.recorder.clone());
+        let upgrade = datagrams.map(|flow| super::connect::Upgrade::offer(&mut request, flow));
+        // On the heap from the start, so that a task moves a pointer, not the whole
+        // future (service state included), through every layer of the spawn.
+        let mut task = self.spare.take().unwrap_or_else(|| Box::pin(Slot::Empty));
+        task.as_mut().set(Slot::Full {
+            future: Respond {
+                answer: Some(Answer {
+                    responder,
+                    upgrade,
+                    started,
+                }),
+                make_answer: self.make_answer,
+                stage: Stage::Ready {
+                    service: self.service.clone(),
+                    request: Some(request),
+                },
+            }
+            .instrument(span),
+        });
         // Most handlers answer without waiting (their body, if any, came with the
         // head): run the first step here, and such a request needs no task, and its
         // answer leaves in this turn's packets. A step that waits registers no
@@ -671,7 +711,12 @@ impl<S: ServeService> quic_h3::Dispatch for Dispatcher<S> {
             task.as_mut().poll(&mut Context::from_waker(Waker::noop()))
         }));
         match first {
-            Ok(Poll::Ready(())) => false,
+            Ok(Poll::Ready(())) => {
+                // Emptied here, its allocation kept for the next request.
+                task.as_mut().set(Slot::Empty);
+                self.spare = Some(task);
+                false
+            }
             Ok(Poll::Pending) => {
                 self.tasks.spawn(task);
                 true
@@ -684,8 +729,11 @@ impl<S: ServeService> quic_h3::Dispatch for Dispatcher<S> {
                     .copied()
                     .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
                     .unwrap_or("(not a string)");
-                task.span()
-                    .in_scope(|| tracing::error!(panic = message, "request handler panicked"));
+                if let Slot::Full { future } = &*task {
+                    future
+                        .span()
+                        .in_scope(|| tracing::error!(panic = message, "request handler panicked"));
+                }
                 // Whatever a drop here may throw stays here too.
                 let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
                     drop(payload);
@@ -695,79 +743,170 @@ impl<S: ServeService> quic_h3::Dispatch for Dispatcher<S> {
             }
         }
     }
+
+    fn idle(&mut self) {
+        self.spare = None;
+    }
 }
 
-/// Runs the service for one request and streams its response, inside the request's
-/// span.
-async fn respond<S: ServeService>(
-    req: IncomingRequest,
-    service: S,
-    recorder: crate::observe::RequestRecorder,
-) {
-    let started = crate::observe::RequestStarted::new(recorder);
-    let IncomingRequest {
-        mut request,
-        responder,
-        datagrams,
-        ..
-    } = req;
-    let upgrade = datagrams.map(|flow| super::connect::Upgrade::offer(&mut request, flow));
-    // The service's calls are made here, not in a function of their own: the request
-    // then moves once, into the call, and the future holds no second copy of it. The
-    // service's clone is dropped once it has answered, not kept while the body
-    // streams.
-    let response = {
-        let mut service = service;
-        match std::future::poll_fn(|cx| service.poll_ready(cx).map_err(Into::into)).await {
-            Ok(()) => service.call(request).await.map_err(Into::into),
-            Err(e) => Err::<_, BoxError>(e),
+pin_project_lite::pin_project! {
+    /// A request's future in an allocation that outlives it.
+    #[project = SlotProj]
+    enum Slot<F> {
+        Empty,
+        Full { #[pin] future: F },
+    }
+}
+
+impl<F: Future<Output = ()>> Future for Slot<F> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        match self.project() {
+            SlotProj::Full { future } => future.poll(cx),
+            SlotProj::Empty => Poll::Ready(()),
         }
-    };
-    let response = match response {
-        Ok(r) => r,
+    }
+}
+
+/// What a request's answer needs besides the response.
+struct Answer {
+    responder: quic_h3::Responder,
+    /// The tunnel offered to an extended CONNECT request.
+    upgrade: Option<super::connect::Upgrade>,
+    started: crate::observe::RequestStarted,
+}
+
+pin_project_lite::pin_project! {
+    /// One request, inside its span: the service's readiness and call, then the
+    /// answer. Written out rather than as an `async fn`, whose future keeps its
+    /// arguments beside every later state and an awaited future beside the locals
+    /// that fed it: here the phases share their room, and the boxed future is as
+    /// large as the largest of them, not their sum.
+    struct Respond<S: ServeService, A> {
+        // Taken when the answer starts.
+        answer: Option<Answer>,
+        make_answer: MakeAnswer<S, A>,
+        #[pin]
+        stage: Stage<S, S::Future, A>,
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = StageProj]
+    enum Stage<S, F, A> {
+        /// Waiting for the service to be ready; the request is taken by its call.
+        Ready { service: S, request: Option<http::Request<RecvBody>> },
+        /// The service's call, until its response. The service's clone is gone by
+        /// then: it is not kept while the call or the body runs.
+        Calling { #[pin] call: F },
+        /// The response on its way.
+        Answering { #[pin] answer: A },
+        Done,
+    }
+}
+
+impl<S: ServeService, A: Future<Output = ()>> Future for Respond<S, A> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut this = self.project();
+        loop {
+            let result = match this.stage.as_mut().project() {
+                StageProj::Ready { service, request } => match service.poll_ready(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Ok(())) => {
+                        let call = request.take().map(|request| service.call(request));
+                        match call {
+                            Some(call) => this.stage.set(Stage::Calling { call }),
+                            None => this.stage.set(Stage::Done),
+                        }
+                        continue;
+                    }
+                    Poll::Ready(Err(e)) => Err(e.into()),
+                },
+                StageProj::Calling { call } => match call.poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(result) => result.map_err(Into::into),
+                },
+                StageProj::Answering { answer } => {
+                    if answer.poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    this.stage.set(Stage::Done);
+                    return Poll::Ready(());
+                }
+                StageProj::Done => return Poll::Ready(()),
+            };
+            match this.answer.take() {
+                Some(ctx) => this.stage.set(Stage::Answering {
+                    answer: (this.make_answer)(result, ctx),
+                }),
+                None => this.stage.set(Stage::Done),
+            }
+        }
+    }
+}
+
+/// Sends the service's response (a 500 for its error) and records the request as
+/// finished. The response's parts are taken apart before the future is made, so the
+/// future holds them once.
+fn answer<B>(
+    result: Result<http::Response<B>, BoxError>,
+    ctx: Answer,
+) -> impl Future<Output = ()> + Send
+where
+    B: HttpBody + Send + 'static,
+    B::Data: Into<Bytes>,
+    B::Error: Into<BoxError>,
+{
+    let Answer {
+        responder,
+        upgrade,
+        started,
+    } = ctx;
+    let (head, body) = match result {
+        Ok(response) => {
+            let (parts, body) = response.into_parts();
+            (http::Response::from_parts(parts, ()), Some(body))
+        }
         Err(e) => {
             tracing::warn!(error = %e, "handler failed");
-            let status = http::StatusCode::INTERNAL_SERVER_ERROR;
-            let mut resp = http::Response::new(());
-            *resp.status_mut() = status;
-            if let Ok(body) = responder.send_response(resp).await {
+            let mut head = http::Response::new(());
+            *head.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
+            (head, None)
+        }
+    };
+    let status = head.status();
+    // An extended CONNECT the handler took: the stream is its tunnel's.
+    let upgrade = upgrade.filter(|u| body.is_some() && u.taken() && status.is_success());
+    async move {
+        if let Some(upgrade) = upgrade {
+            match responder.send_response(head).await {
+                Ok(send) => {
+                    if let Err(send) = upgrade.open(send) {
+                        // The handler stopped waiting: the stream ends cleanly.
+                        let _ = send.finish().await;
+                    }
+                    started.finished(status, &tracing::Span::current());
+                }
+                Err(e) => tracing::debug!(error = %e, "CONNECT response failed"),
+            }
+            return;
+        }
+        let Some(body) = body else {
+            if let Ok(body) = responder.send_response(head).await {
                 let _ = body.finish().await;
             }
             started.finished(status, &tracing::Span::current());
             return;
+        };
+        let result = send_body(responder, head, std::pin::pin!(body)).await;
+        started.finished(status, &tracing::Span::current());
+        match result {
+            Ok(bytes) => tracing::debug!(bytes, "request"),
+            Err(e) => tracing::debug!(error = %e, "request failed"),
         }
-    };
-    let (parts, body) = response.into_parts();
-    let status = parts.status;
-    if let Some(upgrade) = upgrade.filter(|u| u.taken() && status.is_success()) {
-        // An extended CONNECT the handler took: the stream is its tunnel's.
-        let span = tracing::Span::current();
-        match responder
-            .send_response(http::Response::from_parts(parts, ()))
-            .await
-        {
-            Ok(send) => {
-                if let Err(send) = upgrade.open(send) {
-                    // The handler stopped waiting: the stream ends cleanly.
-                    let _ = send.finish().await;
-                }
-                started.finished(status, &span);
-            }
-            Err(e) => tracing::debug!(error = %e, "CONNECT response failed"),
-        }
-        return;
-    }
-    let result = send_body(
-        responder,
-        http::Response::from_parts(parts, ()),
-        std::pin::pin!(body),
-    )
-    .await;
-    let span = tracing::Span::current();
-    started.finished(status, &span);
-    match result {
-        Ok(bytes) => tracing::debug!(bytes, "request"),
-        Err(e) => tracing::debug!(error = %e, "request failed"),
     }
 }
 

@@ -1,0 +1,136 @@
+//! What a server allocates per request, counted by this test binary's allocator: a
+//! request's future is hardly larger than its handler's, a busy connection allocates
+//! it once, not per request, and gives it back once it has no request open.
+
+// The counting allocator below is a `GlobalAlloc`, an unsafe trait; it only counts and
+// hands every call to the system allocator.
+#![allow(unsafe_code)]
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicIsize, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use quay::h3::{Body, ClientH3Driver, H3Settings, Server};
+use quay::io::{ClientParams, ClientTlsConfig, TlsConfig};
+
+/// Bytes the handler's future carries: it makes a request's future far larger than
+/// anything else either side allocates, so allocations of its size are its own.
+const PAD: usize = 40_000;
+
+/// Whether an allocation of `size` bytes is a request's future.
+fn is_request_future(size: usize) -> bool {
+    (PAD..PAD + 8192).contains(&size)
+}
+
+/// Request futures allocated, and those not yet freed; the largest one's size.
+static MADE: AtomicUsize = AtomicUsize::new(0);
+static SIZE: AtomicUsize = AtomicUsize::new(0);
+static LIVE: AtomicIsize = AtomicIsize::new(0);
+
+struct Counting;
+
+// SAFETY: every call goes to `System` with the caller's own arguments; the counters
+// beside it allocate nothing.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if is_request_future(layout.size()) {
+            MADE.fetch_add(1, Ordering::SeqCst);
+            SIZE.fetch_max(layout.size(), Ordering::SeqCst);
+            LIVE.fetch_add(1, Ordering::SeqCst);
+        }
+        // SAFETY: the caller's contract for `alloc` is `System`'s.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        if is_request_future(layout.size()) {
+            LIVE.fetch_sub(1, Ordering::SeqCst);
+        }
+        // SAFETY: `ptr` came from `alloc` above, that is from `System`, with `layout`.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+/// Requests sent together on one connection.
+const REQUESTS: usize = 40;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_connection_reuses_its_request_future_and_an_idle_one_keeps_none() {
+    let identity = TlsConfig::self_signed(&["localhost"]).unwrap();
+    let server = Server::builder()
+        .tls(identity.config)
+        .bind("127.0.0.1:0".parse().unwrap())
+        .unwrap();
+    let addr = server.local_addr();
+    tokio::spawn(server.serve(move |_req| {
+        let pad = [7u8; PAD];
+        async move {
+            // The handler answers at once, in its connection's task.
+            let seven = std::hint::black_box(&pad)[PAD - 1];
+            let body = Bytes::from(vec![seven; 2]);
+            Ok::<_, Infallible>(http::Response::new(Body::from(body)))
+        }
+    }));
+
+    let mut params = ClientParams::new(&[quay::h3::ALPN]);
+    params.tls = ClientTlsConfig::new()
+        .add_root_pem(identity.cert_pem.as_bytes())
+        .unwrap();
+    params.server_name = Some("localhost".into());
+    let (driver, send) = ClientH3Driver::new(H3Settings::default());
+    let conn = quay::io::connect(addr, params, driver).await.unwrap();
+
+    let made_before = MADE.load(Ordering::SeqCst);
+    let mut requests = tokio::task::JoinSet::new();
+    for _ in 0..REQUESTS {
+        let send = send.clone();
+        requests.spawn(async move {
+            let req = http::Request::get("https://localhost/")
+                .body(Bytes::new())
+                .unwrap();
+            let mut resp = send.send(req).await.unwrap();
+            assert_eq!(resp.status(), 200);
+            resp.body_mut().collect(64).await.unwrap()
+        });
+    }
+    let answers = tokio::time::timeout(Duration::from_secs(30), requests.join_all())
+        .await
+        .expect("requests finish");
+    assert_eq!(answers.len(), REQUESTS);
+    assert!(answers.iter().all(|a| a[..] == [7, 7]), "{answers:?}");
+    let made = MADE.load(Ordering::SeqCst) - made_before;
+    println!("{made} request futures allocated for {REQUESTS} requests");
+    assert!(made >= 1, "the requests' futures were counted");
+    // The server's part beside the handler's future: the request's span, what its
+    // answer needs, the phase it is in. Neither the request nor the answer's futures
+    // are kept beside the handler's.
+    let overhead = SIZE.load(Ordering::SeqCst) - PAD;
+    println!("a request's future is its handler's {PAD} bytes and {overhead} more");
+    assert!(
+        overhead < 1024,
+        "{overhead} bytes besides the handler's future"
+    );
+    assert!(
+        made <= REQUESTS / 4,
+        "{made} request futures allocated for {REQUESTS} requests on one connection"
+    );
+
+    // Its requests done, the connection (still open) gives its spare back.
+    let freed = tokio::time::timeout(Duration::from_secs(10), async {
+        while LIVE.load(Ordering::SeqCst) != 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(
+        freed.is_ok(),
+        "{} request futures still allocated on an idle connection",
+        LIVE.load(Ordering::SeqCst)
+    );
+    assert!(!conn.is_closed(), "the connection stayed open");
+}
