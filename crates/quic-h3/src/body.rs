@@ -67,7 +67,8 @@ pub struct RecvBody {
     /// A body that arrived whole before it was handed out: its one chunk.
     whole: Option<Bytes>,
     rx: Option<queue::Receiver<InResult>>,
-    trailers: Option<HeaderMap>,
+    /// Boxed: few bodies have trailers, and every move of a request carries this.
+    trailers: Option<Box<HeaderMap>>,
     done: bool,
     /// Deadlines, when set; boxed, so a body without any costs one pointer.
     timers: Option<Box<Timers>>,
@@ -150,7 +151,7 @@ impl RecvBody {
     /// the peer sent none.
     pub async fn trailers(&mut self) -> Result<Option<HeaderMap>, StreamError> {
         while self.chunk().await?.is_some() {}
-        Ok(self.trailers.take())
+        Ok(self.trailers.take().map(|t| *t))
     }
 
     /// Reads the whole body into memory, up to `limit` bytes.
@@ -206,7 +207,7 @@ impl RecvBody {
         match ready!(polled) {
             Some(Ok(InFrame::Data(d))) => Poll::Ready(Ok(Some(d))),
             Some(Ok(InFrame::Trailers(t))) => {
-                self.trailers = Some(t);
+                self.trailers = Some(Box::new(t));
                 self.done = true;
                 Poll::Ready(Ok(None))
             }
@@ -236,7 +237,7 @@ impl http_body::Body for RecvBody {
             Ok(None) => Poll::Ready(
                 this.trailers
                     .take()
-                    .map(|t| Ok(http_body::Frame::trailers(t))),
+                    .map(|t| Ok(http_body::Frame::trailers(*t))),
             ),
             Err(e) => Poll::Ready(Some(Err(e))),
         }
