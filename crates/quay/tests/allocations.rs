@@ -21,7 +21,7 @@ const PAD: usize = 40_000;
 
 /// Whether an allocation of `size` bytes is a request's future.
 fn is_request_future(size: usize) -> bool {
-    (PAD..PAD + 8192).contains(&size)
+    (PAD..PAD + 4096).contains(&size)
 }
 
 /// Request futures allocated, and those not yet freed; the largest one's size.
@@ -67,10 +67,23 @@ async fn a_busy_connection_reuses_its_request_future_and_an_idle_one_keeps_none(
         .bind("127.0.0.1:0".parse().unwrap())
         .unwrap();
     let addr = server.local_addr();
-    tokio::spawn(server.serve(move |_req| {
+    let release = std::sync::Arc::new(tokio::sync::Notify::new());
+    let released = release.clone();
+    let (entered_tx, entered) = tokio::sync::oneshot::channel::<()>();
+    let entered_tx = std::sync::Arc::new(std::sync::Mutex::new(Some(entered_tx)));
+    tokio::spawn(server.serve(move |req: http::Request<quay::h3::RecvBody>| {
         let pad = [7u8; PAD];
+        let wait = (req.uri().path() == "/wait").then(|| released.clone());
+        if wait.is_some() {
+            if let Some(tx) = entered_tx.lock().unwrap().take() {
+                let _ = tx.send(());
+            }
+        }
         async move {
-            // The handler answers at once, in its connection's task.
+            // Every handler but /wait's answers at once, in its connection's task.
+            if let Some(release) = wait {
+                release.notified().await;
+            }
             let seven = std::hint::black_box(&pad)[PAD - 1];
             let body = Bytes::from(vec![seven; 2]);
             Ok::<_, Infallible>(http::Response::new(Body::from(body)))
@@ -84,19 +97,32 @@ async fn a_busy_connection_reuses_its_request_future_and_an_idle_one_keeps_none(
     params.server_name = Some("localhost".into());
     let (driver, send) = ClientH3Driver::new(H3Settings::default());
     let conn = quay::io::connect(addr, params, driver).await.unwrap();
-
-    let made_before = MADE.load(Ordering::SeqCst);
-    let mut requests = tokio::task::JoinSet::new();
-    for _ in 0..REQUESTS {
+    let get = |path: &'static str| {
         let send = send.clone();
-        requests.spawn(async move {
-            let req = http::Request::get("https://localhost/")
+        async move {
+            let req = http::Request::get(format!("https://localhost{path}"))
                 .body(Bytes::new())
                 .unwrap();
             let mut resp = send.send(req).await.unwrap();
             assert_eq!(resp.status(), 200);
             resp.body_mut().collect(64).await.unwrap()
-        });
+        }
+    };
+
+    let live_before = LIVE.load(Ordering::SeqCst);
+    let made_before = MADE.load(Ordering::SeqCst);
+    // A request that waits keeps the connection busy throughout: its future goes to
+    // a task of its own, in its own allocation.
+    let waiting = tokio::spawn(get("/wait"));
+    let started = tokio::time::timeout(Duration::from_secs(10), entered).await;
+    assert!(
+        matches!(started, Ok(Ok(()))),
+        "the waiting request reached its handler"
+    );
+
+    let mut requests = tokio::task::JoinSet::new();
+    for _ in 0..REQUESTS {
+        requests.spawn(get("/"));
     }
     let answers = tokio::time::timeout(Duration::from_secs(30), requests.join_all())
         .await
@@ -104,8 +130,7 @@ async fn a_busy_connection_reuses_its_request_future_and_an_idle_one_keeps_none(
     assert_eq!(answers.len(), REQUESTS);
     assert!(answers.iter().all(|a| a[..] == [7, 7]), "{answers:?}");
     let made = MADE.load(Ordering::SeqCst) - made_before;
-    println!("{made} request futures allocated for {REQUESTS} requests");
-    assert!(made >= 1, "the requests' futures were counted");
+    println!("{made} request futures allocated for 1 waiting and {REQUESTS} other requests");
     // The server's part beside the handler's future: the request's span, what its
     // answer needs, the phase it is in. Neither the request nor the answer's futures
     // are kept beside the handler's.
@@ -115,14 +140,21 @@ async fn a_busy_connection_reuses_its_request_future_and_an_idle_one_keeps_none(
         overhead < 1024,
         "{overhead} bytes besides the handler's future"
     );
-    assert!(
-        made <= REQUESTS / 4,
-        "{made} request futures allocated for {REQUESTS} requests on one connection"
+    // The waiting request's, and one for all the others.
+    assert_eq!(
+        made, 2,
+        "request futures allocated for 1 waiting and {REQUESTS} other requests on one connection"
     );
 
+    release.notify_one();
+    let answer = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("the waiting request finishes")
+        .unwrap();
+    assert_eq!(answer, [7, 7][..]);
     // Its requests done, the connection (still open) gives its spare back.
     let freed = tokio::time::timeout(Duration::from_secs(10), async {
-        while LIVE.load(Ordering::SeqCst) != 0 {
+        while LIVE.load(Ordering::SeqCst) != live_before {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })
@@ -130,7 +162,7 @@ async fn a_busy_connection_reuses_its_request_future_and_an_idle_one_keeps_none(
     assert!(
         freed.is_ok(),
         "{} request futures still allocated on an idle connection",
-        LIVE.load(Ordering::SeqCst)
+        LIVE.load(Ordering::SeqCst) - live_before
     );
     assert!(!conn.is_closed(), "the connection stayed open");
 }

@@ -114,9 +114,11 @@ pub trait Dispatch: Send + 'static {
     /// the [`Responder`] before returning) is sent in this turn as it is.
     fn dispatch(&mut self, request: IncomingRequest) -> bool;
 
-    /// The connection has no request open: called after a turn's writes, while it
-    /// has none. Memory kept for the next request (a spare allocation) should go
-    /// here, so that an idle connection holds none. Does nothing by default.
+    /// The connection has no request open: called after each turn's writes while it
+    /// has none (so possibly many times in a row: keep it cheap). Memory kept for the
+    /// next request (a spare allocation) should go here, so that an idle connection
+    /// holds none. A task the dispatcher started may still run (its stream reset by
+    /// the peer, say). Does nothing by default.
     fn idle(&mut self) {}
 }
 

@@ -677,37 +677,40 @@ where
             status = tracing::field::Empty,
             ms = tracing::field::Empty,
         );
-        let IncomingRequest {
-            mut request,
-            responder,
-            datagrams,
-            ..
-        } = req;
-        let started = crate::observe::RequestStarted::new(self.recorder.clone());
-        let upgrade = datagrams.map(|flow| super::connect::Upgrade::offer(&mut request, flow));
         // On the heap from the start, so that a task moves a pointer, not the whole
         // future (service state included), through every layer of the spawn.
         let mut task = self.spare.take().unwrap_or_else(|| Box::pin(Slot::Empty));
-        task.as_mut().set(Slot::Full {
-            future: Respond {
-                answer: Some(Answer {
-                    responder,
-                    upgrade,
-                    started,
-                }),
-                make_answer: self.make_answer,
-                stage: Stage::Ready {
-                    service: self.service.clone(),
-                    request: Some(request),
-                },
-            }
-            .instrument(span),
-        });
+        let (service, recorder, make_answer) = (&self.service, &self.recorder, self.make_answer);
         // Most handlers answer without waiting (their body, if any, came with the
         // head): run the first step here, and such a request needs no task, and its
         // answer leaves in this turn's packets. A step that waits registers no
-        // waker that matters: the task polls it again as it starts.
+        // waker that matters: the task polls it again as it starts. What the
+        // application's code runs here (the service's clone, readiness and call, the
+        // metrics recorder) runs under `catch_unwind`.
         let first = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let IncomingRequest {
+                mut request,
+                responder,
+                datagrams,
+                ..
+            } = req;
+            let started = crate::observe::RequestStarted::new(recorder.clone());
+            let upgrade = datagrams.map(|flow| super::connect::Upgrade::offer(&mut request, flow));
+            task.as_mut().set(Slot::Full {
+                future: Respond {
+                    stage: Stage::Ready {
+                        service: service.clone(),
+                        request: Some(request),
+                    },
+                    answer: Some(Answer {
+                        responder,
+                        upgrade,
+                        started,
+                    }),
+                    make_answer,
+                }
+                .instrument(span),
+            });
             task.as_mut().poll(&mut Context::from_waker(Waker::noop()))
         }));
         match first {
@@ -729,10 +732,11 @@ where
                     .copied()
                     .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
                     .unwrap_or("(not a string)");
-                if let Slot::Full { future } = &*task {
-                    future
+                match &*task {
+                    Slot::Full { future } => future
                         .span()
-                        .in_scope(|| tracing::error!(panic = message, "request handler panicked"));
+                        .in_scope(|| tracing::error!(panic = message, "request handler panicked")),
+                    Slot::Empty => tracing::error!(panic = message, "request handler panicked"),
                 }
                 // Whatever a drop here may throw stays here too.
                 let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
@@ -784,11 +788,13 @@ pin_project_lite::pin_project! {
     /// that fed it: here the phases share their room, and the boxed future is as
     /// large as the largest of them, not their sum.
     struct Respond<S: ServeService, A> {
+        // First, so that a request dropped before its end drops its call (and the
+        // request it holds) before its responder resets the stream.
+        #[pin]
+        stage: Stage<S, S::Future, A>,
         // Taken when the answer starts.
         answer: Option<Answer>,
         make_answer: MakeAnswer<S, A>,
-        #[pin]
-        stage: Stage<S, S::Future, A>,
     }
 }
 
@@ -816,6 +822,9 @@ impl<S: ServeService, A: Future<Output = ()>> Future for Respond<S, A> {
                 StageProj::Ready { service, request } => match service.poll_ready(cx) {
                     Poll::Pending => return Poll::Pending,
                     Poll::Ready(Ok(())) => {
+                        // The request is there unless a call took it and panicked
+                        // (a task polled again after that ends quietly: the
+                        // responder's drop resets the stream).
                         let call = request.take().map(|request| service.call(request));
                         match call {
                             Some(call) => this.stage.set(Stage::Calling { call }),
@@ -838,6 +847,8 @@ impl<S: ServeService, A: Future<Output = ()>> Future for Respond<S, A> {
                 }
                 StageProj::Done => return Poll::Ready(()),
             };
+            // The answer's context is there: it is taken only here, once. (Readiness
+            // failed: the request goes with the stage now, before the 500 leaves.)
             match this.answer.take() {
                 Some(ctx) => this.stage.set(Stage::Answering {
                     answer: (this.make_answer)(result, ctx),
@@ -849,8 +860,8 @@ impl<S: ServeService, A: Future<Output = ()>> Future for Respond<S, A> {
 }
 
 /// Sends the service's response (a 500 for its error) and records the request as
-/// finished. The response's parts are taken apart before the future is made, so the
-/// future holds them once.
+/// finished. The response is taken apart before the future is made, so the future
+/// holds its head and body, not the whole response beside them.
 fn answer<B>(
     result: Result<http::Response<B>, BoxError>,
     ctx: Answer,
