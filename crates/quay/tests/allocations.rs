@@ -74,10 +74,10 @@ async fn a_busy_connection_reuses_its_request_future_and_an_idle_one_keeps_none(
     tokio::spawn(server.serve(move |req: http::Request<quay::h3::RecvBody>| {
         let pad = [7u8; PAD];
         let wait = (req.uri().path() == "/wait").then(|| released.clone());
-        if wait.is_some() {
-            if let Some(tx) = entered_tx.lock().unwrap().take() {
-                let _ = tx.send(());
-            }
+        if wait.is_some()
+            && let Some(tx) = entered_tx.lock().unwrap().take()
+        {
+            let _ = tx.send(());
         }
         async move {
             // Every handler but /wait's answers at once, in its connection's task.
