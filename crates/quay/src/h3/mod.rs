@@ -7,6 +7,7 @@ pub use body::Body;
 mod client;
 pub use client::{Client, ClientBuilder, ClientError, RedirectPolicy, ResponseExt};
 
+mod dispatch;
 mod in_flight;
 mod server;
 pub use server::{BoxError, Handler, ServeError, Server, ServerBuilder, TlsReloader};

@@ -1,0 +1,457 @@
+//! A request's life on the server, inside its connection's task and then, if it
+//! waits, in a task of its own: the dispatcher that takes it from the HTTP/3 driver,
+//! the future that runs the service and sends its answer, and the slot that future
+//! lives in.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+
+use bytes::Bytes;
+use http_body::Body as HttpBody;
+use quic_h3::{IncomingRequest, RecvBody, StreamError};
+use tracing::Instrument;
+
+use super::BoxError;
+
+/// What the server runs for each request: a tower `Service` with the bounds
+/// [`Server::serve_service`](super::Server::serve_service) states, written once here
+/// (the blanket impl). Its errors become [`BoxError`]s as they come out, before any
+/// await, so they need not be `Send`.
+pub(super) trait ServeService: Clone + Send + 'static {
+    /// The response body.
+    type Body: HttpBody<Data: Into<Bytes>, Error: Into<BoxError>> + Send + 'static;
+    /// What the service fails with.
+    type Error: Into<BoxError>;
+    /// The response, on its way.
+    type Future: Future<Output = Result<http::Response<Self::Body>, Self::Error>> + Send + 'static;
+    /// Whether the service can take a request now.
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>>;
+    /// Takes a request, once ready.
+    fn call(&mut self, req: http::Request<RecvBody>) -> Self::Future;
+}
+
+impl<S, B> ServeService for S
+where
+    S: tower_service::Service<http::Request<RecvBody>, Response = http::Response<B>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: HttpBody + Send + 'static,
+    B::Data: Into<Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Body = B;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        tower_service::Service::poll_ready(self, cx)
+    }
+
+    fn call(&mut self, req: http::Request<RecvBody>) -> S::Future {
+        tower_service::Service::call(self, req)
+    }
+}
+
+/// Takes a connection's requests inside its task. It runs the service's first step
+/// for each request there, in the request's span; a request that is not finished by
+/// then goes on in a task of its own.
+struct Dispatcher<S: ServeService, A> {
+    service: S,
+    recorder: crate::observe::RequestRecorder,
+    tasks: super::in_flight::Spawner,
+    /// The requests whose tasks may run at once
+    /// ([`H3Settings::max_pending_requests`](quic_h3::H3Settings::max_pending_requests)).
+    limit: usize,
+    make_answer: MakeAnswer<S, A>,
+    /// The allocation of a request finished in its first step, for the next one: a
+    /// busy connection allocates a request's future once, not per request. Given
+    /// back when the connection has no request open.
+    spare: Option<Pin<Box<RequestSlot<S, A>>>>,
+}
+
+/// The dispatcher of one connection: its requests go to clones of `service`, at most
+/// `limit` of them at once in tasks of their own, started through `tasks`.
+pub(super) fn dispatcher<S: ServeService>(
+    service: S,
+    tasks: super::in_flight::Spawner,
+    limit: usize,
+) -> impl quic_h3::Dispatch {
+    Dispatcher {
+        service,
+        recorder: crate::observe::RequestRecorder::new(),
+        tasks,
+        limit,
+        make_answer: answer::<S::Body>,
+        spare: None,
+    }
+}
+
+/// Starts a request's answer: [`answer`], for the service's body type.
+type MakeAnswer<S, A> =
+    fn(Result<http::Response<<S as ServeService>::Body>, BoxError>, Answer) -> A;
+
+/// The allocation a request's future lives in.
+type RequestSlot<S, A> = Slot<tracing::instrument::Instrumented<Respond<S, A>>>;
+
+impl<S, A> quic_h3::Dispatch for Dispatcher<S, A>
+where
+    S: ServeService,
+    A: Future<Output = ()> + Send + 'static,
+{
+    fn has_room(&self) -> bool {
+        // Past the shutdown deadline the set is gone: refused, a client may retry.
+        self.tasks.has_room(self.limit)
+    }
+
+    fn dispatch(&mut self, req: IncomingRequest) -> bool {
+        // A child of the connection's span, in which the driver runs.
+        let span = tracing::info_span!(
+            "request",
+            method = %req.request.method(),
+            path = req.request.uri().path(),
+            status = tracing::field::Empty,
+            ms = tracing::field::Empty,
+        );
+        // On the heap from the start, so that a task moves a pointer, not the whole
+        // future (service state included), through every layer of the spawn.
+        let mut task = self.spare.take().unwrap_or_else(|| Box::pin(Slot::Empty));
+        let (service, recorder, make_answer) = (&self.service, &self.recorder, self.make_answer);
+        // Most handlers answer without waiting (their body, if any, came with the
+        // head): run the first step here, and such a request needs no task, and its
+        // answer leaves in this turn's packets. A step that waits registers no
+        // waker that matters: the task polls it again as it starts. What the
+        // application's code runs here (the service's clone, readiness and call, the
+        // metrics recorder) runs under `catch_unwind`.
+        let first = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let IncomingRequest {
+                mut request,
+                responder,
+                datagrams,
+                ..
+            } = req;
+            let started = crate::observe::RequestStarted::new(recorder.clone());
+            let upgrade = datagrams.map(|flow| super::connect::Upgrade::offer(&mut request, flow));
+            task.as_mut().set(Slot::Full {
+                future: Respond {
+                    stage: Stage::Ready {
+                        service: service.clone(),
+                        request: Some(request),
+                    },
+                    answer: Some(Answer {
+                        responder,
+                        upgrade,
+                        started,
+                    }),
+                    make_answer,
+                }
+                .instrument(span),
+            });
+            task.as_mut().poll(&mut Context::from_waker(Waker::noop()))
+        }));
+        match first {
+            Ok(Poll::Ready(())) => {
+                // Emptied here, its allocation kept for the next request.
+                task.as_mut().set(Slot::Empty);
+                self.spare = Some(task);
+                false
+            }
+            Ok(Poll::Pending) => {
+                self.tasks.spawn(task);
+                true
+            }
+            Err(payload) => {
+                // As in a task of its own, a panic ends only its request: the
+                // responder, dropped with the future, resets the stream.
+                let message = payload
+                    .downcast_ref::<&str>()
+                    .copied()
+                    .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+                    .unwrap_or("(not a string)");
+                match &*task {
+                    Slot::Full { future } => future
+                        .span()
+                        .in_scope(|| tracing::error!(panic = message, "request handler panicked")),
+                    Slot::Empty => tracing::error!(panic = message, "request handler panicked"),
+                }
+                // Whatever a drop here may throw stays here too.
+                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+                    drop(payload);
+                    drop(task);
+                }));
+                false
+            }
+        }
+    }
+
+    fn idle(&mut self) {
+        self.spare = None;
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request's future in an allocation that outlives it.
+    #[project = SlotProj]
+    enum Slot<F> {
+        Empty,
+        Full { #[pin] future: F },
+    }
+}
+
+impl<F: Future<Output = ()>> Future for Slot<F> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        match self.project() {
+            SlotProj::Full { future } => future.poll(cx),
+            SlotProj::Empty => Poll::Ready(()),
+        }
+    }
+}
+
+/// What a request's answer needs besides the response.
+struct Answer {
+    responder: quic_h3::Responder,
+    /// The tunnel offered to an extended CONNECT request.
+    upgrade: Option<super::connect::Upgrade>,
+    started: crate::observe::RequestStarted,
+}
+
+pin_project_lite::pin_project! {
+    /// One request, inside its span: the service's readiness and call, then the
+    /// answer. Written out rather than as an `async fn`, whose future keeps its
+    /// arguments beside every later state and an awaited future beside the locals
+    /// that fed it: here the phases share their room, and the boxed future is as
+    /// large as the largest of them, not their sum.
+    struct Respond<S: ServeService, A> {
+        // First, so that a request dropped before its end drops its call (and the
+        // request it holds) before its responder resets the stream.
+        #[pin]
+        stage: Stage<S, S::Future, A>,
+        // Taken when the answer starts.
+        answer: Option<Answer>,
+        make_answer: MakeAnswer<S, A>,
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = StageProj]
+    enum Stage<S, F, A> {
+        /// Waiting for the service to be ready; the request is taken by its call.
+        Ready { service: S, request: Option<http::Request<RecvBody>> },
+        /// The service's call, until its response. The service's clone is gone by
+        /// then: it is not kept while the call or the body runs.
+        Calling { #[pin] call: F },
+        /// The response on its way.
+        Answering { #[pin] answer: A },
+        Done,
+    }
+}
+
+impl<S: ServeService, A: Future<Output = ()>> Future for Respond<S, A> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut this = self.project();
+        loop {
+            let result = match this.stage.as_mut().project() {
+                StageProj::Ready { service, request } => match service.poll_ready(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Ok(())) => {
+                        // The request is there unless a call took it and panicked
+                        // (a task polled again after that ends quietly: the
+                        // responder's drop resets the stream).
+                        let call = request.take().map(|request| service.call(request));
+                        match call {
+                            Some(call) => this.stage.set(Stage::Calling { call }),
+                            None => this.stage.set(Stage::Done),
+                        }
+                        continue;
+                    }
+                    Poll::Ready(Err(e)) => Err(e.into()),
+                },
+                StageProj::Calling { call } => match call.poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(result) => result.map_err(Into::into),
+                },
+                StageProj::Answering { answer } => {
+                    if answer.poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    this.stage.set(Stage::Done);
+                    return Poll::Ready(());
+                }
+                StageProj::Done => return Poll::Ready(()),
+            };
+            // The answer's context is there: it is taken only here, once. (Readiness
+            // failed: the request goes with the stage now, before the 500 leaves.)
+            match this.answer.take() {
+                Some(ctx) => this.stage.set(Stage::Answering {
+                    answer: (this.make_answer)(result, ctx),
+                }),
+                None => this.stage.set(Stage::Done),
+            }
+        }
+    }
+}
+
+/// Sends the service's response (a 500 for its error) and records the request as
+/// finished. The response is taken apart before the future is made, so the future
+/// holds its head and body, not the whole response beside them.
+fn answer<B>(
+    result: Result<http::Response<B>, BoxError>,
+    ctx: Answer,
+) -> impl Future<Output = ()> + Send
+where
+    B: HttpBody + Send + 'static,
+    B::Data: Into<Bytes>,
+    B::Error: Into<BoxError>,
+{
+    let Answer {
+        responder,
+        upgrade,
+        started,
+    } = ctx;
+    let (head, body) = match result {
+        Ok(response) => {
+            let (parts, body) = response.into_parts();
+            (http::Response::from_parts(parts, ()), Some(body))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "handler failed");
+            let mut head = http::Response::new(());
+            *head.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
+            (head, None)
+        }
+    };
+    let status = head.status();
+    // An extended CONNECT the handler took: the stream is its tunnel's.
+    let upgrade = upgrade.filter(|u| body.is_some() && u.taken() && status.is_success());
+    async move {
+        if let Some(upgrade) = upgrade {
+            match responder.send_response(head).await {
+                Ok(send) => {
+                    if let Err(send) = upgrade.open(send) {
+                        // The handler stopped waiting: the stream ends cleanly.
+                        let _ = send.finish().await;
+                    }
+                    started.finished(status, &tracing::Span::current());
+                }
+                Err(e) => tracing::debug!(error = %e, "CONNECT response failed"),
+            }
+            return;
+        }
+        let Some(body) = body else {
+            if let Ok(body) = responder.send_response(head).await {
+                let _ = body.finish().await;
+            }
+            started.finished(status, &tracing::Span::current());
+            return;
+        };
+        let result = send_body(responder, head, std::pin::pin!(body)).await;
+        started.finished(status, &tracing::Span::current());
+        match result {
+            Ok(bytes) => tracing::debug!(bytes, "request"),
+            Err(e) => tracing::debug!(error = %e, "request failed"),
+        }
+    }
+}
+
+/// Sends the response: `body` is pinned by the caller, so that it is not copied into
+/// this function's future.
+async fn send_body<B>(
+    responder: quic_h3::Responder,
+    head: http::Response<()>,
+    mut body: Pin<&mut B>,
+) -> Result<u64, StreamError>
+where
+    B: HttpBody,
+    B::Data: Into<Bytes>,
+    B::Error: Into<BoxError>,
+{
+    // A body whose first frame is ready and ends it (a complete body, as most are)
+    // leaves with the head in one step; otherwise the head goes out at once and the
+    // body follows as it comes.
+    let first = match body
+        .as_mut()
+        .poll_frame(&mut Context::from_waker(Waker::noop()))
+    {
+        Poll::Ready(frame) => next_of(frame),
+        Poll::Pending => None,
+    };
+    let mut first = match first {
+        Some(Next::End) => {
+            responder
+                .send_whole_response(head.map(|()| Bytes::new()))
+                .await?;
+            return Ok(0);
+        }
+        Some(Next::Data(data)) if body.is_end_stream() => {
+            let bytes = data.len() as u64;
+            responder.send_whole_response(head.map(|()| data)).await?;
+            return Ok(bytes);
+        }
+        other => other,
+    };
+    let mut out = responder.send_response(head).await?;
+    let mut bytes = 0u64;
+    loop {
+        let next = match first.take() {
+            Some(next) => next,
+            // Frames are taken apart before any await: the body's own data and error
+            // types need not be `Send`.
+            None => match next_of(std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await) {
+                Some(next) => next,
+                None => continue,
+            },
+        };
+        match next {
+            Next::End => {
+                out.finish().await?;
+                return Ok(bytes);
+            }
+            Next::Data(data) => {
+                if data.is_empty() {
+                    continue;
+                }
+                bytes += data.len() as u64;
+                out.send_data(data).await?;
+            }
+            Next::Trailers(trailers) => {
+                out.send_trailers(trailers).await?;
+                return Ok(bytes);
+            }
+            Next::Failed(e) => {
+                // Dropping `out` resets the stream: the client sees the body failed.
+                tracing::warn!(error = %e, "response body failed");
+                return Err(StreamError::Cancelled);
+            }
+        }
+    }
+}
+
+/// What a polled body frame means for the response; `None` for a frame of a kind
+/// this server does not know, which is skipped.
+fn next_of<D: Into<Bytes>, E: Into<BoxError>>(
+    frame: Option<Result<http_body::Frame<D>, E>>,
+) -> Option<Next> {
+    Some(match frame {
+        None => Next::End,
+        Some(Ok(frame)) => match frame.into_data() {
+            Ok(data) => Next::Data(data.into()),
+            Err(frame) => Next::Trailers(frame.into_trailers().ok()?),
+        },
+        Some(Err(e)) => Next::Failed(e.into()),
+    })
+}
+
+/// One step of a response body.
+enum Next {
+    End,
+    Data(Bytes),
+    Trailers(http::HeaderMap),
+    Failed(BoxError),
+}
