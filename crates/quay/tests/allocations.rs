@@ -12,8 +12,10 @@ use std::sync::atomic::{AtomicIsize, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use quay::h3::{Body, ClientH3Driver, H3Settings, Server};
-use quay::io::{ClientParams, ClientTlsConfig, TlsConfig};
+use quay::h3::{Body, Server};
+use quay::io::TlsConfig;
+
+mod common;
 
 /// Bytes the handler's future carries: it makes a request's future far larger than
 /// anything else either side allocates, so allocations of its size are its own.
@@ -90,23 +92,10 @@ async fn a_busy_connection_reuses_its_request_future_and_an_idle_one_keeps_none(
         }
     }));
 
-    let mut params = ClientParams::new(&[quay::h3::ALPN]);
-    params.tls = ClientTlsConfig::new()
-        .add_root_pem(identity.cert_pem.as_bytes())
-        .unwrap();
-    params.server_name = Some("localhost".into());
-    let (driver, send) = ClientH3Driver::new(H3Settings::default());
-    let conn = quay::io::connect(addr, params, driver).await.unwrap();
+    let (conn, send) = common::connect(addr, &identity.cert_pem).await;
     let get = |path: &'static str| {
         let send = send.clone();
-        async move {
-            let req = http::Request::get(format!("https://localhost{path}"))
-                .body(Bytes::new())
-                .unwrap();
-            let mut resp = send.send(req).await.unwrap();
-            assert_eq!(resp.status(), 200);
-            resp.body_mut().collect(64).await.unwrap()
-        }
+        async move { common::get(&send, path).await.unwrap() }
     };
 
     let live_before = LIVE.load(Ordering::SeqCst);

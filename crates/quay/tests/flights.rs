@@ -7,8 +7,10 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use bytes::Bytes;
-use quay::h3::{Body, ClientH3Driver, H3Settings, Server};
-use quay::io::{ClientParams, ClientTlsConfig, QuicSettings, TlsConfig};
+use quay::h3::{Body, Server};
+use quay::io::{QuicSettings, TlsConfig};
+
+mod common;
 
 const REQUESTS: usize = 100;
 
@@ -63,13 +65,7 @@ async fn server_packets(settings: QuicSettings, wait: bool) -> usize {
         Ok::<_, Infallible>(http::Response::new(Body::from(Bytes::from_static(b"ok"))))
     }));
 
-    let mut params = ClientParams::new(&[quay::h3::ALPN]);
-    params.tls = ClientTlsConfig::new()
-        .add_root_pem(identity.cert_pem.as_bytes())
-        .unwrap();
-    params.server_name = Some("localhost".into());
-    let (driver, send) = ClientH3Driver::new(H3Settings::default());
-    let conn = quay::io::connect(addr, params, driver).await.unwrap();
+    let (conn, send) = common::connect(addr, &identity.cert_pem).await;
 
     let run = async {
         // Warm up: the handshake's tail (HANDSHAKE_DONE, tickets, SETTINGS) is over

@@ -6,8 +6,11 @@ use std::time::Duration;
 use std::net::SocketAddr;
 
 use bytes::Bytes;
-use quay::h3::{Body, ClientH3Driver, H3Settings, SendRequest, Server};
-use quay::io::{ClientParams, ClientTlsConfig, ConnectionHandle, TlsConfig};
+use quay::h3::{Body, H3Settings, Server};
+use quay::io::TlsConfig;
+
+mod common;
+use common::connect;
 
 /// A server on a socket bound here, its address and its certificate (PEM).
 fn server() -> (Server, SocketAddr, String) {
@@ -25,18 +28,6 @@ fn server_with(h3: H3Settings) -> (Server, SocketAddr, String) {
         .bind_socket(socket)
         .unwrap();
     (server, addr, identity.cert_pem)
-}
-
-/// An HTTP/3 connection to `addr`, trusting `cert_pem`.
-async fn connect(addr: SocketAddr, cert_pem: &str) -> (ConnectionHandle, SendRequest) {
-    let mut params = ClientParams::new(&[quay::h3::ALPN]);
-    params.tls = ClientTlsConfig::new()
-        .add_root_pem(cert_pem.as_bytes())
-        .unwrap();
-    params.server_name = Some("localhost".into());
-    let (driver, send) = ClientH3Driver::new(H3Settings::default());
-    let conn = quay::io::connect(addr, params, driver).await.unwrap();
-    (conn, send)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -160,14 +151,7 @@ async fn a_connection_runs_at_most_max_pending_requests_handlers_and_refuses_mor
     let (_conn, send) = connect(addr, &cert_pem).await;
     let get = |path: &'static str| {
         let send = send.clone();
-        async move {
-            let req = http::Request::get(format!("https://localhost{path}"))
-                .body(Bytes::new())
-                .unwrap();
-            let mut resp = send.send(req).await?;
-            assert_eq!(resp.status(), 200);
-            resp.body_mut().collect(64).await
-        }
+        async move { common::get(&send, path).await }
     };
     let waiting: Vec<_> = (0..2).map(|_| tokio::spawn(get("/wait"))).collect();
     for _ in 0..2 {

@@ -6,8 +6,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use quay::h3::{ClientH3Driver, H3Code, H3Settings, ServerH3Driver};
-use quay::io::{ClientParams, ClientTlsConfig, ServerParams, TlsConfig};
+use quay::h3::{H3Code, H3Settings, ServerH3Driver};
+use quay::io::{ServerParams, TlsConfig};
+
+mod common;
 
 /// Forwards datagrams between one client and a server; while `blackhole` is in the
 /// future, drops what the server sends.
@@ -87,13 +89,7 @@ async fn listener_shutdown_waits_for_the_last_response_bytes_to_be_acknowledged(
             .await
     });
 
-    let mut params = ClientParams::new(&[quay::h3::ALPN]);
-    params.tls = ClientTlsConfig::new()
-        .add_root_pem(identity.cert_pem.as_bytes())
-        .unwrap();
-    params.server_name = Some("localhost".into());
-    let (driver, send) = ClientH3Driver::new(H3Settings::default());
-    let _conn = quay::io::connect(relay.addr, params, driver).await.unwrap();
+    let (_conn, send) = common::connect(relay.addr, &identity.cert_pem).await;
     let req = http::Request::get("https://localhost/big")
         .body(Bytes::new())
         .unwrap();
