@@ -1,10 +1,12 @@
 //! `cargo xtask bench`: the field's scenarios against quay's `h3-server` and, with
-//! `--vs`, the same routes on tokio-quiche and quinn (`bench/peers/`, a workspace of
-//! its own) and on ngtcp2's `gtlsserver` (Debian's, serving files), all driven by
-//! `quay-load`, with each server's CPU time and memory read from `/proc`.
+//! `--vs`, the same routes on tokio-quiche, quinn and the least server that drives
+//! quiche (`bench/peers/`, a workspace of its own) and on ngtcp2's `gtlsserver`
+//! (Debian's, serving files), all driven by `quay-load`, with each server's CPU time
+//! and memory read from `/proc`.
 //!
 //! The server runs on core 0 and the load generator on core 1 (`taskset`, when there
-//! are two cores or more), but in the scenarios where they share every core. Each cell runs `--runs` times, the servers taking turns
+//! are two cores or more), but in the scenarios where they share every core. Each cell
+//! runs `--runs` times, the servers taking turns
 //! (quay, peer, quay, peer, ...) so that drift of the machine hits both alike; the
 //! report gives the median with min and max, and quay/peer ratios taken per run pair.
 //! Results: `target/bench/results.json`, `report.md` and SVG charts.
@@ -36,10 +38,12 @@ usage: cargo xtask bench [--scenario NAME]... [--runs N] [--quick] [--vs PEER]..
   --runs      runs per cell (default 5; --quick: 1)
   --quick     seconds, one run each, quay only, debug build: proves the harness
               works (part of `cargo xtask test`); its figures mean nothing
-  --vs        a peer server to compare with: tokio-quiche, quinn (repeatable; built
-              from bench/peers/ in release mode, the first build takes minutes), or
-              ngtcp2 (Debian's gtlsserver, installed with apt-get when missing,
-              serving files from target/bench/htdocs)
+  --vs        a peer server to compare with: tokio-quiche, quinn, quiche-floor
+              (the least tokio server on quiche: what driving quiche costs
+              without any library around it) (repeatable; built from bench/peers/
+              in release mode, the first build takes minutes), or ngtcp2 (Debian's
+              gtlsserver, installed with apt-get when missing, serving files from
+              target/bench/htdocs)
 ";
 
 struct Args {
@@ -75,7 +79,7 @@ fn parse(args: &[String]) -> Result<Args> {
                 let peer = value()?;
                 if !PEERS.iter().any(|(n, _)| *n == peer) && peer != NGTCP2 {
                     return Err(format!(
-                        "unknown peer `{peer}`; known: tokio-quiche quinn {NGTCP2}"
+                        "unknown peer `{peer}`; known: tokio-quiche quinn quiche-floor {NGTCP2}"
                     ));
                 }
                 if !a.vs.contains(&peer) {
@@ -125,7 +129,11 @@ enum Flavour {
 }
 
 /// The peers `--vs` knows: name and binary in `bench/peers/`.
-const PEERS: [(&str, &str); 2] = [("tokio-quiche", "tq-server"), ("quinn", "quinn-server")];
+const PEERS: [(&str, &str); 3] = [
+    ("tokio-quiche", "tq-server"),
+    ("quinn", "quinn-server"),
+    ("quiche-floor", "floor-server"),
+];
 
 /// The peer `--vs` installs from Debian rather than builds.
 const NGTCP2: &str = "ngtcp2";
