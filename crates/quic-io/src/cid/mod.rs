@@ -123,12 +123,19 @@ impl ConnectionIdGenerator for ShardIds {
 }
 
 /// The secret from which stateless reset tokens are derived, one token per connection
-/// ID (RFC 9000 §10.3.2): HMAC-SHA256(key, cid), first 16 bytes.
+/// ID (RFC 9000 §10.3.2): HMAC-SHA256(key, label || cid), first 16 bytes.
 ///
 /// Endpoints that share a key (for example the processes behind one load balancer, or
 /// a restarted server) can reset each other's connections; keep it secret.
 #[derive(Clone)]
-pub struct ResetKey([u8; 32]);
+pub struct ResetKey {
+    /// Keyed, with the label taken in: each token costs a copy of it and the hash of
+    /// one connection ID, not the key's schedule again.
+    keyed: Hmac<Sha256>,
+}
+
+/// What every token's input starts with.
+const RESET_LABEL: &[u8] = b"quay stateless reset";
 
 impl std::fmt::Debug for ResetKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -141,19 +148,20 @@ impl ResetKey {
     pub fn random() -> Self {
         let mut key = [0u8; 32];
         random_bytes(&mut key);
-        Self(key)
+        Self::from_bytes(key)
     }
 
     /// A key from 32 secret bytes.
     pub fn from_bytes(key: [u8; 32]) -> Self {
-        Self(key)
+        let mut keyed =
+            Hmac::<Sha256>::new_from_slice(&key).expect("HMAC takes keys of any length");
+        keyed.update(RESET_LABEL);
+        Self { keyed }
     }
 
     /// The stateless reset token for `cid`.
     pub fn token(&self, cid: &[u8]) -> [u8; 16] {
-        let mut mac =
-            Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes keys of any length");
-        mac.update(b"quay stateless reset");
+        let mut mac = self.keyed.clone();
         mac.update(cid);
         let full = mac.finalize().into_bytes();
         let mut token = [0u8; 16];
@@ -165,6 +173,23 @@ impl ResetKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_token_is_the_hmac_of_the_label_and_the_cid() {
+        // Endpoints that share a key must agree on every token, whatever version of
+        // this code each runs: the token is fixed by the key and the CID alone.
+        let key = [9u8; 32];
+        let cid = [0x5a; 16];
+        let mut mac = Hmac::<Sha256>::new_from_slice(&key).unwrap();
+        mac.update(b"quay stateless reset");
+        mac.update(&cid);
+        let full = mac.finalize().into_bytes();
+        assert_eq!(ResetKey::from_bytes(key).token(&cid), full[..16]);
+        assert_eq!(
+            ResetKey::from_bytes(key).token(&cid),
+            ResetKey::from_bytes(key).clone().token(&cid)
+        );
+    }
 
     #[test]
     fn tokens_differ_per_cid_and_per_key() {
