@@ -1,6 +1,6 @@
 //! HTTP/3 requests through the in-memory harness: both drivers, quiche and the
-//! request/response handles, without sockets. A GET for 4 KB, one at a time and 100
-//! at once.
+//! request/response handles, without sockets. A GET for 4 KB, one at a time (bare,
+//! and with the fields a browser sends) and 100 at once.
 
 use std::hint::black_box;
 use std::time::Duration;
@@ -9,6 +9,10 @@ use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use quic_app::testing::{Pair, PairConfig};
 use quic_h3::{ClientH3Driver, H3Settings, RequestStream, SendRequest, ServerH3Driver};
+
+#[path = "../tests/it/browser_fields.rs"]
+mod browser_fields;
+use browser_fields::BROWSER_FIELDS;
 
 const LIMIT: Duration = Duration::from_secs(30);
 const RESPONSE: usize = 4096;
@@ -31,6 +35,19 @@ async fn get(send: &SendRequest) -> usize {
     let req = http::Request::get("https://localhost/bytes/4096")
         .body(Bytes::new())
         .unwrap();
+    fetch(send, req).await
+}
+
+/// A GET with the fields a browser sends on a navigation.
+async fn get_browser(send: &SendRequest) -> usize {
+    let mut req = http::Request::get("https://localhost/bytes/4096");
+    for (name, value) in BROWSER_FIELDS {
+        req = req.header(name, value);
+    }
+    fetch(send, req.body(Bytes::new()).unwrap()).await
+}
+
+async fn fetch(send: &SendRequest, req: http::Request<Bytes>) -> usize {
     let mut resp = send.send(req).await.expect("response");
     resp.body_mut().collect(RESPONSE).await.expect("body").len()
 }
@@ -41,7 +58,11 @@ fn requests(c: &mut Criterion) {
         .build()
         .expect("runtime");
     let (client, send) = ClientH3Driver::new(H3Settings::default());
-    let (server, requests) = ServerH3Driver::new(H3Settings::default());
+    // One connection carries every iteration's requests: far more than the default
+    // limit per connection, which would end it mid-run.
+    let mut settings = H3Settings::default();
+    settings.max_requests_per_connection = None;
+    let (server, requests) = ServerH3Driver::new(settings);
     // Streams are spent per request: allow plenty for all iterations.
     let config = PairConfig::new(quic_h3::ALPN).configure(|c| {
         c.set_initial_max_streams_bidi(1_000_000);
@@ -58,6 +79,14 @@ fn requests(c: &mut Criterion) {
     group.bench_function("get_4KB_one_at_a_time", |b| {
         b.iter(|| {
             let n = rt.block_on(pair.run_with(LIMIT, get(&send))).expect("run");
+            black_box(n)
+        })
+    });
+    group.bench_function("get_4KB_browser_fields_one_at_a_time", |b| {
+        b.iter(|| {
+            let n = rt
+                .block_on(pair.run_with(LIMIT, get_browser(&send)))
+                .expect("run");
             black_box(n)
         })
     });

@@ -1,6 +1,6 @@
 //! Conversions between `http` types and HTTP/3 field lists (RFC 9114 §4.3).
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use quiche::h3::{HeaderRef, NameValue};
@@ -279,11 +279,14 @@ fn split_fields<'a, F: NameValue>(
     mut pseudo: impl FnMut(&'a [u8], &'a [u8]) -> Result<(), &'static str>,
 ) -> Result<HeaderMap, &'static str> {
     // Sized for the regular fields only: a head with none allocates no map.
-    let regular = list
+    let (regular, value_bytes) = list
         .iter()
         .filter(|f| f.name().first() != Some(&b':'))
-        .count();
+        .fold((0, 0), |(n, len), f| (n + 1, len + f.value().len()));
     let mut headers = HeaderMap::with_capacity(regular);
+    // Two values or more share one buffer (one allocation and its shared count),
+    // rather than one allocation each.
+    let mut values = (regular > 1).then(|| BytesMut::with_capacity(value_bytes));
     let mut regular_seen = false;
     for field in list {
         let (name, value) = (field.name(), field.value());
@@ -302,8 +305,14 @@ fn split_fields<'a, F: NameValue>(
         if CONNECTION_SPECIFIC.contains(&name.as_str()) {
             return Err("connection-specific field");
         }
-        let value = HeaderValue::from_maybe_shared(Bytes::copy_from_slice(value))
-            .map_err(|_| "invalid field value")?;
+        let value = match values.as_mut() {
+            Some(values) => {
+                values.extend_from_slice(value);
+                values.split_to(value.len()).freeze()
+            }
+            None => Bytes::copy_from_slice(value),
+        };
+        let value = HeaderValue::from_maybe_shared(value).map_err(|_| "invalid field value")?;
         headers.append(name, value);
     }
     Ok(headers)
@@ -312,6 +321,43 @@ fn split_fields<'a, F: NameValue>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_heads_field_values_share_one_buffer() {
+        let list = [
+            h(":method", "GET"),
+            h(":scheme", "https"),
+            h(":authority", "example.org"),
+            h(":path", "/"),
+            h("accept", "text/html"),
+            h("user-agent", "test/1.0"),
+            h("accept-language", "en"),
+            h("x-empty", ""),
+            h("cookie", "a=1"),
+        ];
+        let parts = parse_request(&list).unwrap();
+        let values: Vec<&[u8]> = [
+            "accept",
+            "user-agent",
+            "accept-language",
+            "x-empty",
+            "cookie",
+        ]
+        .iter()
+        .map(|n| parts.headers[*n].as_bytes())
+        .collect();
+        assert_eq!(values, [&b"text/html"[..], b"test/1.0", b"en", b"", b"a=1"]);
+        // Each value follows the one before it in the same buffer.
+        for pair in values.windows(2) {
+            assert_eq!(
+                pair[0].as_ptr_range().end,
+                pair[1].as_ptr(),
+                "{:?} and {:?} are neighbours",
+                pair[0],
+                pair[1]
+            );
+        }
+    }
 
     fn h(n: &str, v: &str) -> quiche::h3::Header {
         quiche::h3::Header::new(n.as_bytes(), v.as_bytes())

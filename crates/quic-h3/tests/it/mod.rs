@@ -1,3 +1,4 @@
+mod browser_fields;
 mod drain;
 mod extended;
 mod hardening;

@@ -4,6 +4,7 @@ use quic_app::testing::{Pair, PairConfig};
 use quic_app::{AppError, ApplicationOverQuic, CloseReason, HandshakeInfo, QuicConnection};
 use quic_h3::{H3Code, H3Settings, StreamError};
 
+use super::browser_fields::BROWSER_FIELDS;
 use super::util::{LIMIT, pair, pattern, read_to_end, sha256};
 
 /// Serves every request by echoing its body back, with the request's trailers (if
@@ -785,4 +786,55 @@ async fn a_turn_of_many_heads_makes_the_next_read_between_datagrams() {
     drop(send);
     drop(pair);
     assert_eq!(held.await.unwrap(), 9);
+}
+
+#[tokio::test]
+async fn a_browsers_request_head_arrives_whole() {
+    let (mut pair, send, requests) = pair(H3Settings::default());
+    let server = tokio::spawn(async move {
+        let mut requests = requests;
+        let first = requests.next().await.unwrap();
+        let resp = http::Response::builder()
+            .status(StatusCode::OK)
+            .body(())
+            .unwrap();
+        let out = first.responder.send_response(resp).await.unwrap();
+        out.finish().await.unwrap();
+        let req = requests.next().await.unwrap();
+        let fields: Vec<(String, String)> = req
+            .request
+            .headers()
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_str().unwrap().to_owned()))
+            .collect();
+        let resp = http::Response::builder()
+            .status(StatusCode::OK)
+            .body(())
+            .unwrap();
+        let out = req.responder.send_response(resp).await.unwrap();
+        out.finish().await.unwrap();
+        fields
+    });
+    let status = pair
+        .run_with(LIMIT, async {
+            let plain = http::Request::get("https://localhost/")
+                .body(Bytes::new())
+                .unwrap();
+            assert_eq!(send.send(plain).await.unwrap().status(), StatusCode::OK);
+            let mut req = http::Request::get("https://localhost/");
+            for (name, value) in BROWSER_FIELDS {
+                req = req.header(name, value);
+            }
+            let resp = send.send(req.body(Bytes::new()).unwrap()).await.unwrap();
+            resp.status()
+        })
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK);
+    let fields = server.await.unwrap();
+    let expected: Vec<(String, String)> = BROWSER_FIELDS
+        .iter()
+        .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+        .collect();
+    assert_eq!(fields, expected);
 }
