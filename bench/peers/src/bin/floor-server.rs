@@ -25,6 +25,10 @@ use tokio::net::UdpSocket;
 /// The largest datagram quiche is given or asked for.
 const MAX_DATAGRAM: usize = 1500;
 
+/// The most bytes one GSO send may carry: the kernel's limit on a UDP datagram before
+/// segmentation, less headers.
+const MAX_GSO_BYTES: usize = 65_000;
+
 /// One connection and what its requests still have to send.
 struct Client {
     conn: quiche::Connection,
@@ -96,6 +100,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     config.discover_pmtu(true);
     config.set_max_recv_udp_payload_size(1500);
     config.set_curves_list("X25519MLKEM768:X25519:P-256:P-384")?;
+    config.enable_pacing(false);
     let h3_config = h3::Config::new()?;
     println!("listening on {local}");
 
@@ -104,7 +109,10 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     let state = UdpSocketState::new(UdpSockRef::from(&socket))?;
     let chunk = (state.gro_segments() * MAX_DATAGRAM).min(u16::MAX as usize);
     let mut buf = vec![0u8; chunk * BATCH_SIZE];
-    let segments = state.max_gso_segments().max(1);
+    // A GSO send carries at most 64 KiB (less headers) whatever the segment count.
+    let segments = state
+        .max_gso_segments()
+        .clamp(1, MAX_GSO_BYTES / MAX_DATAGRAM);
     let mut out = vec![0u8; MAX_DATAGRAM * segments];
     let mut scratch = vec![0u8; 65_536];
     let mut next_id = seed();
@@ -492,7 +500,11 @@ async fn send(
                     return;
                 }
             }
-            Err(_) => return,
+            Err(e) => {
+                // Lost, as on a network: quiche sends it again.
+                eprintln!("send to {to} failed: {e}");
+                return;
+            }
         }
     }
 }
