@@ -79,12 +79,38 @@ pub fn route(method: &[u8], path: &[u8]) -> Route {
     Route::NotFound
 }
 
+/// The route of a request head as quiche hands it over (`:method` and `:path` among
+/// its fields).
+pub fn route_of_fields<F: quiche::h3::NameValue>(fields: &[F]) -> Route {
+    let (mut method, mut path): (&[u8], &[u8]) = (b"", b"");
+    for f in fields {
+        match f.name() {
+            b":method" => method = f.value(),
+            b":path" => path = f.value(),
+            _ => {}
+        }
+    }
+    route(method, path)
+}
+
 /// Response bodies are slices of this.
 pub static FILL: [u8; 1 << 16] = [0x71; 1 << 16];
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_head_is_routed_by_its_method_and_path() {
+        use quiche::h3::Header;
+        let head = [
+            Header::new(b":method", b"POST"),
+            Header::new(b":scheme", b"https"),
+            Header::new(b":path", b"/bytes/7"),
+        ];
+        assert_eq!(route_of_fields(&head), Route::Bytes(7));
+        assert_eq!(route_of_fields(&head[1..]), Route::NotFound);
+    }
 
     #[test]
     fn routes() {

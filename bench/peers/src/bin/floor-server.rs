@@ -15,8 +15,8 @@ use std::io::IoSliceMut;
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use quay_bench_peers::{Args, FILL, Route, route};
-use quiche::h3::{self, HeaderRef, NameValue};
+use quay_bench_peers::{Args, FILL, Route, route_of_fields};
+use quiche::h3::{self, HeaderRef};
 use quiche::{ConnectionId, RecvInfo};
 use quinn_udp::{BATCH_SIZE, RecvMeta, Transmit, UdpSockRef, UdpSocketState};
 use tokio::io::Interest;
@@ -231,15 +231,7 @@ fn answer(client: &mut Client, config: &h3::Config, scratch: &mut [u8]) {
     loop {
         match h3.poll(conn) {
             Ok((id, h3::Event::Headers { list, more_frames })) => {
-                let (mut method, mut path): (&[u8], &[u8]) = (b"", b"");
-                for h in &list {
-                    match h.name() {
-                        b":method" => method = h.value(),
-                        b":path" => path = h.value(),
-                        _ => {}
-                    }
-                }
-                let route = route(method, path);
+                let route = route_of_fields(&list);
                 if more_frames {
                     client.reading.insert(id, (route, 0));
                 } else {

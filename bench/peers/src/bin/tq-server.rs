@@ -3,8 +3,8 @@
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
-use quay_bench_peers::{Args, FILL, Route, route};
-use quiche::h3::{Header, NameValue};
+use quay_bench_peers::{Args, FILL, Route, route_of_fields};
+use quiche::h3::Header;
 use tokio::net::UdpSocket;
 use tokio_quiche::http3::driver::{
     H3Event, InboundFrame, IncomingH3Headers, OutboundFrame, OutboundFrameSender, ServerH3Event,
@@ -66,15 +66,7 @@ async fn serve(req: IncomingH3Headers) {
         read_fin,
         ..
     } = req;
-    let (mut method, mut path): (&[u8], &[u8]) = (b"", b"");
-    for h in &headers {
-        match h.name() {
-            b":method" => method = h.value(),
-            b":path" => path = h.value(),
-            _ => {}
-        }
-    }
-    let route = route(method, path);
+    let route = route_of_fields(&headers);
     let mut received = 0u64;
     if !read_fin {
         while let Some(frame) = rx.recv().await {
