@@ -158,7 +158,14 @@ pub async fn handle(
         _ => status(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
     };
     if head {
-        let (parts, _) = resp.into_parts();
+        let (mut parts, body) = resp.into_parts();
+        // The length GET would send, which the server adds only to a body it sends.
+        if let Some(n) = http_body::Body::size_hint(&body).exact()
+            && parts.status.is_success()
+            && !parts.headers.contains_key(http::header::CONTENT_LENGTH)
+        {
+            parts.headers.insert(http::header::CONTENT_LENGTH, n.into());
+        }
         return Ok(Response::from_parts(
             parts,
             RouteBody::Full(quay::h3::Body::empty()),
@@ -188,10 +195,8 @@ fn status(code: StatusCode, text: &'static str) -> Response<RouteBody> {
 fn bytes_route(n: &str) -> Response<RouteBody> {
     match n.parse::<u64>() {
         Ok(n) if n <= MAX_BYTES => {
-            let mut r = ok(RouteBody::Pattern(n));
-            r.headers_mut()
-                .insert(http::header::CONTENT_LENGTH, n.into());
-            r
+            // Its size is exact: the server sends it as the `content-length`.
+            ok(RouteBody::Pattern(n))
         }
         _ => status(
             StatusCode::BAD_REQUEST,

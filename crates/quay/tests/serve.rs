@@ -273,3 +273,84 @@ async fn a_handler_that_answers_at_once_runs_in_its_connections_task() {
     assert_ne!(seen[2].1, seen[3].1);
     serving.abort();
 }
+
+/// A body sent in several frames that states `size` as its exact size.
+struct Stated {
+    frames: Vec<Bytes>,
+    size: u64,
+}
+
+impl http_body::Body for Stated {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        let next = (!self.frames.is_empty()).then(|| self.frames.remove(0));
+        std::task::Poll::Ready(next.map(|data| Ok(http_body::Frame::data(data))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.frames.is_empty()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.size)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_of_stated_size_gets_its_content_length_and_must_keep_to_it() {
+    let (server, addr, cert_pem) = server();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(server.serve_with_graceful_shutdown(
+        |req: http::Request<quay::h3::RecvBody>| async move {
+            let frames = vec![Bytes::from_static(b"ab"); 3];
+            let (frames, size) = match req.uri().path() {
+                "/six" => (frames, 6),
+                "/short" => (frames, 10),
+                "/long" => (frames, 4),
+                _ => (vec![Bytes::from_static(b"whole")], 5),
+            };
+            Ok::<_, Infallible>(http::Response::new(Stated { frames, size }))
+        },
+        async {
+            let _ = stop_rx.await;
+        },
+        Duration::from_secs(5),
+    ));
+    let (_conn, send) = connect(addr, &cert_pem).await;
+    let get = |path: &str| {
+        let req = http::Request::get(format!("https://localhost{path}"))
+            .body(Bytes::new())
+            .unwrap();
+        send.send(req)
+    };
+    // In one frame: it leaves whole, its length counted by the driver.
+    let mut resp = get("/whole").await.unwrap();
+    assert_eq!(resp.headers()[http::header::CONTENT_LENGTH], "5");
+    assert_eq!(resp.body_mut().collect(64).await.unwrap(), "whole");
+    // In three frames: the length it states.
+    let mut resp = get("/six").await.unwrap();
+    assert_eq!(resp.headers()[http::header::CONTENT_LENGTH], "6");
+    assert_eq!(resp.body_mut().collect(64).await.unwrap(), "ababab");
+    // Fewer or more bytes than it stated: the server resets the stream (rather than
+    // leave the client to find the body malformed), after at most the stated bytes.
+    for path in ["/short", "/long"] {
+        let outcome = match get(path).await {
+            Ok(mut resp) => resp.body_mut().collect(64).await.map(|b| b.to_vec()),
+            Err(e) => Err(e),
+        };
+        assert!(
+            matches!(outcome, Err(quay::h3::StreamError::Reset(_))),
+            "{path}: {outcome:?}"
+        );
+    }
+    stop_tx.send(()).unwrap();
+    let result = tokio::time::timeout(Duration::from_secs(10), serving)
+        .await
+        .unwrap();
+    assert!(result.unwrap().is_ok());
+}

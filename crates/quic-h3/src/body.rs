@@ -38,7 +38,8 @@ pub(crate) enum OutFrame {
     /// A response head (server): informational (1xx) or final.
     Response(http::response::Parts),
     /// A final response head with its whole body (server): the stream ends with it.
-    Whole(http::response::Parts, Bytes),
+    /// With `true`, the head gains a `content-length` of the body's size.
+    Whole(http::response::Parts, Bytes, bool),
     Data(Bytes),
     /// The last data of the body: DATA and the stream's end together. Made by the
     /// driver from `Data` with `Finish` queued behind it, never by a handle.

@@ -51,12 +51,32 @@ fn extended_protocol(parts: &http::request::Parts) -> Option<&str> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Protocol(pub String);
 
-/// The field list of a response head, borrowed from it.
-pub(crate) fn response_fields(parts: &http::response::Parts) -> Fields<'_> {
-    let mut out = Fields::with_capacity(1 + parts.headers.len());
+/// The field list of a response head, borrowed from it; with `length` (its digits
+/// written into `digits`), a `content-length` field after the head's own.
+pub(crate) fn response_fields<'a>(
+    parts: &'a http::response::Parts,
+    length: Option<u64>,
+    digits: &'a mut itoa::Buffer,
+) -> Fields<'a> {
+    let mut out = Fields::with_capacity(2 + parts.headers.len());
     out.push(HeaderRef::new(b":status", parts.status.as_str().as_bytes()));
     push_fields(&mut out, &parts.headers);
+    if let Some(n) = length {
+        out.push(HeaderRef::new(
+            b"content-length",
+            digits.format(n).as_bytes(),
+        ));
+    }
     out
+}
+
+/// Whether a final response with this status may carry content, and so a
+/// `content-length` that counts it: not a 204 or 304 (RFC 9110 §8.6, §15.3.5,
+/// §15.4.5), nor an informational one.
+pub(crate) fn may_carry_length(status: StatusCode) -> bool {
+    !status.is_informational()
+        && status != StatusCode::NO_CONTENT
+        && status != StatusCode::NOT_MODIFIED
 }
 
 /// The field list of a trailer section, borrowed from it.

@@ -246,6 +246,10 @@ pub struct EarlyData;
 #[derive(Debug)]
 pub struct Responder {
     tx: queue::Sender<OutFrame>,
+    /// Whether a whole response may gain the `content-length` it lacks: not one to
+    /// HEAD, whose `content-length` counts a body that is not sent (RFC 9110 §9.3.2),
+    /// nor to CONNECT, whose 2xx has none (§9.3.6).
+    sized: bool,
 }
 
 impl Responder {
@@ -281,9 +285,23 @@ impl Responder {
         Ok(SendBody::new(self.tx))
     }
 
+    /// Whether a final response with this status and these fields may be given a
+    /// `content-length`: it has none, it does not answer a HEAD or CONNECT request,
+    /// and its status is not 204 or 304. [`send_whole_response`](Self::send_whole_response)
+    /// adds one to such a response; a sender of a body of known size may do the same.
+    pub fn may_add_length(&self, status: http::StatusCode, headers: &http::HeaderMap) -> bool {
+        self.sized
+            && crate::headers::may_carry_length(status)
+            && !headers.contains_key(http::header::CONTENT_LENGTH)
+    }
+
     /// Sends the final response with its whole body, which ends the stream: the same
     /// as [`send_response`](Self::send_response), the body sent, then
     /// [`finish`](SendBody::finish), in one step.
+    ///
+    /// A response without a `content-length` gets one, the body's size, unless it
+    /// answers a HEAD or CONNECT request or its status is 204 or 304; one the response
+    /// has is sent as it is.
     pub async fn send_whole_response(
         self,
         response: http::Response<bytes::Bytes>,
@@ -294,8 +312,9 @@ impl Responder {
             ));
         }
         let (parts, body) = response.into_parts();
+        let sized = self.may_add_length(parts.status, &parts.headers);
         self.tx
-            .send(OutFrame::Whole(parts, body))
+            .send(OutFrame::Whole(parts, body, sized))
             .await
             .map_err(|_| StreamError::Cancelled)
     }
@@ -554,7 +573,10 @@ impl sealed::Sealed for ServerHooks {
             // The last request this connection takes: drain after it.
             self.pending = Some(ServerCommand::GoAway);
         }
-        let responder = Responder { tx: out_tx };
+        let responder = Responder {
+            tx: out_tx,
+            sized: parts.method != http::Method::HEAD && parts.method != http::Method::CONNECT,
+        };
         match body {
             Some(body) => self.hand_off(
                 core,

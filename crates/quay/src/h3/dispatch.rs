@@ -364,7 +364,7 @@ where
 /// this function's future.
 async fn send_body<B>(
     responder: quic_h3::Responder,
-    head: http::Response<()>,
+    mut head: http::Response<()>,
     mut body: Pin<&mut B>,
 ) -> Result<u64, StreamError>
 where
@@ -372,6 +372,8 @@ where
     B::Data: Into<Bytes>,
     B::Error: Into<BoxError>,
 {
+    // Taken before any frame: the size of the whole body, when it states one.
+    let size = body.size_hint().exact();
     // A body whose first frame is ready and ends it (a complete body, as most are)
     // leaves with the head in one step; otherwise the head goes out at once and the
     // body follows as it comes.
@@ -396,6 +398,13 @@ where
         }
         other => other,
     };
+    // A body that states its exact size gets it as its `content-length`, which it
+    // must then keep to: more or fewer bytes reset the stream.
+    let declared = size.filter(|_| responder.may_add_length(head.status(), head.headers()));
+    if let Some(n) = declared {
+        head.headers_mut()
+            .insert(http::header::CONTENT_LENGTH, n.into());
+    }
     let mut out = responder.send_response(head).await?;
     let mut bytes = 0u64;
     loop {
@@ -408,17 +417,26 @@ where
                 None => continue,
             },
         };
+        let ends = matches!(next, Next::End | Next::Trailers(_));
+        if let Next::Data(data) = &next {
+            bytes += data.len() as u64;
+        }
+        if let Some(n) = declared
+            && (bytes > n || (ends && bytes < n))
+        {
+            // Dropping `out` resets the stream: the client sees the body failed.
+            tracing::warn!(size_hint = n, bytes, "response body broke its size hint");
+            return Err(StreamError::Cancelled);
+        }
         match next {
             Next::End => {
                 out.finish().await?;
                 return Ok(bytes);
             }
             Next::Data(data) => {
-                if data.is_empty() {
-                    continue;
+                if !data.is_empty() {
+                    out.send_data(data).await?;
                 }
-                bytes += data.len() as u64;
-                out.send_data(data).await?;
             }
             Next::Trailers(trailers) => {
                 out.send_trailers(trailers).await?;

@@ -656,9 +656,11 @@ fn write_head(
     conn: &mut QuicConnection,
     id: u64,
     parts: &http::response::Parts,
+    length: Option<u64>,
     head_sent: &mut bool,
 ) -> Head {
-    let fields = response_fields(parts);
+    let mut digits = itoa::Buffer::new();
+    let fields = response_fields(parts, length, &mut digits);
     let r = if *head_sent {
         h3.send_additional_headers(conn, id, &fields, false, false)
     } else {
@@ -719,16 +721,19 @@ fn write_frame(
     head_sent: &mut bool,
 ) -> Written {
     match frame {
-        OutFrame::Response(parts) => match write_head(h3, conn, id, &parts, head_sent) {
+        OutFrame::Response(parts) => match write_head(h3, conn, id, &parts, None, head_sent) {
             Head::Sent => Written::All { ends: false },
             Head::Blocked => Written::Blocked(OutFrame::Response(parts)),
             Head::Failed => Written::Failed,
         },
-        OutFrame::Whole(parts, data) => match write_head(h3, conn, id, &parts, head_sent) {
-            Head::Sent => write_data(h3, conn, id, data, true),
-            Head::Blocked => Written::Blocked(OutFrame::Whole(parts, data)),
-            Head::Failed => Written::Failed,
-        },
+        OutFrame::Whole(parts, data, sized) => {
+            let length = sized.then_some(data.len() as u64);
+            match write_head(h3, conn, id, &parts, length, head_sent) {
+                Head::Sent => write_data(h3, conn, id, data, true),
+                Head::Blocked => Written::Blocked(OutFrame::Whole(parts, data, sized)),
+                Head::Failed => Written::Failed,
+            }
+        }
         OutFrame::Data(data) => write_data(h3, conn, id, data, false),
         OutFrame::LastData(data) => write_data(h3, conn, id, data, true),
         OutFrame::Trailers(trailers) => {

@@ -72,6 +72,77 @@ async fn a_request_and_its_response_carry_method_uri_headers_and_body() {
 }
 
 #[tokio::test]
+async fn a_whole_response_gains_the_content_length_of_its_body() {
+    let (mut pair, send, requests) = pair(H3Settings::default());
+    tokio::spawn(async move {
+        let mut requests = requests;
+        while let Some(req) = requests.next().await {
+            let mut resp = http::Response::new(Bytes::new());
+            match req.request.uri().path() {
+                "/hello" => *resp.body_mut() = Bytes::from_static(b"hello"),
+                "/own" => {
+                    *resp.body_mut() = Bytes::from_static(b"hello");
+                    resp.headers_mut()
+                        .insert(http::header::CONTENT_LENGTH, HeaderValue::from_static("5"));
+                }
+                "/no-content" => *resp.status_mut() = StatusCode::NO_CONTENT,
+                "/not-modified" => *resp.status_mut() = StatusCode::NOT_MODIFIED,
+                _ => {}
+            }
+            if req.request.method() == Method::HEAD {
+                resp.body_mut().clear();
+            }
+            req.responder.send_whole_response(resp).await.unwrap();
+        }
+    });
+    let got = pair
+        .run_with(LIMIT, async {
+            let mut out = Vec::new();
+            for (method, path) in [
+                (Method::GET, "/hello"),
+                (Method::GET, "/empty"),
+                (Method::GET, "/own"),
+                (Method::GET, "/no-content"),
+                (Method::GET, "/not-modified"),
+                (Method::HEAD, "/hello"),
+            ] {
+                let req = http::Request::builder()
+                    .method(method.clone())
+                    .uri(format!("https://localhost{path}"))
+                    .body(Bytes::new())
+                    .unwrap();
+                let mut resp = send.send(req).await.unwrap();
+                let lengths: Vec<HeaderValue> = resp
+                    .headers()
+                    .get_all(http::header::CONTENT_LENGTH)
+                    .iter()
+                    .cloned()
+                    .collect();
+                let body = resp.body_mut().collect(1024).await.unwrap();
+                out.push((format!("{method} {path}"), lengths, body));
+            }
+            out
+        })
+        .await
+        .unwrap();
+    let expect: [(&str, &[&str], &[u8]); 6] = [
+        ("GET /hello", &["5"], b"hello"),
+        ("GET /empty", &["0"], b""),
+        // The handler's own is kept, not repeated.
+        ("GET /own", &["5"], b"hello"),
+        ("GET /no-content", &[], b""),
+        ("GET /not-modified", &[], b""),
+        // After HEAD a content-length counts the body GET would have: none is made up.
+        ("HEAD /hello", &[], b""),
+    ];
+    for ((what, lengths, body), (want, want_lengths, want_body)) in got.iter().zip(expect) {
+        assert_eq!(what, want);
+        assert_eq!(lengths, want_lengths, "{what}");
+        assert_eq!(body, want_body, "{what}");
+    }
+}
+
+#[tokio::test]
 async fn whole_responses_arrive_intact_large_or_empty() {
     let (mut pair, send, requests) = pair(H3Settings::default());
     // Larger than the stream's flow control window: the body leaves in parts, the
