@@ -150,7 +150,8 @@ pub(crate) fn parse_request_with(
     let mut authority = None;
     let mut path = None;
     let mut protocol = None;
-    let headers = split_fields(list, |name, value| {
+    // The path's bytes go into the buffer of the field values, if there is one.
+    let (headers, rest) = split_fields_keeping(list, b":path", |name, value| {
         let slot = match name {
             b":method" => &mut method,
             b":scheme" => &mut scheme,
@@ -221,7 +222,14 @@ pub(crate) fn parse_request_with(
             b"http" => Scheme::HTTP,
             other => Scheme::try_from(other).map_err(invalid_target)?,
         });
-        uri.path_and_query = Some(PathAndQuery::try_from(path).map_err(invalid_target)?);
+        let path_and_query = match rest {
+            Some(mut rest) => {
+                rest.extend_from_slice(path);
+                PathAndQuery::from_maybe_shared(rest.freeze())
+            }
+            None => PathAndQuery::try_from(path),
+        };
+        uri.path_and_query = Some(path_and_query.map_err(invalid_target)?);
         if let Some(a) = authority {
             uri.authority = Some(last.parse(a).map_err(invalid_target)?);
         }
@@ -296,17 +304,33 @@ pub(crate) fn parse_trailers(list: &[impl NameValue]) -> Result<HeaderMap, &'sta
 /// pseudo-headers come first (RFC 9114 §4.3) and names are valid lowercase tokens.
 fn split_fields<'a, F: NameValue>(
     list: &'a [F],
-    mut pseudo: impl FnMut(&'a [u8], &'a [u8]) -> Result<(), &'static str>,
+    pseudo: impl FnMut(&'a [u8], &'a [u8]) -> Result<(), &'static str>,
 ) -> Result<HeaderMap, &'static str> {
+    split_fields_keeping(list, b"", pseudo).map(|(headers, _)| headers)
+}
+
+/// [`split_fields`], keeping room for the value of the pseudo-header named `keep`
+/// (none if it is empty or absent): two values or more, that one counted, share one
+/// buffer (one allocation and its shared count) rather than one allocation each, and
+/// the rest of that buffer, with the room kept, comes back beside the fields.
+fn split_fields_keeping<'a, F: NameValue>(
+    list: &'a [F],
+    keep: &[u8],
+    mut pseudo: impl FnMut(&'a [u8], &'a [u8]) -> Result<(), &'static str>,
+) -> Result<(HeaderMap, Option<BytesMut>), &'static str> {
+    let (mut regular, mut value_bytes, mut kept) = (0, 0, 0);
+    for f in list {
+        if f.name().first() != Some(&b':') {
+            regular += 1;
+            value_bytes += f.value().len();
+        } else if kept == 0 && !keep.is_empty() && f.name() == keep {
+            kept = f.value().len();
+        }
+    }
     // Sized for the regular fields only: a head with none allocates no map.
-    let (regular, value_bytes) = list
-        .iter()
-        .filter(|f| f.name().first() != Some(&b':'))
-        .fold((0, 0), |(n, len), f| (n + 1, len + f.value().len()));
     let mut headers = HeaderMap::with_capacity(regular);
-    // Two values or more share one buffer (one allocation and its shared count),
-    // rather than one allocation each.
-    let mut values = (regular > 1).then(|| BytesMut::with_capacity(value_bytes));
+    let mut values =
+        (regular + usize::from(kept > 0) > 1).then(|| BytesMut::with_capacity(value_bytes + kept));
     let mut regular_seen = false;
     for field in list {
         let (name, value) = (field.name(), field.value());
@@ -335,7 +359,7 @@ fn split_fields<'a, F: NameValue>(
         let value = HeaderValue::from_maybe_shared(value).map_err(|_| "invalid field value")?;
         headers.append(name, value);
     }
-    Ok(headers)
+    Ok((headers, values))
 }
 
 #[cfg(test)]
@@ -376,6 +400,35 @@ mod tests {
                 pair[0],
                 pair[1]
             );
+        }
+    }
+
+    #[test]
+    fn a_requests_path_shares_the_buffer_of_its_field_values() {
+        let list = [
+            h(":method", "POST"),
+            h(":scheme", "https"),
+            h(":authority", "example.org"),
+            h(":path", "/bytes/4096?x=1"),
+            h("content-length", "512"),
+        ];
+        let parts = parse_request(&list).unwrap();
+        let value = parts.headers["content-length"].as_bytes();
+        let path = parts.uri.path_and_query().unwrap().as_str();
+        assert_eq!((value, path), (&b"512"[..], "/bytes/4096?x=1"));
+        assert_eq!(
+            value.as_ptr_range().end,
+            path.as_ptr(),
+            "the path follows the value"
+        );
+        // Without a regular field, the path is copied on its own; an invalid one is
+        // refused either way.
+        let parts = parse_request(&list[..4]).unwrap();
+        assert_eq!(parts.uri.path_and_query().unwrap(), "/bytes/4096?x=1");
+        for list in [&list[..], &list[..4]] {
+            let mut list = list.to_vec();
+            list[3] = h(":path", "/a b");
+            assert_eq!(parse_request(&list).unwrap_err(), "invalid request target");
         }
     }
 
