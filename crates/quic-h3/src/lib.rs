@@ -82,6 +82,9 @@ pub use headers::Protocol;
 /// The connection a request arrived on; every request's extensions hold one.
 pub use quic_app::ConnectionInfo;
 
+mod response;
+pub use response::SendResponse;
+
 mod server;
 pub use server::{
     Dispatch, EarlyData, IncomingRequest, RequestStream, Responder, ServerControl, ServerH3Driver,

@@ -285,6 +285,27 @@ impl Responder {
         Ok(SendBody::new(self.tx))
     }
 
+    /// Sends a final response whose body is any [`http_body::Body`]: the head, then
+    /// the body's frames as it yields them and the stream's queue takes them, then its
+    /// trailers or its end. The future resolves to the number of body bytes sent.
+    ///
+    /// A body that ends with its first frame (a complete body, as most are) leaves with
+    /// the head in one step, as with [`send_whole_response`](Self::send_whole_response),
+    /// and gains a `content-length` as that does. A longer body that states its exact
+    /// size ([`size_hint`](http_body::Body::size_hint)) gets that size as its
+    /// `content-length` where [`may_add_length`](Self::may_add_length) allows, and must
+    /// keep to it: more or fewer bytes reset the stream, as does a body error. A body
+    /// not ready at once does not hold its head back.
+    pub fn send_body_response<B>(self, response: http::Response<B>) -> crate::SendResponse<B>
+    where
+        B: http_body::Body,
+        B::Data: Into<bytes::Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let sized = self.may_add_length(response.status(), response.headers());
+        crate::SendResponse::new(self.tx, sized, response)
+    }
+
     /// Whether a final response with this status and these fields may be given a
     /// `content-length`: it has none, it does not answer a HEAD or CONNECT request,
     /// and its status is not 204 or 304. [`send_whole_response`](Self::send_whole_response)

@@ -9,7 +9,7 @@ use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 use http_body::Body as HttpBody;
-use quic_h3::{IncomingRequest, RecvBody, StreamError};
+use quic_h3::{IncomingRequest, RecvBody};
 use tracing::Instrument;
 
 use super::BoxError;
@@ -298,13 +298,60 @@ impl<S: ServeService, A: Future<Output = ()>> Future for Respond<S, A> {
     }
 }
 
-/// Sends the service's response (a 500 for its error) and records the request as
-/// finished. The response is taken apart before the future is made, so the future
-/// holds its head and body, not the whole response beside them.
-fn answer<B>(
-    result: Result<http::Response<B>, BoxError>,
-    ctx: Answer,
-) -> impl Future<Output = ()> + Send
+pin_project_lite::pin_project! {
+    /// A request's answer: the service's response on its way out, then the request
+    /// recorded as finished. Written out, like [`Respond`]: a response complete at
+    /// once leaves in the step that made it, with no future of its own.
+    #[project = AnsweringProj]
+    pub(super) enum Answering<B> {
+        /// The response, its body streamed as it comes.
+        Sending {
+            #[pin]
+            send: quic_h3::SendResponse<B>,
+            started: Option<crate::observe::RequestStarted>,
+            status: http::StatusCode,
+        },
+        /// The rare ones (a 500 for the service's error, an extended CONNECT's tunnel),
+        /// boxed so that they do not widen every request's future.
+        Other { future: Pin<Box<dyn Future<Output = ()> + Send>> },
+    }
+}
+
+impl<B> Future for Answering<B>
+where
+    B: HttpBody,
+    B::Data: Into<Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        match self.project() {
+            AnsweringProj::Sending {
+                send,
+                started,
+                status,
+            } => {
+                let Poll::Ready(result) = send.poll(cx) else {
+                    return Poll::Pending;
+                };
+                if let Some(started) = started.take() {
+                    started.finished(*status, &tracing::Span::current());
+                }
+                match result {
+                    Ok(bytes) => tracing::debug!(bytes, "request"),
+                    Err(e) => tracing::debug!(error = %e, "request failed"),
+                }
+                Poll::Ready(())
+            }
+            AnsweringProj::Other { future } => future.as_mut().poll(cx),
+        }
+    }
+}
+
+/// Starts sending the service's response (a 500 for its error); the request is
+/// recorded as finished once it is out.
+fn answer<B>(result: Result<http::Response<B>, BoxError>, ctx: Answer) -> Answering<B>
 where
     B: HttpBody + Send + 'static,
     B::Data: Into<Bytes>,
@@ -315,23 +362,32 @@ where
         upgrade,
         started,
     } = ctx;
-    let (head, body) = match result {
-        Ok(response) => {
-            let (parts, body) = response.into_parts();
-            (http::Response::from_parts(parts, ()), Some(body))
-        }
+    let response = match result {
+        Ok(response) => response,
         Err(e) => {
             tracing::warn!(error = %e, "handler failed");
             let mut head = http::Response::new(());
             *head.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
-            (head, None)
+            let future = async move {
+                if let Ok(body) = responder.send_response(head).await {
+                    let _ = body.finish().await;
+                }
+                started.finished(
+                    http::StatusCode::INTERNAL_SERVER_ERROR,
+                    &tracing::Span::current(),
+                );
+            };
+            return Answering::Other {
+                future: Box::pin(future),
+            };
         }
     };
-    let status = head.status();
+    let status = response.status();
     // An extended CONNECT the handler took: the stream is its tunnel's.
-    let upgrade = upgrade.filter(|u| body.is_some() && u.taken() && status.is_success());
-    async move {
-        if let Some(upgrade) = upgrade {
+    if let Some(upgrade) = upgrade.filter(|u| u.taken() && status.is_success()) {
+        let (parts, _) = response.into_parts();
+        let head = http::Response::from_parts(parts, ());
+        let future = async move {
             match responder.send_response(head).await {
                 Ok(send) => {
                     if let Err(send) = upgrade.open(send) {
@@ -342,134 +398,14 @@ where
                 }
                 Err(e) => tracing::debug!(error = %e, "CONNECT response failed"),
             }
-            return;
-        }
-        let Some(body) = body else {
-            if let Ok(body) = responder.send_response(head).await {
-                let _ = body.finish().await;
-            }
-            started.finished(status, &tracing::Span::current());
-            return;
         };
-        let result = send_body(responder, head, std::pin::pin!(body)).await;
-        started.finished(status, &tracing::Span::current());
-        match result {
-            Ok(bytes) => tracing::debug!(bytes, "request"),
-            Err(e) => tracing::debug!(error = %e, "request failed"),
-        }
-    }
-}
-
-/// Sends the response: `body` is pinned by the caller, so that it is not copied into
-/// this function's future.
-async fn send_body<B>(
-    responder: quic_h3::Responder,
-    mut head: http::Response<()>,
-    mut body: Pin<&mut B>,
-) -> Result<u64, StreamError>
-where
-    B: HttpBody,
-    B::Data: Into<Bytes>,
-    B::Error: Into<BoxError>,
-{
-    // Taken before any frame: the size of the whole body, when it states one.
-    let size = body.size_hint().exact();
-    // A body whose first frame is ready and ends it (a complete body, as most are)
-    // leaves with the head in one step; otherwise the head goes out at once and the
-    // body follows as it comes.
-    let first = match body
-        .as_mut()
-        .poll_frame(&mut Context::from_waker(Waker::noop()))
-    {
-        Poll::Ready(frame) => next_of(frame),
-        Poll::Pending => None,
-    };
-    let mut first = match first {
-        Some(Next::End) => {
-            responder
-                .send_whole_response(head.map(|()| Bytes::new()))
-                .await?;
-            return Ok(0);
-        }
-        Some(Next::Data(data)) if body.is_end_stream() => {
-            let bytes = data.len() as u64;
-            responder.send_whole_response(head.map(|()| data)).await?;
-            return Ok(bytes);
-        }
-        other => other,
-    };
-    // A body that states its exact size gets it as its `content-length`, which it
-    // must then keep to: more or fewer bytes reset the stream.
-    let declared = size.filter(|_| responder.may_add_length(head.status(), head.headers()));
-    if let Some(n) = declared {
-        head.headers_mut()
-            .insert(http::header::CONTENT_LENGTH, n.into());
-    }
-    let mut out = responder.send_response(head).await?;
-    let mut bytes = 0u64;
-    loop {
-        let next = match first.take() {
-            Some(next) => next,
-            // Frames are taken apart before any await: the body's own data and error
-            // types need not be `Send`.
-            None => match next_of(std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await) {
-                Some(next) => next,
-                None => continue,
-            },
+        return Answering::Other {
+            future: Box::pin(future),
         };
-        let ends = matches!(next, Next::End | Next::Trailers(_));
-        if let Next::Data(data) = &next {
-            bytes += data.len() as u64;
-        }
-        if let Some(n) = declared
-            && (bytes > n || (ends && bytes < n))
-        {
-            // Dropping `out` resets the stream: the client sees the body failed.
-            tracing::warn!(size_hint = n, bytes, "response body broke its size hint");
-            return Err(StreamError::Cancelled);
-        }
-        match next {
-            Next::End => {
-                out.finish().await?;
-                return Ok(bytes);
-            }
-            Next::Data(data) => {
-                if !data.is_empty() {
-                    out.send_data(data).await?;
-                }
-            }
-            Next::Trailers(trailers) => {
-                out.send_trailers(trailers).await?;
-                return Ok(bytes);
-            }
-            Next::Failed(e) => {
-                // Dropping `out` resets the stream: the client sees the body failed.
-                tracing::warn!(error = %e, "response body failed");
-                return Err(StreamError::Cancelled);
-            }
-        }
     }
-}
-
-/// What a polled body frame means for the response; `None` for a frame of a kind
-/// this server does not know, which is skipped.
-fn next_of<D: Into<Bytes>, E: Into<BoxError>>(
-    frame: Option<Result<http_body::Frame<D>, E>>,
-) -> Option<Next> {
-    Some(match frame {
-        None => Next::End,
-        Some(Ok(frame)) => match frame.into_data() {
-            Ok(data) => Next::Data(data.into()),
-            Err(frame) => Next::Trailers(frame.into_trailers().ok()?),
-        },
-        Some(Err(e)) => Next::Failed(e.into()),
-    })
-}
-
-/// One step of a response body.
-enum Next {
-    End,
-    Data(Bytes),
-    Trailers(http::HeaderMap),
-    Failed(BoxError),
+    Answering::Sending {
+        send: responder.send_body_response(response),
+        started: Some(started),
+        status,
+    }
 }

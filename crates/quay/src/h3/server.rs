@@ -307,6 +307,12 @@ impl Server {
     /// own body read with `futures::executor::block_on`, say) never ends. A handler
     /// that panics fails its own request only (its stream is reset with
     /// H3_REQUEST_CANCELLED).
+    ///
+    /// A response without a `content-length` gets one when its size is known: a body
+    /// complete at its first frame its length, a longer one the exact size its
+    /// `size_hint` states, which it must then keep to (more or fewer bytes reset the
+    /// stream); not after HEAD or CONNECT, nor with 204 or 304
+    /// ([`Responder::send_body_response`](quic_h3::Responder::send_body_response)).
     pub async fn serve<H: Handler>(self, handler: H) -> Result<(), ServeError> {
         self.run(HandlerService(handler)).await
     }

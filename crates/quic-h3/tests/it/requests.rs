@@ -142,6 +142,124 @@ async fn a_whole_response_gains_the_content_length_of_its_body() {
     }
 }
 
+/// A response body of given frames: the first once `gate` opens (if there is one),
+/// and an error after the last if `fail`.
+struct Frames {
+    gate: Option<tokio::sync::oneshot::Receiver<()>>,
+    frames: std::collections::VecDeque<http_body::Frame<Bytes>>,
+    fail: bool,
+}
+
+impl http_body::Body for Frames {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, std::io::Error>>> {
+        if let Some(gate) = self.gate.as_mut() {
+            let _ = std::task::ready!(std::future::Future::poll(std::pin::Pin::new(gate), cx));
+            self.gate = None;
+        }
+        std::task::Poll::Ready(match self.frames.pop_front() {
+            Some(frame) => Some(Ok(frame)),
+            None if std::mem::take(&mut self.fail) => Some(Err(std::io::Error::other("failed"))),
+            None => None,
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_body_response_streams_its_frames_sends_its_head_before_a_late_body_and_resets_on_failure()
+ {
+    let (mut pair, send, requests) = pair(H3Settings::default());
+    let (open, gate) = tokio::sync::oneshot::channel();
+    let (outcomes_tx, mut outcomes) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut requests = requests;
+        let mut gate = Some(gate);
+        while let Some(req) = requests.next().await {
+            let path = req.request.uri().path().to_owned();
+            let data = |s: &'static str| http_body::Frame::data(Bytes::from_static(s.as_bytes()));
+            let mut trailers = HeaderMap::new();
+            trailers.insert("x-sum", HeaderValue::from_static("ab"));
+            let (frames, fail, gate, status) = match path.as_str() {
+                "/trailers" => (
+                    vec![
+                        data("a"),
+                        data(""),
+                        data("b"),
+                        http_body::Frame::trailers(trailers),
+                    ],
+                    false,
+                    None,
+                    200,
+                ),
+                "/fails" => (vec![data("a")], true, None, 200),
+                "/late" => (vec![data("late")], false, gate.take(), 200),
+                _ => (vec![data("early")], false, None, 103),
+            };
+            let body = Frames {
+                gate,
+                frames: frames.into(),
+                fail,
+            };
+            let resp = http::Response::builder().status(status).body(body).unwrap();
+            let sent = req.responder.send_body_response(resp);
+            let outcomes_tx = outcomes_tx.clone();
+            tokio::spawn(async move {
+                let _ = outcomes_tx.send((path, sent.await));
+            });
+        }
+    });
+    let got = pair
+        .run_with(LIMIT, async {
+            let get = |path: &str| {
+                send.send(
+                    http::Request::get(format!("https://localhost{path}"))
+                        .body(Bytes::new())
+                        .unwrap(),
+                )
+            };
+            let mut resp = get("/trailers").await.unwrap();
+            // A body of no stated size: no content-length.
+            assert!(!resp.headers().contains_key(http::header::CONTENT_LENGTH));
+            let body = resp.body_mut().collect(64).await.unwrap();
+            let trailers = resp.body_mut().trailers().await.unwrap().unwrap();
+            let failed = match get("/fails").await {
+                Ok(mut resp) => resp.body_mut().collect(64).await.map(|b| b.to_vec()),
+                Err(e) => Err(e),
+            };
+            // The head of a body that is not ready arrives all the same.
+            let mut late = get("/late").await.unwrap();
+            open.send(()).unwrap();
+            let late_body = late.body_mut().collect(64).await.unwrap();
+            let early = get("/early").await.map(|r| r.status());
+            (body, trailers, failed, late.status(), late_body, early)
+        })
+        .await
+        .unwrap();
+    let (body, trailers, failed, late_status, late_body, early) = got;
+    assert_eq!(body, "ab");
+    assert_eq!(trailers["x-sum"], "ab");
+    assert!(matches!(failed, Err(StreamError::Reset(_))), "{failed:?}");
+    assert_eq!(
+        (late_status, &late_body[..]),
+        (StatusCode::OK, &b"late"[..])
+    );
+    assert!(early.is_err(), "{early:?}");
+    let mut by_path = std::collections::HashMap::new();
+    while by_path.len() < 4 {
+        let (path, outcome) = outcomes.recv().await.unwrap();
+        by_path.insert(path, outcome);
+    }
+    assert_eq!(by_path["/trailers"], Ok(2));
+    assert_eq!(by_path["/late"], Ok(4));
+    assert_eq!(by_path["/fails"], Err(StreamError::Cancelled));
+    assert!(matches!(by_path["/early"], Err(StreamError::Malformed(_))));
+}
+
 #[tokio::test]
 async fn whole_responses_arrive_intact_large_or_empty() {
     let (mut pair, send, requests) = pair(H3Settings::default());
