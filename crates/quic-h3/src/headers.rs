@@ -51,23 +51,24 @@ fn extended_protocol(parts: &http::request::Parts) -> Option<&str> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Protocol(pub String);
 
-/// The field list of a response head, borrowed from it; with `length` (its digits
-/// written into `digits`), a `content-length` field after the head's own.
+/// Fills `out` with the field list of a response head, borrowed from it; with
+/// `length` (its digits written into `digits`), a `content-length` field after the
+/// head's own. (Filled in place: the list is too large to be returned without a copy.)
 pub(crate) fn response_fields<'a>(
     parts: &'a http::response::Parts,
     length: Option<u64>,
     digits: &'a mut itoa::Buffer,
-) -> Fields<'a> {
-    let mut out = Fields::with_capacity(2 + parts.headers.len());
+    out: &mut Fields<'a>,
+) {
+    out.reserve(2 + parts.headers.len());
     out.push(HeaderRef::new(b":status", parts.status.as_str().as_bytes()));
-    push_fields(&mut out, &parts.headers);
+    push_fields(out, &parts.headers);
     if let Some(n) = length {
         out.push(HeaderRef::new(
             b"content-length",
             digits.format(n).as_bytes(),
         ));
     }
-    out
 }
 
 /// Whether a final response with this status may carry content, and so a

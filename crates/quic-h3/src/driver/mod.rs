@@ -660,7 +660,8 @@ fn write_head(
     head_sent: &mut bool,
 ) -> Head {
     let mut digits = itoa::Buffer::new();
-    let fields = response_fields(parts, length, &mut digits);
+    let mut fields = crate::headers::Fields::new();
+    response_fields(parts, length, &mut digits, &mut fields);
     let r = if *head_sent {
         h3.send_additional_headers(conn, id, &fields, false, false)
     } else {
