@@ -175,20 +175,28 @@ pub(crate) fn parse_request_with(
     if authority.is_some_and(<[u8]>::is_empty) {
         return Err("empty :authority");
     }
-    // RFC 9114 §4.2: TE may only say "trailers".
-    if headers
-        .get_all(http::header::TE)
-        .iter()
-        .any(|v| !v.as_bytes().eq_ignore_ascii_case(b"trailers"))
+    // RFC 9114 §4.2: TE may only say "trailers". (Many heads carry no regular field:
+    // then there is nothing to look up.)
+    let regular = !headers.is_empty();
+    if regular
+        && headers
+            .get_all(http::header::TE)
+            .iter()
+            .any(|v| !v.as_bytes().eq_ignore_ascii_case(b"trailers"))
     {
         return Err("te other than trailers");
     }
     // RFC 9114 §4.3.1: Host, when present with :authority, must carry the same value.
-    let mut hosts = headers.get_all(http::header::HOST).iter();
-    let host = hosts.next();
-    if hosts.next().is_some() {
-        return Err("more than one host");
-    }
+    let host = if regular {
+        let mut hosts = headers.get_all(http::header::HOST).iter();
+        let host = hosts.next();
+        if hosts.next().is_some() {
+            return Err("more than one host");
+        }
+        host
+    } else {
+        None
+    };
     if let Some(host) = host {
         if host.is_empty() {
             return Err("empty host");
@@ -251,6 +259,9 @@ pub(crate) fn parse_request_with(
 /// `Err` when it is not a number or its values disagree.
 pub(crate) fn content_length(headers: &HeaderMap) -> Result<Option<u64>, &'static str> {
     let mut length = None;
+    if headers.is_empty() {
+        return Ok(None);
+    }
     for value in headers.get_all(http::header::CONTENT_LENGTH) {
         // A list ("5, 5") is allowed if every member is the same number.
         for member in value.as_bytes().split(|&b| b == b',') {
