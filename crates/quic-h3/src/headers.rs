@@ -258,10 +258,10 @@ pub(crate) fn parse_request_with(
 /// The `content-length` of a message head (RFC 9110 §8.6): `Ok(None)` without one,
 /// `Err` when it is not a number or its values disagree.
 pub(crate) fn content_length(headers: &HeaderMap) -> Result<Option<u64>, &'static str> {
-    let mut length = None;
     if headers.is_empty() {
         return Ok(None);
     }
+    let mut length = None;
     for value in headers.get_all(http::header::CONTENT_LENGTH) {
         // A list ("5, 5") is allowed if every member is the same number.
         for member in value.as_bytes().split(|&b| b == b',') {

@@ -51,8 +51,6 @@ pin_project_lite::pin_project! {
         first: Option<Next>,
         // Body bytes taken so far.
         bytes: u64,
-        // Why it fails without sending anything (an informational status).
-        refused: Option<StreamError>,
     }
 }
 
@@ -63,12 +61,6 @@ impl<B: Body> SendResponse<B> {
         response: http::Response<B>,
     ) -> Self {
         let (parts, body) = response.into_parts();
-        let refused = parts
-            .status
-            .is_informational()
-            .then_some(StreamError::Malformed(
-                "informational status as final response",
-            ));
         Self {
             size: body.size_hint().exact(),
             body,
@@ -79,7 +71,6 @@ impl<B: Body> SendResponse<B> {
             pending: None,
             first: None,
             bytes: 0,
-            refused,
         }
     }
 }
@@ -94,10 +85,17 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
-        if let Some(e) = this.refused.take() {
-            // The sender goes with the future: the stream is reset.
+        if this
+            .head
+            .as_ref()
+            .is_some_and(|head| head.status.is_informational())
+        {
+            // Nothing is sent; the sender goes with the head: the stream is reset.
+            this.head.take();
             this.tx.take();
-            return Poll::Ready(Err(e));
+            return Poll::Ready(Err(StreamError::Malformed(
+                "informational status as final response",
+            )));
         }
         loop {
             let Some(tx) = this.tx.as_ref() else {
