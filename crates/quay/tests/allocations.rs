@@ -1,6 +1,7 @@
 //! What a server allocates per request, counted by this test binary's allocator: a
 //! request's future is hardly larger than its handler's, a busy connection allocates
-//! it once, not per request, and gives it back once it has no request open.
+//! it once, not per request, and gives it back to the server once it has no request
+//! open; the server keeps a bounded few for its other connections.
 
 // The counting allocator below is a `GlobalAlloc`, an unsafe trait; it only counts and
 // hands every call to the system allocator.
@@ -62,7 +63,7 @@ static ALLOCATOR: Counting = Counting;
 const REQUESTS: usize = 40;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_busy_connection_reuses_its_request_future_and_an_idle_one_keeps_none() {
+async fn a_busy_connection_reuses_its_request_future_and_an_idle_one_gives_it_back() {
     let identity = TlsConfig::self_signed(&["localhost"]).unwrap();
     let server = Server::builder()
         .tls(identity.config)
@@ -141,17 +142,33 @@ async fn a_busy_connection_reuses_its_request_future_and_an_idle_one_keeps_none(
         .expect("the waiting request finishes")
         .unwrap();
     assert_eq!(answer, [7, 7][..]);
-    // Its requests done, the connection (still open) gives its spare back.
-    let freed = tokio::time::timeout(Duration::from_secs(10), async {
-        while LIVE.load(Ordering::SeqCst) != live_before {
+    // Its requests done, the connection (still open) gives its two back to the
+    // server, which keeps 64 KiB of them at most: one of this size.
+    let kept = tokio::time::timeout(Duration::from_secs(10), async {
+        while LIVE.load(Ordering::SeqCst) != live_before + 1 {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })
     .await;
     assert!(
-        freed.is_ok(),
-        "{} request futures still allocated on an idle connection",
+        kept.is_ok(),
+        "{} request futures still allocated with the connection idle, 1 expected",
         LIVE.load(Ordering::SeqCst) - live_before
     );
     assert!(!conn.is_closed(), "the connection stayed open");
+
+    // Another connection's requests, one after another (so it falls idle between
+    // them), run in the slot the server kept: none is allocated.
+    let made_before = MADE.load(Ordering::SeqCst);
+    let (other, send) = common::connect(addr, &identity.cert_pem).await;
+    for _ in 0..5 {
+        assert_eq!(common::get(&send, "/").await.unwrap(), [7, 7][..]);
+    }
+    assert_eq!(
+        MADE.load(Ordering::SeqCst) - made_before,
+        0,
+        "request futures allocated for 5 requests with one kept"
+    );
+    assert_eq!(LIVE.load(Ordering::SeqCst), live_before + 1);
+    assert!(!other.is_closed() && !conn.is_closed());
 }

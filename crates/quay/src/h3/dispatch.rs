@@ -5,6 +5,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
@@ -69,16 +70,23 @@ struct Dispatcher<S: ServeService, A> {
     make_answer: MakeAnswer<S, A>,
     /// The allocation of a request finished in its first step, for the next one: a
     /// busy connection allocates a request's future once, not per request. Given
-    /// back when the connection has no request open.
+    /// back to `spares` when the connection has no request open.
     spare: Option<Pin<Box<RequestSlot<S, A>>>>,
+    /// The server's slots kept between requests, shared by its connections.
+    spares: Spares<RequestSlot<S, A>>,
 }
 
+/// The request slots of one server's service, kept for its connections.
+pub(super) type ServiceSpares<S> = Spares<RequestSlot<S, Answering<<S as ServeService>::Body>>>;
+
 /// The dispatcher of one connection: its requests go to clones of `service`, at most
-/// `limit` of them at once in tasks of their own, started through `tasks`.
+/// `limit` of them at once in tasks of their own, started through `tasks`; their
+/// slots come from and go back to `spares`.
 pub(super) fn dispatcher<S: ServeService>(
     service: S,
     tasks: super::in_flight::Spawner,
     limit: usize,
+    spares: ServiceSpares<S>,
 ) -> impl quic_h3::Dispatch {
     Dispatcher {
         service,
@@ -87,6 +95,64 @@ pub(super) fn dispatcher<S: ServeService>(
         limit,
         make_answer: answer::<S::Body>,
         spare: None,
+        spares,
+    }
+}
+
+/// Empty request slots that connections gave back, for any connection's next request.
+///
+/// A slot is as large as the service's future (a kilobyte or more is common) and the
+/// allocator serves such blocks slowly: a connection that falls idle between bursts
+/// would free its slot and allocate another at each burst, and a request that waits
+/// would do the same in its task. Kept here instead, at most [`SPARE_BYTES`] of them
+/// for the whole server (one slot when a slot is larger), so the memory held does
+/// not grow with the connections, idle ones hold none.
+pub(super) struct Spares<T> {
+    kept: Arc<Mutex<Vec<Pin<Box<T>>>>>,
+}
+
+/// How many bytes of empty request slots a server keeps for its connections.
+pub(super) const SPARE_BYTES: usize = 64 * 1024;
+
+impl<T> Spares<T> {
+    pub(super) fn new() -> Self {
+        Self {
+            kept: Arc::new(Mutex::new(Vec::new())),
+        }
+    }
+
+    /// The most slots kept.
+    fn most() -> usize {
+        (SPARE_BYTES / size_of::<T>().max(1)).max(1)
+    }
+
+    /// A kept slot, if there is one.
+    fn take(&self) -> Option<Pin<Box<T>>> {
+        self.lock().pop()
+    }
+
+    /// Keeps `slot` (emptied by its user) unless enough are kept; then it is freed.
+    fn give(&self, slot: Pin<Box<T>>) {
+        let mut kept = self.lock();
+        if kept.len() < Self::most() {
+            kept.push(slot);
+            return;
+        }
+        drop(kept);
+        drop(slot);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Pin<Box<T>>>> {
+        // Only pushes and pops run under the lock: they do not panic midway.
+        self.kept.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl<T> Clone for Spares<T> {
+    fn clone(&self) -> Self {
+        Self {
+            kept: Arc::clone(&self.kept),
+        }
     }
 }
 
@@ -118,7 +184,11 @@ where
         );
         // On the heap from the start, so that a task moves a pointer, not the whole
         // future (service state included), through every layer of the spawn.
-        let mut task = self.spare.take().unwrap_or_else(|| Box::pin(Slot::Empty));
+        let mut task = self
+            .spare
+            .take()
+            .or_else(|| self.spares.take())
+            .unwrap_or_else(|| Box::pin(Slot::Empty));
         let (service, recorder, make_answer) = (&self.service, &self.recorder, self.make_answer);
         // Most handlers answer without waiting (their body, if any, came with the
         // head): run the first step here, and such a request needs no task, and its
@@ -160,7 +230,13 @@ where
                 false
             }
             Ok(Poll::Pending) => {
-                self.tasks.spawn(task);
+                let spares = self.spares.clone();
+                self.tasks.spawn(async move {
+                    task.as_mut().await;
+                    // Finished (not aborted, not panicked): its slot serves again.
+                    task.as_mut().set(Slot::Empty);
+                    spares.give(task);
+                });
                 true
             }
             Err(payload) => {
@@ -188,14 +264,16 @@ where
     }
 
     fn idle(&mut self) {
-        self.spare = None;
+        if let Some(slot) = self.spare.take() {
+            self.spares.give(slot);
+        }
     }
 }
 
 pin_project_lite::pin_project! {
     /// A request's future in an allocation that outlives it.
     #[project = SlotProj]
-    enum Slot<F> {
+    pub(super) enum Slot<F> {
         Empty,
         Full { #[pin] future: F },
     }
@@ -226,7 +304,7 @@ pin_project_lite::pin_project! {
     /// arguments beside every later state and an awaited future beside the locals
     /// that fed it: here the phases share their room, and the boxed future is as
     /// large as the largest of them, not their sum.
-    struct Respond<S: ServeService, A> {
+    pub(super) struct Respond<S: ServeService, A> {
         // First, so that a request dropped before its end drops its call (and the
         // request it holds) before its responder resets the stream.
         #[pin]

@@ -409,6 +409,7 @@ impl Server {
                 stop.cancel();
             }))
         });
+        let spares = super::dispatch::ServiceSpares::<S>::new();
         let accept_loop = async move {
             let mut connections = JoinSet::new();
             let mut failure = None;
@@ -433,6 +434,7 @@ impl Server {
                             service.clone(),
                             tasks.spawner(),
                             h3.max_pending_requests.max(1),
+                            spares.clone(),
                         );
                         let (driver, control) = ServerH3Driver::with_dispatch(h3.clone(), dispatcher);
                         let handle = incoming.start(driver);
