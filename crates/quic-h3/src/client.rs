@@ -398,7 +398,7 @@ impl sealed::Sealed for ClientHooks {
                         stream.flow = Some(end);
                         let _ = flow_tx.send(flow);
                     }
-                    core.streams.insert(id, Box::new(stream));
+                    core.streams.insert(id, crate::driver::boxed(stream));
                 }
                 Err(
                     quiche::h3::Error::StreamBlocked

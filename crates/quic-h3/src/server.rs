@@ -7,7 +7,7 @@ use std::task::{Context, Poll};
 
 use quic_app::{QuicConnection, queue};
 
-use crate::body::{OutFrame, SEND_QUEUE};
+use crate::body::OutFrame;
 use crate::datagram::DatagramFlow;
 use crate::driver::{
     Core, H3Driver, Hooks, Stream, is_informational, reset_both_ways, response_frame, sealed,
@@ -559,7 +559,7 @@ impl sealed::Sealed for ServerHooks {
             core.abort_stream(conn, stream_id, H3Code::REQUEST_REJECTED);
             return;
         }
-        let (out_tx, out_rx) = queue::channel(SEND_QUEUE);
+        let (out_tx, out_rx) = crate::driver::out_queue();
         let mut stream = Stream::new(Some(out_rx));
         stream.head_received = true;
         stream.body_limit = core.settings.max_request_body_size;
@@ -580,7 +580,7 @@ impl sealed::Sealed for ServerHooks {
         if stream.inbound_open() {
             core.inbound.push(stream_id);
         }
-        core.streams.insert(stream_id, Box::new(stream));
+        core.streams.insert(stream_id, crate::driver::boxed(stream));
         self.last_request = Some(self.last_request.map_or(stream_id, |l| l.max(stream_id)));
         self.first_request_timer = None;
         self.requests_taken += 1;

@@ -611,6 +611,28 @@ impl<T> Receiver<T> {
         n
     }
 
+    /// Opens the queue again, with a new sender, once every other handle to it is
+    /// gone: items still queued are dropped, and the queue, empty and open, carries
+    /// another exchange in the same allocation. `None`, and the queue unchanged, while
+    /// any sender remains. For a consumer of many short-lived queues that keeps a few
+    /// spent receivers instead of dropping them.
+    pub fn reopen(&mut self) -> Option<Sender<T>> {
+        let shared = Arc::get_mut(&mut self.shared)?;
+        let state = shared.state.get_mut().unwrap_or_else(|e| e.into_inner());
+        let items = std::mem::replace(&mut state.items, Items::new());
+        state.weight = 0;
+        state.senders = 1;
+        state.receiver_alive = true;
+        state.receiver_waker = None;
+        // Both hold only senders' wakers: none is left.
+        state.waiters.clear();
+        state.ready_wakers.clear();
+        drop(items);
+        Some(Sender {
+            shared: Arc::clone(&self.shared),
+        })
+    }
+
     /// Refuses further items (sends fail from now on) while those already queued can
     /// still be taken.
     pub fn close(&mut self) {

@@ -136,6 +136,42 @@ fn items_come_out_in_order_and_the_end_follows_the_last_sender() {
 }
 
 #[test]
+fn a_queue_reopens_only_with_every_sender_gone_and_then_starts_empty_and_open() {
+    let (tx, mut rx) = weighted(2, 10, |s: &String| s.len());
+    let tx2 = tx.clone();
+    tx.try_send("abcdef".to_owned()).unwrap();
+    tx2.try_send("gh".to_owned()).unwrap();
+    rx.close();
+    drop(tx);
+    // A sender remains: the queue is left as it was.
+    assert!(rx.reopen().is_none());
+    assert_eq!(rx.try_recv(), Ok("abcdef".to_owned()));
+    drop(tx2);
+    // The last sender gone, an item still queued: dropped by the reopening.
+    let (count, waker) = counter();
+    let tx = rx.reopen().expect("no sender left");
+    assert_eq!(rx.try_recv(), Err(TryRecvError::Empty));
+    assert!(!tx.is_closed());
+    // Its bounds start from nothing: two items, and ten bytes, fit again.
+    tx.try_send("0123456789".to_owned()).unwrap();
+    assert!(matches!(
+        tx.try_send("x".to_owned()),
+        Err(TrySendError::Full(_))
+    ));
+    assert_eq!(rx.try_recv(), Ok("0123456789".to_owned()));
+    tx.try_send("y".to_owned()).unwrap();
+    tx.try_send("z".to_owned()).unwrap();
+    assert!(tx.poll_ready(&mut Context::from_waker(&waker)).is_pending());
+    assert_eq!(rx.try_recv(), Ok("y".to_owned()));
+    assert_eq!(count.0.load(Ordering::SeqCst), 1, "the new sender is woken");
+    // And it ends as any queue does.
+    drop(tx);
+    assert_eq!(rx.try_recv(), Ok("z".to_owned()));
+    assert_eq!(rx.try_recv(), Err(TryRecvError::Disconnected));
+    assert!(rx.reopen().is_some());
+}
+
+#[test]
 fn a_full_queue_refuses_and_returns_the_item() {
     let (tx, mut rx) = channel(2);
     tx.try_send("a").unwrap();

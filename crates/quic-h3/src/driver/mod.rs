@@ -1,6 +1,7 @@
 //! The driver core shared by server and client: the stream table, the inbound pump
 //! (QUIC → [`RecvBody`](crate::RecvBody)) and the outbound pump (handles → QUIC).
 
+mod spare;
 mod stream;
 
 use std::task::{Context, Poll};
@@ -14,6 +15,7 @@ use crate::body::{InFrame, OutFrame, RECV_CHUNK};
 use crate::datagram::{MaxDatagram, get_varint, put_varint};
 use crate::headers::{response_fields, trailer_fields};
 use crate::{H3Code, H3Settings, StreamError};
+pub(crate) use spare::{boxed, out_queue};
 pub(crate) use stream::{INFORMATIONAL_QUEUE, Stream};
 
 /// What makes a driver a server or a client. Sealed: the two variants are
@@ -403,7 +405,9 @@ impl Core {
                     Written::All { ends } => {
                         if ends {
                             s.out_done = true;
-                            s.out_rx = None;
+                            if let Some(rx) = s.out_rx.take() {
+                                spare::keep_out_queue(rx);
+                            }
                             self.unacked.push(id);
                         }
                     }
@@ -425,7 +429,9 @@ impl Core {
             }
         }
         for id in finished {
-            self.streams.remove(&id);
+            if let Some(s) = self.streams.remove(&id) {
+                spare::keep_stream(s);
+            }
         }
         if self.unacked.len() >= self.prune_at {
             self.all_acknowledged(conn);
