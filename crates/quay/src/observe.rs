@@ -27,26 +27,33 @@ impl RequestRecorder {
 /// One request being served: counted as active until dropped.
 pub(crate) struct RequestStarted {
     at: Instant,
+    /// Whether the request's span is enabled: its fields are recorded only then.
+    traced: bool,
     #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
     recorder: RequestRecorder,
 }
 
 impl RequestStarted {
-    pub(crate) fn new(recorder: RequestRecorder) -> Self {
+    /// A request starts, in a span that is enabled or not (`traced`).
+    pub(crate) fn new(recorder: RequestRecorder, traced: bool) -> Self {
         #[cfg(feature = "metrics")]
         recorder.metrics.request_started();
         Self {
             at: Instant::now(),
+            traced,
             recorder,
         }
     }
 
     /// The response went out (or failed) with `status`: recorded in the request's
-    /// span and metrics.
-    pub(crate) fn finished(self, status: http::StatusCode, span: &tracing::Span) {
+    /// span (the current one, where the request's future runs) and metrics.
+    pub(crate) fn finished(self, status: http::StatusCode) {
         let elapsed = self.at.elapsed();
-        span.record("status", status.as_u16());
-        span.record("ms", elapsed.as_secs_f64() * 1000.0);
+        if self.traced {
+            let span = tracing::Span::current();
+            span.record("status", status.as_u16());
+            span.record("ms", elapsed.as_secs_f64() * 1000.0);
+        }
         #[cfg(feature = "metrics")]
         self.recorder.metrics.response_sent(status, elapsed);
     }

@@ -182,6 +182,7 @@ where
             status = tracing::field::Empty,
             ms = tracing::field::Empty,
         );
+        let traced = !span.is_disabled();
         // On the heap from the start, so that a task moves a pointer, not the whole
         // future (service state included), through every layer of the spawn.
         let mut task = self
@@ -203,7 +204,7 @@ where
                 datagrams,
                 ..
             } = req;
-            let started = crate::observe::RequestStarted::new(recorder.clone());
+            let started = crate::observe::RequestStarted::new(recorder.clone(), traced);
             let upgrade = datagrams.map(|flow| super::connect::Upgrade::offer(&mut request, flow));
             task.as_mut().set(Slot::Full {
                 future: Respond {
@@ -414,7 +415,7 @@ where
                     return Poll::Pending;
                 };
                 if let Some(started) = started.take() {
-                    started.finished(*status, &tracing::Span::current());
+                    started.finished(*status);
                 }
                 match result {
                     Ok(bytes) => tracing::debug!(bytes, "request"),
@@ -450,10 +451,7 @@ where
                 if let Ok(body) = responder.send_response(head).await {
                     let _ = body.finish().await;
                 }
-                started.finished(
-                    http::StatusCode::INTERNAL_SERVER_ERROR,
-                    &tracing::Span::current(),
-                );
+                started.finished(http::StatusCode::INTERNAL_SERVER_ERROR);
             };
             return Answering::Other {
                 future: Box::pin(future),
@@ -472,7 +470,7 @@ where
                         // The handler stopped waiting: the stream ends cleanly.
                         let _ = send.finish().await;
                     }
-                    started.finished(status, &tracing::Span::current());
+                    started.finished(status);
                 }
                 Err(e) => tracing::debug!(error = %e, "CONNECT response failed"),
             }
