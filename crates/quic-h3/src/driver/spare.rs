@@ -17,7 +17,7 @@ use super::stream::Stream;
 use crate::body::{OutFrame, SEND_QUEUE};
 
 /// How many streams, and how many queues, a thread keeps.
-pub(crate) const KEPT: usize = 16;
+pub(crate) const KEPT: usize = 64;
 
 /// A response's queue: the sender for its handle, the receiver for its stream.
 type OutQueue = (queue::Sender<OutFrame>, queue::Receiver<OutFrame>);
