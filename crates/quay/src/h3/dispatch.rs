@@ -112,7 +112,7 @@ pub(super) struct Spares<T> {
 }
 
 /// How many bytes of empty request slots a server keeps for its connections.
-pub(super) const SPARE_BYTES: usize = 64 * 1024;
+const SPARE_BYTES: usize = 64 * 1024;
 
 impl<T> Spares<T> {
     pub(super) fn new() -> Self {
@@ -138,6 +138,7 @@ impl<T> Spares<T> {
             kept.push(slot);
             return;
         }
+        // Freed outside the lock.
         drop(kept);
         drop(slot);
     }

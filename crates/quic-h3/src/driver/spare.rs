@@ -98,7 +98,7 @@ fn clear() {
 
 /// How many streams and queues this thread keeps.
 #[cfg(test)]
-pub(crate) fn kept() -> (usize, usize) {
+fn kept() -> (usize, usize) {
     SPARES.with_borrow(|s| (s.streams.len(), s.queues.len()))
 }
 
@@ -144,7 +144,7 @@ mod tests {
     }
 
     #[test]
-    fn a_kept_stream_drops_its_handles_when_it_is_taken() {
+    fn a_kept_stream_drops_its_handles_as_it_is_kept() {
         clear();
         let (tx, rx) = out_queue();
         let stream = boxed(Stream::new(Some(rx)));
