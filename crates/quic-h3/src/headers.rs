@@ -243,15 +243,18 @@ pub(crate) fn parse_request_with(
             uri.authority = Some(last.parse(a).map_err(invalid_target)?);
         }
     }
+    let uri = Uri::from_parts(uri).map_err(|_| "invalid request target")?;
     let (mut parts, ()) = http::Request::new(()).into_parts();
     parts.method = method;
-    parts.uri = Uri::from_parts(uri).map_err(|_| "invalid request target")?;
+    // The defaults replaced own nothing (`Uri::default` and `HeaderMap::new` do not
+    // allocate): forgotten rather than dropped.
+    std::mem::forget(std::mem::replace(&mut parts.uri, uri));
+    std::mem::forget(std::mem::replace(&mut parts.headers, headers));
     parts.version = http::Version::HTTP_3;
     if let Some(p) = protocol {
         let p = std::str::from_utf8(p).map_err(|_| "invalid :protocol")?;
         parts.extensions.insert(Protocol(p.to_owned()));
     }
-    parts.headers = headers;
     Ok(parts)
 }
 

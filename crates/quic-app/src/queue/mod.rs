@@ -119,7 +119,10 @@ impl<T> Items<T> {
 
     fn pop_front(&mut self) -> Option<T> {
         let item = self.first.take()?;
-        self.first = self.rest.pop_front();
+        // Usually nothing waits behind it: then `first` stays `None` as taken.
+        if !self.rest.is_empty() {
+            self.first = self.rest.pop_front();
+        }
         Some(item)
     }
 
@@ -619,7 +622,10 @@ impl<T> Receiver<T> {
     pub fn reopen(&mut self) -> Option<Sender<T>> {
         let shared = Arc::get_mut(&mut self.shared)?;
         let state = shared.state.get_mut().unwrap_or_else(|e| e.into_inner());
-        let items = std::mem::replace(&mut state.items, Items::new());
+        // Usually taken to the end already, with no deque behind: nothing to drop.
+        if !state.items.is_empty() || state.items.rest.capacity() > 0 {
+            state.items = Items::new();
+        }
         state.weight = 0;
         state.senders = 1;
         state.receiver_alive = true;
@@ -627,7 +633,6 @@ impl<T> Receiver<T> {
         // Both hold only senders' wakers: none is left.
         state.waiters.clear();
         state.ready_wakers.clear();
-        drop(items);
         Some(Sender {
             shared: Arc::clone(&self.shared),
         })
@@ -649,6 +654,10 @@ impl<T> Receiver<T> {
     fn pop(mut state: MutexGuard<'_, State<T>>) -> Option<T> {
         let item = state.items.pop_front()?;
         state.weight = state.weight.saturating_sub((state.weigh)(&item));
+        if state.waiters.is_empty() && state.ready_wakers.is_empty() {
+            // Nobody waits for room, as is usual.
+            return Some(item);
+        }
         let next = state.notify_next();
         // Moved out, not copied: no allocation when only `poll_ready` waits.
         let ready = std::mem::take(&mut state.ready_wakers);
