@@ -13,7 +13,7 @@ use tokio::sync::oneshot;
 
 use crate::body::{OutFrame, SEND_QUEUE};
 use crate::datagram::DatagramFlow;
-use crate::driver::{Core, H3Driver, Hooks, INFORMATIONAL_QUEUE, Stream, is_informational, sealed};
+use crate::driver::{Core, H3Driver, Hooks, INFORMATIONAL_QUEUE, is_informational, sealed};
 use crate::headers::Protocol;
 use crate::headers::{parse_response, peer_field_section_limit, request_fields, section_size};
 use crate::{H3Code, H3Settings, RecvBody, SendBody, StreamError};
@@ -389,7 +389,7 @@ impl sealed::Sealed for ClientHooks {
             };
             match sent {
                 Ok(id) => {
-                    let mut stream = Stream::new(Some(req.body_rx));
+                    let mut stream = crate::driver::stream(Some(req.body_rx));
                     stream.head_request = req.head.method == http::Method::HEAD;
                     stream.response_tx = Some(req.response_tx);
                     stream.info_tx = Some(req.info_tx);
@@ -398,7 +398,7 @@ impl sealed::Sealed for ClientHooks {
                         stream.flow = Some(end);
                         let _ = flow_tx.send(flow);
                     }
-                    core.streams.insert(id, crate::driver::boxed(stream));
+                    core.streams.insert(id, stream);
                 }
                 Err(
                     quiche::h3::Error::StreamBlocked

@@ -10,7 +10,7 @@ use quic_app::{QuicConnection, queue};
 use crate::body::OutFrame;
 use crate::datagram::DatagramFlow;
 use crate::driver::{
-    Core, H3Driver, Hooks, Stream, is_informational, reset_both_ways, response_frame, sealed,
+    Core, H3Driver, Hooks, is_informational, reset_both_ways, response_frame, sealed,
 };
 use crate::headers::{LastAuthority, Protocol, parse_request_with};
 use crate::{H3Code, H3Settings, RecvBody, SendBody, StreamError};
@@ -560,7 +560,7 @@ impl sealed::Sealed for ServerHooks {
             return;
         }
         let (out_tx, out_rx) = crate::driver::out_queue();
-        let mut stream = Stream::new(Some(out_rx));
+        let mut stream = crate::driver::stream(Some(out_rx));
         stream.head_received = true;
         stream.body_limit = core.settings.max_request_body_size;
         stream.expected_len = expected_len;
@@ -580,7 +580,7 @@ impl sealed::Sealed for ServerHooks {
         if stream.inbound_open() {
             core.inbound.push(stream_id);
         }
-        core.streams.insert(stream_id, crate::driver::boxed(stream));
+        core.streams.insert(stream_id, stream);
         self.last_request = Some(self.last_request.map_or(stream_id, |l| l.max(stream_id)));
         self.first_request_timer = None;
         self.requests_taken += 1;

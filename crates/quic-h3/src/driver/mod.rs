@@ -15,7 +15,7 @@ use crate::body::{InFrame, OutFrame, RECV_CHUNK};
 use crate::datagram::{MaxDatagram, get_varint, put_varint};
 use crate::headers::{response_fields, trailer_fields};
 use crate::{H3Code, H3Settings, StreamError};
-pub(crate) use spare::{boxed, out_queue};
+pub(crate) use spare::{out_queue, stream};
 pub(crate) use stream::{INFORMATIONAL_QUEUE, Stream};
 
 /// What makes a driver a server or a client. Sealed: the two variants are

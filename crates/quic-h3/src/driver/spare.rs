@@ -64,14 +64,15 @@ pub(crate) fn keep_out_queue(mut rx: queue::Receiver<OutFrame>) {
     });
 }
 
-/// `stream` in a kept allocation, or a new one.
-pub(crate) fn boxed(stream: Stream) -> Box<Stream> {
+/// A new stream, as [`Stream::new`] makes it, in a kept allocation (made new when it
+/// was kept: only its outbound queue is set here) or a new one.
+pub(crate) fn stream(out_rx: Option<queue::Receiver<OutFrame>>) -> Box<Stream> {
     match SPARES.try_with(|s| s.borrow_mut().streams.pop()) {
         Ok(Some(mut kept)) => {
-            *kept = stream;
+            kept.set_out(out_rx);
             kept
         }
-        _ => Box::new(stream),
+        _ => Box::new(Stream::new(out_rx)),
     }
 }
 
@@ -137,7 +138,7 @@ mod tests {
             keep_stream(Box::new(Stream::new(None)));
         }
         assert_eq!(kept(), (KEPT, KEPT));
-        let stream = boxed(Stream::new(None));
+        let stream = stream(None);
         assert_eq!(kept().0, KEPT - 1);
         keep_stream(stream);
         assert_eq!(kept().0, KEPT);
@@ -147,10 +148,30 @@ mod tests {
     fn a_kept_stream_drops_its_handles_as_it_is_kept() {
         clear();
         let (tx, rx) = out_queue();
-        let stream = boxed(Stream::new(Some(rx)));
+        let stream = stream(Some(rx));
         keep_stream(stream);
         // The receiver went with the stream: its sender sees the end.
         assert!(tx.is_closed());
         assert_eq!(kept().0, 1);
+    }
+
+    #[test]
+    fn a_kept_stream_serves_again_as_a_new_one() {
+        clear();
+        let mut used = stream(None);
+        used.head_received = true;
+        used.head_sent = true;
+        used.received = 512;
+        used.expected_len = Some(512);
+        keep_stream(used);
+        let (_tx, rx) = out_queue();
+        let again = stream(Some(rx));
+        assert_eq!(kept().0, 0);
+        assert!(again.out_rx.is_some() && !again.out_done);
+        assert!(!again.head_received && !again.head_sent);
+        assert_eq!((again.received, again.expected_len), (0, None));
+        keep_stream(again);
+        let without = stream(None);
+        assert!(without.out_rx.is_none() && without.out_done);
     }
 }

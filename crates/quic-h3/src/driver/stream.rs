@@ -95,6 +95,13 @@ impl Stream {
         }
     }
 
+    /// Gives a stream [`new`](Self::new) made without an outbound queue the one
+    /// `new(out_rx)` would have: the two are then the same.
+    pub(crate) fn set_out(&mut self, out_rx: Option<queue::Receiver<OutFrame>>) {
+        self.out_done = out_rx.is_none();
+        self.out_rx = out_rx;
+    }
+
     /// Creates the inbound body channel and returns the body for the user. With
     /// `more_frames` false the body is empty and complete.
     pub(crate) fn open_body(&mut self, more_frames: bool) -> RecvBody {
