@@ -117,6 +117,7 @@ impl<T> Items<T> {
         }
     }
 
+    #[inline]
     fn pop_front(&mut self) -> Option<T> {
         let item = self.first.take()?;
         // Usually nothing waits behind it: then `first` stays `None` as taken.
@@ -531,6 +532,7 @@ impl<T> Receiver<T> {
     }
 
     /// The next item if one is queued.
+    #[inline]
     pub fn try_recv(&mut self) -> Result<T, TryRecvError> {
         let state = self.shared.lock();
         if state.items.is_empty() {
@@ -651,6 +653,7 @@ impl<T> Receiver<T> {
     /// Takes the first item (the caller saw one under this lock) and releases the
     /// lock; senders waiting for room are woken, outside the lock, when the item leaves
     /// a full queue.
+    #[inline]
     fn pop(mut state: MutexGuard<'_, State<T>>) -> Option<T> {
         let item = state.items.pop_front()?;
         state.weight = state.weight.saturating_sub((state.weigh)(&item));

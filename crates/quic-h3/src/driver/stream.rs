@@ -265,6 +265,7 @@ impl Stream {
     }
 
     /// The next frame from the sending handle, if one is queued.
+    #[inline]
     pub(crate) fn try_next_out(&mut self) -> Option<OutFrame> {
         let rx = self.out_rx.as_mut()?;
         match rx.try_recv() {
