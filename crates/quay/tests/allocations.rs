@@ -122,8 +122,9 @@ async fn a_busy_connection_reuses_its_request_future_and_an_idle_one_gives_it_ba
     let made = MADE.load(Ordering::SeqCst) - made_before;
     println!("{made} request futures allocated for 1 waiting and {REQUESTS} other requests");
     // The server's part beside the handler's future: the request's span, what its
-    // answer needs, the phase it is in. Neither the request nor the answer's futures
-    // are kept beside the handler's.
+    // answer needs, the phase it is in, and the room the request waits in until its
+    // call (filled in place for each request; empty once called). The answer's
+    // futures are not kept beside the handler's.
     let overhead = SIZE.load(Ordering::SeqCst) - PAD;
     println!("a request's future is its handler's {PAD} bytes and {overhead} more");
     assert!(
@@ -158,7 +159,7 @@ async fn a_busy_connection_reuses_its_request_future_and_an_idle_one_gives_it_ba
     assert!(!conn.is_closed(), "the connection stayed open");
 
     // Another connection's requests, one after another (so it falls idle between
-    // them), run in the slot the server kept: none is allocated.
+    // them), run in the one the server kept: none is allocated.
     let made_before = MADE.load(Ordering::SeqCst);
     let (other, send) = common::connect(addr, &identity.cert_pem).await;
     for _ in 0..5 {

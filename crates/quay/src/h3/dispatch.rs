@@ -1,7 +1,7 @@
 //! A request's life on the server, inside its connection's task and then, if it
 //! waits, in a task of its own: the dispatcher that takes it from the HTTP/3 driver,
-//! the future that runs the service and sends its answer, and the slot that future
-//! lives in.
+//! and the future that runs the service and sends its answer, in an allocation that
+//! serves one request after another.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -11,7 +11,6 @@ use std::task::{Context, Poll, Waker};
 use bytes::Bytes;
 use http_body::Body as HttpBody;
 use quic_h3::{IncomingRequest, RecvBody};
-use tracing::Instrument;
 
 use super::BoxError;
 
@@ -71,17 +70,17 @@ struct Dispatcher<S: ServeService, A> {
     /// The allocation of a request finished in its first step, for the next one: a
     /// busy connection allocates a request's future once, not per request. Given
     /// back to `spares` when the connection has no request open.
-    spare: Option<Pin<Box<RequestSlot<S, A>>>>,
-    /// The server's slots kept between requests, shared by its connections.
-    spares: Spares<RequestSlot<S, A>>,
+    spare: Option<Pin<Box<Respond<S, A>>>>,
+    /// The server's request futures kept between requests, shared by its connections.
+    spares: Spares<Respond<S, A>>,
 }
 
-/// The request slots of one server's service, kept for its connections.
-pub(super) type ServiceSpares<S> = Spares<RequestSlot<S, Answering<<S as ServeService>::Body>>>;
+/// The request futures of one server's service, kept for its connections.
+pub(super) type ServiceSpares<S> = Spares<Respond<S, Answering<<S as ServeService>::Body>>>;
 
 /// The dispatcher of one connection: its requests go to clones of `service`, at most
 /// `limit` of them at once in tasks of their own, started through `tasks`; their
-/// slots come from and go back to `spares`.
+/// request futures come from and go back to `spares`.
 pub(super) fn dispatcher<S: ServeService>(
     service: S,
     tasks: super::in_flight::Spawner,
@@ -99,19 +98,20 @@ pub(super) fn dispatcher<S: ServeService>(
     }
 }
 
-/// Empty request slots that connections gave back, for any connection's next request.
+/// Finished request futures that connections gave back, for any connection's next
+/// request.
 ///
-/// A slot is as large as the service's future (a kilobyte or more is common) and the
-/// allocator serves such blocks slowly: a connection that falls idle between bursts
-/// would free its slot and allocate another at each burst, and a request that waits
-/// would do the same in its task. Kept here instead, at most [`SPARE_BYTES`] of them
-/// for the whole server (one slot when a slot is larger), so the memory held does
-/// not grow with the connections, idle ones hold none.
+/// A request's future is larger than the service's (a kilobyte or more is common)
+/// and the allocator serves such blocks slowly: a connection that falls idle between
+/// bursts would free its request's future and allocate another at each burst, and a
+/// request that waits would do the same in its task. Kept here instead, at most
+/// [`SPARE_BYTES`] of them for the whole server (one when one is larger), so the
+/// memory held does not grow with the connections, idle ones hold none.
 pub(super) struct Spares<T> {
     kept: Arc<Mutex<Vec<Pin<Box<T>>>>>,
 }
 
-/// How many bytes of empty request slots a server keeps for its connections.
+/// How many bytes of finished request futures a server keeps for its connections.
 const SPARE_BYTES: usize = 64 * 1024;
 
 impl<T> Spares<T> {
@@ -121,26 +121,26 @@ impl<T> Spares<T> {
         }
     }
 
-    /// The most slots kept.
+    /// The most kept.
     fn most() -> usize {
         (SPARE_BYTES / size_of::<T>().max(1)).max(1)
     }
 
-    /// A kept slot, if there is one.
+    /// A kept one, if there is one.
     fn take(&self) -> Option<Pin<Box<T>>> {
         self.lock().pop()
     }
 
-    /// Keeps `slot` (emptied by its user) unless enough are kept; then it is freed.
-    fn give(&self, slot: Pin<Box<T>>) {
+    /// Keeps `spare` (finished) unless enough are kept; then it is freed.
+    fn give(&self, spare: Pin<Box<T>>) {
         let mut kept = self.lock();
         if kept.len() < Self::most() {
-            kept.push(slot);
+            kept.push(spare);
             return;
         }
         // Freed outside the lock.
         drop(kept);
-        drop(slot);
+        drop(spare);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Pin<Box<T>>>> {
@@ -160,9 +160,6 @@ impl<T> Clone for Spares<T> {
 /// Starts a request's answer: [`answer`], for the service's body type.
 type MakeAnswer<S, A> =
     fn(Result<http::Response<<S as ServeService>::Body>, BoxError>, Answer) -> A;
-
-/// The allocation a request's future lives in.
-type RequestSlot<S, A> = Slot<tracing::instrument::Instrumented<Respond<S, A>>>;
 
 impl<S, A> quic_h3::Dispatch for Dispatcher<S, A>
 where
@@ -184,50 +181,44 @@ where
             ms = tracing::field::Empty,
         );
         let traced = !span.is_disabled();
+        // What the application's code runs here (the service's clone, readiness and
+        // call, the metrics recorder) runs under `catch_unwind`; the request itself is
+        // not moved through it.
+        let (service, recorder) = (&self.service, &self.recorder);
+        let prepared = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            (
+                service.clone(),
+                crate::observe::RequestStarted::new(recorder.clone(), traced),
+            )
+        }));
+        let (service, started) = match prepared {
+            Ok(prepared) => prepared,
+            Err(payload) => {
+                // The request and its responder go (the stream is reset), as when its
+                // handler panics.
+                span.in_scope(|| handler_panicked(payload));
+                return false;
+            }
+        };
         // On the heap from the start, so that a task moves a pointer, not the whole
-        // future (service state included), through every layer of the spawn.
+        // future (service state included), through every layer of the spawn. A kept
+        // one is finished: its request's parts are written into it in place.
         let mut task = self
             .spare
             .take()
             .or_else(|| self.spares.take())
-            .unwrap_or_else(|| Box::pin(Slot::Empty));
-        let (service, recorder, make_answer) = (&self.service, &self.recorder, self.make_answer);
+            .unwrap_or_else(|| Box::pin(Respond::new(self.make_answer)));
+        task.as_mut().start(span, service, req, started);
         // Most handlers answer without waiting (their body, if any, came with the
         // head): run the first step here, and such a request needs no task, and its
         // answer leaves in this turn's packets. A step that waits registers no
-        // waker that matters: the task polls it again as it starts. What the
-        // application's code runs here (the service's clone, readiness and call, the
-        // metrics recorder) runs under `catch_unwind`.
+        // waker that matters: the task polls it again as it starts.
         let first = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let IncomingRequest {
-                mut request,
-                responder,
-                datagrams,
-                ..
-            } = req;
-            let started = crate::observe::RequestStarted::new(recorder.clone(), traced);
-            let upgrade = datagrams.map(|flow| super::connect::Upgrade::offer(&mut request, flow));
-            task.as_mut().set(Slot::Full {
-                future: Respond {
-                    stage: Stage::Ready {
-                        service: service.clone(),
-                        request: Some(request),
-                    },
-                    answer: Some(Answer {
-                        responder,
-                        upgrade,
-                        started,
-                    }),
-                    make_answer,
-                }
-                .instrument(span),
-            });
             task.as_mut().poll(&mut Context::from_waker(Waker::noop()))
         }));
         match first {
             Ok(Poll::Ready(())) => {
-                // Emptied here, its allocation kept for the next request.
-                task.as_mut().set(Slot::Empty);
+                // Finished: kept for the next request.
                 self.spare = Some(task);
                 false
             }
@@ -235,8 +226,7 @@ where
                 let spares = self.spares.clone();
                 self.tasks.spawn(async move {
                     task.as_mut().await;
-                    // Finished (not aborted, not panicked): its slot serves again.
-                    task.as_mut().set(Slot::Empty);
+                    // Finished (not aborted, not panicked): it serves again.
                     spares.give(task);
                 });
                 true
@@ -244,22 +234,9 @@ where
             Err(payload) => {
                 // As in a task of its own, a panic ends only its request: the
                 // responder, dropped with the future, resets the stream.
-                let message = payload
-                    .downcast_ref::<&str>()
-                    .copied()
-                    .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
-                    .unwrap_or("(not a string)");
-                match &*task {
-                    Slot::Full { future } => future
-                        .span()
-                        .in_scope(|| tracing::error!(panic = message, "request handler panicked")),
-                    Slot::Empty => tracing::error!(panic = message, "request handler panicked"),
-                }
+                task.span().in_scope(|| handler_panicked(payload));
                 // Whatever a drop here may throw stays here too.
-                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
-                    drop(payload);
-                    drop(task);
-                }));
+                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(task)));
                 false
             }
         }
@@ -272,24 +249,16 @@ where
     }
 }
 
-pin_project_lite::pin_project! {
-    /// A request's future in an allocation that outlives it.
-    #[project = SlotProj]
-    pub(super) enum Slot<F> {
-        Empty,
-        Full { #[pin] future: F },
-    }
-}
-
-impl<F: Future<Output = ()>> Future for Slot<F> {
-    type Output = ();
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        match self.project() {
-            SlotProj::Full { future } => future.poll(cx),
-            SlotProj::Empty => Poll::Ready(()),
-        }
-    }
+/// Logs a panic of the application's code for a request (in its span), and drops
+/// what it threw, catching whatever that drop may throw.
+fn handler_panicked(payload: Box<dyn std::any::Any + Send>) {
+    let message = payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(not a string)");
+    tracing::error!(panic = message, "request handler panicked");
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(payload)));
 }
 
 /// What a request's answer needs besides the response.
@@ -304,30 +273,94 @@ pin_project_lite::pin_project! {
     /// One request, inside its span: the service's readiness and call, then the
     /// answer. Written out rather than as an `async fn`, whose future keeps its
     /// arguments beside every later state and an awaited future beside the locals
-    /// that fed it: here the phases share their room, and the boxed future is as
-    /// large as the largest of them, not their sum.
+    /// that fed it: here the call and the answer share their room. Its allocation
+    /// serves one request after another: [`start`](Self::start) writes a request's
+    /// parts into a finished one in place, where building the future whole and moving
+    /// it in would copy all of it (a kilobyte or more) per request.
     pub(super) struct Respond<S: ServeService, A> {
         // First, so that a request dropped before its end drops its call (and the
         // request it holds) before its responder resets the stream.
         #[pin]
-        stage: Stage<S, S::Future, A>,
+        stage: Stage<S::Future, A>,
+        // The service's clone and the request, until the service is ready: its call
+        // takes both.
+        ready: Option<(S, http::Request<RecvBody>)>,
         // Taken when the answer starts.
         answer: Option<Answer>,
         make_answer: MakeAnswer<S, A>,
+        // Entered while the request is polled or dropped; closed as it finishes.
+        span: tracing::Span,
+    }
+
+    impl<S: ServeService, A> PinnedDrop for Respond<S, A> {
+        fn drop(this: Pin<&mut Self>) {
+            let mut this = this.project();
+            let _entered = this.span.enter();
+            // In the span, and in this order.
+            this.stage.set(Stage::Idle);
+            this.ready.take();
+            this.answer.take();
+        }
     }
 }
 
 pin_project_lite::pin_project! {
     #[project = StageProj]
-    enum Stage<S, F, A> {
-        /// Waiting for the service to be ready; the request is taken by its call.
-        Ready { service: S, request: Option<http::Request<RecvBody>> },
+    enum Stage<F, A> {
+        /// Before the call: the service's readiness while `ready` holds the request;
+        /// with `ready` empty, finished.
+        Idle,
         /// The service's call, until its response. The service's clone is gone by
         /// then: it is not kept while the call or the body runs.
         Calling { #[pin] call: F },
         /// The response on its way.
         Answering { #[pin] answer: A },
-        Done,
+    }
+}
+
+impl<S: ServeService, A> Respond<S, A> {
+    /// A finished one, for a first request.
+    fn new(make_answer: MakeAnswer<S, A>) -> Self {
+        Self {
+            stage: Stage::Idle,
+            ready: None,
+            answer: None,
+            make_answer,
+            span: tracing::Span::none(),
+        }
+    }
+
+    /// Starts `req` in a finished one, in `span`, with the service's clone.
+    fn start(
+        self: Pin<&mut Self>,
+        span: tracing::Span,
+        service: S,
+        req: IncomingRequest,
+        started: crate::observe::RequestStarted,
+    ) {
+        let this = self.project();
+        debug_assert!(
+            matches!(this.stage.as_ref().get_ref(), Stage::Idle)
+                && this.ready.is_none()
+                && this.answer.is_none(),
+            "a request started in an unfinished one"
+        );
+        *this.span = span;
+        // Moved straight into place: the request is a few hundred bytes.
+        let (_, request) = this.ready.insert((service, req.request));
+        let upgrade = req
+            .datagrams
+            .map(|flow| super::connect::Upgrade::offer(request, flow));
+        *this.answer = Some(Answer {
+            responder: req.responder,
+            upgrade,
+            started,
+        });
+    }
+
+    /// The span of its request.
+    fn span(&self) -> &tracing::Span {
+        &self.span
     }
 }
 
@@ -335,45 +368,71 @@ impl<S: ServeService, A: Future<Output = ()>> Future for Respond<S, A> {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let mut this = self.project();
-        loop {
-            let result = match this.stage.as_mut().project() {
-                StageProj::Ready { service, request } => match service.poll_ready(cx) {
+        let this = self.project();
+        let step = {
+            let _entered = this.span.enter();
+            step(this.stage, this.ready, this.answer, *this.make_answer, cx)
+        };
+        if step.is_ready() {
+            // Its span closes as it finishes, not when its allocation serves again.
+            *this.span = tracing::Span::none();
+        }
+        step
+    }
+}
+
+/// Takes a request as far as it goes now; ready once it is finished.
+fn step<S: ServeService, A: Future<Output = ()>>(
+    mut stage: Pin<&mut Stage<S::Future, A>>,
+    ready: &mut Option<(S, http::Request<RecvBody>)>,
+    answer: &mut Option<Answer>,
+    make_answer: MakeAnswer<S, A>,
+    cx: &mut Context<'_>,
+) -> Poll<()> {
+    loop {
+        let result = match stage.as_mut().project() {
+            StageProj::Idle => {
+                // Nothing waits for the service: finished, or its call panicked (a
+                // task polled again after that ends quietly: the responder's drop
+                // resets the stream).
+                let Some((service, _)) = ready.as_mut() else {
+                    return Poll::Ready(());
+                };
+                match service.poll_ready(cx) {
                     Poll::Pending => return Poll::Pending,
                     Poll::Ready(Ok(())) => {
-                        // The request is there unless a call took it and panicked
-                        // (a task polled again after that ends quietly: the
-                        // responder's drop resets the stream).
-                        let call = request.take().map(|request| service.call(request));
-                        match call {
-                            Some(call) => this.stage.set(Stage::Calling { call }),
-                            None => this.stage.set(Stage::Done),
+                        if let Some((mut service, request)) = ready.take() {
+                            let call = service.call(request);
+                            drop(service);
+                            stage.set(Stage::Calling { call });
                         }
                         continue;
                     }
-                    Poll::Ready(Err(e)) => Err(e.into()),
-                },
-                StageProj::Calling { call } => match call.poll(cx) {
-                    Poll::Pending => return Poll::Pending,
-                    Poll::Ready(result) => result.map_err(Into::into),
-                },
-                StageProj::Answering { answer } => {
-                    if answer.poll(cx).is_pending() {
-                        return Poll::Pending;
+                    Poll::Ready(Err(e)) => {
+                        // The request goes now, before the 500 leaves.
+                        *ready = None;
+                        Err(e.into())
                     }
-                    this.stage.set(Stage::Done);
-                    return Poll::Ready(());
                 }
-                StageProj::Done => return Poll::Ready(()),
-            };
-            // The answer's context is there: it is taken only here, once. (Readiness
-            // failed: the request goes with the stage now, before the 500 leaves.)
-            match this.answer.take() {
-                Some(ctx) => this.stage.set(Stage::Answering {
-                    answer: (this.make_answer)(result, ctx),
-                }),
-                None => this.stage.set(Stage::Done),
             }
+            StageProj::Calling { call } => match call.poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(result) => result.map_err(Into::into),
+            },
+            StageProj::Answering { answer } => {
+                if answer.poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                stage.set(Stage::Idle);
+                return Poll::Ready(());
+            }
+        };
+        // The answer's context is there: it is taken only here, once.
+        match answer.take() {
+            Some(ctx) => stage.set(Stage::Answering {
+                answer: make_answer(result, ctx),
+            }),
+            None => stage.set(Stage::Idle),
         }
     }
 }
