@@ -632,8 +632,10 @@ impl<T> Receiver<T> {
         state.senders = 1;
         state.receiver_alive = true;
         state.receiver_waker = None;
-        // Both hold only senders' wakers: none is left.
-        state.waiters.clear();
+        // Both hold only senders' wakers: none is left (and usually none was).
+        if !state.waiters.is_empty() {
+            state.waiters.clear();
+        }
         state.ready_wakers.clear();
         Some(Sender {
             shared: Arc::clone(&self.shared),
