@@ -182,3 +182,66 @@ async fn a_service_is_called_only_once_ready_and_its_readiness_error_is_a_500() 
     assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 4);
     serving.abort();
 }
+
+/// A service whose call for `/both` panics, and whose clone that took that call
+/// panics again when dropped.
+#[derive(Clone, Default)]
+struct Fragile {
+    panic_on_drop: bool,
+}
+
+impl Drop for Fragile {
+    fn drop(&mut self) {
+        // Dropped while its call's panic unwinds, this is a panic in a panic: the
+        // process aborts.
+        if self.panic_on_drop {
+            panic!("a service clone failed as it was dropped");
+        }
+    }
+}
+
+impl tower::Service<http::Request<quay::h3::RecvBody>> for Fragile {
+    type Response = http::Response<quay::h3::Body>;
+    type Error = std::convert::Infallible;
+    type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<quay::h3::RecvBody>) -> Self::Future {
+        if req.uri().path() == "/both" {
+            self.panic_on_drop = true;
+            panic!("a service's call failed");
+        }
+        std::future::ready(Ok(http::Response::new(quay::h3::Body::from("fine"))))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_whose_call_and_then_its_drop_panic_fails_only_that_request() {
+    let identity = TlsConfig::self_signed(&["localhost"]).unwrap();
+    let server = Server::builder()
+        .tls(identity.config)
+        .bind("127.0.0.1:0".parse().unwrap())
+        .unwrap();
+    let port = server.local_addr().port();
+    let serving = tokio::spawn(server.serve_service(Fragile::default()));
+    let client = Client::builder()
+        .add_root_certificate_pem(identity.cert_pem.as_bytes())
+        .unwrap()
+        .build();
+    let base = format!("https://localhost:{port}");
+    for _ in 0..2 {
+        // Its stream is reset; the server lives on.
+        assert!(client.get(&format!("{base}/both")).await.is_err());
+        let mut resp = client.get(&format!("{base}/")).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.body_mut().collect(64).await.unwrap(), "fine");
+    }
+    assert!(!serving.is_finished());
+    serving.abort();
+}

@@ -181,15 +181,14 @@ where
             ms = tracing::field::Empty,
         );
         let traced = !span.is_disabled();
-        // What the application's code runs here (the service's clone, readiness and
-        // call, the metrics recorder) runs under `catch_unwind`; the request itself is
-        // not moved through it.
+        // The application's code that runs here runs under `catch_unwind`: the
+        // metrics recorder and the service's clone now, its readiness and call in the
+        // first step below. The request itself is not moved through either.
         let (service, recorder) = (&self.service, &self.recorder);
         let prepared = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            (
-                service.clone(),
-                crate::observe::RequestStarted::new(recorder.clone(), traced),
-            )
+            // Counted first, as the request is there whatever its clone does.
+            let started = crate::observe::RequestStarted::new(recorder.clone(), traced);
+            (service.clone(), started)
         }));
         let (service, started) = match prepared {
             Ok(prepared) => prepared,
@@ -249,8 +248,8 @@ where
     }
 }
 
-/// Logs a panic of the application's code for a request (in its span), and drops
-/// what it threw, catching whatever that drop may throw.
+/// Logs a panic of the application's code for a request (its callers enter the
+/// request's span), and drops what it threw, catching whatever that drop may throw.
 fn handler_panicked(payload: Box<dyn std::any::Any + Send>) {
     let message = payload
         .downcast_ref::<&str>()
@@ -278,13 +277,13 @@ pin_project_lite::pin_project! {
     /// parts into a finished one in place, where building the future whole and moving
     /// it in would copy all of it (a kilobyte or more) per request.
     pub(super) struct Respond<S: ServeService, A> {
-        // First, so that a request dropped before its end drops its call (and the
-        // request it holds) before its responder resets the stream.
         #[pin]
         stage: Stage<S::Future, A>,
-        // The service's clone and the request, until the service is ready: its call
-        // takes both.
-        ready: Option<(S, http::Request<RecvBody>)>,
+        // The service's clone, until its call has returned (it is not kept while the
+        // call or the body runs).
+        service: Option<S>,
+        // The request, until the service's call takes it.
+        request: Option<http::Request<RecvBody>>,
         // Taken when the answer starts.
         answer: Option<Answer>,
         make_answer: MakeAnswer<S, A>,
@@ -296,10 +295,17 @@ pin_project_lite::pin_project! {
         fn drop(this: Pin<&mut Self>) {
             let mut this = this.project();
             let _entered = this.span.enter();
-            // In the span, and in this order.
+            // A request dropped before its end drops its call (and the request it
+            // holds), then the request, then the service's clone, and its responder
+            // last, which resets the stream: all in the span, even if one of those
+            // drops panics (the locals still drop, after it, inside).
+            let answer = this.answer.take();
+            let service = this.service.take();
+            let request = this.request.take();
             this.stage.set(Stage::Idle);
-            this.ready.take();
-            this.answer.take();
+            drop(request);
+            drop(service);
+            drop(answer);
         }
     }
 }
@@ -307,8 +313,8 @@ pin_project_lite::pin_project! {
 pin_project_lite::pin_project! {
     #[project = StageProj]
     enum Stage<F, A> {
-        /// Before the call: the service's readiness while `ready` holds the request;
-        /// with `ready` empty, finished.
+        /// Before the call: the service's readiness while the request waits for it;
+        /// with no request waiting, finished.
         Idle,
         /// The service's call, until its response. The service's clone is gone by
         /// then: it is not kept while the call or the body runs.
@@ -323,7 +329,8 @@ impl<S: ServeService, A> Respond<S, A> {
     fn new(make_answer: MakeAnswer<S, A>) -> Self {
         Self {
             stage: Stage::Idle,
-            ready: None,
+            service: None,
+            request: None,
             answer: None,
             make_answer,
             span: tracing::Span::none(),
@@ -341,13 +348,16 @@ impl<S: ServeService, A> Respond<S, A> {
         let this = self.project();
         debug_assert!(
             matches!(this.stage.as_ref().get_ref(), Stage::Idle)
-                && this.ready.is_none()
+                && this.service.is_none()
+                && this.request.is_none()
                 && this.answer.is_none(),
             "a request started in an unfinished one"
         );
         *this.span = span;
-        // Moved straight into place: the request is a few hundred bytes.
-        let (_, request) = this.ready.insert((service, req.request));
+        *this.service = Some(service);
+        // Written into its place, not built aside with the rest and moved in: the
+        // request is a few hundred bytes.
+        let request = this.request.insert(req.request);
         let upgrade = req
             .datagrams
             .map(|flow| super::connect::Upgrade::offer(request, flow));
@@ -371,7 +381,15 @@ impl<S: ServeService, A: Future<Output = ()>> Future for Respond<S, A> {
         let this = self.project();
         let step = {
             let _entered = this.span.enter();
-            step(this.stage, this.ready, this.answer, *this.make_answer, cx)
+            let make_answer = *this.make_answer;
+            step(
+                this.stage,
+                this.service,
+                this.request,
+                this.answer,
+                make_answer,
+                cx,
+            )
         };
         if step.is_ready() {
             // Its span closes as it finishes, not when its allocation serves again.
@@ -384,7 +402,8 @@ impl<S: ServeService, A: Future<Output = ()>> Future for Respond<S, A> {
 /// Takes a request as far as it goes now; ready once it is finished.
 fn step<S: ServeService, A: Future<Output = ()>>(
     mut stage: Pin<&mut Stage<S::Future, A>>,
-    ready: &mut Option<(S, http::Request<RecvBody>)>,
+    service: &mut Option<S>,
+    request: &mut Option<http::Request<RecvBody>>,
     answer: &mut Option<Answer>,
     make_answer: MakeAnswer<S, A>,
     cx: &mut Context<'_>,
@@ -392,25 +411,35 @@ fn step<S: ServeService, A: Future<Output = ()>>(
     loop {
         let result = match stage.as_mut().project() {
             StageProj::Idle => {
-                // Nothing waits for the service: finished, or its call panicked (a
-                // task polled again after that ends quietly: the responder's drop
-                // resets the stream).
-                let Some((service, _)) = ready.as_mut() else {
-                    return Poll::Ready(());
+                let readiness = match (service.as_mut(), request.is_some()) {
+                    (Some(service), true) => service.poll_ready(cx),
+                    _ => {
+                        // Finished, or its call panicked (a task polled again after
+                        // that): what is left goes now, the responder last, which
+                        // resets the stream.
+                        *request = None;
+                        *service = None;
+                        *answer = None;
+                        return Poll::Ready(());
+                    }
                 };
-                match service.poll_ready(cx) {
+                match readiness {
                     Poll::Pending => return Poll::Pending,
                     Poll::Ready(Ok(())) => {
-                        if let Some((mut service, request)) = ready.take() {
-                            let call = service.call(request);
-                            drop(service);
+                        if let (Some(svc), Some(req)) = (service.as_mut(), request.take()) {
+                            let call = svc.call(req);
+                            // Kept until its call returned: a panic in the call
+                            // leaves it to be dropped with the rest, not while the
+                            // panic unwinds.
+                            *service = None;
                             stage.set(Stage::Calling { call });
                         }
                         continue;
                     }
                     Poll::Ready(Err(e)) => {
                         // The request goes now, before the 500 leaves.
-                        *ready = None;
+                        *request = None;
+                        *service = None;
                         Err(e.into())
                     }
                 }
