@@ -543,8 +543,14 @@ impl sealed::Sealed for ServerHooks {
         if early {
             parts.extensions.insert(EarlyData);
         }
-        if let Some(info) = &core.info {
-            parts.extensions.insert(info.clone().with_early_data(early));
+        if early {
+            if let Some(info) = &core.info {
+                parts.extensions.insert(info.clone().with_early_data(true));
+            }
+        } else if parts.extensions.is_empty() {
+            parts.extensions = core.request_extensions.clone();
+        } else {
+            parts.extensions.extend(core.request_extensions.clone());
         }
         let Some(requests) = self.requests.as_mut() else {
             return;

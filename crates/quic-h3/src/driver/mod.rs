@@ -106,6 +106,9 @@ pub struct Core {
     pub(crate) closing: bool,
     /// What the handshake established, for the requests' extensions.
     pub(crate) info: Option<quic_app::ConnectionInfo>,
+    /// The extensions of a request that did not come in 0-RTT: `info`, made once.
+    /// A clone is cheaper than a new map's first insert.
+    pub(crate) request_extensions: http::Extensions,
 }
 
 /// quiche's HTTP/3 connection, which knows when a `poll` would find nothing.
@@ -260,6 +263,7 @@ impl Core {
             prune_at: PRUNE_MIN,
             closing: false,
             info: None,
+            request_extensions: http::Extensions::new(),
         }
     }
 
@@ -782,9 +786,10 @@ impl<H: Hooks> ApplicationOverQuic for H3Driver<H> {
         conn: &mut QuicConnection,
         info: &HandshakeInfo,
     ) -> Result<(), AppError> {
-        self.core.info = Some(quic_app::ConnectionInfo::new(std::sync::Arc::new(
-            info.clone(),
-        )));
+        let info = quic_app::ConnectionInfo::new(std::sync::Arc::new(info.clone()));
+        self.core.request_extensions = http::Extensions::new();
+        self.core.request_extensions.insert(info.clone());
+        self.core.info = Some(info);
         let mut cfg = quiche::h3::Config::new().map_err(h3_to_app)?;
         cfg.set_max_field_section_size(self.core.settings.max_field_section_size);
         cfg.enable_extended_connect(self.core.settings.enable_extended_connect);
