@@ -11,7 +11,7 @@ Inside quiche's calls is the inclusive count of every call into the quiche funct
 quay calls (QUICHE below), made from code outside them; outside is the rest of the
 same run. Of what is outside, two parts are named apart: the example application's
 handler (h3-server's own closures and quay_examples, with the copies and allocations
-they call), and the frees of the field lists quiche's HTTP/3 poll hands over.
+they call; quay's code inlined into them stays quay's), and the frees of the field lists quiche's HTTP/3 poll hands over.
 """
 import re
 import sys
@@ -25,34 +25,44 @@ HANDLER = re.compile(r"^(h3_server::|quay_examples::|core::ptr::drop_in_place<qu
 COPIES_AND_ALLOCATIONS = re.compile(
     r"(memcpy|memmove|memset|^malloc$|^free$|__rust_alloc|__rust_dealloc|__rdl_alloc|__rdl_dealloc)"
 )
+QUAY_SOURCE = re.compile(r"/crates/(quic-app|quic-io|quic-h3|quic-masque|quic-doq|quay)/")
 FIELD_LIST = re.compile(r"^core::ptr::drop_in_place<alloc::vec::Vec<quiche::h3::Header>>$")
 
 
 def load(path):
-    """Self counts per function, inclusive counts per (caller, callee), the total."""
-    names = {}
+    """Self counts per (function, source file of the code), inclusive counts per
+    (caller, callee), the total."""
+    fn_names, file_names = {}, {}
     selfs, calls = Counter(), Counter()
     total = 0
     fn = callee = None
+    fn_file = file = ""
     after_calls = False
 
-    def name(v):
+    def name(table, v):
         m = re.match(r"\((\d+)\)(?: (.*))?$", v)
         if not m:
             return v
         if m.group(2) is not None:
-            names[m.group(1)] = m.group(2)
-        return names.get(m.group(1), v)
+            table[m.group(1)] = m.group(2)
+        return table.get(m.group(1), v)
 
     with open(path) as f:
         for line in f:
             line = line.rstrip("\n")
             if not line:
                 continue
-            if line.startswith("fn="):
-                fn = name(line[3:])
+            if line.startswith("fl="):
+                fn_file = file = name(file_names, line[3:])
+            elif line.startswith(("fi=", "fe=")):
+                file = name(file_names, line[3:])
+            elif line.startswith(("cfi=", "cfl=")):
+                name(file_names, line[4:])
+            elif line.startswith("fn="):
+                fn = name(fn_names, line[3:])
+                file = fn_file
             elif line.startswith("cfn="):
-                callee = name(line[4:])
+                callee = name(fn_names, line[4:])
             elif line.startswith("calls="):
                 after_calls = True
             elif line.startswith(("summary:", "totals:")):
@@ -64,7 +74,7 @@ def load(path):
                     calls[(fn, callee)] += cost
                     after_calls = False
                 else:
-                    selfs[fn] += cost
+                    selfs[(fn, file)] += cost
     return selfs, calls, total
 
 
@@ -72,7 +82,10 @@ def figures(path):
     selfs, calls, total = load(path)
     inside = sum(v for (f, c), v in calls.items() if QUICHE.match(c or "") and not QUICHE.match(f or ""))
     lists = sum(v for (f, c), v in calls.items() if FIELD_LIST.match(c or "") and not FIELD_LIST.match(f or ""))
-    handler = sum(v for f, v in selfs.items() if HANDLER.match(f or "")) + sum(
+    # quay's own code inlined into the handler's functions stays quay's.
+    handler = sum(
+        v for (f, file), v in selfs.items() if HANDLER.match(f or "") and not QUAY_SOURCE.search(file)
+    ) + sum(
         v for (f, c), v in calls.items() if HANDLER.match(f or "") and COPIES_AND_ALLOCATIONS.search(c or "")
     )
     return total, inside, handler, lists
