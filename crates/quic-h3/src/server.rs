@@ -440,10 +440,22 @@ impl ServerHooks {
 
     /// Hands the held request over: its body whole if all of it arrived, else on a
     /// queue that takes what did.
-    fn release_held(&mut self, core: &mut Core) {
+    fn release_held(&mut self, core: &mut Core, conn: &mut QuicConnection) {
         let Some(held) = self.held.take() else {
             return;
         };
+        // The room a dispatcher had as the head arrived can be gone by now (its
+        // server passed its shutdown deadline): refused then, before any of the
+        // application's code ran, in a way the client may safely retry. (A queue's
+        // room cannot shrink meanwhile: the driver is its only sender.)
+        if let Some(Requests::Dispatch(d)) = &self.requests
+            && !d.has_room()
+        {
+            if core.streams.contains_key(&held.stream_id) {
+                core.abort_stream(conn, held.stream_id, H3Code::REQUEST_REJECTED);
+            }
+            return;
+        }
         // Reset or found malformed meanwhile: the request never reaches a handler.
         let Some(s) = core.streams.get_mut(&held.stream_id) else {
             return;
@@ -491,7 +503,7 @@ impl sealed::Sealed for ServerHooks {
             return;
         }
         // Before this request's room is looked at.
-        self.release_held(core);
+        self.release_held(core, conn);
         self.head_arrived(stream_id);
         if core.closing {
             // A request that arrived with the peer's close: nobody can answer it.
@@ -623,8 +635,8 @@ impl sealed::Sealed for ServerHooks {
         }
     }
 
-    fn after_events(&mut self, core: &mut Core) {
-        self.release_held(core);
+    fn after_events(&mut self, core: &mut Core, conn: &mut QuicConnection) {
+        self.release_held(core, conn);
     }
 
     fn poll_work(

@@ -1,6 +1,7 @@
 //! The request tasks of one connection.
 
 use std::future::{Future, poll_fn};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Poll, Waker};
 
@@ -13,13 +14,23 @@ use tokio::task::AbortHandle;
 /// holds. A task leaves the set itself as it finishes, so the connection's task is not
 /// woken once per finished request, as it would be to collect each from a `JoinSet`.
 pub(super) struct InFlight {
-    shared: Arc<Mutex<Tasks>>,
+    shared: Arc<Shared>,
 }
 
 /// Starts tasks in an [`InFlight`] set; once the set is dropped, starts none.
 pub(super) struct Spawner {
-    shared: Arc<Mutex<Tasks>>,
+    shared: Arc<Shared>,
 }
+
+struct Shared {
+    tasks: Mutex<Tasks>,
+    /// How many tasks run, or `CLOSED`: kept beside the lock, so that the room for
+    /// another task (looked at for every request) is read without taking it.
+    running: AtomicUsize,
+}
+
+/// `Shared::running` once the set is dropped: no limit lets another task start.
+const CLOSED: usize = usize::MAX;
 
 struct Tasks {
     /// The running tasks; a slot is `None` from just before its task is spawned until
@@ -34,11 +45,14 @@ struct Tasks {
 impl InFlight {
     pub(super) fn new() -> Self {
         Self {
-            shared: Arc::new(Mutex::new(Tasks {
-                running: Slab::new(),
-                idle: None,
-                closed: false,
-            })),
+            shared: Arc::new(Shared {
+                tasks: Mutex::new(Tasks {
+                    running: Slab::new(),
+                    idle: None,
+                    closed: false,
+                }),
+                running: AtomicUsize::new(0),
+            }),
         }
     }
 
@@ -83,7 +97,9 @@ impl Spawner {
             if tasks.closed {
                 return;
             }
-            tasks.running.insert(None)
+            let key = tasks.running.insert(None);
+            self.shared.note_running(&tasks);
+            key
         };
         let leave = Leave {
             shared: Arc::clone(&self.shared),
@@ -108,8 +124,9 @@ impl Spawner {
     /// Whether another task may start: the set is still there and runs fewer than
     /// `limit`.
     pub(super) fn has_room(&self, limit: usize) -> bool {
-        let tasks = lock(&self.shared);
-        !tasks.closed && tasks.running.len() < limit
+        // A snapshot, as a count read under the lock would be: the set can close or
+        // a task end right after.
+        self.shared.running.load(Ordering::Acquire) < limit
     }
 
     /// How many tasks are running.
@@ -124,6 +141,7 @@ impl Drop for InFlight {
         let running = {
             let mut tasks = lock(&self.shared);
             tasks.closed = true;
+            self.shared.note_running(&tasks);
             std::mem::take(&mut tasks.running)
         };
         // Outside the lock: an aborted task that is not running is dropped at once,
@@ -138,7 +156,7 @@ impl Drop for InFlight {
 
 /// Removes a task's slot when the task ends: finished, panicked or aborted.
 struct Leave {
-    shared: Arc<Mutex<Tasks>>,
+    shared: Arc<Shared>,
     key: usize,
 }
 
@@ -146,6 +164,7 @@ impl Drop for Leave {
     fn drop(&mut self) {
         let mut tasks = lock(&self.shared);
         tasks.running.try_remove(self.key);
+        self.shared.note_running(&tasks);
         let idle = if tasks.running.is_empty() {
             tasks.idle.take()
         } else {
@@ -158,9 +177,21 @@ impl Drop for Leave {
     }
 }
 
-fn lock(shared: &Mutex<Tasks>) -> MutexGuard<'_, Tasks> {
+impl Shared {
+    /// Publishes how many tasks run, as `tasks` (held under the lock) has it.
+    fn note_running(&self, tasks: &Tasks) {
+        let running = if tasks.closed {
+            CLOSED
+        } else {
+            tasks.running.len()
+        };
+        self.running.store(running, Ordering::Release);
+    }
+}
+
+fn lock(shared: &Shared) -> MutexGuard<'_, Tasks> {
     // The lock is held only for slab updates, which do not panic midway.
-    shared.lock().unwrap_or_else(|e| e.into_inner())
+    shared.tasks.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]
@@ -261,5 +292,27 @@ mod tests {
         assert!(!spawner.has_room(usize::MAX));
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!((ran.load(Ordering::SeqCst), spawner.len()), (1, 0));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_room_counts_the_running_tasks() {
+        let set = InFlight::new();
+        let spawner = set.spawner();
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        for _ in 0..3 {
+            let mut rx = rx.clone();
+            spawner.spawn(async move {
+                let _ = rx.wait_for(|go| *go).await;
+            });
+        }
+        // Three running: room under a limit of 4, none under 3.
+        assert_eq!(spawner.len(), 3);
+        assert!(spawner.has_room(4) && !spawner.has_room(3));
+        tx.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), set.wait())
+            .await
+            .unwrap();
+        // All three left: room under a limit of 1 again.
+        assert!(spawner.has_room(1) && !spawner.has_room(0));
     }
 }

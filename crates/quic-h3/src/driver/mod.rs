@@ -38,7 +38,7 @@ pub(crate) mod sealed {
         );
         /// Every event quiche had was taken: what waited for the end of the pass
         /// goes on.
-        fn after_events(&mut self, _core: &mut Core) {}
+        fn after_events(&mut self, _core: &mut Core, _conn: &mut QuicConnection) {}
         /// Resolves when the role has new work (a new request to send, ...).
         fn poll_work(
             &mut self,
@@ -821,7 +821,7 @@ impl<H: Hooks> ApplicationOverQuic for H3Driver<H> {
         self.core.recv_datagrams(conn);
         loop {
             self.poll_events(conn);
-            self.hooks.after_events(&mut self.core);
+            self.hooks.after_events(&mut self.core, conn);
             if !self.core.pump_inbound(conn) {
                 return Ok(());
             }

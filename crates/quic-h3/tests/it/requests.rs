@@ -913,6 +913,56 @@ async fn a_dispatcher_takes_each_request_as_it_arrives_and_its_room_refuses_the_
     assert_eq!(later, "/d");
 }
 
+/// Has room for the first request whose head it is asked about, and none after: as a
+/// server's dispatcher is once its shutdown deadline has passed. Counts the requests
+/// it takes.
+struct RoomOnce {
+    asked: std::sync::atomic::AtomicUsize,
+    taken: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl quic_h3::Dispatch for RoomOnce {
+    fn has_room(&self) -> bool {
+        self.asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0
+    }
+    fn dispatch(&mut self, request: quic_h3::IncomingRequest) -> bool {
+        self.taken.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        drop(request);
+        false
+    }
+}
+
+#[tokio::test]
+async fn a_request_held_for_its_body_is_refused_if_the_room_is_gone_when_it_is_released() {
+    let taken = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let dispatch = RoomOnce {
+        asked: std::sync::atomic::AtomicUsize::new(0),
+        taken: taken.clone(),
+    };
+    let (server, _control) =
+        quic_h3::ServerH3Driver::with_dispatch(H3Settings::default(), dispatch);
+    let (client, send) = quic_h3::ClientH3Driver::new(H3Settings::default());
+    let mut pair = Pair::new(PairConfig::new(quic_h3::ALPN), client, server).unwrap();
+    let refused = pair
+        .run_with(LIMIT, async {
+            // The head goes alone, its body still to come: the server holds the
+            // request until the end of its read pass, and only then hands it over.
+            let req = http::Request::post("https://localhost/upload")
+                .body(())
+                .unwrap();
+            let (body, response) = send.send_request(req).await.unwrap();
+            let refused = response.await.map(|r| r.status()).unwrap_err();
+            drop(body);
+            refused
+        })
+        .await
+        .unwrap();
+    // Refused as a request the server never processed, so the client may retry it;
+    // the dispatcher never saw it.
+    assert_eq!(refused, StreamError::Reset(H3Code::REQUEST_REJECTED));
+    assert_eq!(taken.load(std::sync::atomic::Ordering::SeqCst), 0);
+}
+
 /// Sends `n` GETs that stay unanswered and runs the pair until the server's queue has
 /// handed out `total` requests in all.
 async fn heads_arrive(
