@@ -101,7 +101,10 @@ impl std::fmt::Debug for Requests {
 /// see [`ServerH3Driver::with_dispatch`].
 pub trait Dispatch: Send + 'static {
     /// Whether another request can be taken now. One that cannot is refused with
-    /// H3_REQUEST_REJECTED, which tells the client it may safely retry it.
+    /// H3_REQUEST_REJECTED, which tells the client it may safely retry it. Asked as
+    /// each request's head arrives, and again for a request held until the end of the
+    /// read pass (its body was still coming) just before it is handed over: called
+    /// once or twice per request, it should be cheap.
     fn has_room(&self) -> bool;
 
     /// Takes one request. This runs inside the connection's task (and its tracing
