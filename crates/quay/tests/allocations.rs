@@ -13,8 +13,7 @@ use std::sync::atomic::{AtomicIsize, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use quay::h3::{Body, Server};
-use quay::io::TlsConfig;
+use quay::h3::Body;
 
 mod common;
 
@@ -64,11 +63,7 @@ const REQUESTS: usize = 40;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_busy_connection_reuses_its_request_future_and_an_idle_one_gives_it_back() {
-    let identity = TlsConfig::self_signed(&["localhost"]).unwrap();
-    let server = Server::builder()
-        .tls(identity.config)
-        .bind("127.0.0.1:0".parse().unwrap())
-        .unwrap();
+    let (server, cert_pem) = common::loopback_server();
     let addr = server.local_addr();
     let release = std::sync::Arc::new(tokio::sync::Notify::new());
     let released = release.clone();
@@ -93,7 +88,7 @@ async fn a_busy_connection_reuses_its_request_future_and_an_idle_one_gives_it_ba
         }
     }));
 
-    let (conn, send) = common::connect(addr, &identity.cert_pem).await;
+    let (conn, send) = common::connect(addr, &cert_pem).await;
     let get = |path: &'static str| {
         let send = send.clone();
         async move { common::get(&send, path).await.unwrap() }
@@ -161,7 +156,7 @@ async fn a_busy_connection_reuses_its_request_future_and_an_idle_one_gives_it_ba
     // Another connection's requests, one after another (so it falls idle between
     // them), run in the one the server kept: none is allocated.
     let made_before = MADE.load(Ordering::SeqCst);
-    let (other, send) = common::connect(addr, &identity.cert_pem).await;
+    let (other, send) = common::connect(addr, &cert_pem).await;
     for _ in 0..5 {
         assert_eq!(common::get(&send, "/").await.unwrap(), [7, 7][..]);
     }

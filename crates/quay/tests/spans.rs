@@ -5,12 +5,13 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 
-use quay::h3::{Body, Client, Server};
-use quay::io::TlsConfig;
+use quay::h3::Body;
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
+
+mod common;
 
 /// The fields of every `request` span, and its parent's name.
 #[derive(Clone, Default)]
@@ -59,11 +60,7 @@ async fn each_request_has_a_span_under_its_connection_with_status_and_duration()
     tracing::subscriber::set_global_default(tracing_subscriber::registry().with(capture.clone()))
         .unwrap();
 
-    let identity = TlsConfig::self_signed(&["localhost"]).unwrap();
-    let server = Server::builder()
-        .tls(identity.config)
-        .bind("127.0.0.1:0".parse().unwrap())
-        .unwrap();
+    let (server, cert_pem) = common::loopback_server();
     let port = server.local_addr().port();
     tokio::spawn(
         server.serve(|req: http::Request<quay::h3::RecvBody>| async move {
@@ -74,10 +71,7 @@ async fn each_request_has_a_span_under_its_connection_with_status_and_duration()
             Ok::<_, Infallible>(resp)
         }),
     );
-    let client = Client::builder()
-        .add_root_certificate_pem(identity.cert_pem.as_bytes())
-        .unwrap()
-        .build();
+    let client = common::client_trusting(&cert_pem);
     for path in ["/a", "/teapot"] {
         let mut resp = client
             .get(&format!("https://localhost:{port}{path}"))

@@ -6,13 +6,13 @@ use std::time::Duration;
 use axum::extract::{Extension, Path};
 use axum::routing::{get, post};
 use bytes::Bytes;
-use quay::h3::{AltSvcLayer, Client, ConnectionInfo, Server};
-use quay::io::TlsConfig;
+use quay::h3::{AltSvcLayer, ConnectionInfo};
 use tower::{Layer, ServiceExt};
+
+mod common;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_axum_router_is_served_as_it_is_and_sees_the_connection() {
-    let identity = TlsConfig::self_signed(&["localhost"]).unwrap();
     let app = axum::Router::new()
         .route(
             "/whoami",
@@ -31,10 +31,7 @@ async fn an_axum_router_is_served_as_it_is_and_sees_the_connection() {
             get(|Path(name): Path<String>| async move { format!("hello {name}") }),
         )
         .route("/echo", post(|body: Bytes| async move { body }));
-    let server = Server::builder()
-        .tls(identity.config)
-        .bind("127.0.0.1:0".parse().unwrap())
-        .unwrap();
+    let (server, cert_pem) = common::loopback_server();
     let port = server.local_addr().port();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let serving = tokio::spawn(
@@ -48,10 +45,7 @@ async fn an_axum_router_is_served_as_it_is_and_sees_the_connection() {
             .serve_service(app),
     );
 
-    let client = Client::builder()
-        .add_root_certificate_pem(identity.cert_pem.as_bytes())
-        .unwrap()
-        .build();
+    let client = common::client_trusting(&cert_pem);
     let base = format!("https://localhost:{port}");
     let mut resp = client.get(&format!("{base}/whoami")).await.unwrap();
     assert_eq!(resp.status(), 200);
@@ -150,7 +144,6 @@ impl tower::Service<http::Request<quay::h3::RecvBody>> for Reluctant {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_is_called_only_once_ready_and_its_readiness_error_is_a_500() {
-    let identity = TlsConfig::self_signed(&["localhost"]).unwrap();
     let asked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let fail = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let service = Reluctant {
@@ -158,16 +151,10 @@ async fn a_service_is_called_only_once_ready_and_its_readiness_error_is_a_500() 
         fail: fail.clone(),
         ready: false,
     };
-    let server = Server::builder()
-        .tls(identity.config)
-        .bind("127.0.0.1:0".parse().unwrap())
-        .unwrap();
+    let (server, cert_pem) = common::loopback_server();
     let port = server.local_addr().port();
     let serving = tokio::spawn(server.serve_service(service));
-    let client = Client::builder()
-        .add_root_certificate_pem(identity.cert_pem.as_bytes())
-        .unwrap()
-        .build();
+    let client = common::client_trusting(&cert_pem);
     let base = format!("https://localhost:{port}");
 
     let mut resp = client.get(&format!("{base}/a")).await.unwrap();
@@ -223,17 +210,10 @@ impl tower::Service<http::Request<quay::h3::RecvBody>> for Fragile {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_whose_call_and_then_its_drop_panic_fails_only_that_request() {
-    let identity = TlsConfig::self_signed(&["localhost"]).unwrap();
-    let server = Server::builder()
-        .tls(identity.config)
-        .bind("127.0.0.1:0".parse().unwrap())
-        .unwrap();
+    let (server, cert_pem) = common::loopback_server();
     let port = server.local_addr().port();
     let serving = tokio::spawn(server.serve_service(Fragile::default()));
-    let client = Client::builder()
-        .add_root_certificate_pem(identity.cert_pem.as_bytes())
-        .unwrap()
-        .build();
+    let client = common::client_trusting(&cert_pem);
     let base = format!("https://localhost:{port}");
     for _ in 0..2 {
         // Its stream is reset; the server lives on.

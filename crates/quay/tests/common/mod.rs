@@ -1,4 +1,5 @@
-//! What the facade's test binaries share: a client connection and a GET.
+//! What the facade's test binaries share: a server on loopback, a client connection
+//! and a GET.
 
 // Each test binary uses its own part of this module.
 #![allow(dead_code)]
@@ -6,8 +7,27 @@
 use std::net::SocketAddr;
 
 use bytes::Bytes;
-use quay::h3::{ClientH3Driver, H3Settings, SendRequest, StreamError};
-use quay::io::{ClientParams, ClientTlsConfig, ConnectionHandle};
+use quay::h3::{ClientH3Driver, H3Settings, SendRequest, Server, StreamError};
+use quay::io::{ClientParams, ClientTlsConfig, ConnectionHandle, TlsConfig};
+
+/// A server on a free port of 127.0.0.1 with a new self-signed certificate for
+/// `localhost`, and that certificate (PEM), for clients to trust.
+pub(crate) fn loopback_server() -> (Server, String) {
+    let identity = TlsConfig::self_signed(&["localhost"]).unwrap();
+    let server = Server::builder()
+        .tls(identity.config)
+        .bind("127.0.0.1:0".parse().unwrap())
+        .unwrap();
+    (server, identity.cert_pem)
+}
+
+/// A client of the facade that trusts `cert_pem`.
+pub(crate) fn client_trusting(cert_pem: &str) -> quay::h3::Client {
+    quay::h3::Client::builder()
+        .add_root_certificate_pem(cert_pem.as_bytes())
+        .unwrap()
+        .build()
+}
 
 /// An HTTP/3 connection to `addr` for the name `localhost`, trusting `cert_pem`.
 pub(crate) async fn connect(addr: SocketAddr, cert_pem: &str) -> (ConnectionHandle, SendRequest) {
