@@ -557,14 +557,11 @@ impl sealed::Sealed for ServerHooks {
         let early = conn.is_in_early_data() && !conn.is_established();
         if early {
             parts.extensions.insert(EarlyData);
-        }
-        if early {
-            if let Some(info) = &core.info {
+            if let Some(info) = core.request_extensions.get::<quic_app::ConnectionInfo>() {
                 parts.extensions.insert(info.clone().with_early_data(true));
             }
-        } else if parts.extensions.is_empty() {
-            parts.extensions = core.request_extensions.clone();
         } else {
+            // Into a request's empty extensions (as most are), the clone moves whole.
             parts.extensions.extend(core.request_extensions.clone());
         }
         let Some(requests) = self.requests.as_mut() else {

@@ -104,10 +104,9 @@ pub struct Core {
     prune_at: usize,
     /// The connection closed: the last read hands on what arrived, starts nothing.
     pub(crate) closing: bool,
-    /// What the handshake established, for the requests' extensions.
-    pub(crate) info: Option<quic_app::ConnectionInfo>,
-    /// The extensions of a request that did not come in 0-RTT: `info`, made once.
-    /// A clone is cheaper than a new map's first insert.
+    /// The extensions of a request that did not come in 0-RTT: the connection's
+    /// `ConnectionInfo` (once the handshake established it), made once. A clone is
+    /// cheaper than a new map's first insert.
     pub(crate) request_extensions: http::Extensions,
 }
 
@@ -262,7 +261,6 @@ impl Core {
             unacked: Vec::new(),
             prune_at: PRUNE_MIN,
             closing: false,
-            info: None,
             request_extensions: http::Extensions::new(),
         }
     }
@@ -788,8 +786,7 @@ impl<H: Hooks> ApplicationOverQuic for H3Driver<H> {
     ) -> Result<(), AppError> {
         let info = quic_app::ConnectionInfo::new(std::sync::Arc::new(info.clone()));
         self.core.request_extensions = http::Extensions::new();
-        self.core.request_extensions.insert(info.clone());
-        self.core.info = Some(info);
+        self.core.request_extensions.insert(info);
         let mut cfg = quiche::h3::Config::new().map_err(h3_to_app)?;
         cfg.set_max_field_section_size(self.core.settings.max_field_section_size);
         cfg.enable_extended_connect(self.core.settings.enable_extended_connect);
